@@ -1,0 +1,31 @@
+// Collectives over a group of ranks. The model talks to its tensor-parallel and data-parallel
+// groups only through this interface; implementations: one rank (here), MPI on CPU buffers, NCCL
+// on GPU buffers. Every call is collective: all ranks of the group make it, in the same order.
+#pragma once
+
+#include <memory>
+
+#include "runtime/tensor.h"
+
+namespace gdn {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // t <- sum over ranks of t, in place.
+  virtual void AllReduceSum(const Tensor& t) = 0;
+  // out [size * n, ...] <- the ranks' in [n, ...] stacked in rank order along dimension 0.
+  virtual void AllGather(const Tensor& in, const Tensor& out) = 0;
+  // out [n, ...] <- rows [rank * n, (rank + 1) * n) of the sum over ranks of in [size * n, ...].
+  virtual void ReduceScatterSum(const Tensor& in, const Tensor& out) = 0;
+  // t <- root's t.
+  virtual void Broadcast(const Tensor& t, int root) = 0;
+  virtual void Barrier() = 0;
+};
+
+// A group of one rank, where every collective is the identity (a single-process run).
+std::unique_ptr<Communicator> MakeSingleRankCommunicator();
+
+}  // namespace gdn

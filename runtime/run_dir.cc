@@ -1,0 +1,127 @@
+#include "runtime/run_dir.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace gdn {
+
+void JsonLine::Key(std::string_view key) {
+  if (!body_.empty()) body_ += ",";
+  absl::StrAppend(&body_, "\"", absl::string_view(key.data(), key.size()), "\":");
+}
+
+JsonLine& JsonLine::Add(std::string_view key, double value) {
+  Key(key);
+  // JSON has no NaN or infinity: a diverged loss is written as null.
+  body_ += std::isfinite(value) ? absl::StrFormat("%.9g", value) : "null";
+  return *this;
+}
+
+JsonLine& JsonLine::Add(std::string_view key, int64_t value) {
+  Key(key);
+  absl::StrAppend(&body_, value);
+  return *this;
+}
+
+JsonLine& JsonLine::Add(std::string_view key, std::string_view value) {
+  Key(key);
+  body_ += "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') body_ += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) {
+      body_ += absl::StrFormat("\\u%04x", c);
+      continue;
+    }
+    body_ += c;
+  }
+  body_ += "\"";
+  return *this;
+}
+
+absl::StatusOr<double> JsonNumber(const std::string& json, std::string_view key) {
+  const std::string needle = absl::StrCat("\"", absl::string_view(key.data(), key.size()), "\":");
+  const size_t at = json.find(needle);
+  if (at == std::string::npos)
+    return absl::NotFoundError(absl::StrCat("no \"", needle, "\" in ", json));
+  const char* start = json.c_str() + at + needle.size();
+  if (std::strncmp(start, "null", 4) == 0) return std::nan("");
+  char* end = nullptr;
+  const double v = std::strtod(start, &end);
+  if (end == start) return absl::InvalidArgumentError(absl::StrCat("not a number at ", needle));
+  return v;
+}
+
+absl::StatusOr<RunDirectory> RunDirectory::Open(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec || !std::filesystem::is_directory(path))
+    return absl::PermissionDeniedError(
+        absl::StrCat(path, ": cannot create the run directory: ", ec.message()));
+  RunDirectory dir;
+  dir.path_ = path;
+  return dir;
+}
+
+absl::Status RunDirectory::WriteFile(std::string_view name, const std::string& content) const {
+  const std::string target = File(name), tmp = target + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return absl::PermissionDeniedError(absl::StrCat(tmp, ": ", std::strerror(errno)));
+  size_t done = 0;
+  while (done < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n <= 0) {
+      ::close(fd);
+      return absl::DataLossError(absl::StrCat(tmp, ": write failed: ", std::strerror(errno)));
+    }
+    done += n;
+  }
+  const bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced || std::rename(tmp.c_str(), target.c_str()) != 0)
+    return absl::DataLossError(absl::StrCat(target, ": cannot commit: ", std::strerror(errno)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> RunDirectory::ReadFile(std::string_view name) const {
+  std::ifstream in(File(name), std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(File(name), ": cannot read"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool RunDirectory::Exists(std::string_view name) const {
+  return std::filesystem::exists(File(name));
+}
+
+absl::Status RunDirectory::AppendLine(std::string_view name, const std::string& line) const {
+  std::ofstream out(File(name), std::ios::app);
+  out << line << "\n";
+  out.flush();
+  if (!out) return absl::DataLossError(absl::StrCat(File(name), ": cannot append"));
+  return absl::OkStatus();
+}
+
+absl::Status RunDirectory::SetStatus(std::string_view status) const {
+  return WriteFile("status", std::string(status) + "\n");
+}
+
+std::string RunDirectory::Status() const {
+  auto s = ReadFile("status");
+  if (!s.ok()) return "";
+  std::string v = *s;
+  while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
+  return v;
+}
+
+}  // namespace gdn

@@ -1,0 +1,164 @@
+#include "runtime/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <sstream>
+
+namespace gdn {
+
+namespace {
+// A caching allocator: a training step allocates the same buffer sizes every step, so freed
+// blocks are kept by size and handed out again instead of going back to the system (which would
+// cost page faults on every first touch, every step).
+class BlockCache {
+ public:
+  void* Get(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        cached_bytes_ -= bytes;
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(64, bytes);
+    CHECK(p != nullptr) << "out of memory allocating " << bytes << " bytes";
+    return p;
+  }
+  void Put(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.emplace(bytes, p);
+    cached_bytes_ += bytes;
+  }
+  size_t Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [bytes, p] : free_) std::free(p);
+    free_.clear();
+    const size_t released = cached_bytes_;
+    cached_bytes_ = 0;
+    return released;
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_bytes_ = 0;
+};
+
+BlockCache& Cache() {
+  static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive main
+  return *cache;
+}
+}  // namespace
+
+size_t ReleaseCachedMemory() { return Cache().Release(); }
+
+size_t DTypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return 4;
+    case DType::kF64: return 8;
+    case DType::kI32: return 4;
+  }
+  return 0;
+}
+
+const char* DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "float32";
+    case DType::kF64: return "float64";
+    case DType::kI32: return "int32";
+  }
+  return "?";
+}
+
+int64_t NumElements(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+std::string ShapeString(const Shape& shape) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  os << "]";
+  return os.str();
+}
+
+Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
+  CHECK(device == Device::kCPU) << "only the CPU device is built into this binary";
+  Tensor t;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  // 64-byte alignment keeps vector loads aligned; at least one element so data() is valid.
+  const size_t bytes = std::max<size_t>(64, (t.nbytes() + 63) / 64 * 64);
+  t.storage_ = std::shared_ptr<void>(Cache().Get(bytes), [bytes](void* p) { Cache().Put(p, bytes); });
+  return t;
+}
+
+Tensor Tensor::Zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = Empty(shape, dtype, device);
+  t.SetZero();
+  return t;
+}
+
+Tensor Tensor::View(const Shape& shape) const {
+  CHECK_EQ(NumElements(shape), numel()) << ShapeString(shape_) << " -> " << ShapeString(shape);
+  Tensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+Tensor Tensor::Rows(int64_t begin, int64_t end) const {
+  CHECK(rank() >= 1 && 0 <= begin && begin <= end && end <= shape_[0]);
+  Tensor t = *this;
+  int64_t row = numel() / std::max<int64_t>(shape_[0], 1);
+  t.offset_ += begin * row * DTypeSize(dtype_);
+  t.shape_[0] = end - begin;
+  return t;
+}
+
+Tensor Tensor::Clone() const {
+  Tensor t = Empty(shape_, dtype_, device_);
+  t.CopyFrom(*this);
+  return t;
+}
+
+void Tensor::CopyFrom(const Tensor& src) const {
+  CHECK(src.dtype_ == dtype_ && src.numel() == numel())
+      << ShapeString(src.shape_) << " " << DTypeName(src.dtype_) << " -> " << ShapeString(shape_)
+      << " " << DTypeName(dtype_);
+  std::memcpy(raw(), src.raw(), nbytes());
+}
+
+void Tensor::SetZero() const { std::memset(raw(), 0, nbytes()); }
+
+Tensor Tensor::To(DType dtype) const {
+  Tensor t = Empty(shape_, dtype, device_);
+  for (int64_t i = 0; i < numel(); ++i) t.set(i, at(i));
+  return t;
+}
+
+double Tensor::at(int64_t i) const {
+  switch (dtype_) {
+    case DType::kF32: return data<float>()[i];
+    case DType::kF64: return data<double>()[i];
+    case DType::kI32: return data<int32_t>()[i];
+  }
+  return 0;
+}
+
+void Tensor::set(int64_t i, double value) const {
+  switch (dtype_) {
+    case DType::kF32: data<float>()[i] = static_cast<float>(value); break;
+    case DType::kF64: data<double>()[i] = value; break;
+    case DType::kI32: data<int32_t>()[i] = static_cast<int32_t>(value); break;
+  }
+}
+
+}  // namespace gdn

@@ -1,0 +1,87 @@
+// Tensor: a typed, shaped view of device memory. Dense, row-major, contiguous.
+// The model code is written against Tensor and kernels/ops.h only, so the same code runs in
+// float32 (training), float64 (gradient checks) and, with the CUDA device, on a GPU.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "glog/logging.h"
+
+namespace gdn {
+
+enum class DType { kF32, kF64, kI32 };
+enum class Device { kCPU, kCUDA };
+
+size_t DTypeSize(DType dtype);
+const char* DTypeName(DType dtype);
+
+template <typename T>
+constexpr DType DTypeOf();
+template <>
+constexpr DType DTypeOf<float>() { return DType::kF32; }
+template <>
+constexpr DType DTypeOf<double>() { return DType::kF64; }
+template <>
+constexpr DType DTypeOf<int32_t>() { return DType::kI32; }
+
+using Shape = std::vector<int64_t>;
+
+// Host memory freed by tensors is cached for reuse (see tensor.cc); this returns it to the
+// system (e.g. between the runs of a sweep) and says how many bytes were released.
+size_t ReleaseCachedMemory();
+int64_t NumElements(const Shape& shape);
+std::string ShapeString(const Shape& shape);
+
+// A Tensor is a handle (like a shared_ptr): `const` protects the handle, not the values.
+class Tensor {
+ public:
+  Tensor() = default;
+  // Uninitialised memory; Zeros() for zero-filled.
+  static Tensor Empty(const Shape& shape, DType dtype, Device device = Device::kCPU);
+  static Tensor Zeros(const Shape& shape, DType dtype, Device device = Device::kCPU);
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  int64_t dim(int i) const { return shape_.at(i < 0 ? shape_.size() + i : i); }
+  int rank() const { return static_cast<int>(shape_.size()); }
+  int64_t numel() const { return NumElements(shape_); }
+  size_t nbytes() const { return numel() * DTypeSize(dtype_); }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+
+  template <typename T>
+  T* data() const {
+    CHECK(DTypeOf<T>() == dtype_) << "tensor is " << DTypeName(dtype_);
+    return reinterpret_cast<T*>(static_cast<char*>(storage_.get()) + offset_);
+  }
+  void* raw() const { return static_cast<char*>(storage_.get()) + offset_; }
+
+  // The same memory with another shape of the same element count.
+  Tensor View(const Shape& shape) const;
+  // Rows [begin, end) along dimension 0, sharing memory.
+  Tensor Rows(int64_t begin, int64_t end) const;
+  // A deep copy.
+  Tensor Clone() const;
+  // Copies the values of src (same shape and dtype) into this tensor.
+  void CopyFrom(const Tensor& src) const;
+  void SetZero() const;
+  // Converts to another dtype (CPU), e.g. float32 parameters into a float64 model for checks.
+  Tensor To(DType dtype) const;
+
+  // Element access for tests and small host-side work (CPU only): element i of the flat view,
+  // converted to double.
+  double at(int64_t i) const;
+  void set(int64_t i, double value) const;
+
+ private:
+  std::shared_ptr<void> storage_;
+  size_t offset_ = 0;
+  Shape shape_;
+  DType dtype_ = DType::kF32;
+  Device device_ = Device::kCPU;
+};
+
+}  // namespace gdn
