@@ -1,0 +1,106 @@
+// The short convolution: causal depthwise conv1d over time (kernel K, left padding K-1, no bias)
+// followed by SiLU. pre[b,t,c] = sum_j w[c,j] * x[b, t-(K-1)+j, c], so w[c,K-1] weighs the current
+// token (the torch Conv1d layout). Channels are contiguous, so the inner loops run over c.
+#include <cmath>
+#include <vector>
+
+#include <omp.h>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/dispatch.h"
+
+namespace gdn::cpu {
+
+namespace {
+template <typename T>
+inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+}  // namespace
+
+void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& y) {
+  CHECK_EQ(x.rank(), 3);
+  const int64_t B = x.dim(0), T_ = x.dim(1), C = x.dim(2), K = w.dim(1);
+  CHECK_EQ(w.dim(0), C);
+  CheckSame(x, pre, "CausalConvSiluForward");
+  CheckSame(x, y, "CausalConvSiluForward");
+  DispatchFloat(x.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    const T *px = x.data<T>(), *pw = w.data<T>();
+    T *pp = pre.data<T>(), *py = y.data<T>();
+    // Transposed weights [K, C] so the inner loop is contiguous in both operands.
+    std::vector<T> wt(K * C);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < K; ++j) wt[j * C + c] = pw[c * K + j];
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T_; ++t) {
+        T* prow = pp + (b * T_ + t) * C;
+        for (int64_t c = 0; c < C; ++c) prow[c] = 0;
+        for (int64_t j = 0; j < K; ++j) {
+          const int64_t s = t - (K - 1) + j;
+          if (s < 0) continue;
+          const T* xrow = px + (b * T_ + s) * C;
+          const T* wrow = wt.data() + j * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) prow[c] += wrow[c] * xrow[c];
+        }
+        T* yrow = py + (b * T_ + t) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yrow[c] = prow[c] * Sigmoid(prow[c]);
+      }
+  });
+}
+
+void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& dy,
+                            const Tensor& dx, const Tensor& dw) {
+  const int64_t B = x.dim(0), T_ = x.dim(1), C = x.dim(2), K = w.dim(1);
+  CheckSame(x, dy, "CausalConvSiluBackward");
+  CheckSame(x, dx, "CausalConvSiluBackward");
+  DispatchFloat(x.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    const T *px = x.data<T>(), *pw = w.data<T>(), *pp = pre.data<T>(), *pdy = dy.data<T>();
+    T* pdx = dx.data<T>();
+    std::vector<T> wt(K * C);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < K; ++j) wt[j * C + c] = pw[c * K + j];
+    // dpre = dy * silu'(pre)
+    std::vector<T> dpre(x.numel());
+    const int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const T s = Sigmoid(pp[i]);
+      dpre[i] = pdy[i] * s * (T(1) + pp[i] * (T(1) - s));
+    }
+    const int threads = omp_get_max_threads();
+    std::vector<T> dw_partial(static_cast<size_t>(threads) * K * C, T(0));
+#pragma omp parallel
+    {
+      T* dwl = dw_partial.data() + static_cast<size_t>(omp_get_thread_num()) * K * C;
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t s = 0; s < T_; ++s) {
+          // x[b,s] feeds pre[b, s + (K-1) - j] through tap j.
+          T* dxrow = pdx + (b * T_ + s) * C;
+          const T* xrow = px + (b * T_ + s) * C;
+          for (int64_t c = 0; c < C; ++c) dxrow[c] = 0;
+          for (int64_t j = 0; j < K; ++j) {
+            const int64_t t = s + (K - 1) - j;
+            if (t >= T_) continue;
+            const T* drow = dpre.data() + (b * T_ + t) * C;
+            const T* wrow = wt.data() + j * C;
+            T* dwrow = dwl + j * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              dxrow[c] += wrow[c] * drow[c];
+              dwrow[c] += drow[c] * xrow[c];
+            }
+          }
+        }
+    }
+    T* pdw = dw.data<T>();
+    for (int th = 0; th < threads; ++th)
+      for (int64_t j = 0; j < K; ++j)
+        for (int64_t c = 0; c < C; ++c) pdw[c * K + j] += dw_partial[(th * K + j) * C + c];
+  });
+}
+
+}  // namespace gdn::cpu

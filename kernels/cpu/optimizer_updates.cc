@@ -1,0 +1,50 @@
+// Optimizer updates, in place, one parameter tensor at a time.
+#include <cmath>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/dispatch.h"
+
+namespace gdn::cpu {
+
+void AdamWUpdate(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, int64_t step) {
+  CheckSame(p, g, "AdamWUpdate");
+  CheckSame(p, m, "AdamWUpdate");
+  CheckSame(p, v, "AdamWUpdate");
+  CHECK_GE(step, 1);
+  DispatchFloat(p.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    T *pp = p.data<T>(), *pm = m.data<T>(), *pv = v.data<T>();
+    const T* pg = g.data<T>();
+    const T b1 = beta1, b2 = beta2, e = eps, l = lr, wd = weight_decay;
+    const T c1 = T(1) / (T(1) - std::pow(b1, static_cast<T>(step)));
+    const T c2 = T(1) / (T(1) - std::pow(b2, static_cast<T>(step)));
+    const int64_t n = p.numel();
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      pm[i] = b1 * pm[i] + (T(1) - b1) * pg[i];
+      pv[i] = b2 * pv[i] + (T(1) - b2) * pg[i] * pg[i];
+      pp[i] -= l * (pm[i] * c1 / (std::sqrt(pv[i] * c2) + e) + wd * pp[i]);
+    }
+  });
+}
+
+void SgdUpdate(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
+               double weight_decay) {
+  CheckSame(p, g, "SgdUpdate");
+  CheckSame(p, buf, "SgdUpdate");
+  DispatchFloat(p.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    T *pp = p.data<T>(), *pb = buf.data<T>();
+    const T* pg = g.data<T>();
+    const T mu = momentum, l = lr, wd = weight_decay;
+    const int64_t n = p.numel();
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      pb[i] = mu * pb[i] + pg[i] + wd * pp[i];
+      pp[i] -= l * pb[i];
+    }
+  });
+}
+
+}  // namespace gdn::cpu

@@ -1,0 +1,27 @@
+// The op set: every computation the model performs, on Tensors, whatever their device.
+// kernels/cpu/ implements it for float32 and float64 (the reference, tests, gradient checks);
+// kernels/cuda/ implements the same functions for GPUs. ops.cc picks the implementation from
+// the tensors' device, so the model code never names a device.
+//
+// Conventions: activations are [N, features] with N = batch * time (row-major); weights are
+// [out, in] as in a torch Linear, so y = x W^T. Parameter gradients ACCUMULATE (+=) so that
+// micro-batches and tied weights add up; activation gradients are overwritten.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "runtime/tensor.h"
+
+namespace gdn::ops {
+#include "kernels/op_set.inc"
+
+// Per-op wall time, collected while profiling is on (off by default; costs a clock read per op).
+struct OpTime {
+  double seconds = 0;
+  int64_t calls = 0;
+};
+void EnableProfiling(bool on);
+// The times collected since the last call, by op name.
+std::map<std::string, OpTime> TakeProfile();
+}  // namespace gdn::ops
