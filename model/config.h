@@ -1,0 +1,31 @@
+// The model's sizes, derived from a ModelSpec, with the checks that need them.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "proto/gdn.pb.h"
+
+namespace gdn {
+
+struct ModelDims {
+  int64_t vocab = 0, width = 0, depth = 0;
+  int64_t heads = 0, value_heads = 0;  // H and HV
+  int64_t dk = 0, dv = 0;              // head sizes
+  int64_t key_dim = 0, value_dim = 0;  // H * dk and HV * dv
+  int64_t mlp_hidden = 0, conv_size = 0;
+  double norm_eps = 1e-6;
+  bool tied = false;
+  double beta_scale = 1.0;  // 2 with negative eigenvalues
+  int64_t chunk = 64;       // 0: the sequential recurrence
+};
+
+// Errors name the field, e.g. "model.width: key dimension 0.75 * 100 = 75 is not a multiple of
+// model.head_dim 16".
+absl::StatusOr<ModelDims> ResolveModelDims(const ModelSpec& spec);
+
+// Checks of the whole spec that need the derived sizes, e.g. head counts divisible by the
+// tensor-parallel size.
+absl::Status ValidateModelSpec(const ExperimentSpec& spec);
+
+}  // namespace gdn

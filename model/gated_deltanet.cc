@@ -1,0 +1,158 @@
+#include "model/gated_deltanet.h"
+
+#include <cmath>
+
+#include "kernels/ops.h"
+
+namespace gdn {
+
+GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBuilder& builder)
+    : b_(builder) {
+  const ModelDims& d = b_.dims;
+  const int t = b_.tp.size;
+  heads_ = d.heads / t;
+  value_heads_ = d.value_heads / t;
+  key_dim_ = d.key_dim / t;
+  value_dim_ = d.value_dim / t;
+  auto col = [&](const char* n, int64_t rows) {
+    return b_.Add(prefix + n, {rows, d.width}, ParamClass::kHidden, InitKind::kNormal,
+                  ShardDim::kRows);
+  };
+  wq_ = col("q_proj", d.key_dim);
+  wk_ = col("k_proj", d.key_dim);
+  wv_ = col("v_proj", d.value_dim);
+  wa_ = col("a_proj", d.value_heads);
+  wb_ = col("b_proj", d.value_heads);
+  wg_ = col("g_proj", d.value_dim);
+  auto conv = [&](const char* n, int64_t channels) {
+    return b_.Add(prefix + n, {channels, d.conv_size}, ParamClass::kVector, InitKind::kNormal,
+                  ShardDim::kRows);
+  };
+  conv_q_ = conv("q_conv", d.key_dim);
+  conv_k_ = conv("k_conv", d.key_dim);
+  conv_v_ = conv("v_conv", d.value_dim);
+  a_log_ = b_.Add(prefix + "A_log", {d.value_heads}, ParamClass::kVector, InitKind::kALog,
+                  ShardDim::kRows);
+  dt_bias_ = b_.Add(prefix + "dt_bias", {d.value_heads}, ParamClass::kVector, InitKind::kDtBias,
+                    ShardDim::kRows);
+  o_norm_ = b_.Add(prefix + "o_norm", {d.dv}, ParamClass::kFixed, InitKind::kOnes,
+                   ShardDim::kReplicated);
+  wo_ = b_.Add(prefix + "o_proj", {d.width, d.value_dim}, ParamClass::kHidden, InitKind::kNormal,
+               ShardDim::kCols);
+}
+
+Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes* probes) {
+  const ModelDims& d = b_.dims;
+  const int64_t N = B * T;
+  B_ = B;
+  T_ = T;
+  x_ = x;
+  qp_ = LinearForward(b_, x, *wq_);
+  kp_ = LinearForward(b_, x, *wk_);
+  vp_ = LinearForward(b_, x, *wv_);
+  a_ = LinearForward(b_, x, *wa_);
+  bb_ = LinearForward(b_, x, *wb_);
+  g_ = LinearForward(b_, x, *wg_);
+
+  auto conv = [&](const Tensor& in, const Parameter& w, Tensor& pre, Tensor& out) {
+    const int64_t c = in.dim(1);
+    pre = b_.Empty({B, T, c});
+    out = b_.Empty({B, T, c});
+    ops::CausalConvSiluForward(in.View({B, T, c}), w.value, pre, out);
+    out = out.View({N, c});
+  };
+  conv(qp_, *conv_q_, q_pre_, qc_);
+  conv(kp_, *conv_k_, k_pre_, kc_);
+  conv(vp_, *conv_v_, v_pre_, vc_);
+
+  qn_ = b_.Empty({N, key_dim_});
+  kn_ = b_.Empty({N, key_dim_});
+  q_rn_ = b_.Empty({N * heads_});
+  k_rn_ = b_.Empty({N * heads_});
+  ops::L2NormHeadsForward(qc_, d.dk, 1e-6, qn_, q_rn_);
+  ops::L2NormHeadsForward(kc_, d.dk, 1e-6, kn_, k_rn_);
+
+  gamma_ = b_.Empty({N, value_heads_});
+  beta_ = b_.Empty({N, value_heads_});
+  ops::GatesForward(a_, bb_, a_log_->value, dt_bias_->value, d.beta_scale, gamma_, beta_);
+
+  o_ = b_.Empty({N, value_dim_});
+  Tensor state;
+  if (probes) state = b_.Empty({B, value_heads_, d.dk, d.dv});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d.dk));
+  ops::GatedDeltaRuleForward(qn_.View({B, T, heads_, d.dk}), kn_.View({B, T, heads_, d.dk}),
+                             vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_, scale, d.chunk,
+                             o_.View({B, T, value_heads_, d.dv}), state);
+
+  y_ = b_.Empty({N, value_dim_});
+  o_rstd_ = b_.Empty({N * value_heads_});
+  ops::GatedRmsNormForward(o_, g_, o_norm_->value, d.dv, d.norm_eps, y_, o_rstd_);
+  Tensor out = LinearForward(b_, y_, *wo_);
+
+  if (probes) {
+    Probes& p = *probes;
+    p["q_conv"] += ops::MeanAbs(qc_);
+    p["k_conv"] += ops::MeanAbs(kc_);
+    p["v_conv"] += ops::MeanAbs(vc_);
+    double alpha = 0;
+    for (int64_t i = 0; i < gamma_.numel(); ++i) alpha += std::exp(gamma_.at(i));
+    p["alpha"] += alpha / gamma_.numel();
+    p["beta"] += ops::MeanAbs(beta_);
+    p["recurrent_out"] += ops::MeanAbs(o_);
+    p["head_norm_out"] += ops::MeanAbs(y_);
+    p["mixer_out"] += ops::MeanAbs(out);
+    // |S|_F / sqrt(dk dv): the RMS coordinate of the final state, averaged over heads.
+    p["state"] += std::sqrt(ops::SumSquares(state) / state.numel());
+  }
+  return out;
+}
+
+Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
+  const ModelDims& d = b_.dims;
+  const int64_t B = B_, T = T_, N = B * T;
+  Tensor dy = b_.Empty({N, value_dim_});
+  LinearBackward(y_, *wo_, dout, dy, false);
+
+  Tensor d_o = b_.Empty({N, value_dim_}), dg = b_.Empty({N, value_dim_});
+  ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad);
+
+  Tensor dqn = b_.Empty({N, key_dim_}), dkn = b_.Empty({N, key_dim_});
+  Tensor dvc = b_.Empty({N, value_dim_});
+  Tensor dgamma = b_.Empty({N, value_heads_}), dbeta = b_.Empty({N, value_heads_});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d.dk));
+  ops::GatedDeltaRuleBackward(
+      qn_.View({B, T, heads_, d.dk}), kn_.View({B, T, heads_, d.dk}),
+      vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_, scale, d.chunk,
+      d_o.View({B, T, value_heads_, d.dv}), dqn.View({B, T, heads_, d.dk}),
+      dkn.View({B, T, heads_, d.dk}), dvc.View({B, T, value_heads_, d.dv}), dgamma, dbeta);
+
+  Tensor da = b_.Empty({N, value_heads_}), db = b_.Empty({N, value_heads_});
+  ops::GatesBackward(a_, bb_, a_log_->value, dt_bias_->value, d.beta_scale, dgamma, dbeta, da, db,
+                     a_log_->grad, dt_bias_->grad);
+
+  Tensor dqc = b_.Empty({N, key_dim_}), dkc = b_.Empty({N, key_dim_});
+  ops::L2NormHeadsBackward(qn_, q_rn_, dqn, dqc);
+  ops::L2NormHeadsBackward(kn_, k_rn_, dkn, dkc);
+
+  auto conv_back = [&](const Tensor& in, const Parameter& w, const Tensor& pre, const Tensor& dc) {
+    const int64_t c = in.dim(1);
+    Tensor din = b_.Empty({N, c});
+    ops::CausalConvSiluBackward(in.View({B, T, c}), w.value, pre, dc.View({B, T, c}),
+                                din.View({B, T, c}), w.grad);
+    return din;
+  };
+  Tensor dqp = conv_back(qp_, *conv_q_, q_pre_, dqc);
+  Tensor dkp = conv_back(kp_, *conv_k_, k_pre_, dkc);
+  Tensor dvp = conv_back(vp_, *conv_v_, v_pre_, dvc);
+
+  Tensor dx = b_.Empty({N, d.width});
+  LinearBackward(x_, *wq_, dqp, dx, false);
+  LinearBackward(x_, *wk_, dkp, dx, true);
+  LinearBackward(x_, *wv_, dvp, dx, true);
+  LinearBackward(x_, *wa_, da, dx, true);
+  LinearBackward(x_, *wb_, db, dx, true);
+  LinearBackward(x_, *wg_, dg, dx, true);
+  return dx;
+}
+
+}  // namespace gdn

@@ -1,0 +1,35 @@
+// The Gated DeltaNet mixer (shared/docs/gated-delta-rule.md), forward and backward side by side.
+//   q,k,v,a,b,g = W x;  q,k,v <- SiLU(causal conv);  q,k <- L2 norm per head;
+//   gamma = -exp(A_log) softplus(a + dt_bias);  beta = sigmoid(b) (x2 with negative eigenvalues);
+//   o = gated delta rule(q, k, v, gamma, beta, scale dk^-1/2);
+//   y = RMSNorm_head(o) * w_norm * SiLU(g);  out = Wo y
+// Tensor parallel: each rank owns a contiguous group of key heads with their value heads, i.e.
+// the matching rows of Wq..Wg (column parallel), conv channels, A_log, dt_bias; Wo is row
+// parallel, so `out` is this rank's partial sum (the caller reduces it over the group).
+#pragma once
+
+#include "model/layer.h"
+
+namespace gdn {
+
+class GatedDeltaNetMixer {
+ public:
+  GatedDeltaNetMixer(const std::string& prefix, const LayerBuilder& builder);
+
+  // x: [B*T, d] -> out [B*T, d]. Saves what the backward needs.
+  Tensor Forward(const Tensor& x, int64_t B, int64_t T, Probes* probes);
+  // dout: [B*T, d] -> dx; accumulates parameter gradients.
+  Tensor Backward(const Tensor& dout);
+
+ private:
+  LayerBuilder b_;
+  int64_t heads_, value_heads_, key_dim_, value_dim_;  // this rank's share
+  Parameter *wq_, *wk_, *wv_, *wa_, *wb_, *wg_, *conv_q_, *conv_k_, *conv_v_, *a_log_, *dt_bias_,
+      *o_norm_, *wo_;
+  // Saved activations.
+  int64_t B_ = 0, T_ = 0;
+  Tensor x_, qp_, kp_, vp_, a_, bb_, g_, q_pre_, k_pre_, v_pre_, qc_, kc_, vc_, qn_, kn_, q_rn_,
+      k_rn_, gamma_, beta_, o_, o_rstd_, y_;
+};
+
+}  // namespace gdn

@@ -1,0 +1,48 @@
+// What every layer needs to create its parameters and run: the sizes, the parametrization, the
+// element type and this rank's place in the tensor-parallel group.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "model/config.h"
+#include "model/parameter.h"
+#include "model/parametrization.h"
+#include "kernels/ops.h"
+
+namespace gdn {
+
+// Mean |coordinate| of named activations (coordinate checks); filled when a layer gets one.
+using Probes = std::map<std::string, double>;
+
+struct LayerBuilder {
+  ModelDims dims;
+  ParametrizationSpec parametrization;
+  OptimizerSpec::Kind optimizer = OptimizerSpec::ADAMW;
+  double width_mult = 1.0;  // m, from global sizes
+  DType dtype = DType::kF32;
+  TensorParallel tp;
+  ParameterSet* params = nullptr;
+
+  Parameter* Add(const std::string& name, Shape global_shape, ParamClass cls, InitKind init,
+                 ShardDim shard) const {
+    return params->Add(name, std::move(global_shape), cls, init, shard,
+                       MultipliersFor(cls, parametrization, optimizer, width_mult), dtype, tp);
+  }
+  Tensor Empty(const Shape& shape) const { return Tensor::Empty(shape, dtype); }
+};
+
+// y = x W^T for x [N, in], W [out, in].
+inline Tensor LinearForward(const LayerBuilder& b, const Tensor& x, const Parameter& w) {
+  Tensor y = b.Empty({x.dim(0), w.value.dim(0)});
+  ops::Matmul(x, false, w.value, true, y);
+  return y;
+}
+// dW += dy^T x;  dx = dy W + accumulate * dx.
+inline void LinearBackward(const Tensor& x, const Parameter& w, const Tensor& dy, const Tensor& dx,
+                           bool accumulate) {
+  ops::Matmul(dy, true, x, false, w.grad, 1.0, 1.0);
+  ops::Matmul(dy, false, w.value, false, dx, 1.0, accumulate ? 1.0 : 0.0);
+}
+
+}  // namespace gdn

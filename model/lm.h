@@ -1,0 +1,55 @@
+// The Gated DeltaNet language model: embedding -> depth x [x + Mixer(RMSNorm(x)); x + MLP(RMSNorm(x))]
+// -> final RMSNorm -> LM head -> cross-entropy. Forward and backward are explicit, layer by layer.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "model/gated_deltanet.h"
+#include "model/mlp.h"
+
+namespace gdn {
+
+class LanguageModel {
+ public:
+  // `spec` must have passed ValidateSpec and ValidateModelSpec.
+  LanguageModel(const ExperimentSpec& spec, DType dtype, TensorParallel tp = {});
+
+  const ModelDims& dims() const { return builder_.dims; }
+  ParameterSet& params() { return params_; }
+  // Draws every parameter from `seed` (layout independent; see model/parameter.h).
+  void Initialize(uint64_t seed);
+
+  // tokens: int32 [B, T + 1]; inputs are tokens[:, :-1], targets tokens[:, 1:]. Returns the mean
+  // next-token loss; parameter gradients accumulate grad_scale * d(loss).
+  double ForwardBackward(const Tensor& tokens, double grad_scale = 1.0);
+  // The mean loss only (no gradients). probes, when given, receive mean |coordinate| of each
+  // module's output (summed over layers for per-layer modules) and the recurrent state size.
+  double ForwardLoss(const Tensor& tokens, Probes* probes = nullptr);
+
+  // Matrix-product FLOPs of one forward+backward token (6 x matrix parameters touched per token,
+  // embedding lookup excluded), for throughput figures.
+  double MatmulFlopsPerToken() const;
+
+ private:
+  struct Block {
+    Parameter* mixer_norm;
+    std::unique_ptr<GatedDeltaNetMixer> mixer;
+    Parameter* mlp_norm;
+    std::unique_ptr<SwiGluMlp> mlp;
+    Tensor x, n1, r1, h, n2, r2;  // saved activations
+  };
+  double Forward(const Tensor& tokens, Probes* probes);
+  void Backward(double grad_scale);
+
+  ParameterSet params_;
+  LayerBuilder builder_;
+  uint64_t seed_ = 0;
+  Parameter *embedding_, *final_norm_, *head_;
+  double out_mult_ = 1;
+  std::vector<Block> blocks_;
+  // Saved for backward.
+  Tensor inputs_, targets_, xf_in_, xf_, rf_, logits_;
+};
+
+}  // namespace gdn

@@ -1,0 +1,35 @@
+#include "model/mlp.h"
+
+namespace gdn {
+
+SwiGluMlp::SwiGluMlp(const std::string& prefix, const LayerBuilder& builder) : b_(builder) {
+  const ModelDims& d = b_.dims;
+  gate_ = b_.Add(prefix + "gate_proj", {d.mlp_hidden, d.width}, ParamClass::kHidden,
+                 InitKind::kNormal, ShardDim::kRows);
+  up_ = b_.Add(prefix + "up_proj", {d.mlp_hidden, d.width}, ParamClass::kHidden,
+               InitKind::kNormal, ShardDim::kRows);
+  down_ = b_.Add(prefix + "down_proj", {d.width, d.mlp_hidden}, ParamClass::kHidden,
+                 InitKind::kNormal, ShardDim::kCols);
+}
+
+Tensor SwiGluMlp::Forward(const Tensor& x) {
+  x_ = x;
+  gate_out_ = LinearForward(b_, x, *gate_);
+  up_out_ = LinearForward(b_, x, *up_);
+  h_ = b_.Empty(gate_out_.shape());
+  ops::SwigluForward(gate_out_, up_out_, h_);
+  return LinearForward(b_, h_, *down_);
+}
+
+Tensor SwiGluMlp::Backward(const Tensor& dout) {
+  Tensor dh = b_.Empty(h_.shape());
+  LinearBackward(h_, *down_, dout, dh, false);
+  Tensor dgate = b_.Empty(h_.shape()), dup = b_.Empty(h_.shape());
+  ops::SwigluBackward(gate_out_, up_out_, dh, dgate, dup);
+  Tensor dx = b_.Empty(x_.shape());
+  LinearBackward(x_, *gate_, dgate, dx, false);
+  LinearBackward(x_, *up_, dup, dx, true);
+  return dx;
+}
+
+}  // namespace gdn

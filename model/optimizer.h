@@ -1,0 +1,35 @@
+// AdamW and SGD with momentum over a ParameterSet. The base learning rate follows the schedule
+// (warmup, then cosine / linear / constant decay) and each parameter's rate and weight decay are
+// the base values times its parametrization multipliers: the schedule scales, never overwrites.
+#pragma once
+
+#include <vector>
+
+#include "model/parameter.h"
+#include "proto/gdn.pb.h"
+
+namespace gdn {
+
+// The base learning rate at optimizer step `step` (0-based) of `total_steps`.
+double ScheduledLearningRate(const OptimizerSpec& spec, int64_t step, int64_t total_steps);
+
+// sqrt(sum of squared gradients) over the parameters.
+double GradNorm(const ParameterSet& params);
+// Scales every gradient by max_norm / norm when norm > max_norm > 0.
+void ClipGradients(const ParameterSet& params, double norm, double max_norm);
+
+class Optimizer {
+ public:
+  Optimizer(const OptimizerSpec& spec, const ParameterSet& params);
+  // One update with base learning rate `lr`; `step` counts updates from 1 (Adam's bias correction).
+  void Step(int64_t step, double lr);
+  // The state tensors, in parameter order (m and v for AdamW, the momentum buffer for SGD).
+  std::vector<Tensor>& state() { return state_; }
+
+ private:
+  OptimizerSpec spec_;
+  const ParameterSet& params_;
+  std::vector<Tensor> state_;
+};
+
+}  // namespace gdn

@@ -1,0 +1,67 @@
+// A parameter knows its global shape, how it is split over tensor-parallel ranks, its muP class
+// and its multipliers. Initialisation draws the FULL tensor from the run's seed and the
+// parameter's name, then keeps this rank's slice, so every layout starts from the same weights.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "model/parametrization.h"
+#include "runtime/tensor.h"
+
+namespace gdn {
+
+enum class ShardDim {
+  kReplicated,  // every rank holds the whole tensor
+  kRows,        // dim 0 split in equal contiguous parts (column-parallel weights, per-head vectors)
+  kCols,        // dim 1 split (row-parallel weights)
+};
+
+enum class InitKind {
+  kNormal,  // N(0, multipliers.init_std^2)
+  kOnes,    // norm weights
+  kALog,    // A_log = log(A), A ~ U(0, 16)
+  kDtBias,  // inverse softplus of dt, dt log-uniform in [1e-3, 0.1]
+};
+
+struct TensorParallel {
+  int rank = 0;
+  int size = 1;
+};
+
+struct Parameter {
+  std::string name;
+  Shape global_shape;
+  ParamClass cls = ParamClass::kHidden;
+  InitKind init = InitKind::kNormal;
+  ShardDim shard = ShardDim::kReplicated;
+  ParamMultipliers mult;
+  Tensor value;  // this rank's slice
+  Tensor grad;   // same shape as value
+
+  // Shape of this rank's slice.
+  Shape LocalShape(const TensorParallel& tp) const;
+  // Draws the full tensor (float64) from (seed, name) and keeps this rank's slice.
+  void Initialize(uint64_t seed, const TensorParallel& tp);
+  // The full tensor as initialised, before slicing (tests compare shards against it).
+  Tensor FullInit(uint64_t seed) const;
+};
+
+// The parameters of a model, in a fixed order (checkpoints, optimizer state and the gradient
+// norm all walk this list).
+class ParameterSet {
+ public:
+  // Creates a parameter with this rank's slice allocated (value and zeroed grad).
+  Parameter* Add(std::string name, Shape global_shape, ParamClass cls, InitKind init,
+                 ShardDim shard, const ParamMultipliers& mult, DType dtype,
+                 const TensorParallel& tp);
+  const std::vector<std::unique_ptr<Parameter>>& all() const { return params_; }
+  Parameter* Find(const std::string& name) const;
+  void ZeroGrads() const;
+  int64_t NumElements() const;  // global element count
+
+ private:
+  std::vector<std::unique_ptr<Parameter>> params_;
+};
+
+}  // namespace gdn
