@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what gdn needs on Debian 12 (as root, with apt-get) when it is missing, then configures
+# and builds into build/. Used by launcher/quickstart.sh and tests/run.sh; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake ninja-build g++ pkg-config protobuf-compiler libprotobuf-dev libabsl-dev
+  libgoogle-glog-dev libgtest-dev libopenblas-dev openmpi-bin libopenmpi-dev)
+missing=()
+for p in "${packages[@]}" "$@"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+jobs=$(nproc)
+mkdir -p build
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >build/configure.log 2>&1 ||
+  { cat build/configure.log; exit 1; }
+echo "setup: building with $jobs jobs"
+cmake --build build -j "$jobs"

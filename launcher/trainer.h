@@ -1,0 +1,37 @@
+// `gdn train`: one run, from a resolved spec to a finished run directory.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proto/gdn.pb.h"
+
+namespace gdn {
+
+// Loads a spec file, applies the --set overrides in order, fills every default and validates
+// it all (fields, model sizes, data paths), so nothing starts on a bad spec.
+absl::StatusOr<ExperimentSpec> ResolveSpec(const std::string& path,
+                                           const std::vector<std::string>& overrides);
+// The checks every run needs before computing: ValidateSpec, the model's sizes, the layout.
+absl::Status ValidateRunnable(const ExperimentSpec& spec);
+
+struct TrainOptions {
+  bool quiet = false;    // no progress lines (sweeps print their own)
+  bool restart = false;  // start over in a run directory that holds an unfinished run
+};
+
+struct TrainResult {
+  std::string status;  // "done" or "diverged"
+  int64_t steps = 0;   // optimizer steps taken
+  double train_loss = 0, val_loss = 0;
+  double tokens_per_s = 0, elapsed_s = 0;
+};
+
+// Trains the run described by `spec` (resolved and validated) in spec.run().dir(): writes
+// spec.textproto, status, metrics.jsonl and summary.json there. Bad data (missing, corrupt,
+// tokens outside the vocabulary) is an InvalidArgument error returned before
+// anything is computed or written.
+absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const TrainOptions& options);
+
+}  // namespace gdn
