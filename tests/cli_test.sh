@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# End-to-end tests of the gdn command line: train, sweep, data prepare, and the errors a user can
+# cause (each must exit 2 with a one-line message naming the field or file, and start nothing).
+# Usage: tests/cli_test.sh path/to/gdn
+set -uo pipefail
+gdn=$(realpath "$1")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+failures=0
+pass=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+ok() { pass=$((pass + 1)); }
+
+# expect CODE PATTERN -- command...: exit code and a stderr/stdout line matching PATTERN.
+expect() {
+  local code=$1 pattern=$2
+  shift 3
+  local out
+  out=$("$@" 2>&1)
+  local rc=$?
+  if [ "$rc" -ne "$code" ]; then fail "'$*' exited $rc, expected $code: $out"; return; fi
+  if ! grep -qE -- "$pattern" <<<"$out"; then fail "'$*' output lacks /$pattern/: $out"; return; fi
+  ok
+}
+
+# A small corpus: varied text so the loss can fall.
+mkdir -p corpus
+for i in $(seq 1 40); do
+  for j in $(seq 1 30); do echo "document $i line $j: the quick brown fox $((i * j)) jumps over the lazy dog $j."; done >"corpus/doc$i.txt"
+done
+expect 0 "train.bin" -- "$gdn" data prepare --input corpus --format text --out data --val-every 10
+[ -f data/train.bin ] && [ -f data/val.bin ] && ok || fail "data prepare wrote no shards"
+
+cat >tiny.textproto <<'SPEC'
+model { width: 32 depth: 1 head_dim: 8 }
+parametrization { base_width: 32 }
+optimizer { lr: 0.01 warmup_steps: 2 }
+data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 32 batch_size: 4 }
+run { steps: 20 eval_interval: 10 eval_batches: 2 log_interval: 5 dir: "runs/tiny" }
+SPEC
+
+expect 0 "verbs" -- "$gdn" help
+expect 0 "--spec" -- "$gdn" train --help
+expect 0 "--input" -- "$gdn" data prepare --help
+expect 2 "unknown verb" -- "$gdn" frobnicate
+expect 2 "unknown flag --bogus" -- "$gdn" train --spec tiny.textproto --bogus 1
+expect 2 "--spec is required" -- "$gdn" train
+
+# A good run: progress lines, metrics.jsonl, the resolved spec, the summary.
+expect 0 "done after 20 steps" -- "$gdn" train --spec tiny.textproto
+[ "$(wc -l <runs/tiny/metrics.jsonl)" -eq 20 ] && ok || fail "metrics.jsonl should have 20 lines"
+grep -q '"step":1,"train_loss":' runs/tiny/metrics.jsonl && ok || fail "metrics lack step/train_loss"
+[ "$(grep -c val_loss runs/tiny/metrics.jsonl)" -eq 2 ] && ok || fail "val_loss expected at steps 10, 20"
+grep -q "norm_eps: 1e-06" runs/tiny/spec.textproto && ok || fail "resolved spec lacks defaults"
+grep -q '"status":"done"' runs/tiny/summary.json && ok || fail "summary lacks status done"
+[ "$(cat runs/tiny/status)" = done ] && ok || fail "status file not done"
+first=$(head -1 runs/tiny/metrics.jsonl | sed 's/.*"train_loss":\([0-9.]*\).*/\1/')
+last=$(tail -1 runs/tiny/metrics.jsonl | sed 's/.*"train_loss":\([0-9.]*\).*/\1/')
+awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }' && ok || fail "loss did not fall: $first -> $last"
+# The same run directory again: refused, and the finished run is untouched.
+before=$(md5sum runs/tiny/metrics.jsonl)
+expect 2 "run.dir: runs/tiny already holds a run" -- "$gdn" train --spec tiny.textproto
+[ "$(md5sum runs/tiny/metrics.jsonl)" = "$before" ] && ok || fail "refused run changed metrics"
+
+# Bad input: exit 2, the field or file named, no run directory created.
+bad() {
+  local pattern=$1
+  shift
+  expect 2 "$pattern" -- "$gdn" train --spec tiny.textproto --set run.dir=runs/bad "$@"
+  [ ! -e runs/bad ] && ok || { fail "bad input created runs/bad ($*)"; rm -rf runs/bad; }
+}
+printf 'model { widht: 3 }\n' >typo.textproto
+expect 2 'typo.textproto:1:.*widht' -- "$gdn" train --spec typo.textproto
+expect 2 "missing.textproto" -- "$gdn" train --spec missing.textproto
+bad "model.width: key dimension" --set model.width=100
+bad "optimizer.lr" --set optimizer.lr=-0.1
+bad "run.steps" --set run.steps=0
+bad "no field 'nope'" --set model.nope=1
+bad "data.train_path: .*nothere.bin" --set data.train_path=nothere.bin
+printf 'garbage that is not a shard at all, longer than nothing' >corrupt.bin
+bad "data.train_path: .*corrupt.bin" --set data.train_path=corrupt.bin
+bad "outside model.vocab_size 64" --set model.vocab_size=64
+bad "parallel.tensor_parallel" --set parallel.tensor_parallel=2
+
+# A sweep: plan, run (one learning rate diverges), table, CSV, and a rerun that skips done runs.
+cat >sweep.textproto <<'SPEC'
+model { depth: 1 head_dim: 8 }
+parametrization { base_width: 32 }
+optimizer { kind: SGD grad_clip: 0 warmup_steps: 0 }
+data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 32 batch_size: 4 }
+run { steps: 12 eval_interval: 0 eval_batches: 2 }
+sweep { widths: [32, 64] learning_rates: [0.05, 0.2, 1000] dir: "runs/sweep" }
+SPEC
+expect 0 "6 runs" -- "$gdn" sweep plan --spec sweep.textproto
+expect 0 "best lr" -- "$gdn" sweep run --spec sweep.textproto
+grep -q diverged runs/sweep/table.txt && ok || fail "the lr=1000 runs should show as diverged"
+[ "$(wc -l <runs/sweep/results.csv)" -eq 7 ] && ok || fail "results.csv should have 6 rows + header"
+[ "$(grep -c ',diverged,' runs/sweep/results.csv)" -eq 2 ] && ok || fail "2 runs should have diverged"
+expect 0 "already" -- "$gdn" sweep run --spec sweep.textproto
+expect 2 "sweep: empty grid" -- "$gdn" sweep run --spec tiny.textproto
+expect 2 "sweep point .*model.width=36" -- "$gdn" sweep plan --spec sweep.textproto --set sweep.widths=32,36
+
+echo "$pass passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,906 @@
+// Tests of the op set (kernels/ops.h) on the CPU. Every op is compared with a naive reference
+// written here in double straight from the math; every backward with central finite differences
+// (float64) of the scalar loss L = sum(output * R) for a random R.
+//
+// Relative error everywhere: max|got - want| / max|want| (want must not be all zero).
+// Thresholds: float64 kernel vs float64 reference 1e-12 (1e-9 for the gates: softplus(z) = z
+// above z = 20 is off by log1p(exp(-z)) < 2e-9), finite differences 1e-6 (h = 1e-5: truncation
+// ~h^2 = 1e-10, rounding ~1e-16/h = 1e-11), chunked vs sequential gated delta rule 1e-10,
+// float32 vs float64 1e-5 (1e-4 for the gated delta rule, a 37-step recurrence).
+#include "kernels/ops.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <random>
+#include <vector>
+
+namespace gdn {
+namespace {
+
+constexpr DType kF32 = DType::kF32, kF64 = DType::kF64;
+constexpr double kExactTol = 1e-12, kFdTol = 1e-6, kGdrTol = 1e-10, kF32Tol = 1e-5;
+using Vec = std::vector<double>;
+
+// Uniform random values in [lo, hi) from a fixed seed, in the given dtype.
+Tensor Rand(const Shape& shape, uint64_t seed, double lo = -1, double hi = 1, DType dt = kF64) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(lo, hi);
+  Tensor t = Tensor::Empty(shape, dt);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, u(rng));
+  return t;
+}
+Tensor Filled(const Shape& shape, double value, DType dt = kF64) {
+  Tensor t = Tensor::Empty(shape, dt);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, value);
+  return t;
+}
+Tensor Tokens(const std::vector<int32_t>& ids) {
+  Tensor t = Tensor::Empty({static_cast<int64_t>(ids.size())}, DType::kI32);
+  for (size_t i = 0; i < ids.size(); ++i) t.data<int32_t>()[i] = ids[i];
+  return t;
+}
+Vec Vals(const Tensor& t) {
+  Vec v(t.numel());
+  for (int64_t i = 0; i < t.numel(); ++i) v[i] = t.at(i);
+  return v;
+}
+double MaxAbs(const Vec& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+double RelErr(const Vec& got, const Vec& want) {
+  EXPECT_EQ(got.size(), want.size());
+  EXPECT_GT(MaxAbs(want), 0) << "vacuous comparison: the reference is all zero";
+  double num = 0;
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    const double d = std::abs(got[i] - want[i]);
+    num = std::isnan(d) ? std::numeric_limits<double>::infinity() : std::max(num, d);
+  }
+  return num / std::max(MaxAbs(want), 1e-300);
+}
+double RelErr(const Tensor& got, const Vec& want) { return RelErr(Vals(got), want); }
+double RelErr(const Tensor& got, const Tensor& want) { return RelErr(Vals(got), Vals(want)); }
+double Dot(const Tensor& a, const Tensor& b) {
+  double s = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) s += a.at(i) * b.at(i);
+  return s;
+}
+double Sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
+double Silu(double x) { return x / (1 + std::exp(-x)); }
+double Softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+
+// Central-difference gradient of loss() with respect to every element of x (float64; x is
+// perturbed in place and restored).
+Vec NumGrad(Tensor x, const std::function<double()>& loss, double h = 1e-5) {
+  Vec g(x.numel());
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double x0 = x.at(i);
+    x.set(i, x0 + h);
+    const double lp = loss();
+    x.set(i, x0 - h);
+    const double lm = loss();
+    x.set(i, x0);
+    g[i] = (lp - lm) / (2 * h);
+  }
+  return g;
+}
+
+// Parameter gradients accumulate: run(dw) twice from zero gives 2 * once, and from a nonzero
+// start d0 gives d0 + once.
+void ExpectAccumulates(const char* what, const Shape& shape,
+                       const std::function<void(const Tensor&)>& run) {
+  Tensor once = Tensor::Zeros(shape, kF64);
+  run(once);
+  Tensor twice = Tensor::Zeros(shape, kF64);
+  run(twice);
+  run(twice);
+  Vec want = Vals(once);
+  for (double& x : want) x *= 2;
+  EXPECT_LT(RelErr(twice, want), kExactTol) << what << ": second call does not add";
+  Tensor d = Rand(shape, 4242, -3, 3);
+  want = Vals(d);
+  for (int64_t i = 0; i < once.numel(); ++i) want[i] += once.at(i);
+  run(d);
+  EXPECT_LT(RelErr(d, want), kExactTol) << what << ": does not add to a nonzero gradient";
+}
+
+// Runs f on float32 inputs and on the same values in float64; compares every output.
+// f builds its inputs with In(), which rounds to float so both runs see identical values.
+Tensor In(const Shape& shape, uint64_t seed, DType dt, double lo = -1, double hi = 1) {
+  return Rand(shape, seed, lo, hi, kF32).To(dt);
+}
+void ExpectF32MatchesF64(const char* what, const std::function<std::vector<Tensor>(DType)>& f,
+                         double tol = kF32Tol) {
+  const std::vector<Tensor> a = f(kF32), b = f(kF64);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].dtype(), kF32) << what;
+    EXPECT_LT(RelErr(a[i], b[i]), tol) << what << " output " << i;
+  }
+}
+
+// ------------------------------------------------------------------------------------ Matmul
+
+void CheckMatmul(DType dt, double tol, int64_t m, int64_t k, int64_t n, uint64_t seed) {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      Tensor a = Rand(ta ? Shape{k, m} : Shape{m, k}, seed++, -1, 1, dt);
+      Tensor b = Rand(tb ? Shape{n, k} : Shape{k, n}, seed++, -1, 1, dt);
+      Tensor c = Rand({m, n}, seed++, -1, 1, dt);
+      const Vec c0 = Vals(c);
+      auto A = [&](int64_t i, int64_t p) { return ta ? a.at(p * m + i) : a.at(i * k + p); };
+      auto B = [&](int64_t p, int64_t j) { return tb ? b.at(j * k + p) : b.at(p * n + j); };
+      Vec prod(m * n, 0.0);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j)
+          for (int64_t p = 0; p < k; ++p) prod[i * n + j] += A(i, p) * B(p, j);
+      const double alpha = 0.75, beta = -1.5;
+      Vec want(m * n);
+      for (int64_t i = 0; i < m * n; ++i) want[i] = alpha * prod[i] + beta * c0[i];
+      ops::Matmul(a, ta, b, tb, c, alpha, beta);
+      EXPECT_LT(RelErr(c, want), tol) << "trans_a " << ta << " trans_b " << tb << " m" << m;
+      // Defaults alpha = 1, beta = 0; with beta = 0 the old contents of c (even NaN) are ignored,
+      // as in BLAS, so outputs may be Tensor::Empty.
+      Tensor c2 = Filled({m, n}, std::nan(""), dt);
+      ops::Matmul(a, ta, b, tb, c2);
+      EXPECT_LT(RelErr(c2, prod), tol) << "defaults, trans_a " << ta << " trans_b " << tb;
+    }
+}
+
+TEST(OpsTest, MatmulAllTransposesFloat64) {
+  CheckMatmul(kF64, kExactTol, 5, 7, 3, 10);
+  CheckMatmul(kF64, kExactTol, 67, 65, 70, 20);  // past the blocking of the BLAS
+  CheckMatmul(kF64, kExactTol, 1, 9, 1, 30);
+}
+
+TEST(OpsTest, MatmulAllTransposesFloat32) {
+  CheckMatmul(kF32, kF32Tol, 5, 7, 3, 40);
+  CheckMatmul(kF32, kF32Tol, 67, 65, 70, 50);
+}
+
+// ---------------------------------------------------------------- elementwise and reductions
+
+TEST(OpsTest, FillAddAxpyScale) {
+  for (DType dt : {kF32, kF64}) {
+    const double tol = dt == kF64 ? kExactTol : kF32Tol;
+    const Shape s = {1037};  // odd, longer than any vector width, split over threads
+    Tensor x = Rand(s, 1, -1, 1, dt), y = Rand(s, 2, -1, 1, dt);
+    const Vec xv = Vals(x), yv = Vals(y);
+    Tensor out = Filled(s, 9, dt);
+    ops::Add(x, y, out);
+    Vec want(xv.size());
+    for (size_t i = 0; i < xv.size(); ++i) want[i] = xv[i] + yv[i];
+    EXPECT_LT(RelErr(out, want), tol) << "Add";
+    ops::Axpy(-0.3, x, y);
+    for (size_t i = 0; i < xv.size(); ++i) want[i] = yv[i] - 0.3 * xv[i];
+    EXPECT_LT(RelErr(y, want), tol) << "Axpy";
+    EXPECT_LT(RelErr(x, xv), tol) << "Axpy changed x";
+    ops::Scale(x, 2.5);
+    for (size_t i = 0; i < xv.size(); ++i) want[i] = 2.5 * xv[i];
+    EXPECT_LT(RelErr(x, want), tol) << "Scale";
+    ops::Fill(x, -1.25);
+    for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(x.at(i), -1.25) << i;
+    // In place: out aliases an input.
+    Tensor z = Rand(s, 3, -1, 1, dt);
+    const Vec zv = Vals(z);
+    ops::Add(z, z, z);
+    for (size_t i = 0; i < zv.size(); ++i) want[i] = 2 * zv[i];
+    EXPECT_LT(RelErr(z, want), tol) << "Add in place";
+  }
+}
+
+TEST(OpsTest, SumSquaresMeanAbs) {
+  for (DType dt : {kF32, kF64}) {
+    Tensor x = Rand({33, 31}, 5, -2, 2, dt);
+    double ss = 0, sa = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      ss += x.at(i) * x.at(i);
+      sa += std::abs(x.at(i));
+    }
+    // Both accumulate in double, so even float32 inputs give double-accurate sums.
+    EXPECT_NEAR(ops::SumSquares(x), ss, 1e-10 * ss) << DTypeName(dt);
+    EXPECT_NEAR(ops::MeanAbs(x), sa / x.numel(), 1e-12) << DTypeName(dt);
+  }
+  EXPECT_EQ(ops::MeanAbs(Tensor::Zeros({0}, kF64)), 0.0);
+  EXPECT_EQ(ops::SumSquares(Tensor::Zeros({0}, kF32)), 0.0);
+}
+
+TEST(OpsTest, AllFinite) {
+  const double inf = std::numeric_limits<double>::infinity();
+  for (DType dt : {kF32, kF64}) {
+    Tensor x = Rand({1001}, 6, -1e3, 1e3, dt);
+    EXPECT_TRUE(ops::AllFinite(x));
+    for (int64_t pos : {0, 500, 1000})
+      for (double bad : {std::nan(""), inf, -inf}) {
+        const double keep = x.at(pos);
+        x.set(pos, bad);
+        EXPECT_FALSE(ops::AllFinite(x)) << DTypeName(dt) << " " << bad << " at " << pos;
+        x.set(pos, keep);
+      }
+    EXPECT_TRUE(ops::AllFinite(x));
+    x.set(3, dt == kF32 ? 3e38 : 1e308);  // huge but finite
+    EXPECT_TRUE(ops::AllFinite(x));
+  }
+}
+
+// ------------------------------------------------------------------------------------ SwiGLU
+
+TEST(OpsTest, SwigluForward) {
+  for (DType dt : {kF32, kF64}) {
+    Tensor g = Rand({9, 13}, 7, -6, 6, dt), u = Rand({9, 13}, 8, -2, 2, dt);
+    Tensor h = Filled({9, 13}, 5, dt);
+    ops::SwigluForward(g, u, h);
+    Vec want(g.numel());
+    for (int64_t i = 0; i < g.numel(); ++i) want[i] = Silu(g.at(i)) * u.at(i);
+    EXPECT_LT(RelErr(h, want), dt == kF64 ? kExactTol : kF32Tol);
+  }
+}
+
+TEST(OpsTest, SwigluBackwardMatchesFiniteDifferences) {
+  Tensor g = Rand({5, 7}, 9, -5, 5), u = Rand({5, 7}, 10), R = Rand({5, 7}, 11);
+  Tensor h = Tensor::Empty({5, 7}, kF64);
+  auto loss = [&] {
+    ops::SwigluForward(g, u, h);
+    return Dot(h, R);
+  };
+  const Vec ng = NumGrad(g, loss), nu = NumGrad(u, loss);
+  Tensor dg = Filled({5, 7}, 7), du = Filled({5, 7}, 7);  // activation grads are overwritten
+  ops::SwigluBackward(g, u, R, dg, du);
+  EXPECT_LT(RelErr(dg, ng), kFdTol) << "dgate";
+  EXPECT_LT(RelErr(du, nu), kFdTol) << "dup";
+}
+
+// ------------------------------------------------------------------------------ norms
+
+TEST(OpsTest, RmsNormForward) {
+  const int64_t n = 6, d = 10;
+  const double eps = 1e-5;
+  for (DType dt : {kF32, kF64}) {
+    Tensor x = Rand({n, d}, 12, -2, 2, dt), w = Rand({d}, 13, 0.5, 1.5, dt);
+    Tensor y = Tensor::Empty({n, d}, dt), rstd = Tensor::Empty({n}, dt);
+    ops::RmsNormForward(x, w, eps, y, rstd);
+    Vec wy(n * d), wr(n);
+    for (int64_t r = 0; r < n; ++r) {
+      double ms = 0;
+      for (int64_t i = 0; i < d; ++i) ms += x.at(r * d + i) * x.at(r * d + i) / d;
+      wr[r] = 1 / std::sqrt(ms + eps);
+      for (int64_t i = 0; i < d; ++i) wy[r * d + i] = x.at(r * d + i) * wr[r] * w.at(i);
+    }
+    const double tol = dt == kF64 ? kExactTol : kF32Tol;
+    EXPECT_LT(RelErr(y, wy), tol);
+    EXPECT_LT(RelErr(rstd, wr), tol);
+  }
+}
+
+TEST(OpsTest, RmsNormBackwardMatchesFiniteDifferences) {
+  const int64_t n = 6, d = 8;
+  const double eps = 1e-5;
+  Tensor x = Rand({n, d}, 14, -2, 2), w = Rand({d}, 15, -1.5, 1.5), R = Rand({n, d}, 16);
+  Tensor y = Tensor::Empty({n, d}, kF64), rstd = Tensor::Empty({n}, kF64);
+  auto loss = [&] {
+    ops::RmsNormForward(x, w, eps, y, rstd);
+    return Dot(y, R);
+  };
+  const Vec nx = NumGrad(x, loss), nw = NumGrad(w, loss);
+  loss();
+  Tensor dx = Filled({n, d}, 7), dw = Tensor::Zeros({d}, kF64);
+  ops::RmsNormBackward(x, w, rstd, R, dx, dw);
+  EXPECT_LT(RelErr(dx, nx), kFdTol) << "dx";
+  EXPECT_LT(RelErr(dw, nw), kFdTol) << "dw";
+  ExpectAccumulates("RmsNorm dw", {d},
+                    [&](const Tensor& g) { ops::RmsNormBackward(x, w, rstd, R, dx, g); });
+}
+
+TEST(OpsTest, L2NormHeadsForward) {
+  const int64_t n = 5, heads = 3, hd = 4;
+  const double eps = 1e-6;
+  for (DType dt : {kF32, kF64}) {
+    Tensor x = Rand({n, heads * hd}, 17, -2, 2, dt);
+    Tensor y = Tensor::Empty({n, heads * hd}, dt), rn = Tensor::Empty({n * heads}, dt);
+    ops::L2NormHeadsForward(x, hd, eps, y, rn);
+    Vec wy(x.numel()), wr(n * heads);
+    for (int64_t r = 0; r < n * heads; ++r) {
+      double ss = 0;
+      for (int64_t i = 0; i < hd; ++i) ss += x.at(r * hd + i) * x.at(r * hd + i);
+      wr[r] = 1 / std::sqrt(ss + eps);
+      for (int64_t i = 0; i < hd; ++i) wy[r * hd + i] = x.at(r * hd + i) * wr[r];
+    }
+    const double tol = dt == kF64 ? kExactTol : kF32Tol;
+    EXPECT_LT(RelErr(y, wy), tol);
+    EXPECT_LT(RelErr(rn, wr), tol);
+  }
+}
+
+TEST(OpsTest, L2NormHeadsBackwardMatchesFiniteDifferences) {
+  const int64_t n = 4, heads = 3, hd = 5;
+  const double eps = 1e-6;
+  Tensor x = Rand({n, heads * hd}, 18, -2, 2), R = Rand({n, heads * hd}, 19);
+  Tensor y = Tensor::Empty(x.shape(), kF64), rn = Tensor::Empty({n * heads}, kF64);
+  auto loss = [&] {
+    ops::L2NormHeadsForward(x, hd, eps, y, rn);
+    return Dot(y, R);
+  };
+  const Vec nx = NumGrad(x, loss);
+  loss();
+  Tensor dx = Filled(x.shape(), 7);
+  ops::L2NormHeadsBackward(y, rn, R, dx);
+  EXPECT_LT(RelErr(dx, nx), kFdTol);
+}
+
+TEST(OpsTest, GatedRmsNormForward) {
+  const int64_t n = 4, heads = 3, hd = 5;
+  const double eps = 1e-5;
+  for (DType dt : {kF32, kF64}) {
+    Tensor o = Rand({n, heads * hd}, 20, -2, 2, dt), g = Rand({n, heads * hd}, 21, -4, 4, dt);
+    Tensor w = Rand({hd}, 22, 0.5, 1.5, dt);
+    Tensor y = Tensor::Empty(o.shape(), dt), rstd = Tensor::Empty({n * heads}, dt);
+    ops::GatedRmsNormForward(o, g, w, hd, eps, y, rstd);
+    Vec wy(o.numel()), wr(n * heads);
+    for (int64_t r = 0; r < n * heads; ++r) {
+      double ms = 0;
+      for (int64_t i = 0; i < hd; ++i) ms += o.at(r * hd + i) * o.at(r * hd + i) / hd;
+      wr[r] = 1 / std::sqrt(ms + eps);
+      for (int64_t i = 0; i < hd; ++i)
+        wy[r * hd + i] = o.at(r * hd + i) * wr[r] * w.at(i) * Silu(g.at(r * hd + i));
+    }
+    const double tol = dt == kF64 ? kExactTol : kF32Tol;
+    EXPECT_LT(RelErr(y, wy), tol);
+    EXPECT_LT(RelErr(rstd, wr), tol);
+  }
+}
+
+TEST(OpsTest, GatedRmsNormBackwardMatchesFiniteDifferences) {
+  const int64_t n = 4, heads = 2, hd = 6;
+  const double eps = 1e-5;
+  Tensor o = Rand({n, heads * hd}, 23, -2, 2), g = Rand({n, heads * hd}, 24, -4, 4);
+  Tensor w = Rand({hd}, 25, -1.5, 1.5), R = Rand(o.shape(), 26);
+  Tensor y = Tensor::Empty(o.shape(), kF64), rstd = Tensor::Empty({n * heads}, kF64);
+  auto loss = [&] {
+    ops::GatedRmsNormForward(o, g, w, hd, eps, y, rstd);
+    return Dot(y, R);
+  };
+  const Vec no = NumGrad(o, loss), ng = NumGrad(g, loss), nw = NumGrad(w, loss);
+  loss();
+  Tensor d_o = Filled(o.shape(), 7), dg = Filled(o.shape(), 7), dw = Tensor::Zeros({hd}, kF64);
+  ops::GatedRmsNormBackward(o, g, w, rstd, hd, R, d_o, dg, dw);
+  EXPECT_LT(RelErr(d_o, no), kFdTol) << "do";
+  EXPECT_LT(RelErr(dg, ng), kFdTol) << "dg";
+  EXPECT_LT(RelErr(dw, nw), kFdTol) << "dw";
+  ExpectAccumulates("GatedRmsNorm dw", {hd}, [&](const Tensor& dwt) {
+    ops::GatedRmsNormBackward(o, g, w, rstd, hd, R, d_o, dg, dwt);
+  });
+}
+
+// -------------------------------------------------------------------- causal conv + SiLU
+
+// pre[b,t,c] = sum_j w[c,j] x[b, t-(K-1)+j, c] (zero before t = 0); y = silu(pre).
+void NaiveConv(const Tensor& x, const Tensor& w, Vec& pre, Vec& y) {
+  const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
+  pre.assign(x.numel(), 0.0);
+  y.assign(x.numel(), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < C; ++c) {
+        double s = 0;
+        for (int64_t j = 0; j < K; ++j) {
+          const int64_t src = t - (K - 1) + j;
+          if (src >= 0) s += w.at(c * K + j) * x.at((b * T + src) * C + c);
+        }
+        pre[(b * T + t) * C + c] = s;
+        y[(b * T + t) * C + c] = Silu(s);
+      }
+}
+
+TEST(OpsTest, CausalConvSiluForward) {
+  const int64_t B = 2, T = 7, C = 5, K = 4;
+  for (DType dt : {kF32, kF64}) {
+    Tensor x = Rand({B, T, C}, 27, -2, 2, dt), w = Rand({C, K}, 28, -1, 1, dt);
+    Tensor pre = Tensor::Empty(x.shape(), dt), y = Tensor::Empty(x.shape(), dt);
+    ops::CausalConvSiluForward(x, w, pre, y);
+    Vec wp, wy;
+    NaiveConv(x, w, wp, wy);
+    const double tol = dt == kF64 ? kExactTol : kF32Tol;
+    EXPECT_LT(RelErr(pre, wp), tol);
+    EXPECT_LT(RelErr(y, wy), tol);
+  }
+}
+
+TEST(OpsTest, CausalConvSiluIsCausal) {
+  const int64_t B = 2, T = 7, C = 5, K = 4;
+  Tensor x = Rand({B, T, C}, 29, -2, 2), w = Rand({C, K}, 30);
+  Tensor pre = Tensor::Empty(x.shape(), kF64), y = Tensor::Empty(x.shape(), kF64);
+  ops::CausalConvSiluForward(x, w, pre, y);
+  const Vec y0 = Vals(y);
+  for (int64_t t0 = 0; t0 < T; ++t0) {
+    Tensor x2 = x.Clone();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < C; ++c) x2.set((b * T + t0) * C + c, x.at((b * T + t0) * C + c) + 1);
+    ops::CausalConvSiluForward(x2, w, pre, y);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = (b * T + t) * C + c;
+          if (t < t0 || t >= t0 + K) {
+            EXPECT_EQ(y.at(i), y0[i]) << "x at t=" << t0 << " changed y at t=" << t;
+          } else {
+            EXPECT_NE(y.at(i), y0[i]) << "x at t=" << t0 << " did not reach y at t=" << t;
+          }
+        }
+  }
+}
+
+TEST(OpsTest, CausalConvSiluBackwardMatchesFiniteDifferences) {
+  const int64_t B = 2, T = 7, C = 3, K = 4;
+  Tensor x = Rand({B, T, C}, 31, -2, 2), w = Rand({C, K}, 32), R = Rand(x.shape(), 33);
+  Tensor pre = Tensor::Empty(x.shape(), kF64), y = Tensor::Empty(x.shape(), kF64);
+  auto loss = [&] {
+    ops::CausalConvSiluForward(x, w, pre, y);
+    return Dot(y, R);
+  };
+  const Vec nx = NumGrad(x, loss), nw = NumGrad(w, loss);
+  loss();
+  Tensor dx = Filled(x.shape(), 7), dw = Tensor::Zeros({C, K}, kF64);
+  ops::CausalConvSiluBackward(x, w, pre, R, dx, dw);
+  EXPECT_LT(RelErr(dx, nx), kFdTol) << "dx";
+  EXPECT_LT(RelErr(dw, nw), kFdTol) << "dw";
+  ExpectAccumulates("CausalConvSilu dw", {C, K},
+                    [&](const Tensor& g) { ops::CausalConvSiluBackward(x, w, pre, R, dx, g); });
+}
+
+// ------------------------------------------------------------------------------------ gates
+
+// a with a few entries far from zero: a + dt_bias > 20 (softplus's linear branch) and << 0.
+Tensor GateInputA(int64_t n, int64_t hv, uint64_t seed, DType dt = kF64) {
+  Tensor a = Rand({n, hv}, seed, -4, 4, dt);
+  a.set(0, 25);
+  a.set(hv + 1, 40);
+  a.set(2 * hv + 2, -30);
+  a.set(3, 22.5);
+  return a;
+}
+
+TEST(OpsTest, GatesForward) {
+  const int64_t n = 6, hv = 4;
+  for (DType dt : {kF32, kF64})
+    for (double bs : {1.0, 2.0}) {
+      Tensor a = GateInputA(n, hv, 34, dt), b = Rand({n, hv}, 35, -6, 6, dt);
+      Tensor alog = Rand({hv}, 36, -2, 1, dt), dtb = Rand({hv}, 37, -1, 1, dt);
+      Tensor gamma = Tensor::Empty({n, hv}, dt), beta = Tensor::Empty({n, hv}, dt);
+      ops::GatesForward(a, b, alog, dtb, bs, gamma, beta);
+      Vec wg(n * hv), wb(n * hv);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t h = 0; h < hv; ++h) {
+          const int64_t j = i * hv + h;
+          wg[j] = -std::exp(alog.at(h)) * Softplus(a.at(j) + dtb.at(h));
+          wb[j] = bs * Sigmoid(b.at(j));
+        }
+      const double tol = dt == kF64 ? 1e-9 : kF32Tol;
+      EXPECT_LT(RelErr(gamma, wg), tol) << DTypeName(dt) << " beta_scale " << bs;
+      EXPECT_LT(RelErr(beta, wb), tol) << DTypeName(dt) << " beta_scale " << bs;
+      for (int64_t j = 0; j < n * hv; ++j) {
+        EXPECT_LE(gamma.at(j), 0) << j;
+        EXPECT_TRUE(beta.at(j) > 0 && beta.at(j) < bs) << j;
+      }
+    }
+}
+
+TEST(OpsTest, GatesBackwardMatchesFiniteDifferences) {
+  const int64_t n = 5, hv = 4;
+  const double bs = 2.0;
+  Tensor a = GateInputA(n, hv, 38), b = Rand({n, hv}, 39, -4, 4);
+  Tensor alog = Rand({hv}, 40, -2, 1), dtb = Rand({hv}, 41, -1, 1);
+  Tensor R1 = Rand({n, hv}, 42), R2 = Rand({n, hv}, 43);
+  Tensor gamma = Tensor::Empty({n, hv}, kF64), beta = Tensor::Empty({n, hv}, kF64);
+  auto loss = [&] {
+    ops::GatesForward(a, b, alog, dtb, bs, gamma, beta);
+    return Dot(gamma, R1) + Dot(beta, R2);
+  };
+  const Vec na = NumGrad(a, loss), nb = NumGrad(b, loss);
+  const Vec nal = NumGrad(alog, loss), ndt = NumGrad(dtb, loss);
+  Tensor da = Filled({n, hv}, 7), db = Filled({n, hv}, 7);
+  Tensor dal = Tensor::Zeros({hv}, kF64), ddt = Tensor::Zeros({hv}, kF64);
+  ops::GatesBackward(a, b, alog, dtb, bs, R1, R2, da, db, dal, ddt);
+  EXPECT_LT(RelErr(da, na), kFdTol) << "da";
+  EXPECT_LT(RelErr(db, nb), kFdTol) << "db";
+  EXPECT_LT(RelErr(dal, nal), kFdTol) << "da_log";
+  EXPECT_LT(RelErr(ddt, ndt), kFdTol) << "ddt_bias";
+  Tensor other = Tensor::Zeros({hv}, kF64);
+  ExpectAccumulates("Gates da_log", {hv}, [&](const Tensor& g) {
+    other.SetZero();
+    ops::GatesBackward(a, b, alog, dtb, bs, R1, R2, da, db, g, other);
+  });
+  ExpectAccumulates("Gates ddt_bias", {hv}, [&](const Tensor& g) {
+    other.SetZero();
+    ops::GatesBackward(a, b, alog, dtb, bs, R1, R2, da, db, other, g);
+  });
+}
+
+// ------------------------------------------------------------------------ embedding and loss
+
+TEST(OpsTest, EmbeddingForward) {
+  const int64_t V = 11, d = 6;
+  Tensor tok = Tokens({3, 1, 3, 0, 10, 3, 1, 7, 2});
+  for (DType dt : {kF32, kF64}) {
+    Tensor table = Rand({V, d}, 44, -1, 1, dt);
+    Tensor out = Filled({9, d}, 5, dt);
+    ops::EmbeddingForward(tok, table, 1.7, out);
+    Vec want(9 * d);
+    for (int64_t i = 0; i < 9; ++i)
+      for (int64_t j = 0; j < d; ++j) want[i * d + j] = 1.7 * table.at(tok.at(i) * d + j);
+    EXPECT_LT(RelErr(out, want), dt == kF64 ? kExactTol : kF32Tol);
+  }
+}
+
+TEST(OpsTest, EmbeddingBackwardMatchesFiniteDifferences) {
+  const int64_t V = 11, d = 4;
+  Tensor tok = Tokens({3, 1, 3, 0, 10, 3, 1, 7, 2});  // repeated tokens add up
+  Tensor table = Rand({V, d}, 45), R = Rand({9, d}, 46);
+  Tensor out = Tensor::Empty({9, d}, kF64);
+  auto loss = [&] {
+    ops::EmbeddingForward(tok, table, 1.7, out);
+    return Dot(out, R);
+  };
+  const Vec nt = NumGrad(table, loss);
+  Tensor dtable = Tensor::Zeros({V, d}, kF64);
+  ops::EmbeddingBackward(tok, R, 1.7, dtable);
+  EXPECT_LT(RelErr(dtable, nt), kFdTol);
+  for (int64_t j = 0; j < d; ++j) {  // rows of unused tokens stay zero
+    EXPECT_EQ(dtable.at(4 * d + j), 0.0);
+    EXPECT_EQ(dtable.at(9 * d + j), 0.0);
+  }
+  ExpectAccumulates("Embedding dtable", {V, d},
+                    [&](const Tensor& g) { ops::EmbeddingBackward(tok, R, 1.7, g); });
+}
+
+// Mean over rows of logsumexp(row) - row[target], in double with the max subtracted.
+double NaiveCrossEntropy(const Tensor& logits, const Tensor& targets, Vec* probs = nullptr) {
+  const int64_t n = targets.numel(), V = logits.dim(-1);
+  double total = 0;
+  if (probs) probs->assign(n * V, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, logits.at(i * V + j));
+    double z = 0;
+    for (int64_t j = 0; j < V; ++j) z += std::exp(logits.at(i * V + j) - mx);
+    const double lse = mx + std::log(z);
+    total += lse - logits.at(i * V + static_cast<int64_t>(targets.at(i)));
+    if (probs)
+      for (int64_t j = 0; j < V; ++j) (*probs)[i * V + j] = std::exp(logits.at(i * V + j) - lse);
+  }
+  return total / n;
+}
+
+TEST(OpsTest, CrossEntropyLossAndGradient) {
+  const int64_t n = 7, V = 13;
+  Tensor tgt = Tokens({0, 12, 5, 5, 3, 7, 1});
+  for (DType dt : {kF32, kF64}) {
+    const double tol = dt == kF64 ? kExactTol : kF32Tol;
+    Tensor logits = Rand({n, V}, 47, -4, 4, dt);
+    Vec probs;
+    const double want = NaiveCrossEntropy(logits, tgt, &probs);
+    EXPECT_NEAR(ops::CrossEntropy(logits, tgt, Tensor()), want, tol * want);
+    const double gs = 0.6;
+    Tensor dl = Filled({n, V}, 9, dt);
+    EXPECT_NEAR(ops::CrossEntropy(logits, tgt, dl, gs), want, tol * want);
+    Vec wd(n * V);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < V; ++j)
+        wd[i * V + j] = gs / n * (probs[i * V + j] - (j == tgt.at(i) ? 1 : 0));
+    EXPECT_LT(RelErr(dl, wd), tol) << "dlogits";
+    // dlogits may alias logits.
+    Tensor alias = logits.Clone();
+    EXPECT_NEAR(ops::CrossEntropy(alias, tgt, alias, gs), want, tol * want);
+    EXPECT_LT(RelErr(alias, wd), tol) << "aliased dlogits";
+  }
+  // Large, widely spread logits (+1000, and one per row +800 more): the softmax must subtract
+  // the row's max, or exp overflows.
+  Tensor wide = Rand({n, V}, 48, 996, 1004);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = i * V + (3 * i + 1) % V;
+    wide.set(j, wide.at(j) + 800);
+  }
+  for (DType dt : {kF32, kF64}) {
+    Tensor s = wide.To(dt), dl = Tensor::Empty({n, V}, dt);
+    Vec probs;
+    const double want = NaiveCrossEntropy(s.To(kF64), tgt, &probs);
+    const double got = ops::CrossEntropy(s, tgt, dl);
+    const double tol = dt == kF64 ? 1e-12 : kF32Tol;
+    EXPECT_NEAR(got, want, tol * want) << DTypeName(dt);
+    Vec wd(n * V);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < V; ++j)
+        wd[i * V + j] = (probs[i * V + j] - (j == tgt.at(i) ? 1 : 0)) / n;
+    EXPECT_LT(RelErr(dl, wd), tol) << DTypeName(dt);
+  }
+}
+
+TEST(OpsTest, CrossEntropyGradientMatchesFiniteDifferences) {
+  const int64_t n = 5, V = 9;
+  const double gs = 1.7;
+  Tensor tgt = Tokens({8, 0, 4, 4, 2});
+  Tensor logits = Rand({n, V}, 49, -3, 3);
+  const Vec nl = NumGrad(logits, [&] { return gs * ops::CrossEntropy(logits, tgt, Tensor()); });
+  Tensor dl = Filled({n, V}, 7);
+  ops::CrossEntropy(logits, tgt, dl, gs);
+  EXPECT_LT(RelErr(dl, nl), kFdTol);
+}
+
+// -------------------------------------------------------------------- gated delta rule
+
+struct Gdr {
+  int64_t B, T, H, HV, dk, dv;
+  Tensor q, k, v, gamma, beta;
+  double scale;
+};
+
+// q and k L2-normalised per head (as the model passes them), gamma = log decay in [-1, -0.02],
+// beta in (0.05, 0.95).
+Gdr MakeGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t dv, uint64_t seed,
+            DType dt = kF64) {
+  Gdr g{B, T, H, HV, dk, dv, {}, {}, {}, {}, {}, 0.0};
+  g.q = Rand({B, T, H, dk}, seed, -1, 1, kF32).To(kF64);
+  g.k = Rand({B, T, H, dk}, seed + 1, -1, 1, kF32).To(kF64);
+  for (Tensor* t : {&g.q, &g.k})
+    for (int64_t r = 0; r < B * T * H; ++r) {
+      double ss = 0;
+      for (int64_t i = 0; i < dk; ++i) ss += t->at(r * dk + i) * t->at(r * dk + i);
+      for (int64_t i = 0; i < dk; ++i)
+        t->set(r * dk + i, static_cast<float>(t->at(r * dk + i) / std::sqrt(ss)));
+    }
+  g.q = g.q.To(dt);
+  g.k = g.k.To(dt);
+  g.v = Rand({B, T, HV, dv}, seed + 2, -1, 1, kF32).To(dt);
+  g.gamma = Rand({B, T, HV}, seed + 3, -1, -0.02, kF32).To(dt);
+  g.beta = Rand({B, T, HV}, seed + 4, 0.05, 0.95, kF32).To(dt);
+  g.scale = 1 / std::sqrt(static_cast<double>(dk));
+  return g;
+}
+
+// The recurrence written out with explicit matrices, value head j reading key head
+// j / (HV / H): S_t = exp(gamma_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,
+// o_t = scale * S_t^T q_t, S_0 = 0.
+void NaiveGdr(const Gdr& g, Vec& o, Vec& final_state) {
+  const int64_t dk = g.dk, dv = g.dv;
+  o.assign(g.B * g.T * g.HV * dv, 0.0);
+  final_state.assign(g.B * g.HV * dk * dv, 0.0);
+  for (int64_t b = 0; b < g.B; ++b)
+    for (int64_t j = 0; j < g.HV; ++j) {
+      const int64_t h = j / (g.HV / g.H);
+      Vec S(dk * dv, 0.0), M(dk * dk), S2(dk * dv);
+      for (int64_t t = 0; t < g.T; ++t) {
+        auto K = [&](int64_t i) { return g.k.at(((b * g.T + t) * g.H + h) * dk + i); };
+        auto Q = [&](int64_t i) { return g.q.at(((b * g.T + t) * g.H + h) * dk + i); };
+        auto V = [&](int64_t i) { return g.v.at(((b * g.T + t) * g.HV + j) * dv + i); };
+        const double decay = std::exp(g.gamma.at((b * g.T + t) * g.HV + j));
+        const double be = g.beta.at((b * g.T + t) * g.HV + j);
+        for (int64_t r = 0; r < dk; ++r)
+          for (int64_t c = 0; c < dk; ++c) M[r * dk + c] = (r == c) - be * K(r) * K(c);
+        for (int64_t r = 0; r < dk; ++r)
+          for (int64_t c = 0; c < dv; ++c) {
+            double s = 0;
+            for (int64_t p = 0; p < dk; ++p) s += M[r * dk + p] * S[p * dv + c];
+            S2[r * dv + c] = decay * s + be * K(r) * V(c);
+          }
+        S = S2;
+        for (int64_t c = 0; c < dv; ++c) {
+          double s = 0;
+          for (int64_t r = 0; r < dk; ++r) s += S[r * dv + c] * Q(r);
+          o[((b * g.T + t) * g.HV + j) * dv + c] = g.scale * s;
+        }
+      }
+      for (int64_t i = 0; i < dk * dv; ++i) final_state[(b * g.HV + j) * dk * dv + i] = S[i];
+    }
+}
+
+TEST(OpsTest, GatedDeltaRuleForwardChunkedEqualsSequentialAndReference) {
+  const Gdr g = MakeGdr(2, 37, 2, 4, 6, 5, 50);
+  Vec wo, ws;
+  NaiveGdr(g, wo, ws);
+  Tensor o0 = Filled(g.v.shape(), 9), s0 = Filled({g.B, g.HV, g.dk, g.dv}, 9);
+  ops::GatedDeltaRuleForward(g.q, g.k, g.v, g.gamma, g.beta, g.scale, 0, o0, s0);
+  EXPECT_LT(RelErr(o0, wo), kGdrTol) << "sequential o vs reference";
+  EXPECT_LT(RelErr(s0, ws), kGdrTol) << "sequential final state vs reference";
+  for (int64_t chunk : {16, 5, 64}) {
+    Tensor o = Filled(g.v.shape(), 9), s = Filled({g.B, g.HV, g.dk, g.dv}, 9);
+    ops::GatedDeltaRuleForward(g.q, g.k, g.v, g.gamma, g.beta, g.scale, chunk, o, s);
+    EXPECT_LT(RelErr(o, o0), kGdrTol) << "chunk " << chunk;
+    EXPECT_LT(RelErr(s, s0), kGdrTol) << "final state, chunk " << chunk;
+    // Without a final state (Tensor()) the output is the same.
+    Tensor o2 = Tensor::Empty(g.v.shape(), kF64);
+    ops::GatedDeltaRuleForward(g.q, g.k, g.v, g.gamma, g.beta, g.scale, chunk, o2, Tensor());
+    EXPECT_LT(RelErr(o2, o0), kGdrTol) << "no final state, chunk " << chunk;
+  }
+}
+
+struct GdrGrads {
+  Tensor dq, dk, dv, dgamma, dbeta;
+};
+GdrGrads RunGdrBackward(const Gdr& g, const Tensor& d_o, int64_t chunk) {
+  const DType dt = g.q.dtype();
+  GdrGrads r{Filled(g.q.shape(), 7, dt), Filled(g.k.shape(), 7, dt), Filled(g.v.shape(), 7, dt),
+             Filled(g.gamma.shape(), 7, dt), Filled(g.beta.shape(), 7, dt)};
+  ops::GatedDeltaRuleBackward(g.q, g.k, g.v, g.gamma, g.beta, g.scale, chunk, d_o, r.dq, r.dk,
+                              r.dv, r.dgamma, r.dbeta);
+  return r;
+}
+
+TEST(OpsTest, GatedDeltaRuleBackwardChunkedEqualsSequential) {
+  const Gdr g = MakeGdr(2, 37, 2, 4, 6, 5, 60);
+  Tensor d_o = Rand(g.v.shape(), 65);
+  const GdrGrads ref = RunGdrBackward(g, d_o, 0);
+  for (int64_t chunk : {16, 5, 64}) {
+    const GdrGrads got = RunGdrBackward(g, d_o, chunk);
+    EXPECT_LT(RelErr(got.dq, ref.dq), kGdrTol) << "dq, chunk " << chunk;
+    EXPECT_LT(RelErr(got.dk, ref.dk), kGdrTol) << "dk, chunk " << chunk;
+    EXPECT_LT(RelErr(got.dv, ref.dv), kGdrTol) << "dv, chunk " << chunk;
+    EXPECT_LT(RelErr(got.dgamma, ref.dgamma), kGdrTol) << "dgamma, chunk " << chunk;
+    EXPECT_LT(RelErr(got.dbeta, ref.dbeta), kGdrTol) << "dbeta, chunk " << chunk;
+  }
+}
+
+TEST(OpsTest, GatedDeltaRuleBackwardMatchesFiniteDifferences) {
+  Gdr g = MakeGdr(1, 9, 1, 2, 3, 2, 70);
+  Tensor R = Rand(g.v.shape(), 75);
+  Tensor o = Tensor::Empty(g.v.shape(), kF64);
+  auto loss = [&] {
+    ops::GatedDeltaRuleForward(g.q, g.k, g.v, g.gamma, g.beta, g.scale, 0, o, Tensor());
+    return Dot(o, R);
+  };
+  const Vec nq = NumGrad(g.q, loss), nk = NumGrad(g.k, loss), nv = NumGrad(g.v, loss);
+  const Vec ng = NumGrad(g.gamma, loss), nb = NumGrad(g.beta, loss);
+  for (int64_t chunk : {0, 4}) {
+    const GdrGrads got = RunGdrBackward(g, R, chunk);
+    EXPECT_LT(RelErr(got.dq, nq), kFdTol) << "dq, chunk " << chunk;
+    EXPECT_LT(RelErr(got.dk, nk), kFdTol) << "dk, chunk " << chunk;
+    EXPECT_LT(RelErr(got.dv, nv), kFdTol) << "dv, chunk " << chunk;
+    EXPECT_LT(RelErr(got.dgamma, ng), kFdTol) << "dgamma, chunk " << chunk;
+    EXPECT_LT(RelErr(got.dbeta, nb), kFdTol) << "dbeta, chunk " << chunk;
+  }
+}
+
+// -------------------------------------------------------------------- optimizer updates
+
+TEST(OpsTest, AdamWUpdateMatchesHandComputedSteps) {
+  const double lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1;
+  for (DType dt : {kF32, kF64}) {
+    const Shape s = {257};
+    Tensor p = Rand(s, 80, -1, 1, dt), m = Tensor::Zeros(s, dt), v = Tensor::Zeros(s, dt);
+    Vec P = Vals(p), M(P.size(), 0.0), V(P.size(), 0.0);
+    for (int64_t step = 1; step <= 4; ++step) {
+      Tensor g = Rand(s, 80 + step, -1, 1, dt);
+      ops::AdamWUpdate(p, g, m, v, lr, b1, b2, eps, wd, step);
+      // The kernel works in the tensor's precision, hyperparameters included: 1 - 0.999f is
+      // 1.3e-5 off 0.001, so the float32 reference uses the betas rounded to float.
+      const double B1 = dt == kF32 ? static_cast<float>(b1) : b1;
+      const double B2 = dt == kF32 ? static_cast<float>(b2) : b2;
+      for (size_t i = 0; i < P.size(); ++i) {
+        M[i] = B1 * M[i] + (1 - B1) * g.at(i);
+        V[i] = B2 * V[i] + (1 - B2) * g.at(i) * g.at(i);
+        const double mhat = M[i] / (1 - std::pow(B1, step));
+        const double vhat = V[i] / (1 - std::pow(B2, step));
+        P[i] -= lr * (mhat / (std::sqrt(vhat) + eps) + wd * P[i]);
+      }
+      const double tol = dt == kF64 ? kExactTol : kF32Tol;
+      EXPECT_LT(RelErr(p, P), tol) << DTypeName(dt) << " p, step " << step;
+      EXPECT_LT(RelErr(m, M), tol) << DTypeName(dt) << " m, step " << step;
+      EXPECT_LT(RelErr(v, V), tol) << DTypeName(dt) << " v, step " << step;
+    }
+  }
+  // First step from zero state: m_hat = g, v_hat = g^2, so p moves by about lr * sign(g).
+  Tensor p = Tensor::Zeros({3}, kF64), g = Tensor::Zeros({3}, kF64);
+  g.set(0, 0.5);
+  g.set(1, -2e-3);
+  g.set(2, 30);
+  Tensor m = Tensor::Zeros({3}, kF64), v = Tensor::Zeros({3}, kF64);
+  ops::AdamWUpdate(p, g, m, v, 0.1, 0.9, 0.95, 1e-12, 0.0, 1);
+  EXPECT_NEAR(p.at(0), -0.1, 1e-9);
+  EXPECT_NEAR(p.at(1), 0.1, 1e-9);
+  EXPECT_NEAR(p.at(2), -0.1, 1e-9);
+  // Weight decay alone (g = 0) is decoupled: p -= lr * wd * p.
+  Tensor p2 = Filled({2}, 3.0), z = Tensor::Zeros({2}, kF64);
+  Tensor m2 = Tensor::Zeros({2}, kF64), v2 = Tensor::Zeros({2}, kF64);
+  ops::AdamWUpdate(p2, z, m2, v2, 0.1, 0.9, 0.95, 1e-8, 0.5, 1);
+  EXPECT_NEAR(p2.at(0), 3.0 - 0.1 * 0.5 * 3.0, 1e-12);
+}
+
+TEST(OpsTest, SgdUpdateMatchesHandComputedSteps) {
+  const double lr = 0.05, mu = 0.9, wd = 0.01;
+  for (DType dt : {kF32, kF64}) {
+    const Shape s = {129};
+    Tensor p = Rand(s, 90, -1, 1, dt), buf = Tensor::Zeros(s, dt);
+    Vec P = Vals(p), Bf(P.size(), 0.0);
+    for (int step = 1; step <= 4; ++step) {
+      Tensor g = Rand(s, 90 + step, -1, 1, dt);
+      ops::SgdUpdate(p, g, buf, lr, mu, wd);
+      for (size_t i = 0; i < P.size(); ++i) {
+        Bf[i] = mu * Bf[i] + g.at(i) + wd * P[i];
+        P[i] -= lr * Bf[i];
+      }
+      const double tol = dt == kF64 ? kExactTol : kF32Tol;
+      EXPECT_LT(RelErr(p, P), tol) << DTypeName(dt) << " p, step " << step;
+      EXPECT_LT(RelErr(buf, Bf), tol) << DTypeName(dt) << " buf, step " << step;
+    }
+  }
+}
+
+// ------------------------------------------------------------------- float32 vs float64
+
+TEST(OpsTest, Float32MatchesFloat64) {
+  ExpectF32MatchesF64("Matmul", [](DType dt) {
+    Tensor a = In({40, 33}, 100, dt), b = In({35, 33}, 101, dt), c = In({40, 35}, 102, dt);
+    ops::Matmul(a, false, b, true, c, 0.5, 1.0);
+    return std::vector<Tensor>{c};
+  });
+  ExpectF32MatchesF64("Swiglu", [](DType dt) {
+    Tensor g = In({8, 9}, 103, dt, -5, 5), u = In({8, 9}, 104, dt), dh = In({8, 9}, 105, dt);
+    Tensor h = Tensor::Empty(g.shape(), dt), dg = Tensor::Empty(g.shape(), dt),
+           du = Tensor::Empty(g.shape(), dt);
+    ops::SwigluForward(g, u, h);
+    ops::SwigluBackward(g, u, dh, dg, du);
+    return std::vector<Tensor>{h, dg, du};
+  });
+  ExpectF32MatchesF64("RmsNorm", [](DType dt) {
+    Tensor x = In({6, 32}, 106, dt, -2, 2), w = In({32}, 107, dt), dy = In({6, 32}, 108, dt);
+    Tensor y = Tensor::Empty(x.shape(), dt), r = Tensor::Empty({6}, dt);
+    Tensor dx = Tensor::Empty(x.shape(), dt), dw = Tensor::Zeros({32}, dt);
+    ops::RmsNormForward(x, w, 1e-5, y, r);
+    ops::RmsNormBackward(x, w, r, dy, dx, dw);
+    return std::vector<Tensor>{y, dx, dw};
+  });
+  ExpectF32MatchesF64("GatedRmsNorm", [](DType dt) {
+    Tensor o = In({5, 24}, 109, dt, -2, 2), g = In({5, 24}, 110, dt, -3, 3);
+    Tensor w = In({8}, 111, dt), dy = In({5, 24}, 112, dt);
+    Tensor y = Tensor::Empty(o.shape(), dt), r = Tensor::Empty({15}, dt);
+    Tensor d_o = Tensor::Empty(o.shape(), dt), dg = Tensor::Empty(o.shape(), dt),
+           dw = Tensor::Zeros({8}, dt);
+    ops::GatedRmsNormForward(o, g, w, 8, 1e-5, y, r);
+    ops::GatedRmsNormBackward(o, g, w, r, 8, dy, d_o, dg, dw);
+    return std::vector<Tensor>{y, d_o, dg, dw};
+  });
+  ExpectF32MatchesF64("CausalConvSilu", [](DType dt) {
+    Tensor x = In({2, 9, 6}, 113, dt, -2, 2), w = In({6, 4}, 114, dt), dy = In({2, 9, 6}, 115, dt);
+    Tensor pre = Tensor::Empty(x.shape(), dt), y = Tensor::Empty(x.shape(), dt);
+    Tensor dx = Tensor::Empty(x.shape(), dt), dw = Tensor::Zeros({6, 4}, dt);
+    ops::CausalConvSiluForward(x, w, pre, y);
+    ops::CausalConvSiluBackward(x, w, pre, dy, dx, dw);
+    return std::vector<Tensor>{y, dx, dw};
+  });
+  ExpectF32MatchesF64("Gates", [](DType dt) {
+    Tensor a = GateInputA(6, 4, 116, kF32).To(dt), b = In({6, 4}, 117, dt, -4, 4);
+    Tensor al = In({4}, 118, dt), dtb = In({4}, 119, dt);
+    Tensor dgm = In({6, 4}, 120, dt), dbe = In({6, 4}, 121, dt);
+    Tensor gm = Tensor::Empty({6, 4}, dt), be = Tensor::Empty({6, 4}, dt);
+    Tensor da = Tensor::Empty({6, 4}, dt), db = Tensor::Empty({6, 4}, dt);
+    Tensor dal = Tensor::Zeros({4}, dt), ddt = Tensor::Zeros({4}, dt);
+    ops::GatesForward(a, b, al, dtb, 2.0, gm, be);
+    ops::GatesBackward(a, b, al, dtb, 2.0, dgm, dbe, da, db, dal, ddt);
+    return std::vector<Tensor>{gm, be, da, db, dal, ddt};
+  });
+  ExpectF32MatchesF64("CrossEntropy", [](DType dt) {
+    Tensor logits = In({6, 50}, 122, dt, -5, 5), tgt = Tokens({0, 49, 7, 7, 20, 3});
+    Tensor dl = Tensor::Empty(logits.shape(), dt);
+    Tensor loss = Tensor::Empty({1}, dt);
+    loss.set(0, ops::CrossEntropy(logits, tgt, dl, 1.0));
+    return std::vector<Tensor>{loss, dl};
+  });
+  ExpectF32MatchesF64(
+      "GatedDeltaRule chunked",
+      [](DType dt) {
+        const Gdr g = MakeGdr(1, 37, 2, 4, 8, 8, 123, dt);
+        Tensor o = Tensor::Empty(g.v.shape(), dt), s = Tensor::Empty({1, 4, 8, 8}, dt);
+        ops::GatedDeltaRuleForward(g.q, g.k, g.v, g.gamma, g.beta, g.scale, 16, o, s);
+        Tensor d_o = In(g.v.shape(), 124, dt);
+        const GdrGrads gr = RunGdrBackward(g, d_o, 16);
+        return std::vector<Tensor>{o, s, gr.dq, gr.dk, gr.dv, gr.dgamma, gr.dbeta};
+      },
+      1e-4);
+}
+
+}  // namespace
+}  // namespace gdn
