@@ -22,13 +22,15 @@ double WidthMultiplier(const ExperimentSpec& spec) {
 
 // The table (sigma = init_std, eta = lr, lambda = weight decay, m = width multiplier):
 //
-//   class   init std       forward         AdamW lr   SGD lr   weight decay
-//   input   sigma          alpha_in        eta        eta*m    lambda
-//   hidden  sigma/sqrt(m)  1               eta/m      eta      lambda*m   (lr*wd width-free)
-//   output  sigma or 0     alpha_out/m     eta        eta*m    lambda
+//   class   init std       forward         AdamW lr   SGD lr   weight decay (AdamW / SGD)
+//   input   sigma          alpha_in        eta        eta*m    lambda   / lambda/m
+//   hidden  sigma/sqrt(m)  1               eta/m      eta      lambda*m / lambda
+//   output  sigma or 0     alpha_out/m     eta        eta*m    lambda   / lambda/m
 //   vector  sigma (conv)   1               eta        eta*m    0
 //   fixed   (ones)         1               eta        eta      0
 //
+// The decay per step is lr * wd for both optimizers (decoupled for AdamW, L2 on the gradient for
+// SGD), so the weight-decay multiplier is 1 / (lr multiplier): lr * wd stays width-independent.
 // Vector-like parameters other than the conv weights have their own init (ones, A_log, dt_bias).
 // Under SP, m = 1 everywhere, so muP at m = 1 is SP exactly.
 ParamMultipliers MultipliersFor(ParamClass cls, const ParametrizationSpec& p,
@@ -38,13 +40,14 @@ ParamMultipliers MultipliersFor(ParamClass cls, const ParametrizationSpec& p,
   ParamMultipliers r;
   switch (cls) {
     case ParamClass::kInput:
-      r = {sigma, p.alpha_in(), adam ? 1.0 : m, 1.0};
+      r = {sigma, p.alpha_in(), adam ? 1.0 : m, adam ? 1.0 : 1.0 / m};
       break;
     case ParamClass::kHidden:
-      r = {sigma / std::sqrt(m), 1.0, adam ? 1.0 / m : 1.0, m};
+      r = {sigma / std::sqrt(m), 1.0, adam ? 1.0 / m : 1.0, adam ? m : 1.0};
       break;
     case ParamClass::kOutput:
-      r = {p.zero_init_readout() ? 0.0 : sigma, p.alpha_out() / m, adam ? 1.0 : m, 1.0};
+      r = {p.zero_init_readout() ? 0.0 : sigma, p.alpha_out() / m, adam ? 1.0 : m,
+           adam ? 1.0 : 1.0 / m};
       break;
     case ParamClass::kVector:
       r = {sigma, 1.0, adam ? 1.0 : m, 0.0};

@@ -96,13 +96,13 @@ Expected ExpectedFor(const std::string& name, const ParametrizationSpec& p, bool
   const double sigma = p.init_std();
   const std::string leaf = name.substr(name.rfind('.') + 1);
   switch (RoleOf(name)) {
-    case Role::kInput:  // embedding: sigma, alpha_in, eta (AdamW) / eta*m (SGD), lambda
-      return {InitKind::kNormal, sigma, p.alpha_in(), adam ? 1.0 : m, 1.0};
-    case Role::kHidden:  // sigma/sqrt(m), 1, eta/m (AdamW) / eta (SGD), lambda*m
-      return {InitKind::kNormal, sigma / std::sqrt(m), 1.0, adam ? 1.0 / m : 1.0, m};
-    case Role::kOutput:  // sigma or 0, alpha_out/m, eta / eta*m, lambda
+    case Role::kInput:  // embedding: sigma, alpha_in, eta (AdamW) / eta*m (SGD), lambda / lambda/m
+      return {InitKind::kNormal, sigma, p.alpha_in(), adam ? 1.0 : m, adam ? 1.0 : 1.0 / m};
+    case Role::kHidden:  // sigma/sqrt(m), 1, eta/m (AdamW) / eta (SGD), lambda*m / lambda
+      return {InitKind::kNormal, sigma / std::sqrt(m), 1.0, adam ? 1.0 / m : 1.0, adam ? m : 1.0};
+    case Role::kOutput:  // sigma or 0, alpha_out/m, eta / eta*m, lambda / lambda/m
       return {InitKind::kNormal, p.zero_init_readout() ? 0.0 : sigma, p.alpha_out() / m,
-              adam ? 1.0 : m, 1.0};
+              adam ? 1.0 : m, adam ? 1.0 : 1.0 / m};
     case Role::kVector: {  // width-independent init, 1, eta / eta*m, no decay
       InitKind init = InitKind::kOnes;
       if (leaf.ends_with("_conv")) init = InitKind::kNormal;
@@ -145,14 +145,13 @@ void CheckTable(const ExperimentSpec& spec, double m) {
   EXPECT_EQ(counts[static_cast<int>(Role::kOutput)], spec.model().tie_embeddings() ? 0 : 1);
 }
 
-// Under AdamW the decay per step, lr multiplier x weight-decay multiplier, is width-independent for
-// every parameter (decoupled decay: p -= lr * (... + wd * p)), as shared/docs/mup.md asks.
-// (Not asserted for SGD: there the table gives hidden matrices lr 1 and wd m, input/output lr m and
-// wd 1, so lr * wd grows as m for every matrix; the doc's decay column is stated for AdamW only.)
-TEST(Parametrization, AdamWDecayPerStepIsWidthIndependent) {
+// The decay per step, lr multiplier x weight-decay multiplier, is width-independent for every
+// parameter, as shared/docs/mup.md asks: AdamW decays p -= lr * wd * p (decoupled), SGD adds wd * p
+// to the gradient, so both decay by lr * wd per step.
+void CheckDecayPerStepIsWidthIndependent(OptimizerSpec::Kind opt) {
   std::map<std::string, double> base;
   for (int width : {64, 128, 256, 512}) {
-    ExperimentSpec s = BaseSpec(ParametrizationSpec::MUP, width, 64, OptimizerSpec::ADAMW);
+    ExperimentSpec s = BaseSpec(ParametrizationSpec::MUP, width, 64, opt);
     LanguageModel model(s, DType::kF32);
     for (const auto& p : model.params().all()) {
       const double decay = p->mult.lr * p->mult.weight_decay;
@@ -164,6 +163,14 @@ TEST(Parametrization, AdamWDecayPerStepIsWidthIndependent) {
       }
     }
   }
+}
+
+TEST(Parametrization, AdamWDecayPerStepIsWidthIndependent) {
+  CheckDecayPerStepIsWidthIndependent(OptimizerSpec::ADAMW);
+}
+
+TEST(Parametrization, SgdDecayPerStepIsWidthIndependent) {
+  CheckDecayPerStepIsWidthIndependent(OptimizerSpec::SGD);
 }
 
 // The head's forward multiplier is not a parameter field when tied, so it is checked by
