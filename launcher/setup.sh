@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake ninja-build g++ pkg-config protobuf-compiler libprotobuf-dev libabsl-dev
-  libgoogle-glog-dev libgtest-dev libopenblas-dev openmpi-bin libopenmpi-dev)
+packages=(cmake ninja-build g++ protobuf-compiler libprotobuf-dev libabsl-dev
+  libgoogle-glog-dev libgtest-dev libopenblas-openmp-dev openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${packages[@]}" "$@"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
