@@ -176,22 +176,40 @@ void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v, c
   return cpu::GatedDeltaRuleBackward(q, k, v, gamma, beta, scale, chunk, d_o, dq, dk, dv, dgamma, dbeta);
 }
 
-void EmbeddingForward(const Tensor& tokens, const Tensor& table, double scale, const Tensor& out) {
+void EmbeddingForward(const Tensor& tokens, const Tensor& table, double scale, const Tensor& out, int64_t vocab_offset) {
   ScopedOpTimer timer("EmbeddingForward");
   OnCpu(tokens);
-  return cpu::EmbeddingForward(tokens, table, scale, out);
+  return cpu::EmbeddingForward(tokens, table, scale, out, vocab_offset);
 }
 
-void EmbeddingBackward(const Tensor& tokens, const Tensor& dout, double scale, const Tensor& dtable) {
+void EmbeddingBackward(const Tensor& tokens, const Tensor& dout, double scale, const Tensor& dtable, int64_t vocab_offset) {
   ScopedOpTimer timer("EmbeddingBackward");
   OnCpu(tokens);
-  return cpu::EmbeddingBackward(tokens, dout, scale, dtable);
+  return cpu::EmbeddingBackward(tokens, dout, scale, dtable, vocab_offset);
 }
 
 double CrossEntropy(const Tensor& logits, const Tensor& targets, const Tensor& dlogits, double grad_scale) {
   ScopedOpTimer timer("CrossEntropy");
   OnCpu(logits);
   return cpu::CrossEntropy(logits, targets, dlogits, grad_scale);
+}
+
+void RowMax(const Tensor& logits, const Tensor& row_max) {
+  ScopedOpTimer timer("RowMax");
+  OnCpu(logits);
+  return cpu::RowMax(logits, row_max);
+}
+
+void SoftmaxRowStats(const Tensor& logits, const Tensor& targets, int64_t vocab_offset, const Tensor& row_max, const Tensor& sum_exp, const Tensor& target_logit) {
+  ScopedOpTimer timer("SoftmaxRowStats");
+  OnCpu(logits);
+  return cpu::SoftmaxRowStats(logits, targets, vocab_offset, row_max, sum_exp, target_logit);
+}
+
+double CrossEntropyFromStats(const Tensor& logits, const Tensor& targets, int64_t vocab_offset, const Tensor& row_max, const Tensor& sum_exp, const Tensor& target_logit, const Tensor& dlogits, double grad_scale) {
+  ScopedOpTimer timer("CrossEntropyFromStats");
+  OnCpu(logits);
+  return cpu::CrossEntropyFromStats(logits, targets, vocab_offset, row_max, sum_exp, target_logit, dlogits, grad_scale);
 }
 
 void AdamWUpdate(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) {

@@ -1,5 +1,6 @@
 // gdn: one binary, with verbs. `gdn help` lists them; `gdn VERB --help` shows a verb's flags.
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "launcher/cli.h"
 #include "launcher/sweep.h"
 #include "launcher/trainer.h"
+#include "runtime/mpi_communicator.h"
 #include "runtime/run_dir.h"
 #include "runtime/text_corpus.h"
 
@@ -21,24 +23,36 @@ const Flag kSpecFlag{"spec", "experiment spec (protobuf text format, proto/gdn.p
 const Flag kSetFlag{"set", "override a spec field: --set model.width=256 (lists: a,b,c)", "", false,
                     true};
 
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
-  return kExitUsage;
+// This process's rank in an mpirun/srun job (0 otherwise), known before MPI starts: only rank 0
+// reports errors, which every rank finds alike.
+int LauncherRank() {
+  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  return 0;
+}
+
+int Fail(const absl::Status& status, int code = kExitUsage) {
+  if (LauncherRank() == 0)
+    std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
+  return code;
 }
 
 int Train(const ParsedArgs& args) {
   auto spec = ResolveSpec(args.Get("spec"), args.GetAll("set"));
   if (!spec.ok()) return Fail(spec.status());
+  auto grid = ProcessGrid::Create(spec->parallel().tensor_parallel());
+  if (!grid.ok()) return Fail(grid.status());
   TrainOptions options;
   options.quiet = args.GetBool("quiet");
-  auto result = gdn::Train(*spec, options);
+  options.restart = args.GetBool("restart");
+  auto result = gdn::Train(*spec, *grid, options);
   if (!result.ok()) {
-    // Bad spec or data is found before computing (exit 2); a failure mid-run is exit 1.
-    std::fprintf(stderr, "error: %s\n", std::string(result.status().message()).c_str());
+    // Bad spec, data or layout is found before computing (exit 2); a failure mid-run is exit 1.
     const absl::StatusCode code = result.status().code();
-    return code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kAlreadyExists
-               ? kExitUsage
-               : kExitFailure;
+    return Fail(result.status(),
+                code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kAlreadyExists
+                    ? kExitUsage
+                    : kExitFailure);
   }
   return result->status == "diverged" ? kExitDiverged : kExitOk;
 }
@@ -52,12 +66,22 @@ int Sweep(const ParsedArgs& args, bool run) {
     std::printf("%s", DescribePlan(*points).c_str());
     return kExitOk;
   }
-  std::printf("gdn sweep run: %zu runs under %s\n", points->size(), spec->sweep().dir().c_str());
-  const std::vector<SweepResult> results = RunSweep(*points);
+  SweepOptions options;
+  auto ranks = args.GetInt("ranks");
+  if (!ranks.ok() || *ranks < 0)
+    return Fail(absl::InvalidArgumentError("gdn sweep run: --ranks must be a whole number >= 0"));
+  options.ranks_per_run = static_cast<int>(*ranks);
+  // In-process runs use this job's ranks; runs started as their own jobs need none here.
+  auto grid = ProcessGrid::Create(options.ranks_per_run > 0 ? 1 : spec->parallel().tensor_parallel());
+  if (!grid.ok()) return Fail(grid.status());
+  const bool talk = grid->world_rank == 0;
+  if (talk)
+    std::printf("gdn sweep run: %zu runs under %s\n", points->size(), spec->sweep().dir().c_str());
+  const std::vector<SweepResult> results = RunSweep(*points, *grid, options);
   const std::string table = SweepTable(results);
-  std::printf("%s", table.c_str());
+  if (talk) std::printf("%s", table.c_str());
   auto dir = RunDirectory::Open(spec->sweep().dir());
-  if (dir.ok()) {
+  if (talk && dir.ok()) {
     (void)dir->WriteFile("results.csv", SweepCsv(results));
     (void)dir->WriteFile("table.txt", table);
     std::printf("\nwrote %s/results.csv and %s/table.txt\n", spec->sweep().dir().c_str(),
@@ -104,7 +128,9 @@ struct Verb {
 std::vector<Verb> Verbs() {
   return {
       {{"train", "Train one model as the spec says; writes the run directory (run.dir).",
-        {kSpecFlag, kSetFlag, {"quiet", "no progress lines", "", false, false, true}}},
+        {kSpecFlag, kSetFlag, {"quiet", "no progress lines", "", false, false, true},
+         {"restart", "start over in a run.dir that holds an unfinished run", "", false, false,
+          true}}},
        Train},
       {{"sweep plan", "List the runs of the spec's sweep grid and what each costs.",
         {kSpecFlag, kSetFlag}},
@@ -112,7 +138,9 @@ std::vector<Verb> Verbs() {
       {{"sweep run",
         "Run every point of the spec's sweep grid (skipping finished ones), then print the final "
         "validation loss per width and learning rate and the best learning rate per width.",
-        {kSpecFlag, kSetFlag}},
+        {kSpecFlag, kSetFlag,
+         {"ranks", "run each point as its own `mpirun -np N gdn train` job (0: in this process)",
+          "0"}}},
        [](const ParsedArgs& a) { return Sweep(a, true); }},
       {{"data prepare",
         "Turn a folder of text into byte-level token shards (llm.c .bin): OUT/train.bin, "
@@ -163,7 +191,9 @@ int main(int argc, char** argv) {
       std::printf("%s", verb.command.Usage().c_str());
       return gdn::kExitOk;
     }
-    return verb.run(*parsed);
+    const int code = verb.run(*parsed);
+    gdn::FinalizeMpi();
+    return code;
   }
   std::fprintf(stderr, "error: unknown verb '%s' (see gdn help)\n",
                absl::StrJoin(args.begin(), args.begin() + std::min<size_t>(2, args.size()), " ").c_str());

@@ -1,6 +1,9 @@
 #include "launcher/sweep.h"
 
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <cstdio>
 #include <map>
 #include <set>
@@ -43,41 +46,87 @@ std::string DescribePlan(const std::vector<GridPoint>& points) {
   return os.str();
 }
 
-std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points) {
+namespace {
+
+// Reads a finished run's summary into r.
+void ReadSummary(const RunDirectory& dir, SweepResult& r) {
+  auto summary = dir.ReadFile("summary.json");
+  if (!summary.ok()) return;
+  r.val_loss = JsonNumber(*summary, "val_loss").value_or(NAN);
+  r.train_loss = JsonNumber(*summary, "train_loss").value_or(NAN);
+  r.tokens_per_s = JsonNumber(*summary, "tokens_per_s").value_or(NAN);
+}
+
+// Runs one point as its own MPI job: the resolved spec goes to the run directory and
+// `mpirun -np N gdn train` trains it there. The job's status file says how it ended.
+void RunAsJob(const GridPoint& p, const RunDirectory& dir, int ranks, SweepResult& r) {
+  const std::string spec_file = dir.File("point.textproto");
+  if (!dir.WriteFile("point.textproto", SpecToText(p.spec)).ok()) {
+    r.status = "failed";
+    return;
+  }
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const std::string command = absl::StrFormat(
+      "mpirun --oversubscribe -np %d '%s' train --spec '%s' --quiet --restart > '%s' 2>&1", ranks,
+      self, spec_file, dir.File("job.log"));
+  const int rc = std::system(command.c_str());
+  r.status = dir.Status();
+  if (rc != 0 && r.status != "diverged") r.status = "failed";
+  ReadSummary(dir, r);
+}
+
+}  // namespace
+
+std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const ProcessGrid& grid,
+                                  const SweepOptions& options) {
+  const bool talk = grid.world_rank == 0;
   std::vector<SweepResult> results;
   for (size_t i = 0; i < points.size(); ++i) {
     const GridPoint& p = points[i];
     SweepResult r{p};
     auto dir = RunDirectory::Open(p.spec.run().dir());
     const std::string before = dir.ok() ? dir->Status() : "";
+    const auto t0 = std::chrono::steady_clock::now();
     if ((before == "done" || before == "diverged") && dir->Exists("summary.json")) {
-      auto summary = dir->ReadFile("summary.json");
       r.status = before;
-      r.val_loss = JsonNumber(*summary, "val_loss").value_or(NAN);
-      r.train_loss = JsonNumber(*summary, "train_loss").value_or(NAN);
-      r.tokens_per_s = JsonNumber(*summary, "tokens_per_s").value_or(NAN);
-      std::printf("[%zu/%zu] %s: %s already (val %.4f)\n", i + 1, points.size(), p.id.c_str(),
-                  before.c_str(), r.val_loss);
+      ReadSummary(*dir, r);
+      if (talk)
+        std::printf("[%zu/%zu] %s: %s already (val %.4f)\n", i + 1, points.size(), p.id.c_str(),
+                    before.c_str(), r.val_loss);
+      results.push_back(r);
+      continue;
+    }
+    std::string error;
+    if (!dir.ok()) {
+      r.status = "failed";
+      error = std::string(dir.status().message());
+    } else if (options.ranks_per_run > 0) {
+      RunAsJob(p, *dir, options.ranks_per_run, r);
+      if (r.status == "failed") error = "see " + dir->File("job.log");
     } else {
-      TrainOptions options;
-      options.quiet = true;
-      options.restart = true;  // an interrupted run starts over
-      auto trained = Train(p.spec, options);
+      TrainOptions train_options;
+      train_options.quiet = true;
+      train_options.restart = true;  // an interrupted run starts over
+      auto trained = Train(p.spec, grid, train_options);
       if (trained.ok()) {
         r.status = trained->status;
         r.val_loss = trained->val_loss;
         r.train_loss = trained->train_loss;
         r.tokens_per_s = trained->tokens_per_s;
-        std::printf("[%zu/%zu] %s: %s | train %.4f | val %.4f | %.0f tok/s | %.0fs\n", i + 1,
-                    points.size(), p.id.c_str(), r.status.c_str(), r.train_loss, r.val_loss,
-                    r.tokens_per_s, trained->elapsed_s);
       } else {
         r.status = "failed";
-        if (dir.ok()) (void)dir->SetStatus("failed");
-        std::printf("[%zu/%zu] %s: failed: %s\n", i + 1, points.size(), p.id.c_str(),
-                    std::string(trained.status().message()).c_str());
+        error = std::string(trained.status().message());
+        if (talk) (void)dir->SetStatus("failed");
       }
     }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (talk && r.status == "failed")
+      std::printf("[%zu/%zu] %s: failed: %s\n", i + 1, points.size(), p.id.c_str(), error.c_str());
+    else if (talk)
+      std::printf("[%zu/%zu] %s: %s | train %.4f | val %.4f | %.0f tok/s | %.0fs\n", i + 1,
+                  points.size(), p.id.c_str(), r.status.c_str(), r.train_loss, r.val_loss,
+                  r.tokens_per_s, seconds);
     std::fflush(stdout);
     ReleaseCachedMemory();  // the next run's buffer sizes differ
     results.push_back(r);

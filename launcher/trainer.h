@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "proto/gdn.pb.h"
+#include "runtime/mpi_communicator.h"
 
 namespace gdn {
 
@@ -13,8 +14,11 @@ namespace gdn {
 // it all (fields, model sizes, data paths), so nothing starts on a bad spec.
 absl::StatusOr<ExperimentSpec> ResolveSpec(const std::string& path,
                                            const std::vector<std::string>& overrides);
-// The checks every run needs before computing: ValidateSpec, the model's sizes, the layout.
+// The checks every run needs before computing: ValidateSpec and the model's sizes.
 absl::Status ValidateRunnable(const ExperimentSpec& spec);
+// The checks that need the job's layout: ranks divisible by parallel.tensor_parallel (the grid
+// exists only if so), the batch divisible by the data-parallel size and micro-batches.
+absl::Status ValidateLayout(const ExperimentSpec& spec, const ProcessGrid& grid);
 
 struct TrainOptions {
   bool quiet = false;    // no progress lines (sweeps print their own)
@@ -28,10 +32,12 @@ struct TrainResult {
   double tokens_per_s = 0, elapsed_s = 0;
 };
 
-// Trains the run described by `spec` (resolved and validated) in spec.run().dir(): writes
-// spec.textproto, status, metrics.jsonl and summary.json there. Bad data (missing, corrupt,
-// tokens outside the vocabulary) is an InvalidArgument error returned before
-// anything is computed or written.
-absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const TrainOptions& options);
+// Trains the run described by `spec` (resolved and validated) in spec.run().dir() on the ranks
+// of `grid` (every rank calls it; all return the same result): rank 0 writes spec.textproto,
+// status, metrics.jsonl and summary.json there and prints progress. Bad data or layout (missing,
+// corrupt, tokens outside the vocabulary, batch not divisible) is an InvalidArgument error on every
+// rank, returned before anything is computed or written.
+absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid& grid,
+                                  const TrainOptions& options);
 
 }  // namespace gdn

@@ -37,6 +37,7 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBui
                     ShardDim::kRows);
   o_norm_ = b_.Add(prefix + "o_norm", {d.dv}, ParamClass::kFixed, InitKind::kOnes,
                    ShardDim::kReplicated);
+  o_norm_->tp_partial_grad = true;
   wo_ = b_.Add(prefix + "o_proj", {d.width, d.value_dim}, ParamClass::kHidden, InitKind::kNormal,
                ShardDim::kCols);
 }

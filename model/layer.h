@@ -8,6 +8,7 @@
 #include "model/config.h"
 #include "model/parameter.h"
 #include "model/parametrization.h"
+#include "runtime/communicator.h"
 #include "kernels/ops.h"
 
 namespace gdn {
@@ -22,7 +23,14 @@ struct LayerBuilder {
   double width_mult = 1.0;  // m, from global sizes
   DType dtype = DType::kF32;
   TensorParallel tp;
+  // The tensor-parallel group (Megatron's f and g operators: sum the row-parallel outputs in the
+  // forward, sum the gradients of the column-parallel inputs in the backward); null for one rank.
+  Communicator* tp_comm = nullptr;
   ParameterSet* params = nullptr;
+
+  void AllReduceTp(const Tensor& t) const {
+    if (tp_comm != nullptr && tp.size > 1) tp_comm->AllReduceSum(t);
+  }
 
   Parameter* Add(const std::string& name, Shape global_shape, ParamClass cls, InitKind init,
                  ShardDim shard) const {

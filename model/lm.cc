@@ -1,12 +1,15 @@
 #include "model/lm.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "kernels/ops.h"
+#include "model/optimizer.h"
 
 namespace gdn {
 
-LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorParallel tp) {
+LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorParallel tp,
+                             Communicator* tp_comm) {
   auto dims = ResolveModelDims(spec.model());
   CHECK(dims.ok()) << dims.status();  // validated by the caller
   builder_.dims = *dims;
@@ -15,11 +18,13 @@ LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorPara
   builder_.width_mult = WidthMultiplier(spec);
   builder_.dtype = dtype;
   builder_.tp = tp;
+  builder_.tp_comm = tp_comm;
   builder_.params = &params_;
   const ModelDims& d = builder_.dims;
 
+  // Embedding and head are vocabulary parallel: each rank holds a contiguous block of rows.
   embedding_ = builder_.Add("embedding", {d.vocab, d.width}, ParamClass::kInput,
-                            InitKind::kNormal, ShardDim::kReplicated);
+                            InitKind::kNormal, ShardDim::kRows);
   blocks_.resize(d.depth);
   for (int64_t l = 0; l < d.depth; ++l) {
     const std::string prefix = "layers." + std::to_string(l) + ".";
@@ -39,7 +44,7 @@ LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorPara
                   .forward;
   head_ = d.tied ? embedding_
                  : builder_.Add("lm_head", {d.vocab, d.width}, ParamClass::kOutput,
-                                InitKind::kNormal, ShardDim::kReplicated);
+                                InitKind::kNormal, ShardDim::kRows);
 }
 
 void LanguageModel::Initialize(uint64_t seed) {
@@ -66,7 +71,8 @@ double LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
     std::memcpy(targets_.data<int32_t>() + b * T, tok + b * (T + 1) + 1, T * sizeof(int32_t));
   }
   Tensor x = builder_.Empty({N, d.width});
-  ops::EmbeddingForward(inputs_, embedding_->value, embedding_->mult.forward, x);
+  ops::EmbeddingForward(inputs_, embedding_->value, embedding_->mult.forward, x, VocabOffset());
+  builder_.AllReduceTp(x);
   if (probes) (*probes)["embedding"] += ops::MeanAbs(x);
 
   for (Block& blk : blocks_) {
@@ -75,12 +81,14 @@ double LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
     blk.r1 = builder_.Empty({N});
     ops::RmsNormForward(x, blk.mixer_norm->value, d.norm_eps, blk.n1, blk.r1);
     Tensor m = blk.mixer->Forward(blk.n1, B, T, probes);
+    builder_.AllReduceTp(m);
     blk.h = builder_.Empty({N, d.width});
     ops::Add(x, m, blk.h);
     blk.n2 = builder_.Empty({N, d.width});
     blk.r2 = builder_.Empty({N});
     ops::RmsNormForward(blk.h, blk.mlp_norm->value, d.norm_eps, blk.n2, blk.r2);
     Tensor f = blk.mlp->Forward(blk.n2);
+    builder_.AllReduceTp(f);
     if (probes) (*probes)["mlp_out"] += ops::MeanAbs(f);
     x = builder_.Empty({N, d.width});
     ops::Add(blk.h, f, x);
@@ -89,32 +97,60 @@ double LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
   xf_ = builder_.Empty({N, d.width});
   rf_ = builder_.Empty({N});
   ops::RmsNormForward(x, final_norm_->value, d.norm_eps, xf_, rf_);
-  logits_ = builder_.Empty({N, d.vocab});
+  logits_ = builder_.Empty({N, d.vocab / builder_.tp.size});
   ops::Matmul(xf_, false, head_->value, true, logits_, out_mult_);
   if (probes) (*probes)["logits"] += ops::MeanAbs(logits_);
   return 0;
 }
 
+double LanguageModel::Loss(const Tensor& dlogits, double grad_scale) {
+  if (builder_.tp.size == 1) return ops::CrossEntropy(logits_, targets_, dlogits, grad_scale);
+  // Vocabulary parallel: the softmax's max and normaliser and the target logit are reduced over
+  // the group, so no rank ever holds the full logits.
+  const int64_t N = targets_.numel();
+  Tensor row_max = builder_.Empty({N}), sum_exp = builder_.Empty({N});
+  Tensor target_logit = builder_.Empty({N});
+  ops::RowMax(logits_, row_max);
+  builder_.tp_comm->AllReduceMax(row_max);
+  ops::SoftmaxRowStats(logits_, targets_, VocabOffset(), row_max, sum_exp, target_logit);
+  builder_.AllReduceTp(sum_exp);
+  builder_.AllReduceTp(target_logit);
+  return ops::CrossEntropyFromStats(logits_, targets_, VocabOffset(), row_max, sum_exp,
+                                    target_logit, dlogits, grad_scale);
+}
+
 double LanguageModel::ForwardLoss(const Tensor& tokens, Probes* probes) {
   Forward(tokens, probes);
-  return ops::CrossEntropy(logits_, targets_, Tensor());
+  return Loss(Tensor(), 1.0);
 }
 
 double LanguageModel::ForwardBackward(const Tensor& tokens, double grad_scale) {
   Forward(tokens, nullptr);
   // The loss gradient overwrites the logits in place: full-size probabilities are never kept.
-  const double loss = ops::CrossEntropy(logits_, targets_, logits_, grad_scale);
-  Backward(grad_scale);
+  const double loss = Loss(logits_, grad_scale);
+  Backward();
   return loss;
 }
 
-void LanguageModel::Backward(double /*grad_scale: already in dlogits*/) {
+void LanguageModel::ReduceGradients(Communicator* dp) {
+  for (const auto& p : params_.all()) {
+    if (p->tp_partial_grad) builder_.AllReduceTp(p->grad);
+    if (dp != nullptr && dp->size() > 1) dp->AllReduceSum(p->grad);
+  }
+}
+
+double LanguageModel::GradNorm() const {
+  return gdn::GradNorm(params_, builder_.tp, builder_.tp_comm);
+}
+
+void LanguageModel::Backward() {
   const ModelDims& d = builder_.dims;
   const int64_t N = xf_.dim(0);
   const Tensor& dlogits = logits_;
   ops::Matmul(dlogits, true, xf_, false, head_->grad, out_mult_, 1.0);
   Tensor dxf = builder_.Empty({N, d.width});
   ops::Matmul(dlogits, false, head_->value, false, dxf, out_mult_, 0.0);
+  builder_.AllReduceTp(dxf);
   Tensor dx = builder_.Empty({N, d.width});
   ops::RmsNormBackward(xf_in_, final_norm_->value, rf_, dxf, dx, final_norm_->grad);
 
@@ -123,14 +159,16 @@ void LanguageModel::Backward(double /*grad_scale: already in dlogits*/) {
     Block& blk = *it;
     // out = h + mlp(norm(h)): dh = dout + norm'(mlp'(dout)).
     Tensor dn2 = blk.mlp->Backward(dx);
+    builder_.AllReduceTp(dn2);
     ops::RmsNormBackward(blk.h, blk.mlp_norm->value, blk.r2, dn2, tmp, blk.mlp_norm->grad);
     ops::Axpy(1.0, tmp, dx);
     // h = x + mixer(norm(x)): dx = dh + norm'(mixer'(dh)).
     Tensor dn1 = blk.mixer->Backward(dx);
+    builder_.AllReduceTp(dn1);
     ops::RmsNormBackward(blk.x, blk.mixer_norm->value, blk.r1, dn1, tmp, blk.mixer_norm->grad);
     ops::Axpy(1.0, tmp, dx);
   }
-  ops::EmbeddingBackward(inputs_, dx, embedding_->mult.forward, embedding_->grad);
+  ops::EmbeddingBackward(inputs_, dx, embedding_->mult.forward, embedding_->grad, VocabOffset());
 }
 
 }  // namespace gdn

@@ -12,8 +12,10 @@ namespace gdn {
 
 class LanguageModel {
  public:
-  // `spec` must have passed ValidateSpec and ValidateModelSpec.
-  LanguageModel(const ExperimentSpec& spec, DType dtype, TensorParallel tp = {});
+  // `spec` must have passed ValidateSpec and ValidateModelSpec. Under tensor parallelism every
+  // rank of the group builds the model with its TensorParallel place and the group's communicator.
+  LanguageModel(const ExperimentSpec& spec, DType dtype, TensorParallel tp = {},
+                Communicator* tp_comm = nullptr);
 
   const ModelDims& dims() const { return builder_.dims; }
   ParameterSet& params() { return params_; }
@@ -26,6 +28,12 @@ class LanguageModel {
   // The mean loss only (no gradients). probes, when given, receive mean |coordinate| of each
   // module's output (summed over layers for per-layer modules) and the recurrent state size.
   double ForwardLoss(const Tensor& tokens, Probes* probes = nullptr);
+
+  // After the last micro-batch of a step: sums the tensor-parallel partial gradients over the
+  // group, then sums every gradient over the data-parallel group (dp may be null: one rank).
+  void ReduceGradients(Communicator* dp);
+  // The global gradient norm: each shard counted once, each replicated parameter once.
+  double GradNorm() const;
 
   // Matrix-product FLOPs of one forward+backward token (6 x matrix parameters touched per token,
   // embedding lookup excluded), for throughput figures.
@@ -40,7 +48,10 @@ class LanguageModel {
     Tensor x, n1, r1, h, n2, r2;  // saved activations
   };
   double Forward(const Tensor& tokens, Probes* probes);
-  void Backward(double grad_scale);
+  // The mean loss of the saved logits; with dlogits (may alias logits) also its gradient.
+  double Loss(const Tensor& dlogits, double grad_scale);
+  void Backward();
+  int64_t VocabOffset() const { return builder_.tp.rank * (builder_.dims.vocab / builder_.tp.size); }
 
   ParameterSet params_;
   LayerBuilder builder_;

@@ -24,10 +24,13 @@ double ScheduledLearningRate(const OptimizerSpec& spec, int64_t step, int64_t to
   return lr;
 }
 
-double GradNorm(const ParameterSet& params) {
-  double ss = 0;
-  for (const auto& p : params.all()) ss += ops::SumSquares(p->grad);
-  return std::sqrt(ss);
+double GradNorm(const ParameterSet& params, const TensorParallel& tp, Communicator* tp_comm) {
+  Tensor ss = Tensor::Zeros({1}, DType::kF64);
+  for (const auto& p : params.all())
+    if (p->shard != ShardDim::kReplicated || tp.rank == 0)
+      ss.set(0, ss.at(0) + ops::SumSquares(p->grad));
+  if (tp_comm != nullptr && tp.size > 1) tp_comm->AllReduceSum(ss);
+  return std::sqrt(ss.at(0));
 }
 
 void ClipGradients(const ParameterSet& params, double norm, double max_norm) {

@@ -36,6 +36,9 @@ struct Parameter {
   InitKind init = InitKind::kNormal;
   ShardDim shard = ShardDim::kReplicated;
   ParamMultipliers mult;
+  // A replicated parameter used inside the tensor-parallel region (the per-head output norm): each
+  // rank's gradient covers only its heads, so gradients are summed over the group once per step.
+  bool tp_partial_grad = false;
   Tensor value;  // this rank's slice
   Tensor grad;   // same shape as value
 

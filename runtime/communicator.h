@@ -16,6 +16,8 @@ class Communicator {
   virtual int size() const = 0;
   // t <- sum over ranks of t, in place.
   virtual void AllReduceSum(const Tensor& t) = 0;
+  // t <- elementwise max over ranks of t, in place.
+  virtual void AllReduceMax(const Tensor& t) = 0;
   // out [size * n, ...] <- the ranks' in [n, ...] stacked in rank order along dimension 0.
   virtual void AllGather(const Tensor& in, const Tensor& out) = 0;
   // out [n, ...] <- rows [rank * n, (rank + 1) * n) of the sum over ranks of in [size * n, ...].

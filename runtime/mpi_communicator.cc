@@ -1,0 +1,119 @@
+#include "runtime/mpi_communicator.h"
+
+#include <mpi.h>
+
+#include <cstdlib>
+
+#include "absl/strings/str_format.h"
+
+namespace gdn {
+
+namespace {
+
+MPI_Datatype MpiType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return MPI_FLOAT;
+    case DType::kF64: return MPI_DOUBLE;
+    case DType::kI32: return MPI_INT;
+  }
+  return MPI_BYTE;
+}
+
+void Check(int rc, const char* what) { CHECK_EQ(rc, MPI_SUCCESS) << what << " failed"; }
+
+class MpiCommunicator : public Communicator {
+ public:
+  explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void AllReduceSum(const Tensor& t) override {
+    if (size_ == 1) return;
+    Check(MPI_Allreduce(MPI_IN_PLACE, t.raw(), t.numel(), MpiType(t.dtype()), MPI_SUM, comm_),
+          "MPI_Allreduce");
+  }
+  void AllReduceMax(const Tensor& t) override {
+    if (size_ == 1) return;
+    Check(MPI_Allreduce(MPI_IN_PLACE, t.raw(), t.numel(), MpiType(t.dtype()), MPI_MAX, comm_),
+          "MPI_Allreduce");
+  }
+  void AllGather(const Tensor& in, const Tensor& out) override {
+    CHECK_EQ(out.numel(), in.numel() * size_);
+    Check(MPI_Allgather(in.raw(), in.numel(), MpiType(in.dtype()), out.raw(), in.numel(),
+                        MpiType(out.dtype()), comm_),
+          "MPI_Allgather");
+  }
+  void ReduceScatterSum(const Tensor& in, const Tensor& out) override {
+    CHECK_EQ(in.numel(), out.numel() * size_);
+    Check(MPI_Reduce_scatter_block(in.raw(), out.raw(), out.numel(), MpiType(in.dtype()), MPI_SUM,
+                                   comm_),
+          "MPI_Reduce_scatter_block");
+  }
+  void Broadcast(const Tensor& t, int root) override {
+    Check(MPI_Bcast(t.raw(), t.numel(), MpiType(t.dtype()), root, comm_), "MPI_Bcast");
+  }
+  void Barrier() override { Check(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+bool LaunchedByMpi() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})
+    if (std::getenv(var) != nullptr) return true;
+  return false;
+}
+
+absl::StatusOr<ProcessGrid> ProcessGrid::Create(int tensor_parallel) {
+  ProcessGrid g;
+  if (!LaunchedByMpi()) {
+    if (tensor_parallel != 1)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "parallel.tensor_parallel: %d needs %d ranks (start gdn with mpirun -np %d or srun), this "
+          "job has 1",
+          tensor_parallel, tensor_parallel, tensor_parallel));
+    g.world = MakeSingleRankCommunicator();
+    g.tp = MakeSingleRankCommunicator();
+    g.dp = MakeSingleRankCommunicator();
+    return g;
+  }
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = 0;
+    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+  }
+  // A collective that fails makes MPI abort the whole job rather than hang on the others.
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g.world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g.world_size);
+  if (tensor_parallel < 1 || g.world_size % tensor_parallel != 0)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "parallel.tensor_parallel: %d does not divide the job's %d ranks", tensor_parallel,
+        g.world_size));
+  g.tp_size = tensor_parallel;
+  g.tp_rank = g.world_rank % tensor_parallel;
+  g.dp_size = g.world_size / tensor_parallel;
+  g.dp_rank = g.world_rank / tensor_parallel;
+  MPI_Comm tp_comm, dp_comm;
+  MPI_Comm_split(MPI_COMM_WORLD, g.dp_rank, g.tp_rank, &tp_comm);
+  MPI_Comm_split(MPI_COMM_WORLD, g.tp_rank, g.dp_rank, &dp_comm);
+  g.world = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+  g.tp = std::make_unique<MpiCommunicator>(tp_comm);
+  g.dp = std::make_unique<MpiCommunicator>(dp_comm);
+  return g;
+}
+
+void FinalizeMpi() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Finalize();
+}
+
+}  // namespace gdn

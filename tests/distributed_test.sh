@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Distributed runs on the CPU with OpenMPI: tensor-parallel, data-parallel and both together must
+# reproduce the single-rank losses (20 steps, within 1e-5 relative, fp32) for SP and muP, AdamW and
+# SGD; bad layouts fail on rank 0 with a non-zero exit of the whole job; a rank that dies ends the
+# job. Usage: tests/distributed_test.sh path/to/gdn
+set -uo pipefail
+gdn=$(realpath "$1")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# One OpenMP thread per rank: 4 ranks share 2 cores here.
+mpi() { mpirun --oversubscribe -x OMP_NUM_THREADS=1 -np "$@"; }
+failures=0
+pass=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+ok() { pass=$((pass + 1)); }
+
+mkdir -p corpus
+for i in $(seq 1 30); do
+  for j in $(seq 1 25); do echo "doc $i line $j: pack my box with $((i * j)) dozen liquor jugs, $j."; done >"corpus/d$i.txt"
+done
+"$gdn" data prepare --input corpus --format text --out data --val-every 10 >/dev/null || fail "data prepare"
+
+# 12 key heads (width 64 * 0.75 / 4), MLP 128, vocabulary 128: divisible by 1, 2 and 4.
+cat >base.textproto <<'SPEC'
+model { width: 64 depth: 2 head_dim: 4 vocab_size: 128 chunk_size: 16 }
+parametrization { base_width: 32 }
+optimizer { warmup_steps: 3 weight_decay: 0.01 }
+data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 32 batch_size: 8 }
+run { steps: 20 eval_interval: 10 eval_batches: 2 }
+SPEC
+
+# compare DIR_A DIR_B: every step's train_loss and val_loss within 1e-5 relative.
+compare() {
+  python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 20, f"{len(a)} vs {len(b)} steps"
+worst = 0.0
+for x, y in zip(a, b):
+    for key in ("train_loss", "val_loss"):
+        if key in x or key in y:
+            worst = max(worst, abs(x[key] - y[key]) / abs(x[key]))
+assert worst < 1e-5, f"max relative difference {worst:.3g}"
+PY
+}
+
+# Learning rates in the stable range: at the edge of stability (AdamW 1e-2, SGD 0.1-0.3 here) fp32
+# rounding differences, even between 1 and 2 threads on one rank, grow past 1e-5 in 20 steps.
+for par in MUP SP; do
+  for opt in ADAMW SGD; do
+    lr=0.003
+    [ "$opt" = SGD ] && lr=0.05
+    common=(--spec base.textproto --quiet --set parametrization.kind=$par --set optimizer.kind=$opt
+      --set optimizer.lr=$lr)
+    ref=runs/$par-$opt-single
+    "$gdn" train "${common[@]}" --set run.dir=$ref || { fail "$par $opt single rank"; continue; }
+    # ranks, tensor_parallel, extra settings
+    for layout in "2 2" "4 4" "2 1" "4 2" "2 1 data.micro_batch_size=2"; do
+      read -r np tp extra <<<"$layout"
+      dir=runs/$par-$opt-np$np-tp$tp${extra:+-micro}
+      args=("${common[@]}" --set run.dir=$dir --set parallel.tensor_parallel=$tp)
+      [ -n "$extra" ] && args+=(--set "$extra")
+      if mpi "$np" "$gdn" train "${args[@]}" >"$dir.log" 2>&1; then
+        out=$(compare "$ref" "$dir" 2>&1) && ok || fail "$par $opt np=$np tp=$tp $extra: $out"
+      else
+        fail "$par $opt np=$np tp=$tp $extra exited non-zero: $(tail -3 "$dir.log")"
+      fi
+    done
+  done
+done
+
+# Tied embeddings (the vocabulary-parallel table serves as the head too) and grouped values.
+for set in "model.tie_embeddings=true" "model.value_heads_per_key_head=2"; do
+  "$gdn" train --spec base.textproto --quiet --set "$set" --set run.dir=runs/single-$set
+  mpi 4 "$gdn" train --spec base.textproto --quiet --set "$set" --set parallel.tensor_parallel=2 \
+    --set run.dir=runs/np4-$set >/dev/null 2>&1 || fail "$set np=4 tp=2 failed"
+  out=$(compare runs/single-$set runs/np4-$set 2>&1) && ok || fail "$set: $out"
+done
+
+# Bad layouts: one error line (from rank 0), a non-zero exit, nothing written.
+bad_layout() {
+  local np=$1 pattern=$2
+  shift 2
+  out=$(mpi "$np" "$gdn" train --spec base.textproto --set run.dir=runs/bad "$@" 2>&1)
+  local rc=$?
+  [ "$rc" -ne 0 ] && ok || fail "np=$np $*: exit 0"
+  [ "$(grep -c '^error:' <<<"$out")" -eq 1 ] && ok || fail "np=$np $*: expected one error line: $out"
+  grep -qE "$pattern" <<<"$out" && ok || fail "np=$np $*: no /$pattern/ in: $out"
+  [ ! -e runs/bad ] && ok || { fail "np=$np $*: wrote runs/bad"; rm -rf runs/bad; }
+}
+bad_layout 3 "parallel.tensor_parallel: 2 does not divide the job's 3 ranks" --set parallel.tensor_parallel=2
+bad_layout 4 "parallel.tensor_parallel: 8 does not divide the number of key heads \(12\)" --set parallel.tensor_parallel=8
+bad_layout 2 "parallel.tensor_parallel: 2 does not divide the vocabulary size \(127\)" --set parallel.tensor_parallel=2 --set model.vocab_size=127
+bad_layout 3 "data.batch_size: 8 is not divisible by the data-parallel size 3"
+bad_layout 2 "data.micro_batch_size: 3 does not divide the 4 sequences" --set data.micro_batch_size=3
+out=$("$gdn" train --spec base.textproto --set parallel.tensor_parallel=2 --set run.dir=runs/bad 2>&1)
+[ $? -eq 2 ] && grep -q "needs 2 ranks" <<<"$out" && ok || fail "tp=2 without mpirun: $out"
+
+# A rank that dies ends the job (no hang): kill -9 one rank of a long run.
+mpi 2 "$gdn" train --spec base.textproto --quiet --set run.steps=1000000 --set run.dir=runs/long \
+  >long.log 2>&1 &
+job=$!
+for _ in $(seq 1 100); do [ -s runs/long/metrics.jsonl ] && break; sleep 0.2; done
+victim=$(pgrep -f "run.dir=runs/long" | while read -r p; do
+  [ "$(cat /proc/$p/comm 2>/dev/null)" = gdn ] && echo "$p"; done | tail -1)
+if [ -z "$victim" ]; then
+  fail "no rank of the long run found"
+else
+  kill -9 "$victim"
+  for _ in $(seq 1 150); do kill -0 "$job" 2>/dev/null || break; sleep 0.2; done
+  if kill -0 "$job" 2>/dev/null; then
+    fail "job still running 30 s after a rank died"
+    pkill -9 -f "run.dir=runs/long"
+  else
+    wait "$job"
+    rc=$?
+    [ "$rc" -ne 0 ] && ok || fail "job exited 0 after a rank died"
+  fi
+fi
+
+# A sweep whose points run as their own 2-rank jobs, one of them tensor parallel: same losses.
+cat >sweep.textproto <<'SPEC'
+model { width: 64 depth: 1 head_dim: 4 vocab_size: 128 }
+parametrization { base_width: 32 }
+data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 32 batch_size: 8 }
+run { steps: 20 eval_interval: 0 eval_batches: 2 }
+sweep { axes { field: "parallel.tensor_parallel" values: ["1", "2"] } dir: "runs/sweep" }
+SPEC
+"$gdn" sweep run --spec sweep.textproto --ranks 2 >sweep.log 2>&1 && ok || fail "sweep --ranks 2: $(cat sweep.log)"
+[ "$(grep -c ',done,' runs/sweep/results.csv)" -eq 2 ] && ok || fail "sweep: both points should be done"
+dirs=(runs/sweep/*/)
+[ "${#dirs[@]}" -eq 2 ] && out=$(compare "${dirs[0]}" "${dirs[1]}" 2>&1) && ok || fail "sweep tp=1 vs tp=2: $out"
+
+echo "$pass passed, $failures failed"
+[ "$failures" -eq 0 ]
