@@ -902,5 +902,85 @@ TEST(OpsTest, Float32MatchesFloat64) {
       1e-4);
 }
 
+
+// --- vocabulary parallel: each "rank" holds a block of columns (or rows); the collectives are
+// simulated by reducing the shards' stats by hand.
+
+// Columns [c0, c1) of a [n, V] tensor as a contiguous [n, c1 - c0] tensor.
+Tensor Columns(const Tensor& t, int64_t c0, int64_t c1) {
+  const int64_t n = t.dim(0), V = t.dim(1);
+  Tensor out = Tensor::Empty({n, c1 - c0}, t.dtype());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = c0; j < c1; ++j) out.set(i * (c1 - c0) + j - c0, t.at(i * V + j));
+  return out;
+}
+
+TEST(OpsTest, VocabParallelCrossEntropyEqualsFullForEveryShardCount) {
+  const int64_t n = 6, V = 12;
+  Tensor tgt = Tokens({0, 11, 5, 6, 3, 8});
+  Tensor logits = Rand({n, V}, 71, -6, 6);
+  Vec probs;
+  const double want = NaiveCrossEntropy(logits, tgt, &probs);
+  for (int64_t shards : {1, 2, 3, 4}) {
+    SCOPED_TRACE(shards);
+    const int64_t w = V / shards;
+    std::vector<Tensor> part, mx, se, tl;
+    Tensor row_max = Filled({n}, -1e300), sum_exp = Filled({n}, 0), target = Filled({n}, 0);
+    for (int64_t r = 0; r < shards; ++r) {  // RowMax, then the max over ranks
+      part.push_back(Columns(logits, r * w, (r + 1) * w));
+      mx.push_back(Tensor::Empty({n}, kF64));
+      ops::RowMax(part[r], mx[r]);
+      for (int64_t i = 0; i < n; ++i) row_max.set(i, std::max(row_max.at(i), mx[r].at(i)));
+    }
+    for (int64_t r = 0; r < shards; ++r) {  // SoftmaxRowStats, then the sums over ranks
+      se.push_back(Tensor::Empty({n}, kF64));
+      tl.push_back(Tensor::Empty({n}, kF64));
+      ops::SoftmaxRowStats(part[r], tgt, r * w, row_max, se[r], tl[r]);
+      for (int64_t i = 0; i < n; ++i) {
+        sum_exp.set(i, sum_exp.at(i) + se[r].at(i));
+        target.set(i, target.at(i) + tl[r].at(i));
+      }
+    }
+    const double gs = 0.7;
+    for (int64_t r = 0; r < shards; ++r) {
+      Tensor dl = part[r].Clone();  // aliasing the logits, as the model does
+      const double loss =
+          ops::CrossEntropyFromStats(part[r], tgt, r * w, row_max, sum_exp, target, dl, gs);
+      EXPECT_NEAR(loss, want, kExactTol * want);
+      Vec wd(n * w);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < w; ++j)
+          wd[i * w + j] = gs / n * (probs[i * V + r * w + j] - (r * w + j == tgt.at(i) ? 1 : 0));
+      EXPECT_LT(RelErr(dl, wd), kExactTol) << "rank " << r;
+    }
+  }
+}
+
+TEST(OpsTest, VocabParallelEmbeddingSumsToFull) {
+  const int64_t V = 12, d = 5;
+  Tensor tok = Tokens({3, 11, 0, 7, 3, 6});
+  Tensor table = Rand({V, d}, 72);
+  Tensor full = Tensor::Empty({6, d}, kF64);
+  ops::EmbeddingForward(tok, table, 1.3, full);
+  Tensor full_grad = Filled({V, d}, 0);
+  Tensor dout = Rand({6, d}, 73);
+  ops::EmbeddingBackward(tok, dout, 1.3, full_grad);
+  for (int64_t shards : {2, 3, 4}) {
+    const int64_t rows = V / shards;
+    Vec sum(6 * d, 0.0);
+    for (int64_t r = 0; r < shards; ++r) {
+      Tensor shard = table.Rows(r * rows, (r + 1) * rows).Clone();
+      Tensor out = Filled({6, d}, 9);
+      ops::EmbeddingForward(tok, shard, 1.3, out, r * rows);
+      for (int64_t i = 0; i < 6 * d; ++i) sum[i] += out.at(i);
+      // Each shard's gradient is its rows of the full gradient (other tokens give none).
+      Tensor grad = Filled({rows, d}, 0);
+      ops::EmbeddingBackward(tok, dout, 1.3, grad, r * rows);
+      EXPECT_LT(RelErr(grad, Vals(full_grad.Rows(r * rows, (r + 1) * rows))), kExactTol);
+    }
+    EXPECT_LT(RelErr(Vec(sum), Vals(full)), kExactTol) << shards << " shards";
+  }
+}
+
 }  // namespace
 }  // namespace gdn
