@@ -5,6 +5,7 @@
 namespace gdn {
 
 uint64_t HashString(std::string_view s) {
+  // (Not the standard FNV offset basis; kept, since every random stream and run id derives from it.)
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : s) {
     h ^= c;

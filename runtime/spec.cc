@@ -20,6 +20,7 @@
 #include <google/protobuf/text_format.h>
 
 #include "absl/strings/ascii.h"
+#include "runtime/rng.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -225,15 +226,6 @@ absl::Status CheckAxis(const ExperimentSpec& base, const SweepSpec::Axis& axis, 
           absl::StrCat(name, " (", axis.field(), "=", value, "): ", s.message()));
   }
   return absl::OkStatus();
-}
-
-uint64_t Fnv1a64(absl::string_view s) {
-  uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
 }
 
 // Filesystem-safe: anything outside [A-Za-z0-9.+-] becomes '-' ('_' separates assignments).
@@ -455,7 +447,7 @@ std::string RunId(const ExperimentSpec& resolved, const std::vector<std::string>
   ExperimentSpec hashed = resolved;
   FillDefaults(&hashed);  // an explicitly stated default must not change the id
   hashed.mutable_run()->clear_dir();
-  uint64_t h = Fnv1a64(SpecToText(hashed));
+  uint64_t h = HashString(SpecToText(hashed));
   std::vector<std::string> names;
   for (const std::string& a : assignments) names.push_back(ShortName(a));
   std::string hash = absl::StrFormat("%08x", static_cast<uint32_t>(h ^ (h >> 32)));

@@ -11,11 +11,6 @@
 
 namespace gdn::cpu {
 
-namespace {
-template <typename T>
-inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
-}  // namespace
-
 void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& y) {
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T_ = x.dim(1), C = x.dim(2), K = w.dim(1);

@@ -1,6 +1,9 @@
-// Picks the element type of a float tensor for the CPU kernels:
+// Shared by the CPU kernels: picking the element type of a float tensor,
 //   DispatchFloat(x.dtype(), [&](auto zero) { using T = decltype(zero); ... });
+// the activation helpers, and programming-error checks.
 #pragma once
+
+#include <cmath>
 
 #include "glog/logging.h"
 #include "runtime/tensor.h"
@@ -22,5 +25,8 @@ inline void CheckSame(const Tensor& a, const Tensor& b, const char* what) {
       << what << ": " << ShapeString(a.shape()) << " " << DTypeName(a.dtype()) << " vs "
       << ShapeString(b.shape()) << " " << DTypeName(b.dtype());
 }
+
+template <typename T>
+inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
 }  // namespace gdn::cpu

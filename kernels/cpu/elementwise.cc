@@ -7,11 +7,6 @@
 
 namespace gdn::cpu {
 
-namespace {
-template <typename T>
-inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
-}  // namespace
-
 void Fill(const Tensor& x, double value) {
   DispatchFloat(x.dtype(), [&](auto zero) {
     using T = decltype(zero);

@@ -11,8 +11,6 @@ namespace gdn::cpu {
 
 namespace {
 template <typename T>
-inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
-template <typename T>
 inline T Softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
 }  // namespace
 

@@ -14,9 +14,6 @@ namespace gdn::cpu {
 
 namespace {
 
-template <typename T>
-inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
-
 // Sums per-thread partial weight gradients into dw (parameter gradients accumulate).
 template <typename T>
 class WeightGradAccumulator {
