@@ -134,5 +134,16 @@ SPEC
 dirs=(runs/sweep/*/)
 [ "${#dirs[@]}" -eq 2 ] && out=$(compare "${dirs[0]}" "${dirs[1]}" 2>&1) && ok || fail "sweep tp=1 vs tp=2: $out"
 
+# The same sweep in-process on one 2-rank job (tensor_parallel 2 for every point): one table, from
+# rank 0, and the losses of the sweep above (sweep.axes cannot be cleared by --set: a copy of the
+# spec replaces it with a one-point grid).
+sed 's/sweep { axes .* dir: "runs\/sweep" }/sweep { seeds: [0] dir: "runs\/sweep2" }/' sweep.textproto >sweep2.textproto
+out=$(mpi 2 "$gdn" sweep run --spec sweep2.textproto --set parallel.tensor_parallel=2 2>&1)
+[ "$(grep -c 'best lr' <<<"$out")" -eq 1 ] && ok || fail "in-process sweep under mpirun: $out"
+tp1=$(ls -d runs/sweep/*/ | head -1)
+inproc=(runs/sweep2/*/)
+[ "$(grep -c ',done,' runs/sweep2/results.csv)" -eq 1 ] && ok || fail "in-process sweep: not done"
+out=$(compare "$tp1" "${inproc[0]}" 2>&1) && ok || fail "in-process sweep vs --ranks sweep: $out"
+
 echo "$pass passed, $failures failed"
 [ "$failures" -eq 0 ]
