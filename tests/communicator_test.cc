@@ -1,0 +1,108 @@
+// The MPI communicators and the process grid, run under `mpirun -np 4` (ctest does): every rank runs
+// every test, and a failure on any rank fails the job. The grid is DP 2 x TP 2.
+#include <mpi.h>
+
+#include "gtest/gtest.h"
+#include "runtime/mpi_communicator.h"
+
+namespace gdn {
+namespace {
+
+ProcessGrid& Grid() {
+  static ProcessGrid* grid = [] {
+    auto g = ProcessGrid::Create(2);
+    CHECK(g.ok()) << g.status();
+    return new ProcessGrid(std::move(*g));
+  }();
+  return *grid;
+}
+
+Tensor Values(std::initializer_list<double> v) {
+  Tensor t = Tensor::Empty({static_cast<int64_t>(v.size())}, DType::kF64);
+  int64_t i = 0;
+  for (double x : v) t.set(i++, x);
+  return t;
+}
+
+TEST(ProcessGrid, TensorParallelIsFastest) {
+  const ProcessGrid& g = Grid();
+  ASSERT_EQ(g.world_size, 4) << "run this test with mpirun -np 4";
+  EXPECT_EQ(g.tp_size, 2);
+  EXPECT_EQ(g.dp_size, 2);
+  EXPECT_EQ(g.tp_rank, g.world_rank % 2);
+  EXPECT_EQ(g.dp_rank, g.world_rank / 2);
+  EXPECT_EQ(g.tp->rank(), g.tp_rank);
+  EXPECT_EQ(g.dp->rank(), g.dp_rank);
+  EXPECT_EQ(g.world->rank(), g.world_rank);
+  // Who is in my groups: gather world ranks over each group.
+  Tensor me = Values({static_cast<double>(g.world_rank)});
+  Tensor tp_members = Tensor::Empty({2}, DType::kF64), dp_members = Tensor::Empty({2}, DType::kF64);
+  g.tp->AllGather(me, tp_members);
+  g.dp->AllGather(me, dp_members);
+  EXPECT_EQ(tp_members.at(0), 2 * g.dp_rank);
+  EXPECT_EQ(tp_members.at(1), 2 * g.dp_rank + 1);
+  EXPECT_EQ(dp_members.at(0), g.tp_rank);
+  EXPECT_EQ(dp_members.at(1), g.tp_rank + 2);
+}
+
+TEST(Communicator, AllReduceSumAndMax) {
+  const ProcessGrid& g = Grid();
+  const double r = g.world_rank;
+  Tensor s = Values({r, 10 * r});
+  g.world->AllReduceSum(s);
+  EXPECT_EQ(s.at(0), 0 + 1 + 2 + 3);
+  EXPECT_EQ(s.at(1), 60);
+  Tensor t = Values({r});
+  g.tp->AllReduceSum(t);  // {0,1} or {2,3}
+  EXPECT_EQ(t.at(0), 4 * g.dp_rank + 1);
+  Tensor f = Tensor::Empty({2}, DType::kF32);
+  f.set(0, -r);
+  f.set(1, r);
+  g.dp->AllReduceMax(f);  // {0,2} or {1,3}
+  EXPECT_EQ(f.at(0), -g.tp_rank);
+  EXPECT_EQ(f.at(1), g.tp_rank + 2);
+}
+
+TEST(Communicator, ReduceScatterSumGivesEachRankItsRows) {
+  const ProcessGrid& g = Grid();
+  // in [4, 2] on every rank: row i = (rank + i, 1); the sum over ranks of row i = (6 + 4i, 4).
+  Tensor in = Tensor::Empty({4, 2}, DType::kF64);
+  for (int i = 0; i < 4; ++i) {
+    in.set(2 * i, g.world_rank + i);
+    in.set(2 * i + 1, 1);
+  }
+  Tensor out = Tensor::Empty({1, 2}, DType::kF64);
+  g.world->ReduceScatterSum(in, out);
+  EXPECT_EQ(out.at(0), 6 + 4 * g.world_rank);
+  EXPECT_EQ(out.at(1), 4);
+}
+
+TEST(Communicator, BroadcastAndBarrier) {
+  const ProcessGrid& g = Grid();
+  Tensor t = Tensor::Empty({3}, DType::kI32);
+  for (int i = 0; i < 3; ++i) t.set(i, g.world_rank == 1 ? 7 + i : -1);
+  g.world->Broadcast(t, 1);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(t.at(i), 7 + i);
+  g.world->Barrier();
+}
+
+}  // namespace
+}  // namespace gdn
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  // Only rank 0 prints; every rank's result decides the exit code.
+  if (!gdn::LaunchedByMpi()) {
+    std::fprintf(stderr, "communicator_tests must run under mpirun -np 4\n");
+    return 1;
+  }
+  if (gdn::Grid().world_rank != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS() != 0;
+  int any = 0;
+  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  gdn::FinalizeMpi();
+  return any;
+}
