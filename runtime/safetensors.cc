@@ -1,0 +1,652 @@
+#include "runtime/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <set>
+#include <string_view>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace gdn {
+
+// The data is little endian; we copy it to and from memory as is.
+static_assert(std::endian::native == std::endian::little, "safetensors needs a little-endian host");
+
+namespace {
+
+constexpr char kMetadataKey[] = "__metadata__";
+
+// ---------------------------------------------------------------------------------------------
+// UTF-8 and JSON strings.
+
+// Whether `s` is well-formed UTF-8 (no overlong forms, no surrogates, at most U+10FFFF).
+// On failure *bad_at is the offset of the first bad byte.
+bool ValidUtf8(std::string_view s, size_t* bad_at = nullptr) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    int extra;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      extra = 1, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      extra = 2, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      extra = 3, cp = c & 0x07;
+    } else {
+      if (bad_at) *bad_at = i;
+      return false;
+    }
+    if (i + extra >= s.size()) {  // not enough continuation bytes
+      if (bad_at) *bad_at = i;
+      return false;
+    }
+    for (int k = 1; k <= extra; ++k) {
+      const unsigned char cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) {
+        if (bad_at) *bad_at = i;
+        return false;
+      }
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+      if (bad_at) *bad_at = i;
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
+void AppendUtf8(uint32_t cp, std::string* out) {
+  if (cp < 0x80) {
+    out->push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+// `s` as a JSON string literal, quotes included. Also used to quote names in error messages,
+// which keeps every message on one line.
+std::string JsonQuote(std::string_view s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out.push_back(ch);
+        }
+    }
+  }
+  out += "\"";
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A strict parser for the JSON subset of safetensors headers: objects, arrays, strings and
+// integers. Floats, true, false and null are refused; so are duplicate object keys.
+
+struct Json {
+  enum class Kind { kObject, kArray, kString, kInt };
+  Kind kind = Kind::kInt;
+  std::string str;                // kString
+  int64_t num = 0;                // kInt
+  std::vector<std::string> keys;  // kObject, in file order; values[i] belongs to keys[i]
+  std::vector<Json> values;       // kObject values, kArray items
+};
+
+const char* KindName(Json::Kind kind) {
+  switch (kind) {
+    case Json::Kind::kObject: return "an object";
+    case Json::Kind::kArray: return "an array";
+    case Json::Kind::kString: return "a string";
+    case Json::Kind::kInt: return "an integer";
+  }
+  return "?";
+}
+
+class JsonParser {
+ public:
+  explicit JsonParser(std::string_view text) : text_(text) {}
+
+  // Parses one value followed only by whitespace. On failure returns nullopt and error().
+  std::optional<Json> ParseDocument() {
+    Json v;
+    SkipSpace();
+    if (!ParseValue(&v, 0)) return std::nullopt;
+    SkipSpace();
+    if (pos_ != text_.size()) {
+      Fail("unexpected characters after the top-level value");
+      return std::nullopt;
+    }
+    return v;
+  }
+  const std::string& error() const { return error_; }
+
+ private:
+  static constexpr int kMaxDepth = 64;
+
+  bool Fail(const std::string& what) {
+    if (error_.empty()) error_ = absl::StrFormat("%s at byte %d of the header", what, pos_);
+    return false;
+  }
+  void SkipSpace() {
+    while (pos_ < text_.size() &&
+           (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n' || text_[pos_] == '\r'))
+      ++pos_;
+  }
+  bool Consume(char c) {
+    if (pos_ < text_.size() && text_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+
+  bool ParseValue(Json* v, int depth) {
+    if (depth > kMaxDepth) return Fail("nesting too deep");
+    if (pos_ >= text_.size()) return Fail("unexpected end of JSON");
+    const char c = text_[pos_];
+    if (c == '{') return ParseObject(v, depth);
+    if (c == '[') return ParseArray(v, depth);
+    if (c == '"') {
+      v->kind = Json::Kind::kString;
+      return ParseString(&v->str);
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) return ParseInt(v);
+    if (c == 't' || c == 'f' || c == 'n')
+      return Fail("true, false and null are not supported in a safetensors header");
+    return Fail(absl::StrFormat("unexpected character '%c'", c));
+  }
+
+  bool ParseObject(Json* v, int depth) {
+    v->kind = Json::Kind::kObject;
+    ++pos_;  // '{'
+    SkipSpace();
+    if (Consume('}')) return true;
+    std::set<std::string> seen;
+    while (true) {
+      SkipSpace();
+      if (pos_ >= text_.size() || text_[pos_] != '"') return Fail("expected a string key");
+      const size_t key_at = pos_;
+      std::string key;
+      if (!ParseString(&key)) return false;
+      if (!seen.insert(key).second) {
+        pos_ = key_at;
+        return Fail(absl::StrCat("duplicate key ", JsonQuote(key)));
+      }
+      SkipSpace();
+      if (!Consume(':')) return Fail("expected ':'");
+      SkipSpace();
+      Json value;
+      if (!ParseValue(&value, depth + 1)) return false;
+      v->keys.push_back(std::move(key));
+      v->values.push_back(std::move(value));
+      SkipSpace();
+      if (Consume(',')) continue;
+      if (Consume('}')) return true;
+      return Fail("expected ',' or '}'");
+    }
+  }
+
+  bool ParseArray(Json* v, int depth) {
+    v->kind = Json::Kind::kArray;
+    ++pos_;  // '['
+    SkipSpace();
+    if (Consume(']')) return true;
+    while (true) {
+      SkipSpace();
+      Json item;
+      if (!ParseValue(&item, depth + 1)) return false;
+      v->values.push_back(std::move(item));
+      SkipSpace();
+      if (Consume(',')) continue;
+      if (Consume(']')) return true;
+      return Fail("expected ',' or ']'");
+    }
+  }
+
+  bool ParseHex4(uint32_t* out) {
+    if (pos_ + 4 > text_.size()) return Fail("truncated \\u escape");
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = text_[pos_ + i];
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= c - '0';
+      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+      else return Fail("bad hex digit in \\u escape");
+    }
+    pos_ += 4;
+    *out = v;
+    return true;
+  }
+
+  // The text is already known to be valid UTF-8, so bytes >= 0x80 are copied as they are.
+  bool ParseString(std::string* out) {
+    ++pos_;  // '"'
+    while (true) {
+      if (pos_ >= text_.size()) return Fail("unterminated string");
+      const char c = text_[pos_];
+      if (c == '"') {
+        ++pos_;
+        return true;
+      }
+      if (static_cast<unsigned char>(c) < 0x20) return Fail("control character in a string");
+      if (c != '\\') {
+        out->push_back(c);
+        ++pos_;
+        continue;
+      }
+      ++pos_;
+      if (pos_ >= text_.size()) return Fail("unterminated string");
+      const char e = text_[pos_++];
+      switch (e) {
+        case '"': out->push_back('"'); break;
+        case '\\': out->push_back('\\'); break;
+        case '/': out->push_back('/'); break;
+        case 'b': out->push_back('\b'); break;
+        case 'f': out->push_back('\f'); break;
+        case 'n': out->push_back('\n'); break;
+        case 'r': out->push_back('\r'); break;
+        case 't': out->push_back('\t'); break;
+        case 'u': {
+          uint32_t cp;
+          if (!ParseHex4(&cp)) return false;
+          if (cp >= 0xDC00 && cp <= 0xDFFF) return Fail("unpaired low surrogate in \\u escape");
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            uint32_t lo;
+            if (!(Consume('\\') && Consume('u')) || !ParseHex4(&lo) || lo < 0xDC00 || lo > 0xDFFF)
+              return Fail("unpaired high surrogate in \\u escape");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          AppendUtf8(cp, out);
+          break;
+        }
+        default:
+          --pos_;
+          return Fail(absl::StrFormat("bad escape '\\%c'", e));
+      }
+    }
+  }
+
+  bool ParseInt(Json* v) {
+    v->kind = Json::Kind::kInt;
+    const bool negative = Consume('-');
+    if (pos_ >= text_.size() || text_[pos_] < '0' || text_[pos_] > '9')
+      return Fail("expected a digit");
+    if (text_[pos_] == '0' && pos_ + 1 < text_.size() && text_[pos_ + 1] >= '0' &&
+        text_[pos_ + 1] <= '9')
+      return Fail("leading zero in a number");
+    // Accumulate as a negative number so INT64_MIN fits.
+    int64_t n = 0;
+    while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') {
+      const int d = text_[pos_] - '0';
+      if (n < (std::numeric_limits<int64_t>::min() + d) / 10) return Fail("integer out of range");
+      n = n * 10 - d;
+      ++pos_;
+    }
+    if (pos_ < text_.size() && (text_[pos_] == '.' || text_[pos_] == 'e' || text_[pos_] == 'E'))
+      return Fail("only integers are supported in a safetensors header");
+    if (!negative) {
+      if (n == std::numeric_limits<int64_t>::min()) return Fail("integer out of range");
+      n = -n;
+    }
+    v->num = n;
+    return true;
+  }
+
+  std::string_view text_;
+  size_t pos_ = 0;
+  std::string error_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Dtypes.
+
+const char* SafetensorsDType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "F32";
+    case DType::kF64: return "F64";
+    case DType::kI32: return "I32";
+  }
+  return "?";
+}
+
+std::optional<DType> ParseDType(const std::string& s) {
+  if (s == "F32") return DType::kF32;
+  if (s == "F64") return DType::kF64;
+  if (s == "I32") return DType::kI32;
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------------
+// File I/O.
+
+absl::Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, absl::StrFormat("%s: write failed", path));
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return absl::OkStatus();
+}
+
+// Reads exactly n bytes at offset; false (with errno, or 0 for end of file) if it cannot.
+bool PreadAll(int fd, void* data, size_t n, uint64_t offset) {
+  char* p = static_cast<char*>(data);
+  while (n > 0) {
+    ssize_t r = ::pread(fd, p, n, static_cast<off_t>(offset));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (r == 0) {
+      errno = 0;
+      return false;
+    }
+    p += r;
+    n -= static_cast<size_t>(r);
+    offset += static_cast<uint64_t>(r);
+  }
+  return true;
+}
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+absl::Status WriteContents(int fd, const std::string& tmp, const std::string& prefix,
+                           const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  if (absl::Status s = WriteAll(fd, prefix.data(), prefix.size(), tmp); !s.ok()) return s;
+  for (const auto& [name, t] : tensors) {
+    if (absl::Status s = WriteAll(fd, t.raw(), t.nbytes(), tmp); !s.ok()) return s;
+  }
+  if (::fsync(fd) != 0) return absl::ErrnoToStatus(errno, absl::StrFormat("%s: fsync failed", tmp));
+  return absl::OkStatus();
+}
+
+// One parsed header entry.
+struct Entry {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  uint64_t begin, end;
+};
+
+}  // namespace
+
+const Tensor* SafetensorsFile::Find(const std::string& name) const {
+  for (const auto& [n, t] : tensors) {
+    if (n == name) return &t;
+  }
+  return nullptr;
+}
+
+absl::Status WriteSafetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  auto bad = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": cannot write safetensors: ", what));
+  };
+  // Validate everything before touching the file system.
+  std::set<std::string> names;
+  for (const auto& [name, t] : tensors) {
+    if (!names.insert(name).second) return bad(absl::StrCat("duplicate tensor name ", JsonQuote(name)));
+    if (name == kMetadataKey) return bad(absl::StrCat("a tensor may not be called ", JsonQuote(name)));
+    if (!ValidUtf8(name)) return bad(absl::StrCat("tensor name ", JsonQuote(name), " is not valid UTF-8"));
+    if (!t.defined()) return bad(absl::StrCat("tensor ", JsonQuote(name), " is undefined"));
+    if (t.device() != Device::kCPU) return bad(absl::StrCat("tensor ", JsonQuote(name), " is not on the CPU"));
+  }
+  for (const auto& [k, v] : metadata) {
+    if (!ValidUtf8(k) || !ValidUtf8(v))
+      return bad(absl::StrCat("metadata entry ", JsonQuote(k), " is not valid UTF-8"));
+  }
+
+  // The header: metadata first (if any), then the tensors in the given order, no whitespace.
+  std::string header = "{";
+  if (!metadata.empty()) {
+    header += JsonQuote(kMetadataKey);
+    header += ":{";
+    bool first = true;
+    for (const auto& [k, v] : metadata) {
+      if (!first) header += ",";
+      first = false;
+      header += JsonQuote(k) + ":" + JsonQuote(v);
+    }
+    header += "}";
+  }
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    if (header.size() > 1) header += ",";
+    const uint64_t end = offset + t.nbytes();
+    absl::StrAppend(&header, JsonQuote(name), ":{\"dtype\":\"", SafetensorsDType(t.dtype()),
+                    "\",\"shape\":[", absl::StrJoin(t.shape(), ","), "],\"data_offsets\":[",
+                    offset, ",", end, "]}");
+    offset = end;
+  }
+  header += "}";
+  // Pad so that the data starts 8-byte aligned.
+  header.append((8 - header.size() % 8) % 8, ' ');
+
+  std::string prefix(8, '\0');
+  const uint64_t n = header.size();
+  std::memcpy(prefix.data(), &n, 8);
+  prefix += header;
+
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrFormat("%s: cannot create", tmp));
+  absl::Status s = WriteContents(fd, tmp, prefix, tensors);
+  if (::close(fd) != 0 && s.ok()) s = absl::ErrnoToStatus(errno, absl::StrFormat("%s: close failed", tmp));
+  if (s.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
+    s = absl::ErrnoToStatus(errno, absl::StrFormat("%s: cannot rename %s to it", path, tmp));
+  }
+  if (!s.ok()) ::unlink(tmp.c_str());
+  return s;
+}
+
+absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
+  auto corrupt = [&](const std::string& what) {
+    return absl::DataLossError(absl::StrCat(path, ": bad safetensors file: ", what));
+  };
+
+  Fd f;
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f.fd < 0) return absl::ErrnoToStatus(errno, absl::StrFormat("%s: cannot open", path));
+  struct stat st;
+  if (::fstat(f.fd, &st) != 0) return absl::ErrnoToStatus(errno, absl::StrFormat("%s: cannot stat", path));
+  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+
+  auto read_error = [&](const std::string& what) -> absl::Status {
+    if (errno != 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot read ", what));
+    return corrupt(absl::StrCat("file ends while reading ", what));
+  };
+
+  if (file_size < 8)
+    return corrupt(absl::StrFormat("the file is %d bytes, shorter than the 8-byte header length", file_size));
+  uint64_t header_len;
+  if (!PreadAll(f.fd, &header_len, 8, 0)) return read_error("the header length");
+  if (header_len > file_size - 8)
+    return corrupt(absl::StrFormat("header length %d is beyond the end of the file (%d bytes)",
+                                   header_len, file_size));
+  const uint64_t data_start = 8 + header_len;
+  const uint64_t data_size = file_size - data_start;
+
+  std::string header(header_len, '\0');
+  if (!PreadAll(f.fd, header.data(), header_len, 8)) return read_error("the header");
+  size_t bad_at = 0;
+  if (!ValidUtf8(header, &bad_at))
+    return corrupt(absl::StrFormat("header is not valid UTF-8 (byte %d)", bad_at));
+  JsonParser parser(header);
+  std::optional<Json> root = parser.ParseDocument();
+  if (!root) return corrupt(absl::StrCat("header is not valid JSON: ", parser.error()));
+  if (root->kind != Json::Kind::kObject)
+    return corrupt(absl::StrCat("header is ", KindName(root->kind), ", not a JSON object"));
+
+  SafetensorsFile out;
+  std::vector<Entry> entries;
+  for (size_t i = 0; i < root->keys.size(); ++i) {
+    const std::string& name = root->keys[i];
+    const Json& value = root->values[i];
+    if (name == kMetadataKey) {
+      if (value.kind != Json::Kind::kObject)
+        return corrupt(absl::StrCat("\"__metadata__\" is ", KindName(value.kind), ", not an object"));
+      for (size_t j = 0; j < value.keys.size(); ++j) {
+        if (value.values[j].kind != Json::Kind::kString)
+          return corrupt(absl::StrCat("metadata entry ", JsonQuote(value.keys[j]), " is ",
+                                      KindName(value.values[j].kind), ", not a string"));
+        out.metadata[value.keys[j]] = value.values[j].str;
+      }
+      continue;
+    }
+    const std::string qname = absl::StrCat("tensor ", JsonQuote(name));
+    if (value.kind != Json::Kind::kObject)
+      return corrupt(absl::StrCat(qname, " is ", KindName(value.kind), ", not an object"));
+    const Json* dtype = nullptr;
+    const Json* shape = nullptr;
+    const Json* offsets = nullptr;
+    for (size_t j = 0; j < value.keys.size(); ++j) {
+      const std::string& k = value.keys[j];
+      if (k == "dtype") dtype = &value.values[j];
+      else if (k == "shape") shape = &value.values[j];
+      else if (k == "data_offsets") offsets = &value.values[j];
+      else return corrupt(absl::StrCat(qname, ": unknown field ", JsonQuote(k)));
+    }
+    if (!dtype) return corrupt(absl::StrCat(qname, ": missing \"dtype\""));
+    if (!shape) return corrupt(absl::StrCat(qname, ": missing \"shape\""));
+    if (!offsets) return corrupt(absl::StrCat(qname, ": missing \"data_offsets\""));
+
+    Entry e;
+    e.name = name;
+    if (dtype->kind != Json::Kind::kString)
+      return corrupt(absl::StrCat(qname, ": \"dtype\" is ", KindName(dtype->kind), ", not a string"));
+    std::optional<DType> dt = ParseDType(dtype->str);
+    if (!dt)
+      return corrupt(absl::StrCat(qname, ": unsupported dtype ", JsonQuote(dtype->str),
+                                  " (supported: F32, F64, I32)"));
+    e.dtype = *dt;
+
+    if (shape->kind != Json::Kind::kArray)
+      return corrupt(absl::StrCat(qname, ": \"shape\" is ", KindName(shape->kind), ", not an array"));
+    // Element count, guarding against overflow: the byte size must fit in the file anyway.
+    for (const Json& d : shape->values) {
+      if (d.kind != Json::Kind::kInt || d.num < 0)
+        return corrupt(absl::StrCat(qname, ": \"shape\" must hold non-negative integers"));
+      e.shape.push_back(d.num);
+    }
+    // Element count, guarding against overflow (the byte size must fit in the file anyway).
+    uint64_t numel = 1;
+    bool too_big = false;
+    if (std::find(e.shape.begin(), e.shape.end(), 0) != e.shape.end()) {
+      numel = 0;
+    } else {
+      for (int64_t d : e.shape) {
+        if (numel > (uint64_t{1} << 62) / static_cast<uint64_t>(d)) {
+          too_big = true;
+          break;
+        }
+        numel *= static_cast<uint64_t>(d);
+      }
+    }
+
+    if (offsets->kind != Json::Kind::kArray || offsets->values.size() != 2 ||
+        offsets->values[0].kind != Json::Kind::kInt || offsets->values[1].kind != Json::Kind::kInt ||
+        offsets->values[0].num < 0 || offsets->values[1].num < 0)
+      return corrupt(absl::StrCat(qname, ": \"data_offsets\" must be two non-negative integers"));
+    e.begin = static_cast<uint64_t>(offsets->values[0].num);
+    e.end = static_cast<uint64_t>(offsets->values[1].num);
+    if (e.begin > e.end)
+      return corrupt(absl::StrFormat("%s: data_offsets [%d, %d] are out of order", qname, e.begin, e.end));
+    if (e.end > data_size)
+      return corrupt(absl::StrFormat(
+          "%s: data_offsets [%d, %d] point outside the file (the data region is %d bytes)", qname,
+          e.begin, e.end, data_size));
+    const uint64_t have = e.end - e.begin;
+    const size_t elem = DTypeSize(e.dtype);
+    if (too_big || numel > std::numeric_limits<uint64_t>::max() / elem || numel * elem != have)
+      return corrupt(absl::StrFormat("%s: data_offsets [%d, %d] hold %d bytes but shape %s of %s needs %s",
+                                     qname, e.begin, e.end, have, ShapeString(e.shape), dtype->str,
+                                     too_big ? std::string("more than fits a file")
+                                             : absl::StrCat(numel * elem, " bytes")));
+    entries.push_back(std::move(e));
+  }
+
+  // The byte ranges must tile [0, data_size) exactly.
+  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t at = 0;
+  const Entry* prev = nullptr;
+  for (const Entry& e : entries) {
+    if (e.begin < at)
+      return corrupt(absl::StrFormat("tensor %s (bytes [%d, %d]) overlaps tensor %s (bytes [%d, %d])",
+                                     JsonQuote(e.name), e.begin, e.end, JsonQuote(prev->name),
+                                     prev->begin, prev->end));
+    if (e.begin > at)
+      return corrupt(absl::StrFormat("gap of %d bytes before tensor %s (bytes [%d, %d]): the tensors "
+                                     "do not tile the data region",
+                                     e.begin - at, JsonQuote(e.name), e.begin, e.end));
+    at = e.end;
+    prev = &e;
+  }
+  if (at != data_size)
+    return corrupt(absl::StrFormat("%d bytes after the last tensor: the tensors do not tile the "
+                                   "data region (%d bytes)",
+                                   data_size - at, data_size));
+
+  out.tensors.reserve(entries.size());
+  for (const Entry& e : entries) {
+    Tensor t = Tensor::Empty(e.shape, e.dtype);
+    if (!PreadAll(f.fd, t.raw(), e.end - e.begin, data_start + e.begin))
+      return read_error(absl::StrCat("tensor ", JsonQuote(e.name)));
+    out.tensors.emplace_back(e.name, std::move(t));
+  }
+  return out;
+}
+
+}  // namespace gdn
