@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "runtime/atomic_file.h"
 
 namespace gdn {
 
@@ -73,23 +74,7 @@ absl::StatusOr<RunDirectory> RunDirectory::Open(const std::string& path) {
 }
 
 absl::Status RunDirectory::WriteFile(std::string_view name, const std::string& content) const {
-  const std::string target = File(name), tmp = target + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return absl::PermissionDeniedError(absl::StrCat(tmp, ": ", std::strerror(errno)));
-  size_t done = 0;
-  while (done < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n <= 0) {
-      ::close(fd);
-      return absl::DataLossError(absl::StrCat(tmp, ": write failed: ", std::strerror(errno)));
-    }
-    done += n;
-  }
-  const bool synced = ::fsync(fd) == 0;
-  ::close(fd);
-  if (!synced || std::rename(tmp.c_str(), target.c_str()) != 0)
-    return absl::DataLossError(absl::StrCat(target, ": cannot commit: ", std::strerror(errno)));
-  return absl::OkStatus();
+  return WriteFileAtomically(File(name), {{content.data(), content.size()}});
 }
 
 absl::StatusOr<std::string> RunDirectory::ReadFile(std::string_view name) const {

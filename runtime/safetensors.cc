@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "runtime/atomic_file.h"
 
 namespace gdn {
 
@@ -358,19 +359,6 @@ std::optional<DType> ParseDType(const std::string& s) {
 // ---------------------------------------------------------------------------------------------
 // File I/O.
 
-absl::Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return absl::ErrnoToStatus(errno, absl::StrFormat("%s: write failed", path));
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return absl::OkStatus();
-}
 
 // Reads exactly n bytes at offset; false (with errno, or 0 for end of file) if it cannot.
 bool PreadAll(int fd, void* data, size_t n, uint64_t offset) {
@@ -399,15 +387,6 @@ struct Fd {
   }
 };
 
-absl::Status WriteContents(int fd, const std::string& tmp, const std::string& prefix,
-                           const std::vector<std::pair<std::string, Tensor>>& tensors) {
-  if (absl::Status s = WriteAll(fd, prefix.data(), prefix.size(), tmp); !s.ok()) return s;
-  for (const auto& [name, t] : tensors) {
-    if (absl::Status s = WriteAll(fd, t.raw(), t.nbytes(), tmp); !s.ok()) return s;
-  }
-  if (::fsync(fd) != 0) return absl::ErrnoToStatus(errno, absl::StrFormat("%s: fsync failed", tmp));
-  return absl::OkStatus();
-}
 
 // One parsed header entry.
 struct Entry {
@@ -477,16 +456,9 @@ absl::Status WriteSafetensors(const std::string& path,
   std::memcpy(prefix.data(), &n, 8);
   prefix += header;
 
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrFormat("%s: cannot create", tmp));
-  absl::Status s = WriteContents(fd, tmp, prefix, tensors);
-  if (::close(fd) != 0 && s.ok()) s = absl::ErrnoToStatus(errno, absl::StrFormat("%s: close failed", tmp));
-  if (s.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    s = absl::ErrnoToStatus(errno, absl::StrFormat("%s: cannot rename %s to it", path, tmp));
-  }
-  if (!s.ok()) ::unlink(tmp.c_str());
-  return s;
+  std::vector<ByteSpan> spans = {{prefix.data(), prefix.size()}};
+  for (const auto& [name, t] : tensors) spans.push_back({t.raw(), t.nbytes()});
+  return WriteFileAtomically(path, spans);
 }
 
 absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {

@@ -11,57 +11,24 @@
 #include <limits>
 
 #include "absl/strings/str_format.h"
+#include "runtime/atomic_file.h"
 
 namespace gdn {
 
 // Shards are little endian; we copy them to and from memory as is.
 static_assert(std::endian::native == std::endian::little, "token shards need a little-endian host");
 
-namespace {
-
-absl::Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return absl::ErrnoToStatus(errno, absl::StrFormat("%s: write failed", path));
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status WriteFile(int fd, const std::string& tmp, const std::vector<uint16_t>& tokens) {
-  int32_t header[256] = {};
-  header[0] = kTokenShardMagic;
-  header[1] = kTokenShardVersion;
-  header[2] = static_cast<int32_t>(tokens.size());
-  if (absl::Status s = WriteAll(fd, header, sizeof(header), tmp); !s.ok()) return s;
-  if (absl::Status s = WriteAll(fd, tokens.data(), tokens.size() * sizeof(uint16_t), tmp); !s.ok())
-    return s;
-  if (::fsync(fd) != 0) return absl::ErrnoToStatus(errno, absl::StrFormat("%s: fsync failed", tmp));
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 absl::Status WriteTokenShard(const std::string& path, const std::vector<uint16_t>& tokens) {
   if (tokens.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: %d tokens do not fit one shard (the header count is an int32)", path, tokens.size()));
   }
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrFormat("%s: cannot create", tmp));
-  absl::Status s = WriteFile(fd, tmp, tokens);
-  if (::close(fd) != 0 && s.ok()) s = absl::ErrnoToStatus(errno, absl::StrFormat("%s: close failed", tmp));
-  if (s.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    s = absl::ErrnoToStatus(errno, absl::StrFormat("%s: cannot rename %s to it", path, tmp));
-  }
-  if (!s.ok()) ::unlink(tmp.c_str());
-  return s;
+  int32_t header[256] = {};
+  header[0] = kTokenShardMagic;
+  header[1] = kTokenShardVersion;
+  header[2] = static_cast<int32_t>(tokens.size());
+  return WriteFileAtomically(path, {{header, sizeof(header)},
+                                    {tokens.data(), tokens.size() * sizeof(uint16_t)}});
 }
 
 absl::StatusOr<std::vector<uint16_t>> ReadTokenShard(const std::string& path) {
