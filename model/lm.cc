@@ -59,7 +59,7 @@ double LanguageModel::MatmulFlopsPerToken() const {
   return 6.0 * n;
 }
 
-double LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
+void LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
   const ModelDims& d = builder_.dims;
   CHECK_EQ(tokens.rank(), 2);
   const int64_t B = tokens.dim(0), T = tokens.dim(1) - 1, N = B * T;
@@ -100,7 +100,6 @@ double LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
   logits_ = builder_.Empty({N, d.vocab / builder_.tp.size});
   ops::Matmul(xf_, false, head_->value, true, logits_, out_mult_);
   if (probes) (*probes)["logits"] += ops::MeanAbs(logits_);
-  return 0;
 }
 
 double LanguageModel::Loss(const Tensor& dlogits, double grad_scale) {

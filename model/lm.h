@@ -47,7 +47,8 @@ class LanguageModel {
     std::unique_ptr<SwiGluMlp> mlp;
     Tensor x, n1, r1, h, n2, r2;  // saved activations
   };
-  double Forward(const Tensor& tokens, Probes* probes);
+  // Runs the model up to the logits (kept in logits_) and saves what the backward needs.
+  void Forward(const Tensor& tokens, Probes* probes);
   // The mean loss of the saved logits; with dlogits (may alias logits) also its gradient.
   double Loss(const Tensor& dlogits, double grad_scale);
   void Backward();
