@@ -16,6 +16,7 @@
 #include "model/config.h"
 #include "model/lm.h"
 #include "runtime/spec.h"
+#include "tests/model_test_util.h"
 
 namespace gdn {
 namespace {
@@ -93,15 +94,6 @@ ExperimentSpec TinySpec(const Case& c) {
   p->set_alpha_in(c.alpha_in);
   p->set_alpha_out(c.alpha_out);
   return s;
-}
-
-// int32 [B, T + 1] tokens from a fixed seed.
-Tensor RandomTokens(int64_t B, int64_t T1, int64_t vocab, uint64_t seed) {
-  Tensor t = Tensor::Empty({B, T1}, DType::kI32);
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int> dist(0, static_cast<int>(vocab) - 1);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<int32_t>()[i] = dist(gen);
-  return t;
 }
 
 void SetGates(LanguageModel& model, Gates gates) {

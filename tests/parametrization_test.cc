@@ -16,6 +16,7 @@
 #include "model/lm.h"
 #include "model/optimizer.h"
 #include "runtime/spec.h"
+#include "tests/model_test_util.h"
 
 namespace gdn {
 namespace {
@@ -33,14 +34,6 @@ ExperimentSpec BaseSpec(ParametrizationSpec::Kind kind, int width, int base_widt
   s.mutable_optimizer()->set_kind(opt);
   EXPECT_TRUE(ValidateModelSpec(s).ok()) << ValidateModelSpec(s);
   return s;
-}
-
-Tensor RandomTokens(int64_t B, int64_t T1, int64_t vocab, uint64_t seed) {
-  Tensor t = Tensor::Empty({B, T1}, DType::kI32);
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int> dist(0, static_cast<int>(vocab) - 1);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<int32_t>()[i] = dist(gen);
-  return t;
 }
 
 // One OpenMP thread while training the small models: on a busy 2-core machine the kernels'
