@@ -15,6 +15,7 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;   // a run failed while computing
 inline constexpr int kExitUsage = 2;     // bad flags, spec or data: nothing was started
 inline constexpr int kExitDiverged = 3;  // the run stopped on a non-finite or exploding loss
+inline constexpr int kExitPreempted = 4; // a preemption signal: checkpointed, run again to resume
 
 struct Flag {
   std::string name;           // without the dashes
