@@ -1,12 +1,24 @@
 #include "launcher/trainer.h"
 
+#include <signal.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "kernels/ops.h"
+#include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/lm.h"
 #include "model/optimizer.h"
@@ -16,6 +28,26 @@
 #include "runtime/spec.h"
 
 namespace gdn {
+
+namespace {
+std::optional<int> SignalNumber(absl::string_view name);
+
+absl::Status ValidateCheckpointing(const RunSpec& r) {
+  if (r.checkpoint_interval() < 0)
+    return absl::InvalidArgumentError(
+        absl::StrCat("run.checkpoint_interval: must be >= 0 (0: only at the end), got ", r.checkpoint_interval()));
+  if (r.keep_checkpoints() < 1)
+    return absl::InvalidArgumentError(
+        absl::StrCat("run.keep_checkpoints: must be >= 1, got ", r.keep_checkpoints()));
+  for (absl::string_view name : absl::StrSplit(r.preempt_signals(), ',', absl::SkipEmpty())) {
+    name = absl::StripAsciiWhitespace(name);
+    if (!SignalNumber(name).has_value() || name == "KILL")
+      return absl::InvalidArgumentError(absl::StrCat(
+          "run.preempt_signals: unknown signal '", name, "' (use TERM, INT, USR1, USR2)"));
+  }
+  return absl::OkStatus();
+}
+}  // namespace
 
 absl::StatusOr<ExperimentSpec> ResolveSpec(const std::string& path,
                                            const std::vector<std::string>& overrides) {
@@ -30,6 +62,7 @@ absl::StatusOr<ExperimentSpec> ResolveSpec(const std::string& path,
 
 absl::Status ValidateRunnable(const ExperimentSpec& spec) {
   if (auto s = ValidateSpec(spec); !s.ok()) return s;
+  if (auto s = ValidateCheckpointing(spec.run()); !s.ok()) return s;
   return ValidateModelSpec(spec);
 }
 
@@ -100,6 +133,203 @@ double Evaluate(LanguageModel& model, const BatchLoader& loader, int batches, Te
   return SumOverDp(grid, sum / batches) / grid.dp_size;
 }
 
+
+// --- How a run starts: fresh, resumed from a checkpoint, or already over.
+
+// The fields that do not change what a run computes: a run directory resumes under other values
+// of these (another layout, checkpoint cadence, log cadence or directory path).
+std::string RunIdentity(ExperimentSpec spec) {
+  FillDefaults(&spec);
+  RunSpec* r = spec.mutable_run();
+  r->clear_dir();
+  r->clear_checkpoint_interval();
+  r->clear_keep_checkpoints();
+  r->clear_preempt_signals();
+  r->clear_log_interval();
+  spec.clear_parallel();
+  spec.clear_sweep();
+  return SpecToText(spec);
+}
+
+// The first line of `now` that `before` lacks (to say how two specs differ).
+std::string FirstNewLine(const std::string& before, const std::string& now) {
+  const std::vector<std::string> old_lines = absl::StrSplit(before, '\n');
+  for (absl::string_view line : absl::StrSplit(now, '\n'))
+    if (std::find(old_lines.begin(), old_lines.end(), std::string(line)) == old_lines.end())
+      return std::string(absl::StripAsciiWhitespace(line));
+  return "?";
+}
+
+struct StartPlan {
+  int64_t resume_step = -1;             // a verified checkpoint's step, or -1: from the start
+  std::optional<TrainResult> finished;  // the run is already over (done or diverged)
+};
+
+absl::StatusOr<StartPlan> PlanStart(const RunDirectory& dir, const ExperimentSpec& spec,
+                                    bool restart) {
+  StartPlan plan;
+  if (restart) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir.File("checkpoints"), ec);
+    std::filesystem::remove(dir.File("summary.json"), ec);
+    return plan;
+  }
+  if (!dir.Exists("spec.textproto")) {
+    if (dir.Exists("metrics.jsonl"))
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "run.dir: %s holds metrics but no spec.textproto; choose another run.dir or pass "
+          "--restart to discard it", dir.path()));
+    return plan;
+  }
+  auto text = dir.ReadFile("spec.textproto");
+  if (!text.ok()) return text.status();
+  auto old = ParseSpecText(*text, dir.File("spec.textproto"));
+  const std::string now_id = RunIdentity(spec);
+  if (!old.ok() || RunIdentity(*old) != now_id)
+    return absl::AlreadyExistsError(absl::StrFormat(
+        "run.dir: %s holds another run (its spec.textproto differs at '%s'); choose another "
+        "run.dir, or pass --restart to discard it",
+        dir.path(), old.ok() ? FirstNewLine(RunIdentity(*old), now_id) : old.status().message()));
+  const std::string status = dir.Status();
+  if ((status == "done" || status == "diverged") && dir.Exists("summary.json")) {
+    auto summary = dir.ReadFile("summary.json");
+    if (!summary.ok()) return summary.status();
+    TrainResult r;
+    r.status = status;
+    const auto number = [&](const char* key) { return JsonNumber(*summary, key).value_or(0); };
+    r.steps = static_cast<int64_t>(number("steps"));
+    r.train_loss = number("train_loss");
+    r.val_loss = number("val_loss");
+    r.tokens_per_s = number("tokens_per_s");
+    r.elapsed_s = number("elapsed_s");
+    plan.finished = r;
+    return plan;
+  }
+  auto checkpoint = FindCheckpoint(dir.path());
+  if (!checkpoint.ok()) return checkpoint.status();
+  if (checkpoint->has_value()) plan.resume_step = (*checkpoint)->step;
+  return plan;
+}
+
+// Rank 0's plan travels to the other ranks as numbers: [error kind, resume step, finished?,
+// diverged?, steps, train loss, val loss, tokens/s, elapsed].
+constexpr int kVerdictSize = 9;
+
+void EncodePlan(const absl::StatusOr<StartPlan>& plan, const Tensor& v) {
+  if (!plan.ok()) {
+    v.set(0, plan.status().code() == absl::StatusCode::kAlreadyExists ? 2 : 1);
+    return;
+  }
+  v.set(1, static_cast<double>(plan->resume_step));
+  if (const auto& f = plan->finished) {
+    v.set(2, 1);
+    v.set(3, f->status == "diverged");
+    v.set(4, static_cast<double>(f->steps));
+    v.set(5, f->train_loss);
+    v.set(6, f->val_loss);
+    v.set(7, f->tokens_per_s);
+    v.set(8, f->elapsed_s);
+  }
+}
+
+absl::Status DecodeVerdict(const Tensor& v, const absl::StatusOr<StartPlan>& plan,
+                           const std::string& run_dir) {
+  if (v.at(0) == 0) return absl::OkStatus();
+  if (!plan.ok() && plan.status().code() != absl::StatusCode::kUnknown) return plan.status();
+  return v.at(0) == 2 ? absl::AlreadyExistsError(absl::StrCat("run.dir: ", run_dir, " holds another run"))
+                      : absl::PermissionDeniedError(absl::StrCat("run.dir: rank 0 cannot start ", run_dir));
+}
+
+StartPlan DecodePlan(const Tensor& v) {
+  StartPlan plan;
+  plan.resume_step = static_cast<int64_t>(v.at(1));
+  if (v.at(2) != 0) {
+    TrainResult r;
+    r.status = v.at(3) != 0 ? "diverged" : "done";
+    r.steps = static_cast<int64_t>(v.at(4));
+    r.train_loss = v.at(5);
+    r.val_loss = v.at(6);
+    r.tokens_per_s = v.at(7);
+    r.elapsed_s = v.at(8);
+    plan.finished = r;
+  }
+  return plan;
+}
+
+// Writes the spec, and keeps the metrics of the steps up to `step` (those after the checkpoint
+// are taken again, so the file reads as if the run had never stopped).
+absl::Status PrepareFiles(RunDirectory& dir, const ExperimentSpec& spec, int64_t step) {
+  if (auto s = dir.WriteFile("spec.textproto", SpecToText(spec)); !s.ok()) return s;
+  std::string kept;
+  if (step > 0 && dir.Exists("metrics.jsonl")) {
+    auto metrics = dir.ReadFile("metrics.jsonl");
+    if (!metrics.ok()) return metrics.status();
+    for (absl::string_view line : absl::StrSplit(*metrics, '\n', absl::SkipEmpty())) {
+      auto at = JsonNumber(std::string(line), "step");
+      if (at.ok() && *at <= step) absl::StrAppend(&kept, line, "\n");
+    }
+  }
+  if (auto s = dir.WriteFile("metrics.jsonl", kept); !s.ok()) return s;
+  return dir.SetStatus("running");
+}
+
+// --- Preemption: a signal sets a flag; the ranks compare flags at each step boundary.
+
+volatile std::sig_atomic_t preempt_requested = 0;
+extern "C" void OnPreemptSignal(int) { preempt_requested = 1; }
+
+constexpr std::pair<const char*, int> kSignals[] = {
+    {"TERM", SIGTERM}, {"INT", SIGINT}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}};
+
+std::optional<int> SignalNumber(absl::string_view name) {
+  for (const auto& [n, number] : kSignals)
+    if (name == n) return number;
+  return std::nullopt;
+}
+
+// Handles the run's preemption signals while it lives; restores the previous handlers after.
+class PreemptionGuard {
+ public:
+  explicit PreemptionGuard(const std::string& names) {
+    preempt_requested = 0;
+    for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty())) {
+      const int sig = *SignalNumber(absl::StripAsciiWhitespace(name));
+      struct sigaction action = {}, old = {};
+      action.sa_handler = OnPreemptSignal;
+      sigemptyset(&action.sa_mask);
+      if (sigaction(sig, &action, &old) == 0) saved_.emplace_back(sig, old);
+    }
+  }
+  ~PreemptionGuard() {
+    for (auto& [sig, old] : saved_) sigaction(sig, &old, nullptr);
+  }
+  bool RequestedOnAnyRank(Communicator& world) const {
+    Tensor flag = Tensor::Empty({1}, DType::kI32);
+    flag.set(0, preempt_requested ? 1 : 0);
+    world.AllReduceMax(flag);
+    return flag.at(0) != 0;
+  }
+
+ private:
+  std::vector<std::pair<int, struct sigaction>> saved_;
+};
+
+// Test hook (tests/resume_test.sh): GDN_TEST_RAISE_AFTER_STEP=STEP:SIGNAL[:RANK] makes world rank
+// RANK (default 0) send itself SIGNAL (KILL, TERM, USR2, ...) once step STEP is over, after its
+// checkpoint if it has one: a deterministic `kill -9` or preemption.
+void MaybeRaiseForTest(int64_t step, int world_rank) {
+  const char* env = std::getenv("GDN_TEST_RAISE_AFTER_STEP");
+  if (env == nullptr) return;
+  std::vector<std::string> f = absl::StrSplit(env, ':');
+  int64_t at = -1;
+  int rank = 0;
+  if (f.size() < 2 || !absl::SimpleAtoi(f[0], &at) || (f.size() > 2 && !absl::SimpleAtoi(f[2], &rank)))
+    LOG(FATAL) << "GDN_TEST_RAISE_AFTER_STEP=" << env << ": expected STEP:SIGNAL[:RANK]";
+  const auto sig = SignalNumber(f[1]);
+  CHECK(sig.has_value()) << "GDN_TEST_RAISE_AFTER_STEP: unknown signal " << f[1];
+  if (at == step && rank == world_rank) std::raise(*sig);
+}
+
 }  // namespace
 
 absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid& grid,
@@ -122,52 +352,77 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   if (!val_loader.ok())
     return absl::InvalidArgumentError(absl::StrCat("data.val_path: ", val_loader.status().message()));
 
-  // Rank 0 owns the run directory; the others learn its verdict.
+  // Rank 0 owns the run directory and decides how this run starts; the others learn its verdict.
   const bool writer = grid.world_rank == 0;
   absl::StatusOr<RunDirectory> dir = absl::UnknownError("not rank 0");
-  Tensor verdict = Tensor::Zeros({1}, DType::kI32);
+  absl::StatusOr<StartPlan> plan = absl::UnknownError("not rank 0");
   if (writer) {
     dir = RunDirectory::Open(rs.dir());
-    if (!dir.ok()) verdict.set(0, 1);
-    else if (dir->Exists("metrics.jsonl") && !options.restart) verdict.set(0, 2);
+    plan = dir.ok() ? PlanStart(*dir, spec, options.restart) : absl::StatusOr<StartPlan>(dir.status());
   }
+  Tensor verdict = Tensor::Zeros({kVerdictSize}, DType::kF64);
+  if (writer) EncodePlan(plan, verdict);
   grid.world->Broadcast(verdict, 0);
-  if (verdict.at(0) == 1)
-    return writer ? dir.status() : absl::PermissionDeniedError("rank 0 cannot open run.dir");
-  if (verdict.at(0) == 2)
-    return absl::AlreadyExistsError(absl::StrFormat(
-        "run.dir: %s already holds a run (status '%s'); choose another run.dir or remove it",
-        rs.dir(), writer ? dir->Status() : "?"));
+  if (auto s = DecodeVerdict(verdict, plan, rs.dir()); !s.ok()) return s;
+  const StartPlan start_plan = writer ? *plan : DecodePlan(verdict);
+  const bool talk = writer && !options.quiet;
+  if (start_plan.finished.has_value()) {
+    if (talk)
+      std::printf("gdn train: %s already %s after %lld steps | val %.4f\n", rs.dir().c_str(),
+                  start_plan.finished->status.c_str(),
+                  static_cast<long long>(start_plan.finished->steps), start_plan.finished->val_loss);
+    return *start_plan.finished;
+  }
   auto write = [&](auto&& fn) -> absl::Status { return writer ? fn(*dir) : absl::OkStatus(); };
-  if (auto s = write([&](RunDirectory& d) {
-        if (auto s = d.WriteFile("spec.textproto", SpecToText(spec)); !s.ok()) return s;
-        if (auto s = d.WriteFile("metrics.jsonl", ""); !s.ok()) return s;
-        return d.SetStatus("running");
-      });
-      !s.ok())
-    return s;
 
   LanguageModel model(spec, DType::kF32, TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get());
   model.Initialize(rs.seed());
   Optimizer optimizer(spec.optimizer(), model.params());
+  TrainerState state;
+  const TensorParallel tp{grid.tp_rank, grid.tp_size};
+  if (start_plan.resume_step >= 0) {
+    // Every rank reads the checkpoint rank 0 verified; all must load it or none goes on.
+    const CheckpointRef ref{start_plan.resume_step, CheckpointPath(rs.dir(), start_plan.resume_step)};
+    auto loaded = LoadCheckpoint(ref, model.params(), &optimizer, tp);
+    Tensor failed = Tensor::Zeros({1}, DType::kI32);
+    failed.set(0, loaded.ok() ? 0 : 1);
+    grid.world->AllReduceMax(failed);
+    if (!loaded.ok()) return loaded.status();
+    if (failed.at(0) != 0) return absl::DataLossError(absl::StrCat(ref.path, ": another rank could not load it"));
+    state = *loaded;
+  }
+  if (auto s = write([&](RunDirectory& d) { return PrepareFiles(d, spec, state.step); }); !s.ok())
+    return s;
+
   const int64_t steps = rs.steps();
   const int local_batch = ds.batch_size() / grid.dp_size;
   const int micro = ds.micro_batch_size() > 0 ? ds.micro_batch_size() : local_batch;
   const int64_t tokens_per_step = static_cast<int64_t>(ds.batch_size()) * ds.seq_len();
   Tensor tokens = Tensor::Empty({local_batch, ds.seq_len() + 1}, DType::kI32);
-  const bool talk = writer && !options.quiet;
   if (talk)
     std::printf("gdn train: %s | %.2fM parameters | %d steps x %lld tokens | %d ranks (dp %d x tp %d) "
-                "| %s\n",
+                "| %s%s\n",
                 rs.dir().c_str(), model.params().NumElements() / 1e6, rs.steps(),
                 static_cast<long long>(tokens_per_step), grid.world_size, grid.dp_size,
-                grid.tp_size, data->train.describe().c_str());
+                grid.tp_size, data->train.describe().c_str(),
+                start_plan.resume_step >= 0
+                    ? absl::StrFormat(" | resuming from step %d", state.step).c_str()
+                    : "");
 
+  const CheckpointLayout layout{tp, grid.dp_rank, grid.world.get()};
+  auto checkpoint = [&]() {
+    return SaveCheckpoint(rs.dir(), state, model.params(), &optimizer, layout, rs.keep_checkpoints());
+  };
+  PreemptionGuard preemption(rs.preempt_signals());
   TrainResult result;
   result.status = "done";
-  double first_loss = 0, train_time = 0;
+  result.steps = state.step;
+  result.train_loss = state.last_loss;
+  // Killed after its last checkpoint but before its summary: only the final evaluation is missing.
+  if (state.step >= steps) result.val_loss = Evaluate(model, *val_loader, rs.eval_batches(), tokens, grid);
+  const int64_t first_step = state.step;
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t step = 0; step < steps; ++step) {
+  for (int64_t step = first_step; step < steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     train_loader->TrainBatch(step, tokens.data<int32_t>());
     model.params().ZeroGrads();
@@ -183,14 +438,17 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     const double lr = ScheduledLearningRate(spec.optimizer(), step, steps);
     optimizer.Step(step + 1, lr);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    train_time += dt;
-    if (step == 0) first_loss = loss;
+    state.train_time_s += dt;
+    if (step == 0) state.first_loss = loss;
+    state.step = step + 1;
+    state.last_loss = loss;
     result.steps = step + 1;
     result.train_loss = loss;
 
     // A non-finite loss, or one far above where it started, ends the run as diverged. Every rank
     // sees the same reduced numbers, so all stop together.
-    const bool diverged = !std::isfinite(loss) || !std::isfinite(grad_norm) || loss > 2 * first_loss;
+    const bool diverged =
+        !std::isfinite(loss) || !std::isfinite(grad_norm) || loss > 2 * state.first_loss;
     const bool last = step + 1 == steps || diverged;
     const bool eval = !diverged && (last || (rs.eval_interval() > 0 && (step + 1) % rs.eval_interval() == 0));
     JsonLine line;
@@ -203,12 +461,13 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     if (auto s = write([&](RunDirectory& d) { return d.AppendLine("metrics.jsonl", line.str()); });
         !s.ok())
       return s;
-    if (talk && (eval || (step + 1) % rs.log_interval() == 0 || step == 0 || diverged)) {
-      const double eta = train_time / (step + 1) * (steps - step - 1);
+    if (talk && (eval || (step + 1) % rs.log_interval() == 0 || step == first_step || diverged)) {
+      const double step_time = state.train_time_s / (step + 1);
       std::printf("step %5lld/%lld | loss %.4f%s | lr %.2e | gnorm %.3f | %.0f tok/s | eta %s\n",
                   static_cast<long long>(step + 1), static_cast<long long>(steps), loss,
                   eval ? absl::StrFormat(" | val %.4f", result.val_loss).c_str() : "", lr,
-                  grad_norm, tokens_per_step * (step + 1) / train_time, Duration(eta).c_str());
+                  grad_norm, tokens_per_step * (step + 1) / state.train_time_s,
+                  Duration(step_time * (steps - step - 1)).c_str());
       std::fflush(stdout);
     }
     if (diverged) {
@@ -216,14 +475,32 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
       result.val_loss = std::nan("");
       break;
     }
+    // Checkpoints: periodic, at the end, and when any rank was asked to stop (all ranks agree at
+    // this step boundary, so they all checkpoint the same step and exit together).
+    const bool preempt = !last && preemption.RequestedOnAnyRank(*grid.world);
+    const bool periodic = rs.checkpoint_interval() > 0 && (step + 1) % rs.checkpoint_interval() == 0;
+    if (periodic || last || preempt)
+      if (auto s = checkpoint(); !s.ok()) return s;
+    MaybeRaiseForTest(step + 1, grid.world_rank);
+    if (preempt) {
+      result.status = "preempted";
+      break;
+    }
   }
   result.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  result.tokens_per_s = tokens_per_step * result.steps / train_time;
+  result.tokens_per_s = state.train_time_s > 0 ? tokens_per_step * result.steps / state.train_time_s : 0;
+  if (result.status == "preempted") {
+    if (auto s = write([&](RunDirectory& d) { return d.SetStatus("preempted"); }); !s.ok()) return s;
+    if (talk)
+      std::printf("gdn train: preempted after step %lld; checkpointed, run again to resume\n",
+                  static_cast<long long>(result.steps));
+    return result;
+  }
   JsonLine summary;
   summary.Add("status", result.status).Add("steps", result.steps);
   summary.Add("train_loss", result.train_loss).Add("val_loss", result.val_loss);
   summary.Add("tokens", result.steps * tokens_per_step).Add("tokens_per_s", result.tokens_per_s);
-  summary.Add("elapsed_s", result.elapsed_s).Add("parameters", model.params().NumElements());
+  summary.Add("elapsed_s", state.train_time_s).Add("parameters", model.params().NumElements());
   summary.Add("ranks", grid.world_size).Add("tensor_parallel", grid.tp_size);
   if (auto s = write([&](RunDirectory& d) {
         if (auto s = d.WriteFile("summary.json", summary.str() + "\n"); !s.ok()) return s;

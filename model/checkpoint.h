@@ -35,6 +35,7 @@ struct TrainerState {
   int64_t step = 0;         // optimizer steps completed (0: parameters only, e.g. an import)
   double first_loss = 0;    // the first step's loss (the divergence threshold is relative to it)
   double train_time_s = 0;  // seconds spent in steps so far (throughput figures)
+  double last_loss = 0;     // the loss of the last step taken
 };
 
 struct CheckpointRef {
@@ -42,6 +43,8 @@ struct CheckpointRef {
   std::string path;  // the step_<n> directory
 };
 
+// <run_dir>/checkpoints/step_<8 digits>.
+std::string CheckpointPath(const std::string& run_dir, int64_t step);
 // The checkpoints of a run directory that have a MANIFEST, newest first (checksums not verified).
 std::vector<CheckpointRef> ListCheckpoints(const std::string& run_dir);
 // Checks every file of a checkpoint against its MANIFEST: a one-line error naming the file.

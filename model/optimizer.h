@@ -29,6 +29,7 @@ class Optimizer {
   void Step(int64_t step, double lr);
   // The state tensors, in parameter order (m and v for AdamW, the momentum buffer for SGD).
   std::vector<Tensor>& state() { return state_; }
+  const std::vector<Tensor>& state() const { return state_; }
 
  private:
   OptimizerSpec spec_;

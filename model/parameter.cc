@@ -44,18 +44,22 @@ Tensor Parameter::FullInit(uint64_t seed) const {
 }
 
 void Parameter::Initialize(uint64_t seed, const TensorParallel& tp) {
-  const Tensor full = FullInit(seed);
-  const Shape local = LocalShape(tp);
-  CHECK(value.shape() == local);
+  CopySlice(FullInit(seed), tp, value);
+}
+
+void Parameter::CopySlice(const Tensor& full, const TensorParallel& tp, const Tensor& local) const {
+  const Shape local_shape = LocalShape(tp);
+  CHECK(full.shape() == global_shape) << name << ": " << ShapeString(full.shape());
+  CHECK(local.shape() == local_shape) << name << ": " << ShapeString(local.shape());
   const int64_t rows = global_shape.empty() ? 1 : global_shape[0];
   const int64_t cols = full.numel() / std::max<int64_t>(rows, 1);
-  const int64_t lrows = local.empty() ? 1 : local[0];
-  const int64_t lcols = value.numel() / std::max<int64_t>(lrows, 1);
+  const int64_t lrows = local_shape.empty() ? 1 : local_shape[0];
+  const int64_t lcols = local.numel() / std::max<int64_t>(lrows, 1);
   const int64_t row0 = shard == ShardDim::kRows ? tp.rank * lrows : 0;
   const int64_t col0 = shard == ShardDim::kCols ? tp.rank * lcols : 0;
   for (int64_t r = 0; r < lrows; ++r)
     for (int64_t c = 0; c < lcols; ++c)
-      value.set(r * lcols + c, full.at((row0 + r) * cols + col0 + c));
+      local.set(r * lcols + c, full.at((row0 + r) * cols + col0 + c));
 }
 
 Parameter* ParameterSet::Add(std::string name, Shape global_shape, ParamClass cls, InitKind init,

@@ -48,6 +48,9 @@ struct Parameter {
   void Initialize(uint64_t seed, const TensorParallel& tp);
   // The full tensor as initialised, before slicing (tests compare shards against it).
   Tensor FullInit(uint64_t seed) const;
+  // Copies this rank's slice of `full` (global_shape, any dtype) into `local` (LocalShape(tp)):
+  // initialisation and checkpoint loading cut tensors the same way.
+  void CopySlice(const Tensor& full, const TensorParallel& tp, const Tensor& local) const;
 };
 
 // The parameters of a model, in a fixed order (checkpoints, optimizer state and the gradient

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -23,8 +24,14 @@ void JsonLine::Key(std::string_view key) {
 
 JsonLine& JsonLine::Add(std::string_view key, double value) {
   Key(key);
-  // JSON has no NaN or infinity: a diverged loss is written as null.
-  body_ += std::isfinite(value) ? absl::StrFormat("%.9g", value) : "null";
+  // JSON has no NaN or infinity: a diverged loss is written as null. Finite values are written in
+  // the shortest form that reads back exactly (resume and checks compare them bit for bit).
+  if (!std::isfinite(value)) {
+    body_ += "null";
+    return *this;
+  }
+  char buf[32];
+  body_.append(buf, std::to_chars(buf, buf + sizeof buf, value).ptr);
   return *this;
 }
 

@@ -58,10 +58,18 @@ grep -q '"status":"done"' runs/tiny/summary.json && ok || fail "summary lacks st
 first=$(head -1 runs/tiny/metrics.jsonl | sed 's/.*"train_loss":\([0-9.]*\).*/\1/')
 last=$(tail -1 runs/tiny/metrics.jsonl | sed 's/.*"train_loss":\([0-9.]*\).*/\1/')
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.0) }' && ok || fail "loss did not fall: $first -> $last"
-# The same run directory again: refused, and the finished run is untouched.
-before=$(md5sum runs/tiny/metrics.jsonl)
-expect 2 "run.dir: runs/tiny already holds a run" -- "$gdn" train --spec tiny.textproto
-[ "$(md5sum runs/tiny/metrics.jsonl)" = "$before" ] && ok || fail "refused run changed metrics"
+# The same run again: nothing to do. Another run in the same directory: refused. Either way the
+# finished run is untouched. A final checkpoint is there (export and further training use it).
+before=$(md5sum runs/tiny/metrics.jsonl runs/tiny/summary.json)
+expect 0 "runs/tiny already done after 20 steps" -- "$gdn" train --spec tiny.textproto
+expect 2 "run.dir: runs/tiny holds another run \(its spec.textproto differs at 'lr: 0.02'\)" -- \
+  "$gdn" train --spec tiny.textproto --set optimizer.lr=0.02
+[ "$(md5sum runs/tiny/metrics.jsonl runs/tiny/summary.json)" = "$before" ] && ok || fail "refused run changed its files"
+[ -f runs/tiny/checkpoints/step_00000020/MANIFEST ] && ok || fail "no final checkpoint"
+expect 2 "run.preempt_signals: unknown signal 'HUP'" -- "$gdn" train --spec tiny.textproto \
+  --set run.dir=runs/bad --set run.preempt_signals=TERM,HUP
+expect 2 "run.keep_checkpoints: must be >= 1" -- "$gdn" train --spec tiny.textproto \
+  --set run.dir=runs/bad --set run.keep_checkpoints=0
 
 # Bad input: exit 2, the field or file named, no run directory created.
 bad() {
