@@ -54,6 +54,7 @@ int Train(const ParsedArgs& args) {
                     ? kExitUsage
                     : kExitFailure);
   }
+  if (result->status == "preempted") return kExitPreempted;
   return result->status == "diverged" ? kExitDiverged : kExitOk;
 }
 
@@ -127,10 +128,13 @@ struct Verb {
 
 std::vector<Verb> Verbs() {
   return {
-      {{"train", "Train one model as the spec says; writes the run directory (run.dir).",
+      {{"train", "Train one model as the spec says into its run directory (run.dir), resuming from the newest "
+        "complete checkpoint there. Exit 0 done, 3 diverged, 4 preempted (checkpointed: run again).",
         {kSpecFlag, kSetFlag, {"quiet", "no progress lines", "", false, false, true},
-         {"restart", "start over in a run.dir that holds an unfinished run", "", false, false,
-          true}}},
+         {"restart",
+          "discard what run.dir holds (metrics, checkpoints) and start over; without it a run "
+          "resumes from its newest complete checkpoint",
+          "", false, false, true}}},
        Train},
       {{"sweep plan", "List the runs of the spec's sweep grid and what each costs.",
         {kSpecFlag, kSetFlag}},

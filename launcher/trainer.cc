@@ -315,8 +315,8 @@ class PreemptionGuard {
 };
 
 // Test hook (tests/resume_test.sh): GDN_TEST_RAISE_AFTER_STEP=STEP:SIGNAL[:RANK] makes world rank
-// RANK (default 0) send itself SIGNAL (KILL, TERM, USR2, ...) once step STEP is over, after its
-// checkpoint if it has one: a deterministic `kill -9` or preemption.
+// RANK (default 0) send itself SIGNAL (KILL, TERM, USR2, ...) at the end of step STEP, before
+// that step's checkpoint: a deterministic `kill -9`, or a preemption taking effect at that step.
 void MaybeRaiseForTest(int64_t step, int world_rank) {
   const char* env = std::getenv("GDN_TEST_RAISE_AFTER_STEP");
   if (env == nullptr) return;
@@ -477,11 +477,11 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     }
     // Checkpoints: periodic, at the end, and when any rank was asked to stop (all ranks agree at
     // this step boundary, so they all checkpoint the same step and exit together).
+    MaybeRaiseForTest(step + 1, grid.world_rank);
     const bool preempt = !last && preemption.RequestedOnAnyRank(*grid.world);
     const bool periodic = rs.checkpoint_interval() > 0 && (step + 1) % rs.checkpoint_interval() == 0;
     if (periodic || last || preempt)
       if (auto s = checkpoint(); !s.ok()) return s;
-    MaybeRaiseForTest(step + 1, grid.world_rank);
     if (preempt) {
       result.status = "preempted";
       break;

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Checkpoints and resume, end to end: a run killed (kill -9, in the middle of a checkpoint, with
+# its newest checkpoint corrupted) or preempted (SIGTERM, SIGUSR2 on any rank) and run again must
+# give exactly the metrics of a run that was never interrupted, on one rank and on DP 2 x TP 2.
+# Usage: tests/resume_test.sh path/to/gdn
+set -uo pipefail
+gdn=$(realpath "$1")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
+mpirun=(mpirun --oversubscribe -x OMP_NUM_THREADS -x GDN_TEST_RAISE_AFTER_STEP -x GDN_TEST_KILL_IN_CHECKPOINT)
+failures=0
+pass=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+ok() { pass=$((pass + 1)); }
+check() { if eval "$1"; then ok; else fail "$2"; fi; }
+
+mkdir -p corpus
+for i in $(seq 1 30); do
+  for j in $(seq 1 30); do echo "document $i line $j: the quick brown fox $((i * j)) jumps over the lazy dog $j."; done >"corpus/doc$i.txt"
+done
+"$gdn" data prepare --input corpus --format text --out data --val-every 10 >/dev/null || { echo "FAIL: data"; exit 1; }
+
+# 24 steps, a checkpoint every 6, the newest 2 kept; tensor_parallel 2 holds for the MPI runs.
+cat >spec.textproto <<'SPEC'
+model { width: 32 depth: 2 head_dim: 4 chunk_size: 16 }
+parametrization { base_width: 32 }
+optimizer { lr: 0.01 warmup_steps: 2 }
+data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 32 batch_size: 4 }
+run { steps: 24 eval_interval: 12 eval_batches: 2 checkpoint_interval: 6 keep_checkpoints: 2 }
+SPEC
+
+# Everything but the wall-clock throughput, one line a step.
+metrics() { sed -E 's/"tokens_per_s":[^,]*,//' "$1/metrics.jsonl"; }
+same_run() {  # same_run DIR REFERENCE: identical metrics and final losses
+  if [ "$(metrics "$1")" = "$(metrics "$2")" ] && [ "$(cat "$1/status")" = done ] &&
+     [ "$(grep -o '"train_loss":[^,]*,"val_loss":[^,]*' "$1/summary.json")" = \
+       "$(grep -o '"train_loss":[^,]*,"val_loss":[^,]*' "$2/summary.json")" ]; then
+    ok
+  else
+    fail "$1 differs from $2:"; diff <(metrics "$1") <(metrics "$2") | head -5
+  fi
+}
+train() { "$gdn" train --spec spec.textproto --set run.dir="$@"; }
+# run_expect CODE LOGFILE -- command...
+run_expect() {
+  local code=$1 log=$2
+  shift 3
+  "$@" >"$log" 2>&1
+  local rc=$?
+  [ "$rc" -eq "$code" ] && ok || { fail "'$*' exited $rc, expected $code"; tail -5 "$log"; }
+}
+ckpts() { ls "$1/checkpoints" | tr '\n' ' '; }
+
+# --- one rank
+run_expect 0 straight.log -- train runs/straight
+check '[ "$(ckpts runs/straight)" = "step_00000018 step_00000024 " ]' \
+  "keep_checkpoints 2 should leave steps 18 and 24: $(ckpts runs/straight)"
+
+# kill -9 after step 9: the metrics of steps 7-9 are dropped and taken again from step 6's checkpoint.
+GDN_TEST_RAISE_AFTER_STEP=9:KILL run_expect 137 killed.log -- train runs/killed
+check '[ "$(wc -l <runs/killed/metrics.jsonl)" -eq 9 ] && [ "$(cat runs/killed/status)" = running ]' \
+  "killed run should have 9 metrics lines and status running"
+run_expect 0 resumed.log -- train runs/killed
+check 'grep -q "resuming from step 6" resumed.log' "no 'resuming from step 6': $(head -2 resumed.log)"
+same_run runs/killed runs/straight
+
+# Killed in the middle of writing step 12's checkpoint: step 6's is used.
+GDN_TEST_KILL_IN_CHECKPOINT=12 run_expect 137 midckpt.log -- train runs/midckpt
+check '[ -d runs/midckpt/checkpoints/step_00000012.tmp ] && [ ! -e runs/midckpt/checkpoints/step_00000012 ]' \
+  "a checkpoint killed midway must stay a .tmp directory: $(ckpts runs/midckpt)"
+run_expect 0 midckpt2.log -- train runs/midckpt
+check 'grep -q "resuming from step 6" midckpt2.log' "mid-checkpoint kill should resume from step 6"
+check '[ ! -e runs/midckpt/checkpoints/step_00000012.tmp ]' "the unfinished .tmp checkpoint should be cleaned up"
+same_run runs/midckpt runs/straight
+
+# The newest checkpoint corrupted (one byte flipped) or truncated: skipped with a warning.
+for damage in flip truncate; do
+  GDN_TEST_RAISE_AFTER_STEP=13:KILL run_expect 137 $damage.log -- train runs/$damage
+  shard=runs/$damage/checkpoints/step_00000012/shard-0-of-1.safetensors
+  if [ $damage = flip ]; then
+    printf '\x55' | dd of="$shard" bs=1 seek=$(($(stat -c %s "$shard") - 100)) conv=notrunc status=none
+  else
+    truncate -s -1000 "$shard"
+  fi
+  run_expect 0 $damage-resumed.log -- train runs/$damage
+  check "grep -q 'skipping checkpoint .*step_00000012.*$([ $damage = flip ] && echo corrupted || echo truncated)' $damage-resumed.log" \
+    "$damage: no warning naming the damaged checkpoint: $(grep -i skip $damage-resumed.log)"
+  check "grep -q 'resuming from step 6' $damage-resumed.log" "$damage: should resume from step 6"
+  same_run runs/$damage runs/straight
+done
+
+# Preempted by SIGTERM (as a scheduler would) after step 8: checkpoint, status, exit 4.
+GDN_TEST_RAISE_AFTER_STEP=8:TERM run_expect 4 preempt.log -- train runs/preempt
+check '[ "$(cat runs/preempt/status)" = preempted ] && [ -f runs/preempt/checkpoints/step_00000008/MANIFEST ]' \
+  "preempted run: status $(cat runs/preempt/status), checkpoints $(ckpts runs/preempt)"
+check 'grep -q "preempted after step 8" preempt.log' "no preemption message"
+run_expect 0 preempt2.log -- train runs/preempt
+same_run runs/preempt runs/straight
+
+# A real SIGTERM from outside, at whatever step the run has reached.
+"$gdn" train --spec spec.textproto --set run.dir=runs/signal --set run.steps=100000 \
+  --set run.checkpoint_interval=0 >signal.log 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do [ -s runs/signal/metrics.jsonl ] && break; sleep 0.1; done
+kill -TERM $pid
+wait $pid
+rc=$?
+last=$(tail -1 runs/signal/metrics.jsonl | sed -E 's/^\{"step":([0-9]+),.*/\1/')
+check "[ $rc -eq 4 ] && [ -f runs/signal/checkpoints/step_$(printf %08d "$last")/MANIFEST ]" \
+  "external SIGTERM: exit $rc, last step $last, checkpoints $(ckpts runs/signal)"
+
+# A finished run's directory is not touched again; a different run there is refused.
+run_expect 0 again.log -- train runs/straight
+check 'grep -q "already done" again.log' "a finished run should be reported, not rerun"
+
+# --- DP 2 x TP 2 on 4 ranks
+mpitrain() { "${mpirun[@]}" -np 4 "$gdn" train --spec spec.textproto --set parallel.tensor_parallel=2 --set run.dir="$@"; }
+run_expect 0 mpi.log -- mpitrain runs/mpi
+check '[ -f runs/mpi/checkpoints/step_00000024/shard-1-of-2.safetensors ]' "no TP shard files: $(ls runs/mpi/checkpoints/*)"
+GDN_TEST_RAISE_AFTER_STEP=9:KILL "${mpirun[@]}" -np 4 "$gdn" train --spec spec.textproto \
+  --set parallel.tensor_parallel=2 --set run.dir=runs/mpi_killed >mpi_killed.log 2>&1
+rc=$?
+check '[ $rc -ne 0 ] && [ "$(wc -l <runs/mpi_killed/metrics.jsonl)" -eq 9 ]' "rank 0 kill -9 should end the MPI job after step 9"
+run_expect 0 mpi_resumed.log -- mpitrain runs/mpi_killed
+check 'grep -q "resuming from step 6" mpi_resumed.log' "MPI run should resume from step 6"
+same_run runs/mpi_killed runs/mpi
+
+# SIGUSR2 on rank 3 only: every rank checkpoints the same step and exits 4.
+GDN_TEST_RAISE_AFTER_STEP=8:USR2:3 run_expect 4 mpi_preempt.log -- mpitrain runs/mpi_preempt
+check '[ "$(cat runs/mpi_preempt/status)" = preempted ] && [ -f runs/mpi_preempt/checkpoints/step_00000008/MANIFEST ]' \
+  "MPI preemption from rank 3: status $(cat runs/mpi_preempt/status), $(ckpts runs/mpi_preempt)"
+run_expect 0 mpi_preempt2.log -- mpitrain runs/mpi_preempt
+same_run runs/mpi_preempt runs/mpi
+
+# Another layout: the one-rank checkpoint of step 6 resumed on TP 2 (and DP 2) reshards. Sums run
+# in another order, so the losses agree to float32 rounding rather than bit for bit.
+cp -r runs/killed runs/reshard
+rm -rf runs/reshard/checkpoints/step_00000024 runs/reshard/checkpoints/step_00000018 runs/reshard/summary.json
+mkdir -p runs/reshard/checkpoints && cp -r runs/straight/checkpoints/step_00000018 runs/reshard/checkpoints/
+echo running >runs/reshard/status
+run_expect 0 reshard.log -- mpitrain runs/reshard
+check 'grep -q "resuming from step 18" reshard.log' "reshard run should resume from step 18: $(head -1 reshard.log)"
+a=$(grep -o '"train_loss":[^,]*' runs/reshard/summary.json | cut -d: -f2)
+b=$(grep -o '"train_loss":[^,]*' runs/straight/summary.json | cut -d: -f2)
+check "awk -v a=$a -v b=$b 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5 * b) }'" \
+  "TP 2 x DP 2 resume of a one-rank checkpoint: final loss $a vs $b"
+
+echo "$pass passed, $failures failed"
+[ "$failures" -eq 0 ]
