@@ -134,6 +134,18 @@ check '[ "$(cat runs/mpi_preempt/status)" = preempted ] && [ -f runs/mpi_preempt
 run_expect 0 mpi_preempt2.log -- mpitrain runs/mpi_preempt
 same_run runs/mpi_preempt runs/mpi
 
+# A real SIGUSR2 sent to mpirun reaches every rank: checkpoint and exit 4.
+"${mpirun[@]}" -np 4 "$gdn" train --spec spec.textproto --set parallel.tensor_parallel=2 \
+  --set run.dir=runs/mpi_signal --set run.steps=100000 --set run.checkpoint_interval=0 >mpi_signal.log 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do [ -s runs/mpi_signal/metrics.jsonl ] && break; sleep 0.1; done
+kill -USR2 $pid
+wait $pid
+rc=$?
+last=$(tail -1 runs/mpi_signal/metrics.jsonl | sed -E 's/^\{"step":([0-9]+),.*/\1/')
+check "[ $rc -eq 4 ] && [ -f runs/mpi_signal/checkpoints/step_$(printf %08d "$last")/shard-1-of-2.safetensors ]" \
+  "SIGUSR2 to mpirun: exit $rc, last step $last, checkpoints $(ckpts runs/mpi_signal)"
+
 # Another layout: the one-rank checkpoint of step 6 resumed on TP 2 (and DP 2) reshards. Sums run
 # in another order, so the losses agree to float32 rounding rather than bit for bit.
 cp -r runs/killed runs/reshard
