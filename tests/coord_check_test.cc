@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/coord_check.h"
 #include "model/lm.h"
 #include "model/optimizer.h"
 #include "runtime/spec.h"
@@ -53,15 +54,11 @@ const char* const kProbes[] = {"embedding",     "q_conv",    "k_conv",  "v_conv"
 // already at step 0, as sqrt(m); the updates then add more.)
 constexpr double kMupBand = 2.0;
 
-// probe -> step (0 = at init, 1..kSteps after each update) -> value per width.
-using Table = std::map<std::string, std::vector<std::vector<double>>>;
-
-ExperimentSpec CoordSpec(ParametrizationSpec::Kind kind, int width) {
+ExperimentSpec CoordSpec(ParametrizationSpec::Kind kind) {
   ExperimentSpec s;
   FillDefaults(&s);
   ModelSpec* m = s.mutable_model();
   m->set_vocab_size(256);
-  m->set_width(width);
   m->set_depth(2);
   m->set_head_dim(16);
   ParametrizationSpec* p = s.mutable_parametrization();
@@ -71,71 +68,33 @@ ExperimentSpec CoordSpec(ParametrizationSpec::Kind kind, int width) {
   OptimizerSpec* o = s.mutable_optimizer();
   o->set_kind(OptimizerSpec::ADAMW);
   o->set_lr(1e-2);  // deliberately large
-  o->set_warmup_steps(0);
-  o->set_decay(OptimizerSpec::CONSTANT);
   o->set_weight_decay(0);
-  o->set_grad_clip(0);  // the raw updates: a global clip would tie the check to the grad norm
-  EXPECT_TRUE(ValidateModelSpec(s).ok()) << ValidateModelSpec(s);
   return s;
 }
 
-Table RunCoordCheck(ParametrizationSpec::Kind kind) {
+// probe -> step (0 = at init, 1..kSteps after each update) -> value per width.
+using Table = std::map<std::string, std::vector<std::vector<double>>>;
+
+Table Check(ParametrizationSpec::Kind kind) {
   Tensor tokens = Tensor::Empty({4, 65}, DType::kI32);  // B = 4, T = 64
   std::mt19937_64 gen(2024);
   std::uniform_int_distribution<int> dist(0, 255);
   for (int64_t i = 0; i < tokens.numel(); ++i) tokens.data<int32_t>()[i] = dist(gen);
-
-  Table table;
-  for (const char* k : kProbes)
-    table[k].assign(kSteps + 1, std::vector<double>(std::size(kWidths), 0.0));
-  for (size_t w = 0; w < std::size(kWidths); ++w) {
-    const ExperimentSpec spec = CoordSpec(kind, kWidths[w]);
-    LanguageModel model(spec, DType::kF32);
-    model.Initialize(0);
-    Optimizer opt(spec.optimizer(), model.params());
-    for (int step = 0; step <= kSteps; ++step) {
-      if (step > 0) {
-        model.params().ZeroGrads();
-        model.ForwardBackward(tokens);
-        opt.Step(step, ScheduledLearningRate(spec.optimizer(), step - 1, kSteps));
-      }
-      Probes probes;
-      model.ForwardLoss(tokens, &probes);
-      for (const char* k : kProbes) {
-        EXPECT_TRUE(probes.count(k)) << "probe " << k << " missing";
-        table[k][step][w] = probes[k];
-      }
-    }
-  }
-  return table;
+  const std::vector<int> widths(std::begin(kWidths), std::end(kWidths));
+  const CoordCheckResult r = RunCoordCheck(CoordSpec(kind), widths, kSteps, tokens);
+  std::printf("\n%s", FormatCoordCheck(r).c_str());
+  for (const char* k : kProbes) EXPECT_TRUE(r.values.count(k)) << "probe " << k << " missing";
+  return r.values;
 }
 
 double Spread(const std::vector<double>& v) {
   return *std::max_element(v.begin(), v.end()) / *std::min_element(v.begin(), v.end());
 }
 
-void Print(const char* name, const Table& t) {
-  std::printf("\ncoordinate check, %s (mean |coordinate|; per-layer probes summed over 2 layers)\n",
-              name);
-  for (int step = 0; step <= kSteps; ++step) {
-    std::printf("step %d %15s", step, "");
-    for (int w : kWidths) std::printf(" %10d", w);
-    std::printf("   max/min\n");
-    for (const char* k : kProbes) {
-      const auto& v = t.at(k)[step];
-      std::printf("  %-20s", k);
-      for (double x : v) std::printf(" %10.4g", x);
-      std::printf("   %7.2f\n", Spread(v));
-    }
-  }
-}
-
 TEST(CoordCheck, MupIsFlatAndSpIsNot) {
   const auto t0 = std::chrono::steady_clock::now();
-  const Table mup = RunCoordCheck(ParametrizationSpec::MUP);
-  const Table sp = RunCoordCheck(ParametrizationSpec::SP);
-  Print("muP", mup);
-  Print("SP", sp);
+  const Table mup = Check(ParametrizationSpec::MUP);
+  const Table sp = Check(ParametrizationSpec::SP);
   std::printf("(%.1f s)\n",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 
