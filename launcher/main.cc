@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
 #include "launcher/bench.h"
+#include "launcher/coord_check_command.h"
 #include "launcher/cli.h"
 #include "launcher/sweep.h"
 #include "launcher/trainer.h"
@@ -121,6 +122,20 @@ int Bench(const ParsedArgs& args) {
   return kExitOk;
 }
 
+int CoordCheck(const ParsedArgs& args) {
+  auto spec = ResolveSpec(args.Get("spec"), args.GetAll("set"));
+  if (!spec.ok()) return Fail(spec.status());
+  auto steps = args.GetInt("steps");
+  if (!steps.ok()) return Fail(steps.status());
+  auto options = ParseCoordCheckFlags(args.Get("widths"), static_cast<int>(*steps),
+                                      args.Get("parametrizations"), args.Get("optimizers"),
+                                      args.Get("adamw-lr"), args.Get("sgd-lr"), args.Get("out"));
+  if (!options.ok()) return Fail(options.status());
+  if (auto s = RunCoordCheckCommand(*spec, *options); !s.ok())
+    return Fail(s, s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure);
+  return kExitOk;
+}
+
 struct Verb {
   Command command;
   std::function<int(const ParsedArgs&)> run;
@@ -154,6 +169,18 @@ std::vector<Verb> Verbs() {
          {"out", "output folder", "", true},
          {"val-every", "every N-th document goes to validation", "20"}}},
        DataPrepare},
+      {{"coord-check",
+        "The muP coordinate check: a few steps at a large learning rate on one batch at each "
+        "width; tables, CSV and a PNG per configuration of each module's mean |coordinate|.",
+        {kSpecFlag, kSetFlag,
+         {"widths", "comma-separated widths", "64,128,256,512"},
+         {"steps", "updates after the initial measurement", "3"},
+         {"parametrizations", "MUP and/or SP", "MUP,SP"},
+         {"optimizers", "ADAMW and/or SGD", "ADAMW,SGD"},
+         {"adamw-lr", "AdamW learning rate (default: optimizer.lr)", ""},
+         {"sgd-lr", "SGD learning rate (default: optimizer.lr)", ""},
+         {"out", "output folder", "runs/coord_check"}}},
+       CoordCheck},
       {{"bench", "Measure CPU training throughput against the machine's sgemm rate.",
         {{"width", "model width", "512"},
          {"depth", "layers", "4"},

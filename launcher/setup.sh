@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake ninja-build g++ protobuf-compiler libprotobuf-dev libabsl-dev
-  libgoogle-glog-dev libgtest-dev libopenblas-openmp-dev openmpi-bin libopenmpi-dev zlib1g-dev)
+  libgoogle-glog-dev libgtest-dev libopenblas-openmp-dev openmpi-bin libopenmpi-dev zlib1g-dev
+  gnuplot-nox)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

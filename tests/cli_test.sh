@@ -109,5 +109,15 @@ expect 0 "already" -- "$gdn" sweep run --spec sweep.textproto
 expect 2 "sweep: empty grid" -- "$gdn" sweep run --spec tiny.textproto
 expect 2 "sweep point .*model.width=36" -- "$gdn" sweep plan --spec sweep.textproto --set sweep.widths=32,36
 
+# The coordinate check: tables, CSV and one PNG per configuration; bad widths refused before computing.
+expect 0 "largest max/min over widths after step 1" -- "$gdn" coord-check --spec tiny.textproto \
+  --widths 32,64 --steps 1 --optimizers ADAMW --out cc
+[ "$(head -c 4 cc/coord_check_mup_adamw.png | tail -c 3)" = PNG ] && [ -s cc/coord_check_sp_adamw.png ] && ok ||
+  fail "coord-check wrote no PNGs: $(ls cc)"
+[ "$(grep -c '^muP AdamW,logits,' cc/coord_check.csv)" -eq 4 ] && ok || fail "coord_check.csv lacks 2 steps x 2 widths of logits"
+expect 2 "--widths: width 36: model.width: key dimension" -- "$gdn" coord-check --spec tiny.textproto --widths 32,36 --out cc2
+expect 2 "--optimizers: unknown value 'ADAM'" -- "$gdn" coord-check --spec tiny.textproto --optimizers ADAM --out cc2
+[ ! -e cc2 ] && ok || fail "a refused coord-check created its output folder"
+
 echo "$pass passed, $failures failed"
 [ "$failures" -eq 0 ]
