@@ -37,6 +37,10 @@ if [[ -n "$debs" ]]; then
   for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix" || { echo "cannot unpack $f"; exit 1; }; done
 fi
 libdir=$prefix/usr/lib/x86_64-linux-gnu
+# glog's CMake config names its find modules (FindUnwind) by the absolute /usr/share path of an
+# installed package: point it at the unpacked copy.
+glog_modules=$libdir/cmake/glog/glog-modules.cmake
+[[ -f "$glog_modules" ]] && sed -i "s|\"/usr/share/glog/cmake\"|\"$prefix/usr/share/glog/cmake\"|" "$glog_modules"
 # glog's own dependencies (gflags, libunwind) and OpenBLAS's libgfortran are found through this
 # at run time (the executables' RUNPATH covers direct dependencies only); test discovery at build
 # time runs the test binaries too.
