@@ -58,7 +58,12 @@ cmake --build "$build" -j "$(nproc)" --target cuda_tests kernel_tests 2>&1 | tee
   || { echo "build failed"; exit 1; }
 
 step "CUDA ops vs CPU"
-"$build/tests/cuda_tests" 2>&1 | tee "$log/cuda_tests.log" || status=1
+if ! "$build/tests/cuda_tests" 2>&1 | tee "$log/cuda_tests.log"; then
+  status=1
+  # A crash (a failed CHECK) ends the binary early: run each test in its own process as well.
+  step "CUDA ops vs CPU, one process per test"
+  (cd "$build" && ctest -R 'Cuda' --output-on-failure --timeout 120) 2>&1 | tail -40 | tee "$log/cuda_ctest.log"
+fi
 step "CPU kernel tests"
 OMP_NUM_THREADS=$(nproc) "$build/tests/kernel_tests" 2>&1 | tail -3 | tee "$log/kernel_tests.log" || status=1
 
