@@ -49,12 +49,12 @@ export PATH=/usr/local/cuda/bin:$PATH
 
 step "configure (CUDA architectures $arch)"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix/usr" \
-  -DGDN_DEPS_PREFIX="$prefix" -DCMAKE_CUDA_ARCHITECTURES="$arch" 2>&1 | tee "$log/configure.log" \
+  -DGDN_DEPS_PREFIX="$prefix" -DCMAKE_CUDA_ARCHITECTURES="$arch" 2>&1 | tee "$log/build.log" \
   || { echo "configure failed"; exit 1; }
-grep -q "CUDA backend: on" "$log/configure.log" || { echo "CUDA backend not enabled"; exit 1; }
+grep -q "CUDA backend: on" "$log/build.log" || { echo "CUDA backend not enabled"; exit 1; }
 
 step "build"
-cmake --build "$build" -j "$(nproc)" --target cuda_tests kernel_tests 2>&1 | tee "$log/build.log" \
+cmake --build "$build" -j "$(nproc)" --target cuda_tests kernel_tests 2>&1 | tee -a "$log/build.log" \
   || { echo "build failed"; exit 1; }
 
 step "CUDA ops vs CPU"
