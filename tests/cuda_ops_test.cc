@@ -4,13 +4,12 @@
 // runtime: copies, views, the caching allocator, the GPU choice from the local rank.
 //
 // Relative error: max|gpu - cpu| / max|cpu| per output (NaN counts as infinite), printed as
-// "RELERR <op> <output> <shape> <value>" lines for the GPU log. Tolerances:
-//   kTol = 1e-5: elementwise and per-row ops (float32 rounding of the same formulas; only the
-//     order of the per-row sums differs).
-//   kSumTol = 1e-4: parameter gradients summed over many rows (N up to 4800 float32 terms in a
-//     different order; the bound is ~N * 2^-24 of the sum of |terms|) and the gated delta rule
-//     (a T-step recurrence whose dgamma is a sum of dk*dv products each step).
-//   Host reductions (SumSquares, MeanAbs) run in double on both sides: 1e-12.
+// "RELERR <op> <output> <shape> <value>" lines for the GPU log. Tolerance kTol = 1e-5 for every op:
+// both sides compute the same formulas in float32 and differ only in the order of sums (per-row
+// sums, sums over rows for parameter gradients, the gated delta rule's sums over dk and dv each
+// step). Measured on an H200 (tests/gpu/run_gpu_tests.sh): at most 2.9e-6 (the loss over a
+// 50257-word vocabulary), below 1e-6 for everything else. Host reductions (SumSquares, MeanAbs)
+// run in double on both sides: 1e-12.
 // Parameter gradients are pre-filled with the same random values on both devices, so a kernel
 // that overwrote instead of accumulating would fail by far more than the tolerance.
 // Without a usable GPU every test is skipped with the reason.
@@ -31,7 +30,7 @@
 namespace gdn {
 namespace {
 
-constexpr double kTol = 1e-5, kSumTol = 1e-4;
+constexpr double kTol = 1e-5;
 constexpr Device kGpu = Device::kCUDA, kCpu = Device::kCPU;
 
 #define GDN_REQUIRE_GPU()                                        \
@@ -282,7 +281,7 @@ TEST(CudaOpsTest, RmsNorm) {
     ops::RmsNormBackward(x, w, r, dy, dx, dw);
     ops::RmsNormBackward(Dev(x), Dev(w), rd, Dev(dy), dxd, dwd);
     Compare("RmsNormBackward", "dx", dxd, dx, kTol);
-    Compare("RmsNormBackward", "dw", dwd, dw, kSumTol);
+    Compare("RmsNormBackward", "dw", dwd, dw, kTol);
   }
 }
 
@@ -329,7 +328,7 @@ TEST(CudaOpsTest, GatedRmsNorm) {
       ops::GatedRmsNormBackward(Dev(o), Dev(g), Dev(w), rd, head_dim, Dev(dy), dod, dgd, dwd);
       Compare("GatedRmsNormBackward", "d_o", dod, d_o, kTol);
       Compare("GatedRmsNormBackward", "dg", dgd, dg, kTol);
-      Compare("GatedRmsNormBackward", "dw", dwd, dw, kSumTol);
+      Compare("GatedRmsNormBackward", "dw", dwd, dw, kTol);
     }
 }
 
@@ -355,7 +354,7 @@ TEST(CudaOpsTest, CausalConvSilu) {
       ops::CausalConvSiluBackward(x, w, pre, dy, dx, dw);
       ops::CausalConvSiluBackward(Dev(x), Dev(w), pred, Dev(dy), dxd, dwd);
       Compare("CausalConvSiluBackward", "dx", dxd, dx, kTol);
-      Compare("CausalConvSiluBackward", "dw", dwd, dw, kSumTol);
+      Compare("CausalConvSiluBackward", "dw", dwd, dw, kTol);
     }
 }
 
@@ -384,8 +383,8 @@ TEST(CudaOpsTest, Gates) {
                          dad, dbd, dald, ddtd);
       Compare("GatesBackward", "da", dad, da, kTol);
       Compare("GatesBackward", "db", dbd, db, kTol);
-      Compare("GatesBackward", "da_log", dald, dal, kSumTol);
-      Compare("GatesBackward", "ddt_bias", ddtd, ddt, kSumTol);
+      Compare("GatesBackward", "da_log", dald, dal, kTol);
+      Compare("GatesBackward", "ddt_bias", ddtd, ddt, kTol);
     }
 }
 
@@ -419,13 +418,13 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
     const Tensor od = Tensor::Empty(v.shape(), DType::kF32, kGpu),
                  sd = Tensor::Empty({B, HV, dk, dv}, DType::kF32, kGpu);
     ops::GatedDeltaRuleForward(dq_, dk_, dv_, dg_, db_, scale, chunk, od, sd);
-    Compare("GatedDeltaRuleForward", "o", od, o, kSumTol);
-    Compare("GatedDeltaRuleForward", "final_state", sd, s, kSumTol);
+    Compare("GatedDeltaRuleForward", "o", od, o, kTol);
+    Compare("GatedDeltaRuleForward", "final_state", sd, s, kTol);
   }
   // Without a final state.
   const Tensor od2 = Tensor::Empty(v.shape(), DType::kF32, kGpu);
   ops::GatedDeltaRuleForward(dq_, dk_, dv_, dg_, db_, scale, 0, od2, Tensor());
-  Compare("GatedDeltaRuleForward", "o_no_state", od2, o, kSumTol);
+  Compare("GatedDeltaRuleForward", "o_no_state", od2, o, kTol);
 
   const Tensor d_o = Rand(v.shape());
   auto empty = [](const Tensor& like, Device dev) {
@@ -440,11 +439,18 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
   const Tensor hq = empty(q, kGpu), hk = empty(k, kGpu), hv_ = empty(v, kGpu),
                hg = empty(gamma, kGpu), hb = empty(beta, kGpu);
   ops::GatedDeltaRuleBackward(dq_, dk_, dv_, dg_, db_, scale, 0, Dev(d_o), hq, hk, hv_, hg, hb);
-  Compare("GatedDeltaRuleBackward", "dq", hq, gq, kSumTol);
-  Compare("GatedDeltaRuleBackward", "dk", hk, gk_, kSumTol);
-  Compare("GatedDeltaRuleBackward", "dv", hv_, gv, kSumTol);
-  Compare("GatedDeltaRuleBackward", "dgamma", hg, gg, kSumTol);
-  Compare("GatedDeltaRuleBackward", "dbeta", hb, gb, kSumTol);
+  Compare("GatedDeltaRuleBackward", "dq", hq, gq, kTol);
+  Compare("GatedDeltaRuleBackward", "dk", hk, gk_, kTol);
+  Compare("GatedDeltaRuleBackward", "dv", hv_, gv, kTol);
+  if (T == 1) {
+    // dgamma = alpha <dL/dS, S_0> and S_0 = 0: exactly zero at T = 1, on both devices.
+    const Tensor hg_cpu = hg.To(kCpu);
+    for (int64_t i = 0; i < hg_cpu.numel(); ++i) EXPECT_EQ(hg_cpu.at(i), 0.0) << i;
+    for (int64_t i = 0; i < gg.numel(); ++i) EXPECT_EQ(gg.at(i), 0.0) << i;
+  } else {
+    Compare("GatedDeltaRuleBackward", "dgamma", hg, gg, kTol);
+  }
+  Compare("GatedDeltaRuleBackward", "dbeta", hb, gb, kTol);
 }
 
 TEST(CudaOpsTest, GatedDeltaRuleSmall) {

@@ -81,8 +81,8 @@ tail -3 "$log/racecheck.log"
 step "summary"
 {
   echo "max relative error per op and output (GPU vs CPU, over all shapes of the run):"
-  grep '^RELERR' "$log/cuda_tests.log" | awk '{k=$2" "$3; if (!(k in m) || $5+0 > m[k]+0) m[k]=$5}
-    END {for (k in m) printf "  %-45s %s\n", k, m[k]}' | sort
+  grep '^RELERR' "$log/cuda_tests.log" | awk '{k=$2" "$3; v=$NF+0; if (!(k in m) || v > m[k]) m[k]=v; n[k]++}
+    END {for (k in m) printf "  %-40s %.3e  (%d checks)\n", k, m[k], n[k]}' | sort
   grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/cuda_tests.log"
   echo "memcheck:  $(grep -E 'ERROR SUMMARY' "$log/memcheck.log" | tail -1)"
   echo "racecheck: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log/racecheck.log" | tail -1)"
