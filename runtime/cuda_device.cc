@@ -125,6 +125,15 @@ bool GpuAvailable(std::string* why) {
   return true;
 }
 
+int VisibleDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
 int LocalRank() {
   for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
     if (const char* v = std::getenv(name)) return std::atoi(v);

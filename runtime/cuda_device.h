@@ -13,6 +13,9 @@ namespace gdn::cuda {
 // not, *why says what is missing. Never aborts: tests call it to decide whether to skip.
 bool GpuAvailable(std::string* why = nullptr);
 
+// The number of GPUs this process can see (0 without a driver or device).
+int VisibleDeviceCount();
+
 // The node-local rank of this process under mpirun (OMPI_COMM_WORLD_LOCAL_RANK), srun
 // (SLURM_LOCALID) or MPICH (MPI_LOCALRANKID); 0 when started alone.
 int LocalRank();
