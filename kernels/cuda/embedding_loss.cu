@@ -1,6 +1,8 @@
 // Token embedding and the cross-entropy loss on CUDA (twins of kernels/cpu/embedding_loss.cc).
 // The loss's row statistics use one block per row; the mean loss is a deterministic reduction
 // returned to the host.
+#include <limits>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -112,7 +114,7 @@ double CrossEntropy(const Tensor& logits, const Tensor& targets, const Tensor& d
   const int64_t n = targets.numel(), vocab = logits.dim(-1);
   CHECK_EQ(logits.numel(), n * vocab);
   if (dlogits.defined()) CheckSame(logits, dlogits, "CrossEntropy");
-  if (n == 0) return 0.0 / 0.0;  // as the CPU: the mean over no rows
+  if (n == 0) return std::numeric_limits<double>::quiet_NaN();  // as the CPU: mean of nothing
   Tensor row_loss = Tensor::Empty({n}, DType::kF32, Device::kCUDA);
   Tensor bad = Tensor::Zeros({1}, DType::kI32, Device::kCUDA);
   CrossEntropyKernel<<<n, kThreads, 0, Stream()>>>(
@@ -158,7 +160,7 @@ double CrossEntropyFromStats(const Tensor& logits, const Tensor& targets, int64_
   CheckTokens(targets, "CrossEntropyFromStats");
   const int64_t n = targets.numel();
   CHECK(row_max.numel() == n && sum_exp.numel() == n && target_logit.numel() == n);
-  if (n == 0) return 0.0 / 0.0;
+  if (n == 0) return std::numeric_limits<double>::quiet_NaN();
   const int64_t v = logits.numel() / n;
   const int32_t* tgt = targets.data<int32_t>();
   const float *pl = F32(logits), *pm = F32(row_max), *ps = F32(sum_exp), *pt = F32(target_logit);
