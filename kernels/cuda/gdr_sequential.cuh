@@ -23,7 +23,9 @@ void GdrSequentialForward(const GdrSeqShape& s, const float* q, const float* k, 
                           const float* gamma, const float* beta, float scale, float* o,
                           float* final_state, cudaStream_t stream);
 
-// Scratch floats the backward needs (state checkpoints and recomputed states per key head).
+// Scratch floats the backward needs: per (batch, key head), a state checkpoint every 64 steps and the
+// 65 states of one 64-step block, (ceil(T/64) + 65) * dk * dv + 128 * dv floats (e.g. 6.4 MB for
+// T = 2048, dk = dv = 128). The state must fit in shared memory: dk * dv * 4 bytes up to ~220 KiB.
 int64_t GdrSequentialBackwardWorkspace(const GdrSeqShape& s);
 
 void GdrSequentialBackward(const GdrSeqShape& s, const float* q, const float* k, const float* v,
