@@ -21,6 +21,12 @@ MPI_Datatype MpiType(DType dtype) {
 
 void Check(int rc, const char* what) { CHECK_EQ(rc, MPI_SUCCESS) << what << " failed"; }
 
+// Plain MPI reads and writes host memory: device buffers go through the NCCL communicator.
+const Tensor& OnCpu(const Tensor& t) {
+  CHECK(t.device() == Device::kCPU) << "MPI collectives take CPU tensors (NCCL for CUDA tensors)";
+  return t;
+}
+
 class MpiCommunicator : public Communicator {
  public:
   explicit MpiCommunicator(MPI_Comm comm) : comm_(comm) {
@@ -30,28 +36,31 @@ class MpiCommunicator : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void AllReduceSum(const Tensor& t) override {
+    OnCpu(t);
     if (size_ == 1) return;
     Check(MPI_Allreduce(MPI_IN_PLACE, t.raw(), t.numel(), MpiType(t.dtype()), MPI_SUM, comm_),
           "MPI_Allreduce");
   }
   void AllReduceMax(const Tensor& t) override {
+    OnCpu(t);
     if (size_ == 1) return;
     Check(MPI_Allreduce(MPI_IN_PLACE, t.raw(), t.numel(), MpiType(t.dtype()), MPI_MAX, comm_),
           "MPI_Allreduce");
   }
   void AllGather(const Tensor& in, const Tensor& out) override {
-    CHECK_EQ(out.numel(), in.numel() * size_);
+    CHECK_EQ(OnCpu(out).numel(), OnCpu(in).numel() * size_);
     Check(MPI_Allgather(in.raw(), in.numel(), MpiType(in.dtype()), out.raw(), in.numel(),
                         MpiType(out.dtype()), comm_),
           "MPI_Allgather");
   }
   void ReduceScatterSum(const Tensor& in, const Tensor& out) override {
-    CHECK_EQ(in.numel(), out.numel() * size_);
+    CHECK_EQ(OnCpu(in).numel(), OnCpu(out).numel() * size_);
     Check(MPI_Reduce_scatter_block(in.raw(), out.raw(), out.numel(), MpiType(in.dtype()), MPI_SUM,
                                    comm_),
           "MPI_Reduce_scatter_block");
   }
   void Broadcast(const Tensor& t, int root) override {
+    OnCpu(t);
     Check(MPI_Bcast(t.raw(), t.numel(), MpiType(t.dtype()), root, comm_), "MPI_Bcast");
   }
   void Barrier() override { Check(MPI_Barrier(comm_), "MPI_Barrier"); }

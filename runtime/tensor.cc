@@ -6,6 +6,10 @@
 #include <mutex>
 #include <sstream>
 
+#ifdef GDN_WITH_CUDA
+#include "runtime/cuda_device.h"
+#endif
+
 namespace gdn {
 
 namespace {
@@ -55,7 +59,15 @@ BlockCache& Cache() {
 }
 }  // namespace
 
-size_t ReleaseCachedMemory() { return Cache().Release(); }
+size_t ReleaseCachedMemory() {
+  size_t released = Cache().Release();
+#ifdef GDN_WITH_CUDA
+  released += cuda::ReleaseDeviceCache();
+#endif
+  return released;
+}
+
+const char* DeviceName(Device device) { return device == Device::kCPU ? "cpu" : "cuda"; }
 
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
@@ -90,11 +102,21 @@ std::string ShapeString(const Shape& shape) {
 }
 
 Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
-  CHECK(device == Device::kCPU) << "only the CPU device is built into this binary";
   Tensor t;
   t.shape_ = shape;
   t.dtype_ = dtype;
   t.device_ = device;
+  if (device == Device::kCUDA) {
+#ifdef GDN_WITH_CUDA
+    // cudaMalloc blocks are 256-byte aligned; the allocator rounds sizes up to its size classes.
+    const size_t bytes = std::max<size_t>(256, t.nbytes());
+    t.storage_ = std::shared_ptr<void>(cuda::DeviceAlloc(bytes),
+                                       [bytes](void* p) { cuda::DeviceFree(p, bytes); });
+    return t;
+#else
+    LOG(FATAL) << "this binary was built without CUDA (GDN_WITH_CUDA off): no CUDA tensors";
+#endif
+  }
   // 64-byte alignment keeps vector loads aligned; at least one element so data() is valid.
   const size_t bytes = std::max<size_t>(64, (t.nbytes() + 63) / 64 * 64);
   t.storage_ = std::shared_ptr<void>(Cache().Get(bytes), [bytes](void* p) { Cache().Put(p, bytes); });
@@ -133,18 +155,47 @@ void Tensor::CopyFrom(const Tensor& src) const {
   CHECK(src.dtype_ == dtype_ && src.numel() == numel())
       << ShapeString(src.shape_) << " " << DTypeName(src.dtype_) << " -> " << ShapeString(shape_)
       << " " << DTypeName(dtype_);
-  std::memcpy(raw(), src.raw(), nbytes());
+  if (device_ == Device::kCPU && src.device_ == Device::kCPU) {
+    std::memcpy(raw(), src.raw(), nbytes());
+    return;
+  }
+#ifdef GDN_WITH_CUDA
+  if (device_ == Device::kCPU) {
+    cuda::CopyDeviceToHost(raw(), src.raw(), nbytes());
+  } else if (src.device_ == Device::kCPU) {
+    cuda::CopyHostToDevice(raw(), src.raw(), nbytes());
+  } else {
+    cuda::CopyDeviceToDevice(raw(), src.raw(), nbytes());
+  }
+#endif
 }
 
-void Tensor::SetZero() const { std::memset(raw(), 0, nbytes()); }
+void Tensor::SetZero() const {
+  if (device_ == Device::kCPU) {
+    std::memset(raw(), 0, nbytes());
+    return;
+  }
+#ifdef GDN_WITH_CUDA
+  cuda::MemsetZero(raw(), nbytes());
+#endif
+}
+
+Tensor Tensor::To(Device device) const {
+  if (device == device_) return *this;
+  Tensor t = Empty(shape_, dtype_, device);
+  t.CopyFrom(*this);
+  return t;
+}
 
 Tensor Tensor::To(DType dtype) const {
+  CHECK(device_ == Device::kCPU) << "To(DType) converts CPU tensors; copy with To(Device::kCPU)";
   Tensor t = Empty(shape_, dtype, device_);
   for (int64_t i = 0; i < numel(); ++i) t.set(i, at(i));
   return t;
 }
 
 double Tensor::at(int64_t i) const {
+  CHECK(device_ == Device::kCPU) << "at() reads CPU tensors only; copy with To(Device::kCPU)";
   switch (dtype_) {
     case DType::kF32: return data<float>()[i];
     case DType::kF64: return data<double>()[i];
@@ -154,6 +205,7 @@ double Tensor::at(int64_t i) const {
 }
 
 void Tensor::set(int64_t i, double value) const {
+  CHECK(device_ == Device::kCPU) << "set() writes CPU tensors only; copy with To(Device::kCPU)";
   switch (dtype_) {
     case DType::kF32: data<float>()[i] = static_cast<float>(value); break;
     case DType::kF64: data<double>()[i] = value; break;

@@ -17,6 +17,7 @@ enum class Device { kCPU, kCUDA };
 
 size_t DTypeSize(DType dtype);
 const char* DTypeName(DType dtype);
+const char* DeviceName(Device device);
 
 template <typename T>
 constexpr DType DTypeOf();
@@ -29,8 +30,8 @@ constexpr DType DTypeOf<int32_t>() { return DType::kI32; }
 
 using Shape = std::vector<int64_t>;
 
-// Host memory freed by tensors is cached for reuse (see tensor.cc); this returns it to the
-// system (e.g. between the runs of a sweep) and says how many bytes were released.
+// Host (and, with CUDA, device) memory freed by tensors is cached for reuse (see tensor.cc); this
+// returns it to the system (e.g. between the runs of a sweep) and says how many bytes were released.
 size_t ReleaseCachedMemory();
 int64_t NumElements(const Shape& shape);
 std::string ShapeString(const Shape& shape);
@@ -65,14 +66,16 @@ class Tensor {
   Tensor Rows(int64_t begin, int64_t end) const;
   // A deep copy.
   Tensor Clone() const;
-  // Copies the values of src (same shape and dtype) into this tensor.
+  // Copies the values of src (same element count and dtype) into this tensor, across devices too.
   void CopyFrom(const Tensor& src) const;
   void SetZero() const;
   // Converts to another dtype (CPU), e.g. float32 parameters into a float64 model for checks.
   Tensor To(DType dtype) const;
+  // A copy on another device (this tensor itself when it is already there).
+  Tensor To(Device device) const;
 
-  // Element access for tests and small host-side work (CPU only): element i of the flat view,
-  // converted to double.
+  // Element access for tests and small host-side work (CPU tensors only; copy a device tensor
+  // with To(Device::kCPU) first): element i of the flat view, converted to double.
   double at(int64_t i) const;
   void set(int64_t i, double value) const;
 

@@ -1,0 +1,131 @@
+// Shared by the CUDA kernels: checks, launch shapes, block reductions, the deterministic
+// reductions to the host and the column sums behind accumulated parameter gradients.
+// Reductions never use atomics, so results do not change from run to run.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "runtime/cuda_check.h"
+#include "runtime/tensor.h"
+
+namespace gdn::cuda {
+
+inline void CheckF32(const Tensor& t, const char* op) {
+  CHECK(t.dtype() == DType::kF32) << op << ": the CUDA backend is float32 only, got a "
+                                  << DTypeName(t.dtype()) << " tensor";
+  CHECK(t.device() == Device::kCUDA) << op << ": a CPU tensor passed to a CUDA op";
+}
+inline void CheckSame(const Tensor& a, const Tensor& b, const char* what) {
+  CHECK(a.dtype() == b.dtype() && a.numel() == b.numel() && a.device() == b.device())
+      << what << ": " << ShapeString(a.shape()) << " " << DTypeName(a.dtype()) << " "
+      << DeviceName(a.device()) << " vs " << ShapeString(b.shape()) << " " << DTypeName(b.dtype())
+      << " " << DeviceName(b.device());
+}
+inline float* F32(const Tensor& t) { return t.data<float>(); }
+
+constexpr int kThreads = 256;
+// Blocks for a grid-stride loop over n elements.
+inline int GridFor(int64_t n, int threads = kThreads) {
+  return static_cast<int>(std::clamp<int64_t>((n + threads - 1) / threads, 1, 1 << 16));
+}
+// Threads for one block per row of d elements: a multiple of 32, at most 256.
+inline int RowThreads(int64_t d) {
+  return static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, 256));
+}
+
+__device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// f(i) for every i < n, f a __device__ functor (a grid-stride loop).
+template <typename Fn>
+__global__ void ForEachKernel(Fn f, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    f(i);
+}
+template <typename Fn>
+void ForEach(int64_t n, Fn f) {
+  if (n == 0) return;
+  ForEachKernel<<<GridFor(n), kThreads, 0, Stream()>>>(f, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+struct SumOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+
+// Reduces v over the block (blockDim.x a multiple of 32); every thread gets the result. shm holds
+// 32 values; the leading barrier lets consecutive reductions share it.
+template <typename T, typename Op>
+__device__ T BlockReduce(T v, Op op, T* shm) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) shm[warp] = v;
+  __syncthreads();
+  v = shm[0];
+  for (int i = 1; i < warps; ++i) v = op(v, shm[i]);
+  return v;
+}
+
+template <typename Fn>
+__global__ void PartialSumKernel(Fn f, int64_t n, double* partial) {
+  __shared__ double shm[32];
+  double s = 0;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    s += f(i);
+  s = BlockReduce(s, SumOp(), shm);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// sum_{i < n} f(i) in double, f a __device__ functor: per-block partial sums, added on the host in
+// a fixed order. Waits for the stream.
+template <typename Fn>
+double SumToHost(Fn f, int64_t n) {
+  constexpr int kBlocks = 256;
+  Tensor partial = Tensor::Empty({kBlocks}, DType::kF64, Device::kCUDA);
+  PartialSumKernel<<<kBlocks, kThreads, 0, Stream()>>>(f, n, partial.data<double>());
+  CUDA_CHECK_LAUNCH();
+  std::vector<double> host(kBlocks);
+  CopyDeviceToHost(host.data(), partial.raw(), kBlocks * sizeof(double));
+  double s = 0;
+  for (double x : host) s += x;
+  return s;
+}
+
+template <typename Fn>
+__global__ void ColumnPartialKernel(Fn f, int64_t rows, int64_t cols, int64_t rows_per_part,
+                                    float* partial) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= cols) return;
+  const int64_t r0 = blockIdx.y * rows_per_part, r1 = r0 + rows_per_part < rows ? r0 + rows_per_part : rows;
+  float s = 0;
+  for (int64_t r = r0; r < r1; ++r) s += f(r, c);
+  partial[blockIdx.y * cols + c] = s;
+}
+
+__global__ void AddColumnSumsKernel(const float* partial, int parts, int64_t cols, float* out);
+
+// out[c] += sum_{r < rows} f(r, c) for c < cols (parameter gradients accumulate): partial sums
+// over slices of rows, then a fixed-order sum per column. Deterministic.
+template <typename Fn>
+void AccumulateColumnSums(Fn f, int64_t rows, int64_t cols, float* out) {
+  if (rows == 0 || cols == 0) return;
+  const int64_t rows_per_part = std::max<int64_t>(64, (rows + 255) / 256);
+  const int parts = static_cast<int>((rows + rows_per_part - 1) / rows_per_part);
+  Tensor partial = Tensor::Empty({parts, cols}, DType::kF32, Device::kCUDA);
+  const dim3 grid(static_cast<unsigned>((cols + 127) / 128), parts);
+  ColumnPartialKernel<<<grid, 128, 0, Stream()>>>(f, rows, cols, rows_per_part, F32(partial));
+  CUDA_CHECK_LAUNCH();
+  AddColumnSumsKernel<<<GridFor(cols), kThreads, 0, Stream()>>>(F32(partial), parts, cols, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace gdn::cuda

@@ -1,0 +1,10 @@
+// The CUDA implementation of the op set (float32 only), one file per group of ops, each beside its
+// CPU twin in kernels/cpu/. Tensors are device tensors; ops run asynchronously on the process's
+// stream (runtime/cuda_check.h) except those that return a value to the host.
+#pragma once
+
+#include "runtime/tensor.h"
+
+namespace gdn::cuda {
+#include "kernels/op_set.inc"
+}  // namespace gdn::cuda

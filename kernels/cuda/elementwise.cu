@@ -1,0 +1,136 @@
+// Elementwise ops, reductions and the optimizer updates on CUDA (twins of kernels/cpu/elementwise.cc
+// and kernels/cpu/optimizer_updates.cc, same arithmetic in float32; reductions in double).
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_ops.h"
+
+namespace gdn::cuda {
+
+__global__ void AddColumnSumsKernel(const float* partial, int parts, int64_t cols, float* out) {
+  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < cols;
+       c += int64_t{gridDim.x} * blockDim.x) {
+    float s = 0;
+    for (int p = 0; p < parts; ++p) s += partial[p * cols + c];
+    out[c] += s;
+  }
+}
+
+void Fill(const Tensor& x, double value) {
+  CheckF32(x, "Fill");
+  float* p = F32(x);
+  const float v = static_cast<float>(value);
+  ForEach(x.numel(), [=] __device__(int64_t i) { p[i] = v; });
+}
+
+void Add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  CheckF32(a, "Add");
+  CheckSame(a, b, "Add");
+  CheckSame(a, out, "Add");
+  const float *pa = F32(a), *pb = F32(b);
+  float* po = F32(out);
+  ForEach(a.numel(), [=] __device__(int64_t i) { po[i] = pa[i] + pb[i]; });
+}
+
+void Axpy(double alpha, const Tensor& x, const Tensor& y) {
+  CheckF32(x, "Axpy");
+  CheckSame(x, y, "Axpy");
+  const float* px = F32(x);
+  float* py = F32(y);
+  const float al = static_cast<float>(alpha);
+  ForEach(x.numel(), [=] __device__(int64_t i) { py[i] += al * px[i]; });
+}
+
+void Scale(const Tensor& x, double alpha) {
+  CheckF32(x, "Scale");
+  float* p = F32(x);
+  const float al = static_cast<float>(alpha);
+  ForEach(x.numel(), [=] __device__(int64_t i) { p[i] *= al; });
+}
+
+double SumSquares(const Tensor& x) {
+  CheckF32(x, "SumSquares");
+  const float* p = F32(x);
+  return SumToHost(
+      [=] __device__(int64_t i) { return static_cast<double>(p[i]) * static_cast<double>(p[i]); },
+      x.numel());
+}
+
+double MeanAbs(const Tensor& x) {
+  CheckF32(x, "MeanAbs");
+  const float* p = F32(x);
+  const double total =
+      SumToHost([=] __device__(int64_t i) { return fabs(static_cast<double>(p[i])); }, x.numel());
+  return x.numel() ? total / x.numel() : 0.0;
+}
+
+bool AllFinite(const Tensor& x) {
+  CheckF32(x, "AllFinite");
+  const float* p = F32(x);
+  return SumToHost([=] __device__(int64_t i) { return isfinite(p[i]) ? 0.0 : 1.0; },
+                   x.numel()) == 0;
+}
+
+void SwigluForward(const Tensor& gate, const Tensor& up, const Tensor& h) {
+  CheckF32(gate, "SwigluForward");
+  CheckSame(gate, up, "SwigluForward");
+  CheckSame(gate, h, "SwigluForward");
+  const float *pg = F32(gate), *pu = F32(up);
+  float* ph = F32(h);
+  ForEach(gate.numel(), [=] __device__(int64_t i) { ph[i] = pg[i] * SigmoidF(pg[i]) * pu[i]; });
+}
+
+void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, const Tensor& dgate,
+                    const Tensor& dup) {
+  CheckF32(gate, "SwigluBackward");
+  CheckSame(gate, up, "SwigluBackward");
+  CheckSame(gate, dh, "SwigluBackward");
+  CheckSame(gate, dgate, "SwigluBackward");
+  CheckSame(gate, dup, "SwigluBackward");
+  const float *pg = F32(gate), *pu = F32(up), *pdh = F32(dh);
+  float *pdg = F32(dgate), *pdu = F32(dup);
+  ForEach(gate.numel(), [=] __device__(int64_t i) {
+    const float s = SigmoidF(pg[i]);
+    const float silu = pg[i] * s;
+    pdu[i] = pdh[i] * silu;
+    pdg[i] = pdh[i] * pu[i] * s * (1.0f + pg[i] * (1.0f - s));
+  });
+}
+
+void AdamWUpdate(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, int64_t step) {
+  CheckF32(p, "AdamWUpdate");
+  CheckSame(p, g, "AdamWUpdate");
+  CheckSame(p, m, "AdamWUpdate");
+  CheckSame(p, v, "AdamWUpdate");
+  CHECK_GE(step, 1);
+  float *pp = F32(p), *pm = F32(m), *pv = F32(v);
+  const float* pg = F32(g);
+  const float b1 = beta1, b2 = beta2, e = eps, l = lr, wd = weight_decay;
+  // The bias corrections as the CPU computes them (float pow), on the host.
+  const float c1 = 1.0f / (1.0f - std::pow(b1, static_cast<float>(step)));
+  const float c2 = 1.0f / (1.0f - std::pow(b2, static_cast<float>(step)));
+  ForEach(p.numel(), [=] __device__(int64_t i) {
+    const float mi = b1 * pm[i] + (1.0f - b1) * pg[i];
+    const float vi = b2 * pv[i] + (1.0f - b2) * pg[i] * pg[i];
+    pm[i] = mi;
+    pv[i] = vi;
+    pp[i] -= l * (mi * c1 / (sqrtf(vi * c2) + e) + wd * pp[i]);
+  });
+}
+
+void SgdUpdate(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
+               double weight_decay) {
+  CheckF32(p, "SgdUpdate");
+  CheckSame(p, g, "SgdUpdate");
+  CheckSame(p, buf, "SgdUpdate");
+  float *pp = F32(p), *pb = F32(buf);
+  const float* pg = F32(g);
+  const float mu = momentum, l = lr, wd = weight_decay;
+  ForEach(p.numel(), [=] __device__(int64_t i) {
+    pb[i] = mu * pb[i] + pg[i] + wd * pp[i];
+    pp[i] -= l * pb[i];
+  });
+}
+
+}  // namespace gdn::cuda

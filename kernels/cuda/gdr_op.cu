@@ -1,0 +1,64 @@
+// The gated delta rule op on CUDA tensors (twin of kernels/cpu/gdr_op.cc): shape checks, then the
+// sequential kernel of gdr_sequential.cuh. Until the chunked CUDA kernel lands, chunk > 0 runs the
+// sequential kernel too (the same function; the two forms differ only by rounding).
+#include <limits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/gdr_sequential.cuh"
+
+namespace gdn::cuda {
+
+namespace {
+GdrSeqShape ShapeOf(const Tensor& q, const Tensor& v, const Tensor& gamma, const Tensor& beta) {
+  CHECK(q.rank() == 4 && v.rank() == 4) << "q " << ShapeString(q.shape()) << " v "
+                                        << ShapeString(v.shape());
+  for (int64_t x : {q.dim(0), q.dim(1), q.dim(2), v.dim(2), q.dim(3), v.dim(3)})
+    CHECK_LE(x, std::numeric_limits<int>::max());
+  GdrSeqShape s{static_cast<int>(q.dim(0)), static_cast<int>(q.dim(1)), static_cast<int>(q.dim(2)),
+                static_cast<int>(v.dim(2)), static_cast<int>(q.dim(3)), static_cast<int>(v.dim(3))};
+  CHECK(v.dim(0) == s.B && v.dim(1) == s.T && s.HV % s.H == 0);
+  CHECK(gamma.numel() == int64_t{s.B} * s.T * s.HV && beta.numel() == gamma.numel());
+  for (const Tensor* t : {&q, &v, &gamma, &beta}) CheckF32(*t, "GatedDeltaRule");
+  return s;
+}
+}  // namespace
+
+void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma,
+                           const Tensor& beta, double scale, int64_t chunk, const Tensor& o,
+                           const Tensor& final_state) {
+  const GdrSeqShape s = ShapeOf(q, v, gamma, beta);
+  CheckSame(q, k, "GatedDeltaRuleForward");
+  CheckSame(v, o, "GatedDeltaRuleForward");
+  CHECK_GE(chunk, 0);
+  float* state = nullptr;
+  if (final_state.defined()) {
+    CheckF32(final_state, "GatedDeltaRuleForward");
+    CHECK_EQ(final_state.numel(), int64_t{s.B} * s.HV * s.dk * s.dv);
+    state = F32(final_state);
+  }
+  GdrSequentialForward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta),
+                       static_cast<float>(scale), F32(o), state, Stream());
+}
+
+void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor& gamma, const Tensor& beta, double scale, int64_t chunk,
+                            const Tensor& d_o, const Tensor& dq, const Tensor& dk,
+                            const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta) {
+  const GdrSeqShape s = ShapeOf(q, v, gamma, beta);
+  CheckSame(q, k, "GatedDeltaRuleBackward");
+  CheckSame(q, dq, "GatedDeltaRuleBackward");
+  CheckSame(k, dk, "GatedDeltaRuleBackward");
+  CheckSame(v, dv, "GatedDeltaRuleBackward");
+  CheckSame(v, d_o, "GatedDeltaRuleBackward");
+  CheckSame(gamma, dgamma, "GatedDeltaRuleBackward");
+  CheckSame(beta, dbeta, "GatedDeltaRuleBackward");
+  CHECK_GE(chunk, 0);
+  Tensor workspace =
+      Tensor::Empty({GdrSequentialBackwardWorkspace(s)}, DType::kF32, Device::kCUDA);
+  GdrSequentialBackward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta),
+                        static_cast<float>(scale), F32(d_o), F32(dq), F32(dk), F32(dv),
+                        F32(dgamma), F32(dbeta), F32(workspace), Stream());
+}
+
+}  // namespace gdn::cuda

@@ -1,0 +1,182 @@
+// RMSNorm, the per-head L2 norm and the gated per-head RMSNorm on CUDA (twins of
+// kernels/cpu/norms.cc): one block per row for the row statistics; weight gradients accumulate
+// through deterministic column sums.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_ops.h"
+
+namespace gdn::cuda {
+
+namespace {
+
+// mode 0: RMS (divide the sum of squares by d); mode 1: L2 (no division).
+__global__ void RowNormForwardKernel(const float* x, const float* w, int64_t d, float eps,
+                                     bool rms, float* y, float* rstat) {
+  __shared__ float shm[32];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * d;
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = BlockReduce(ss, SumOp(), shm);
+  const float r = 1.0f / sqrtf((rms ? ss / static_cast<float>(d) : ss) + eps);
+  if (threadIdx.x == 0) rstat[row] = r;
+  float* yr = y + row * d;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) yr[i] = w ? xr[i] * r * w[i] : xr[i] * r;
+}
+
+__global__ void RmsNormBackwardKernel(const float* x, const float* w, const float* rstd,
+                                      const float* dy, int64_t d, float* dx) {
+  __shared__ float shm[32];
+  const int64_t row = blockIdx.x;
+  const float *xr = x + row * d, *dyr = dy + row * d;
+  const float r = rstd[row];
+  float dot = 0;  // mean(dn * n) with dn = w * dy, n = x * r
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dot += w[i] * dyr[i] * xr[i] * r;
+  dot = BlockReduce(dot, SumOp(), shm) / static_cast<float>(d);
+  float* dxr = dx + row * d;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
+    dxr[i] = r * (w[i] * dyr[i] - xr[i] * r * dot);
+}
+
+__global__ void L2NormHeadsBackwardKernel(const float* y, const float* rnorm, const float* dy,
+                                          int64_t d, float* dx) {
+  __shared__ float shm[32];
+  const int64_t row = blockIdx.x;
+  const float *yr = y + row * d, *dyr = dy + row * d;
+  float dot = 0;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dot += yr[i] * dyr[i];
+  dot = BlockReduce(dot, SumOp(), shm);
+  // d(x / |x|) = (dy - y (y . dy)) / |x|
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
+    dx[row * d + i] = rnorm[row] * (dyr[i] - yr[i] * dot);
+}
+
+__global__ void GatedRmsNormForwardKernel(const float* o, const float* g, const float* w,
+                                          int64_t d, float eps, float* y, float* rstd) {
+  __shared__ float shm[32];
+  const int64_t row = blockIdx.x;
+  const float *orow = o + row * d, *grow = g + row * d;
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += orow[i] * orow[i];
+  ss = BlockReduce(ss, SumOp(), shm);
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
+    y[row * d + i] = orow[i] * r * w[i] * grow[i] * SigmoidF(grow[i]);
+}
+
+__global__ void GatedRmsNormBackwardKernel(const float* o, const float* g, const float* w,
+                                           const float* rstd, const float* dy, int64_t d,
+                                           float* d_o, float* dg) {
+  __shared__ float shm[32];
+  const int64_t row = blockIdx.x, base = row * d;
+  const float r = rstd[row];
+  float dot = 0;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float gi = g[base + i], s = SigmoidF(gi), silu = gi * s;
+    const float n = o[base + i] * r;
+    const float dn = dy[base + i] * w[i] * silu;
+    dg[base + i] = dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s));
+    dot += dn * n;
+    d_o[base + i] = dn;  // dn for now; normalised below (by this same thread)
+  }
+  dot = BlockReduce(dot, SumOp(), shm) / static_cast<float>(d);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
+    d_o[base + i] = r * (d_o[base + i] - o[base + i] * r * dot);
+}
+
+}  // namespace
+
+void RmsNormForward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
+                    const Tensor& rstd) {
+  CheckF32(x, "RmsNormForward");
+  CheckF32(w, "RmsNormForward");
+  const int64_t d = w.numel(), n = x.numel() / d;
+  CheckSame(x, y, "RmsNormForward");
+  CHECK_EQ(rstd.numel(), n);
+  if (n == 0) return;
+  RowNormForwardKernel<<<n, RowThreads(d), 0, Stream()>>>(F32(x), F32(w), d, eps, true, F32(y),
+                                                          F32(rstd));
+  CUDA_CHECK_LAUNCH();
+}
+
+void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
+                     const Tensor& dx, const Tensor& dw) {
+  CheckF32(x, "RmsNormBackward");
+  const int64_t d = w.numel(), n = x.numel() / d;
+  CheckSame(x, dy, "RmsNormBackward");
+  CheckSame(x, dx, "RmsNormBackward");
+  CheckSame(w, dw, "RmsNormBackward");
+  if (n == 0) return;
+  RmsNormBackwardKernel<<<n, RowThreads(d), 0, Stream()>>>(F32(x), F32(w), F32(rstd), F32(dy), d,
+                                                           F32(dx));
+  CUDA_CHECK_LAUNCH();
+  const float *px = F32(x), *pr = F32(rstd), *pdy = F32(dy);
+  AccumulateColumnSums(
+      [=] __device__(int64_t row, int64_t i) { return pdy[row * d + i] * px[row * d + i] * pr[row]; },
+      n, d, F32(dw));
+}
+
+void L2NormHeadsForward(const Tensor& x, int64_t head_dim, double eps, const Tensor& y,
+                        const Tensor& rnorm) {
+  CheckF32(x, "L2NormHeadsForward");
+  CheckSame(x, y, "L2NormHeadsForward");
+  const int64_t rows = x.numel() / head_dim;
+  CHECK_EQ(rnorm.numel(), rows);
+  if (rows == 0) return;
+  RowNormForwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
+      F32(x), nullptr, head_dim, eps, false, F32(y), F32(rnorm));
+  CUDA_CHECK_LAUNCH();
+}
+
+void L2NormHeadsBackward(const Tensor& y, const Tensor& rnorm, const Tensor& dy,
+                         const Tensor& dx) {
+  CheckF32(y, "L2NormHeadsBackward");
+  CheckSame(y, dy, "L2NormHeadsBackward");
+  CheckSame(y, dx, "L2NormHeadsBackward");
+  const int64_t rows = rnorm.numel();
+  if (rows == 0) return;
+  const int64_t head_dim = y.numel() / rows;
+  L2NormHeadsBackwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
+      F32(y), F32(rnorm), F32(dy), head_dim, F32(dx));
+  CUDA_CHECK_LAUNCH();
+}
+
+void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int64_t head_dim,
+                         double eps, const Tensor& y, const Tensor& rstd) {
+  CheckF32(o, "GatedRmsNormForward");
+  CheckSame(o, g, "GatedRmsNormForward");
+  CheckSame(o, y, "GatedRmsNormForward");
+  CheckF32(w, "GatedRmsNormForward");
+  CHECK_EQ(w.numel(), head_dim);
+  const int64_t rows = o.numel() / head_dim;
+  CHECK_EQ(rstd.numel(), rows);
+  if (rows == 0) return;
+  GatedRmsNormForwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
+      F32(o), F32(g), F32(w), head_dim, eps, F32(y), F32(rstd));
+  CUDA_CHECK_LAUNCH();
+}
+
+void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, const Tensor& rstd,
+                          int64_t head_dim, const Tensor& dy, const Tensor& d_o, const Tensor& dg,
+                          const Tensor& dw) {
+  CheckF32(o, "GatedRmsNormBackward");
+  CheckSame(o, dy, "GatedRmsNormBackward");
+  CheckSame(o, d_o, "GatedRmsNormBackward");
+  CheckSame(o, dg, "GatedRmsNormBackward");
+  CheckSame(w, dw, "GatedRmsNormBackward");
+  const int64_t rows = o.numel() / head_dim;
+  if (rows == 0) return;
+  GatedRmsNormBackwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
+      F32(o), F32(g), F32(w), F32(rstd), F32(dy), head_dim, F32(d_o), F32(dg));
+  CUDA_CHECK_LAUNCH();
+  const float *po = F32(o), *pg = F32(g), *pr = F32(rstd), *pdy = F32(dy);
+  const int64_t d = head_dim;
+  AccumulateColumnSums(
+      [=] __device__(int64_t row, int64_t i) {
+        const float gi = pg[row * d + i];
+        return pdy[row * d + i] * (po[row * d + i] * pr[row]) * (gi * SigmoidF(gi));
+      },
+      rows, d, F32(dw));
+}
+
+}  // namespace gdn::cuda

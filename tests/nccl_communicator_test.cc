@@ -1,0 +1,119 @@
+// The NCCL communicator (runtime/nccl_communicator.h) under `mpirun -np 2`: every collective on CUDA
+// tensors against the values the MPI communicator gives for the same data on the CPU. Needs one GPU
+// per rank; with fewer, every rank skips with the reason (as on the CI machine).
+#include <mpi.h>
+
+#include <string>
+
+#include "gtest/gtest.h"
+#include "runtime/cuda_device.h"
+#include "runtime/mpi_communicator.h"
+#include "runtime/nccl_communicator.h"
+
+namespace gdn {
+namespace {
+
+ProcessGrid& Grid() {
+  static ProcessGrid* grid = [] {
+    auto g = ProcessGrid::Create(1);
+    CHECK(g.ok()) << g.status();
+    return new ProcessGrid(std::move(*g));
+  }();
+  return *grid;
+}
+
+// Why this job cannot test NCCL (the same answer on every rank), or empty.
+std::string SkipReason() {
+  std::string why;
+  if (!cuda::GpuAvailable(&why)) return why;
+  int gpus = cuda::VisibleDeviceCount();
+  if (gpus < Grid().world_size)
+    return std::to_string(Grid().world_size) + " ranks need as many GPUs, " +
+           std::to_string(gpus) + " visible";
+  return "";
+}
+
+Communicator& Nccl() {
+  static Communicator* comm = [] {
+    auto c = MakeNcclCommunicator(*Grid().world);
+    CHECK(c.ok()) << c.status();
+    return c->release();
+  }();
+  return *comm;
+}
+
+// Rank-dependent float32 values, the same on every run.
+Tensor Values(int64_t n, int salt) {
+  Tensor t = Tensor::Empty({n}, DType::kF32);
+  for (int64_t i = 0; i < n; ++i) t.set(i, (i % 7) * 0.25 + Grid().world_rank * 10 + salt);
+  return t;
+}
+
+void ExpectEqual(const Tensor& gpu, const Tensor& cpu) {
+  const Tensor g = gpu.To(Device::kCPU);
+  ASSERT_EQ(g.numel(), cpu.numel());
+  for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.at(i), cpu.at(i)) << i;
+}
+
+TEST(NcclCommunicator, CollectivesEqualMpi) {
+  const std::string why = SkipReason();
+  if (!why.empty()) GTEST_SKIP() << why;
+  Communicator& nccl = Nccl();
+  Communicator& mpi = *Grid().world;
+  EXPECT_EQ(nccl.rank(), mpi.rank());
+  EXPECT_EQ(nccl.size(), mpi.size());
+  const int n = 1000, p = mpi.size();
+  {
+    const Tensor c = Values(n, 1), d = c.To(Device::kCUDA);
+    mpi.AllReduceSum(c);
+    nccl.AllReduceSum(d);
+    ExpectEqual(d, c);
+  }
+  {
+    const Tensor c = Values(n, 2), d = c.To(Device::kCUDA);
+    mpi.AllReduceMax(c);
+    nccl.AllReduceMax(d);
+    ExpectEqual(d, c);
+  }
+  {
+    const Tensor in = Values(n, 3), out = Tensor::Empty({p * n}, DType::kF32);
+    const Tensor dout = Tensor::Empty({p * n}, DType::kF32, Device::kCUDA);
+    mpi.AllGather(in, out);
+    nccl.AllGather(in.To(Device::kCUDA), dout);
+    ExpectEqual(dout, out);
+  }
+  {
+    const Tensor in = Values(p * n, 4), out = Tensor::Empty({n}, DType::kF32);
+    const Tensor dout = Tensor::Empty({n}, DType::kF32, Device::kCUDA);
+    mpi.ReduceScatterSum(in, out);
+    nccl.ReduceScatterSum(in.To(Device::kCUDA), dout);
+    ExpectEqual(dout, out);
+  }
+  {
+    const Tensor c = Values(n, 5), d = c.To(Device::kCUDA);
+    mpi.Broadcast(c, p - 1);
+    nccl.Broadcast(d, p - 1);
+    ExpectEqual(d, c);
+  }
+  nccl.Barrier();
+}
+
+}  // namespace
+}  // namespace gdn
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  if (!gdn::LaunchedByMpi()) {
+    std::fprintf(stderr, "nccl_communicator_tests must run under mpirun -np 2\n");
+    return 1;
+  }
+  if (gdn::Grid().world_rank != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS() != 0;
+  int any = 0;
+  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  gdn::FinalizeMpi();
+  return any;
+}
