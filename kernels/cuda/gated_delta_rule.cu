@@ -1,0 +1,888 @@
+// The chunked gated delta rule on CUDA (see gated_delta_rule.cuh; the math and its backward are
+// derived in kernels/cpu/gated_delta_rule.cc, whose notation this file follows).
+//
+// Per value head and chunk of L <= 64 tokens (state S at the chunk start, D = dL/dS at its end):
+//   G_i = sum_{m<=i} gamma_m, Gam_i = exp(G_i), e_i = exp(G_{L-1} - G_i), E_ij = exp(G_i - G_j)
+//   M_ij = beta_i (k_i . k_j) E_ij (i > j),  T = (I + M)^-1
+//   W = T diag(beta Gam) K,  U = T diag(beta) V,  V' = U - W S
+//   O = s [diag(Gam) Q S + P V'],  P = tril_incl(Q K^T) * E
+//   S_next = Gam_{L-1} S + K^T diag(e) V'
+// Forward, three launches:
+//   PrepKernel    (per chunk, parallel)        W, U (and T for the backward)
+//   StateKernel   (per head and 64 state columns, sequential over chunks)  chunk-start states, V'
+//   OutputKernel  (per chunk)                  O
+// Backward, after PrepKernel and StateKernel again (nothing is kept from the forward):
+//   DvLocalKernel (per chunk)                  s P^T dO, the state-independent part of dV'
+//   ReverseKernel (per head and 64 columns, reverse over chunks)  dV' = s P^T dO + diag(e) K D,
+//                 Y = T^T dV', D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y,
+//                 keeping Y and each chunk's end-of-chunk D
+//   GradKernel    (per chunk)                  dq, dk (per value head), dv, dbeta, dgamma
+//   ReduceKernel                               dq, dk summed over the value heads of a key head
+// Every matrix product is a 64 x 64 x 64 block product on fp32 tiles in shared memory (rows
+// padded to 65 floats, so that row and column reads are both free of bank conflicts); dk and dv
+// are loops over 64-wide tiles, so there is one instantiation per input type. All arithmetic is
+// fp32 (bf16 inputs are widened on load). Decays are never divided: E comes from running
+// products of alpha = exp(gamma) <= 1, so gamma = 0 and very strong decay are both exact limits.
+#include "kernels/cuda/gated_delta_rule.cuh"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+
+namespace gdn::cuda {
+namespace {
+
+#define GDR_CUDA_CHECK(call)                                                              \
+  do {                                                                                    \
+    const cudaError_t gdr_err_ = (call);                                                  \
+    if (gdr_err_ != cudaSuccess) {                                                        \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                  \
+                   cudaGetErrorString(gdr_err_));                                         \
+      std::abort();                                                                       \
+    }                                                                                     \
+  } while (0)
+
+constexpr int kC = 64;            // chunk size and tile edge
+constexpr int kLd = kC + 1;       // padded row length of a shared-memory tile
+constexpr int kTile = kC * kLd;   // floats per tile
+constexpr int kThreads = 256;     // every kernel; Frag's 16 x 16 thread layout relies on it
+constexpr int kSmall = 1024;      // floats of per-token scratch ahead of the tiles
+constexpr int kMaxTiles = 256 / kC;  // dk, dv <= 256
+
+__device__ __forceinline__ float ToF(float x) { return x; }
+__device__ __forceinline__ float ToF(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ T FromF(float x);
+template <>
+__device__ __forceinline__ float FromF<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+
+struct Dims {
+  int B, T, H, HV, dk, dv;
+  int G;   // value heads per key head
+  int NC;  // chunks
+  int NK, NV;  // 64-wide tiles of dk and dv
+  __host__ __device__ int64_t Qk(int b, int t, int h) const {
+    return ((int64_t{b} * T + t) * H + h) * dk;
+  }
+  __host__ __device__ int64_t Vo(int b, int t, int hv) const {
+    return ((int64_t{b} * T + t) * HV + hv) * dv;
+  }
+  __host__ __device__ int64_t Gb(int b, int t, int hv) const {
+    return (int64_t{b} * T + t) * HV + hv;
+  }
+  // Index of chunk c of (b, hv) in the scratch arrays, which are chunk-major per head.
+  __host__ __device__ int64_t Chunk(int b, int hv, int c) const {
+    return (int64_t{b} * HV + hv) * NC + c;
+  }
+};
+
+// dst (64 x 64 tile) <- rows r < rows of src (row r at src + r * stride), zero below; each row
+// multiplied by mul and, when given, by row_scale[r].
+template <typename T>
+__device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t stride, int rows,
+                                         const float* row_scale = nullptr, float mul = 1.f) {
+  for (int e = threadIdx.x; e < kC * kC; e += kThreads) {
+    const int r = e >> 6, c = e & (kC - 1);
+    float x = 0.f;
+    if (r < rows) {
+      x = ToF(src[r * stride + c]) * mul;
+      if (row_scale) x *= row_scale[r];
+    }
+    dst[r * kLd + c] = x;
+  }
+}
+
+// dst (64 x 64, row stride `stride`) <- tile.
+__device__ __forceinline__ void StoreTile(float* dst, int64_t stride, const float* tile) {
+  for (int e = threadIdx.x; e < kC * kC; e += kThreads) {
+    const int r = e >> 6, c = e & (kC - 1);
+    dst[r * stride + c] = tile[r * kLd + c];
+  }
+}
+
+// A 64 x 64 block product result spread over the 256 threads: thread (ty, tx) = (tid / 16,
+// tid % 16) holds rows ty + 16 i and columns tx + 16 j, i, j < 4.
+struct Frag {
+  float v[4][4];
+};
+__device__ __forceinline__ void Zero(Frag& f) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) f.v[i][j] = 0.f;
+}
+__device__ __forceinline__ int Tx() { return threadIdx.x & 15; }
+__device__ __forceinline__ int Ty() { return threadIdx.x >> 4; }
+#define GDR_FOR_FRAG(i, j, row, col)                          \
+  _Pragma("unroll") for (int i = 0; i < 4; ++i)               \
+      _Pragma("unroll") for (int j = 0; j < 4; ++j)           \
+          for (int row = Ty() + 16 * i, col = Tx() + 16 * j, \
+                   gdr_once_ = 0;                             \
+               gdr_once_ < 1; ++gdr_once_)
+
+// f += A B over k < 64 with A, B shared-memory tiles; kAT / kBT: use the tile's transpose.
+template <bool kAT, bool kBT>
+__device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
+  constexpr int as0 = kAT ? 1 : kLd, as1 = kAT ? kLd : 1;
+  constexpr int bs0 = kBT ? 1 : kLd, bs1 = kBT ? kLd : 1;
+  const float* ap = a + Ty() * as0;
+  const float* bp = b + Tx() * bs1;
+#pragma unroll 8
+  for (int k = 0; k < kC; ++k) {
+    float av[4], bv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) av[i] = ap[16 * i * as0 + k * as1];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bv[j] = bp[k * bs0 + 16 * j * bs1];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) f.v[i][j] = fmaf(av[i], bv[j], f.v[i][j]);
+  }
+}
+
+// Per-token gate quantities of one chunk (padding rows past L: gamma 0, beta 0).
+struct Gates {
+  float g[kC], alpha[kC], gam[kC], e[kC], beta[kC], bg[kC];  // bg = beta * Gam
+};
+
+__device__ void LoadGates(Gates& s, const float* gamma, const float* beta, int64_t stride,
+                          int L) {
+  const int t = threadIdx.x;
+  if (t < kC) {
+    const float g = t < L ? gamma[t * stride] : 0.f;
+    s.g[t] = g;
+    s.alpha[t] = expf(g);
+    s.beta[t] = (beta != nullptr && t < L) ? beta[t * stride] : 0.f;
+  }
+  __syncthreads();
+  if (t == 0) {
+    float acc = 0.f;
+    for (int i = 0; i < kC; ++i) {
+      acc += s.g[i];
+      s.gam[i] = expf(acc);
+    }
+  } else if (t == 32) {
+    float acc = 0.f;
+    for (int i = kC - 1; i >= 0; --i) {
+      s.e[i] = expf(acc);
+      acc += s.g[i];
+    }
+  }
+  __syncthreads();
+  if (t < kC) s.bg[t] = s.beta[t] * s.gam[t];
+  __syncthreads();
+}
+
+// E_ij for i >= j as the running product alpha_{j+1} ... alpha_i (one column per thread), 0 above
+// the diagonal. The caller synchronises before reading.
+__device__ void BuildE(float* E, const Gates& s) {
+  const int j = threadIdx.x;
+  if (j >= kC) return;
+  float run = 1.f;
+  for (int i = 0; i < kC; ++i) {
+    if (i > j) run *= s.alpha[i];
+    E[i * kLd + j] = i < j ? 0.f : run;
+  }
+}
+
+// sP = tril_incl(Q K^T) * E for chunk rows [t0, t0 + L) of (b, h); uses sA, sB as scratch.
+template <typename T>
+__device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int t0, int L,
+                       const float* sE, float* sP, float* sA, float* sB) {
+  Frag f;
+  Zero(f);
+  const int64_t st = int64_t{d.H} * d.dk;
+  for (int kt = 0; kt < d.NK; ++kt) {
+    LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, st, L);
+    LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, st, L);
+    __syncthreads();
+    Mma<false, true>(f, sA, sB);
+    __syncthreads();
+  }
+  GDR_FOR_FRAG(i, j, r, c) { sP[r * kLd + c] = r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f; }
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward kernels.
+
+// Per chunk: T = (I + M)^-1 (stored when Tm is given), W = T diag(beta Gam) K, U = T diag(beta) V.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    PrepKernel(Dims d, const T* k, const T* v, const float* gamma, const float* beta, float* W,
+               float* U, float* Tm) {
+  const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  const int t0 = c * kC, L = min(kC, d.T - t0);
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sE = smem + kSmall;
+  float* sM = sE + kTile;
+  float* sT = sM + kTile;
+  float* sX = sT + kTile;
+  LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
+  BuildE(sE, gs);
+  const T* kc = k + d.Qk(b, t0, h);
+  const int64_t kst = int64_t{d.H} * d.dk;
+  Frag f;
+  Zero(f);
+  for (int kt = 0; kt < d.NK; ++kt) {
+    LoadTile(sX, kc + kt * kC, kst, L);
+    __syncthreads();
+    Mma<false, true>(f, sX, sX);
+    __syncthreads();
+  }
+  GDR_FOR_FRAG(i, j, r, cc) {
+    sM[r * kLd + cc] = r > cc ? gs.beta[r] * f.v[i][j] * sE[r * kLd + cc] : 0.f;
+  }
+  __syncthreads();
+  // Forward substitution, one column of T per thread: T_ij = -sum_{j<=m<i} M_im T_mj.
+  if (threadIdx.x < kC) {
+    const int j = threadIdx.x;
+    for (int i = 0; i < kC; ++i) {
+      float x = i == j ? 1.f : 0.f;
+      if (i > j)
+        for (int m = j; m < i; ++m) x -= sM[i * kLd + m] * sT[m * kLd + j];
+      sT[i * kLd + j] = x;
+    }
+  }
+  __syncthreads();
+  const int64_t ch = d.Chunk(b, hv, c);
+  if (Tm != nullptr) StoreTile(Tm + ch * kC * kC, kC, sT);
+  float* Wc = W + ch * kC * d.dk;
+  for (int kt = 0; kt < d.NK; ++kt) {
+    LoadTile(sX, kc + kt * kC, kst, L, gs.bg);
+    __syncthreads();
+    Zero(f);
+    Mma<false, false>(f, sT, sX);
+    GDR_FOR_FRAG(i, j, r, cc) { Wc[r * d.dk + kt * kC + cc] = f.v[i][j]; }
+    __syncthreads();
+  }
+  float* Uc = U + ch * kC * d.dv;
+  const T* vc = v + d.Vo(b, t0, hv);
+  for (int vt = 0; vt < d.NV; ++vt) {
+    LoadTile(sX, vc + vt * kC, int64_t{d.HV} * d.dv, L, gs.beta);
+    __syncthreads();
+    Zero(f);
+    Mma<false, false>(f, sT, sX);
+    GDR_FOR_FRAG(i, j, r, cc) { Uc[r * d.dv + vt * kC + cc] = f.v[i][j]; }
+    __syncthreads();
+  }
+}
+
+// Per (b, hv, 64 state columns), sequential over chunks: stores each chunk-start state and
+// V' = U - W S, and advances S <- Gam_{L-1} S + K^T diag(e) V'.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    StateKernel(Dims d, const float* W, const float* U, const T* k, const float* gamma,
+                float* S_all, float* Vp, float* final_state) {
+  const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sS = smem + kSmall;  // d.NK tiles: rows kt * 64 + r of the state's column tile
+  float* sA = sS + d.NK * kTile;
+  float* sV = sA + kTile;
+  for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sS[e] = 0.f;
+  const int64_t kst = int64_t{d.H} * d.dk;
+  const int64_t sd = int64_t{d.dk} * d.dv;
+  for (int c = 0; c < d.NC; ++c) {
+    const int t0 = c * kC, L = min(kC, d.T - t0);
+    LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);  // also orders the zero fill
+    const int64_t ch = d.Chunk(b, hv, c);
+    for (int kt = 0; kt < d.NK; ++kt)
+      StoreTile(S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, sS + kt * kTile);
+    Frag f;
+    Zero(f);
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, W + ch * kC * d.dk + kt * kC, d.dk, kC);
+      __syncthreads();
+      Mma<false, false>(f, sA, sS + kt * kTile);
+      __syncthreads();
+    }
+    const float* Uc = U + ch * kC * d.dv + vt * kC;
+    float* Vc = Vp + ch * kC * d.dv + vt * kC;
+    GDR_FOR_FRAG(i, j, r, cc) {
+      const float x = Uc[r * d.dv + cc] - f.v[i][j];
+      Vc[r * d.dv + cc] = x;
+      sV[r * kLd + cc] = gs.e[r] * x;
+    }
+    __syncthreads();
+    const float gl = gs.gam[L - 1];
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+      __syncthreads();
+      Zero(f);
+      Mma<true, false>(f, sA, sV);
+      float* s = sS + kt * kTile;
+      GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
+      __syncthreads();
+    }
+  }
+  if (final_state != nullptr) {
+    for (int kt = 0; kt < d.NK; ++kt)
+      StoreTile(final_state + (int64_t{b} * d.HV + hv) * sd + int64_t{kt} * kC * d.dv + vt * kC,
+                d.dv, sS + kt * kTile);
+  }
+}
+
+// Per chunk: O = s [diag(Gam) Q S + P V'].
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    OutputKernel(Dims d, const T* q, const T* k, const float* gamma, const float* S_all,
+                 const float* Vp, float scale, T* o) {
+  const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  const int t0 = c * kC, L = min(kC, d.T - t0);
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sE = smem + kSmall;
+  float* sP = sE + kTile;
+  float* sA = sP + kTile;
+  float* sB = sA + kTile;
+  LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
+  BuildE(sE, gs);
+  BuildP(d, q, k, b, h, t0, L, sE, sP, sA, sB);
+  const int64_t ch = d.Chunk(b, hv, c);
+  const int64_t sd = int64_t{d.dk} * d.dv;
+  for (int vt = 0; vt < d.NV; ++vt) {
+    Frag fo, fp;
+    Zero(fo);
+    Zero(fp);
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, int64_t{d.H} * d.dk, L);
+      LoadTile(sB, S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, kC);
+      __syncthreads();
+      Mma<false, false>(fo, sA, sB);
+      __syncthreads();
+    }
+    LoadTile(sB, Vp + ch * kC * d.dv + vt * kC, d.dv, kC);
+    __syncthreads();
+    Mma<false, false>(fp, sP, sB);
+    T* oc = o + d.Vo(b, t0, hv) + vt * kC;
+    GDR_FOR_FRAG(i, j, r, cc) {
+      if (r < L)
+        oc[int64_t{r} * d.HV * d.dv + cc] = FromF<T>(scale * (gs.gam[r] * fo.v[i][j] + fp.v[i][j]));
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward kernels.
+
+// Per chunk: dVl = s P^T dO (written to the scratch that ReverseKernel turns into Y).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    DvLocalKernel(Dims d, const T* q, const T* k, const float* gamma, const T* d_o, float scale,
+                  float* dVl) {
+  const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  const int t0 = c * kC, L = min(kC, d.T - t0);
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sE = smem + kSmall;
+  float* sP = sE + kTile;
+  float* sA = sP + kTile;
+  float* sB = sA + kTile;
+  LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
+  BuildE(sE, gs);
+  BuildP(d, q, k, b, h, t0, L, sE, sP, sA, sB);
+  float* out = dVl + d.Chunk(b, hv, c) * kC * d.dv;
+  for (int vt = 0; vt < d.NV; ++vt) {
+    LoadTile(sB, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L);
+    __syncthreads();
+    Frag f;
+    Zero(f);
+    Mma<true, false>(f, sP, sB);
+    GDR_FOR_FRAG(i, j, r, cc) { out[r * d.dv + vt * kC + cc] = scale * f.v[i][j]; }
+    __syncthreads();
+  }
+}
+
+// Per (b, hv, 64 columns), reverse over chunks, carrying D = dL/dS at the current chunk's end:
+// stores D per chunk, turns dVl into Y = T^T (dVl + diag(e) K D) in place, and moves D to the
+// chunk start: D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    ReverseKernel(Dims d, const T* q, const T* k, const float* gamma, const float* beta,
+                  const T* d_o, float scale, const float* Tm, float* Y, float* D_all) {
+  const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sD = smem + kSmall;  // d.NK tiles
+  float* sT = sD + d.NK * kTile;
+  float* sX = sT + kTile;
+  float* sY = sX + kTile;
+  float* sA = sY + kTile;
+  float* sB = sA + kTile;
+  for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sD[e] = 0.f;
+  const int64_t kst = int64_t{d.H} * d.dk;
+  const int64_t sd = int64_t{d.dk} * d.dv;
+  for (int c = d.NC - 1; c >= 0; --c) {
+    const int t0 = c * kC, L = min(kC, d.T - t0);
+    LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
+    const int64_t ch = d.Chunk(b, hv, c);
+    for (int kt = 0; kt < d.NK; ++kt)
+      StoreTile(D_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, sD + kt * kTile);
+    float* Yc = Y + ch * kC * d.dv + vt * kC;
+    LoadTile(sT, Tm + ch * kC * kC, kC, kC);
+    LoadTile(sX, Yc, d.dv, kC);
+    Frag f;
+    Zero(f);
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+      __syncthreads();
+      Mma<false, false>(f, sA, sD + kt * kTile);
+      __syncthreads();
+    }
+    GDR_FOR_FRAG(i, j, r, cc) { sX[r * kLd + cc] += gs.e[r] * f.v[i][j]; }
+    __syncthreads();
+    Zero(f);
+    Mma<true, false>(f, sT, sX);
+    GDR_FOR_FRAG(i, j, r, cc) {
+      Yc[r * d.dv + cc] = f.v[i][j];
+      sY[r * kLd + cc] = -gs.bg[r] * f.v[i][j];
+    }
+    __syncthreads();
+    LoadTile(sX, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L, gs.gam, scale);
+    const float gl = gs.gam[L - 1];
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, kst, L);
+      LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+      __syncthreads();
+      Zero(f);
+      Mma<true, false>(f, sA, sX);
+      Mma<true, false>(f, sB, sY);
+      float* s = sD + kt * kTile;
+      GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
+      __syncthreads();
+    }
+  }
+}
+
+// Sum over the 16 threads that share a row of a Frag (lanes tx = 0..15 of one half-warp).
+__device__ __forceinline__ float RowSum16(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 8);
+  x += __shfl_xor_sync(0xffffffffu, x, 4);
+  x += __shfl_xor_sync(0xffffffffu, x, 2);
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x;
+}
+
+// Per chunk: every gradient term local to the chunk given S (its start state), D (dL/dS at its
+// end), V' and Y (see the derivation in kernels/cpu/gated_delta_rule.cc). dq and dk of this value
+// head go to fp32 scratch (dqp, dkp, chunk-major) for ReduceKernel.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    GradKernel(Dims d, const T* q, const T* k, const T* v, const float* gamma,
+               const float* beta, const T* d_o, float scale, const float* S_all,
+               const float* D_all, const float* Vp, const float* Y, float* dqp, float* dkp,
+               T* dv_out, float* dgamma, float* dbeta) {
+  const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  const int t0 = c * kC, L = min(kC, d.T - t0);
+  const int tid = threadIdx.x;
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* small = smem + sizeof(Gates) / sizeof(float);
+  float* svy = small;            // v_i . Y_i
+  float* srow = svy + kC;        // sum_j dE_ij E_ij (j < i)
+  float* scol = srow + kC;       // sum_i dE_ij E_ij (i > j)
+  float* sdbm = scol + kC;       // the M term of dbeta
+  float* sqx1 = sdbm + kC;       // q_i . X1_i
+  float* skx2 = sqx1 + kC;       // k_i . X2_i
+  float* skx3 = skx2 + kC;       // k_i . X3_i = de_i
+  float* sdG = skx3 + kC;
+  float* sred = sdG + kC;        // 8 warp partials of <D, S>
+  float* sE = smem + kSmall;
+  float* sQK = sE + kTile;
+  float* sKK = sQK + kTile;
+  float* sDP = sKK + kTile;
+  float* sDM = sDP + kTile;
+  float* t1 = sDM + kTile;
+  float* t2 = t1 + kTile;
+  float* t3 = t2 + kTile;
+  float* t4 = t3 + kTile;
+  float* t5 = t4 + kTile;
+
+  LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
+  BuildE(sE, gs);
+  if (tid < kC) svy[tid] = sqx1[tid] = skx2[tid] = skx3[tid] = 0.f;
+  const int64_t kst = int64_t{d.H} * d.dk, vst = int64_t{d.HV} * d.dv;
+  const int64_t ch = d.Chunk(b, hv, c);
+  const int64_t sd = int64_t{d.dk} * d.dv;
+  const T* qc = q + d.Qk(b, t0, h);
+  const T* kc = k + d.Qk(b, t0, h);
+  const T* doc = d_o + d.Vo(b, t0, hv);
+  const float* Yc = Y + ch * kC * d.dv;
+  const float* Vc = Vp + ch * kC * d.dv;
+
+  // A: Q K^T, K K^T, dP = dO V'^T, dM = Y V'^T; v . Y; dv = beta Y.
+  {
+    Frag fa, fb;
+    Zero(fa);
+    Zero(fb);
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(t1, qc + kt * kC, kst, L);
+      LoadTile(t2, kc + kt * kC, kst, L);
+      __syncthreads();
+      Mma<false, true>(fa, t1, t2);
+      Mma<false, true>(fb, t2, t2);
+      __syncthreads();
+    }
+    GDR_FOR_FRAG(i, j, r, cc) {
+      sQK[r * kLd + cc] = fa.v[i][j];
+      sKK[r * kLd + cc] = fb.v[i][j];
+    }
+    Zero(fa);
+    Zero(fb);
+    for (int vt = 0; vt < d.NV; ++vt) {
+      LoadTile(t1, doc + vt * kC, vst, L);
+      LoadTile(t2, Yc + vt * kC, d.dv, kC);
+      LoadTile(t3, Vc + vt * kC, d.dv, kC);
+      LoadTile(t4, v + d.Vo(b, t0, hv) + vt * kC, vst, L);
+      __syncthreads();
+      Mma<false, true>(fa, t1, t3);
+      Mma<false, true>(fb, t2, t3);
+      {
+        const int r = tid >> 2, p = tid & 3;
+        float s = 0.f;
+        for (int x = p * 16; x < p * 16 + 16; ++x) s += t4[r * kLd + x] * t2[r * kLd + x];
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        if (p == 0) svy[r] += s;
+      }
+      T* dvc = dv_out + d.Vo(b, t0, hv) + vt * kC;
+      for (int e = tid; e < kC * kC; e += kThreads) {
+        const int r = e >> 6, x = e & (kC - 1);
+        if (r < L) dvc[r * vst + x] = FromF<T>(gs.beta[r] * t2[r * kLd + x]);
+      }
+      __syncthreads();
+    }
+    GDR_FOR_FRAG(i, j, r, cc) {
+      sDP[r * kLd + cc] = fa.v[i][j];
+      sDM[r * kLd + cc] = fb.v[i][j];
+    }
+    __syncthreads();
+  }
+  // dQK = s dP * E (in sDP), dA = -dM * beta_i E (in sDM, then symmetrised), the E terms of dG
+  // (sQK <- dE_ij E_ij) and the M term of dbeta (sKK).
+  for (int e = tid; e < kC * kC; e += kThreads) {
+    const int i = e >> 6, j = e & (kC - 1), x = i * kLd + j;
+    if (j < i) {
+      const float dp = scale * sDP[x], dm = -sDM[x], eij = sE[x], bi = gs.beta[i];
+      const float kk = sKK[x];
+      sQK[x] = (dp * sQK[x] + dm * bi * kk) * eij;
+      sKK[x] = dm * kk * eij;
+      sDP[x] = dp * eij;
+      sDM[x] = dm * bi * eij;
+    } else {
+      sDP[x] = i == j ? scale * sDP[x] : 0.f;
+      sDM[x] = sQK[x] = sKK[x] = 0.f;
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < kC * kC; e += kThreads) {
+    const int i = e >> 6, j = e & (kC - 1);
+    if (j < i) sDM[j * kLd + i] = sDM[i * kLd + j];
+  }
+  if (tid < kC) {
+    float rs = 0.f, db = 0.f;
+    for (int j = 0; j < kC; ++j) {
+      rs += sQK[tid * kLd + j];
+      db += sKK[tid * kLd + j];
+    }
+    srow[tid] = rs;
+    sdbm[tid] = db;
+  } else if (tid < 2 * kC) {
+    const int j = tid - kC;
+    float cs = 0.f;
+    for (int i = 0; i < kC; ++i) cs += sQK[i * kLd + j];
+    scol[j] = cs;
+  }
+  __syncthreads();
+
+  // B: per 64 columns of dk, X1 = dO S^T, X2 = Y S^T, X3 = V' D^T (sums over dv), their row
+  // dot products with q and k, then
+  //   dq = dQK K + s diag(Gam) X1,
+  //   dk = dQK^T Q + (dA + dA^T) K + diag(e) X3 - diag(Gam beta) X2.
+  float ds = 0.f;  // <D, S>
+  for (int kt = 0; kt < d.NK; ++kt) {
+    Frag f1, f2, f3;
+    Zero(f1);
+    Zero(f2);
+    Zero(f3);
+    for (int vt = 0; vt < d.NV; ++vt) {
+      const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
+      LoadTile(t1, S_all + so, d.dv, kC);
+      LoadTile(t2, D_all + so, d.dv, kC);
+      LoadTile(t3, doc + vt * kC, vst, L);
+      LoadTile(t4, Yc + vt * kC, d.dv, kC);
+      LoadTile(t5, Vc + vt * kC, d.dv, kC);
+      __syncthreads();
+      Mma<false, true>(f1, t3, t1);
+      Mma<false, true>(f2, t4, t1);
+      Mma<false, true>(f3, t5, t2);
+      for (int e = tid; e < kC * kC; e += kThreads) {
+        const int x = (e >> 6) * kLd + (e & (kC - 1));
+        ds += t1[x] * t2[x];
+      }
+      __syncthreads();
+    }
+    LoadTile(t1, qc + kt * kC, kst, L);
+    LoadTile(t2, kc + kt * kC, kst, L);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = Ty() + 16 * i;
+      float a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int cc = Tx() + 16 * j;
+        a1 += f1.v[i][j] * t1[r * kLd + cc];
+        a2 += f2.v[i][j] * t2[r * kLd + cc];
+        a3 += f3.v[i][j] * t2[r * kLd + cc];
+      }
+      a1 = RowSum16(a1);
+      a2 = RowSum16(a2);
+      a3 = RowSum16(a3);
+      if (Tx() == 0) {
+        sqx1[r] += a1;
+        skx2[r] += a2;
+        skx3[r] += a3;
+      }
+    }
+    GDR_FOR_FRAG(i, j, r, cc) {
+      f1.v[i][j] *= scale * gs.gam[r];
+      f3.v[i][j] = gs.e[r] * f3.v[i][j] - gs.bg[r] * f2.v[i][j];
+    }
+    Mma<false, false>(f1, sDP, t2);
+    Mma<true, false>(f3, sDP, t1);
+    Mma<false, false>(f3, sDM, t2);
+    float* dqc = dqp + ch * kC * d.dk + kt * kC;
+    float* dkc = dkp + ch * kC * d.dk + kt * kC;
+    GDR_FOR_FRAG(i, j, r, cc) {
+      dqc[r * d.dk + cc] = f1.v[i][j];
+      dkc[r * d.dk + cc] = f3.v[i][j];
+    }
+    __syncthreads();
+  }
+  for (int o = 16; o > 0; o >>= 1) ds += __shfl_xor_sync(0xffffffffu, ds, o);
+  if ((tid & 31) == 0) sred[tid >> 5] = ds;
+  __syncthreads();
+
+  // C: per token dbeta and dG, then dgamma_j = sum_{i >= j} dG_i.
+  //   dbeta_i = (M term) + v_i . Y_i - Gam_i k_i . X2_i
+  //   dG_i = (E terms) + Gam_i (s q_i . X1_i - beta_i k_i . X2_i) - [i < L-1] e_i de_i
+  //   dG_{L-1} += sum_{i < L-1} e_i de_i + Gam_{L-1} <D, S>
+  if (tid < L) {
+    const int i = tid;
+    dbeta[d.Gb(b, t0 + i, hv)] = sdbm[i] + svy[i] - gs.gam[i] * skx2[i];
+    const float dgam = scale * sqx1[i] - gs.beta[i] * skx2[i];
+    float dg = srow[i] - scol[i] + dgam * gs.gam[i];
+    if (i < L - 1) dg -= skx3[i] * gs.e[i];
+    sdG[i] = dg;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float dsum = 0.f;
+    for (int w = 0; w < kThreads / 32; ++w) dsum += sred[w];
+    float extra = dsum * gs.gam[L - 1];
+    for (int i = 0; i < L - 1; ++i) extra += skx3[i] * gs.e[i];
+    sdG[L - 1] += extra;
+    float acc = 0.f;
+    for (int i = L - 1; i >= 0; --i) {
+      acc += sdG[i];
+      dgamma[d.Gb(b, t0 + i, hv)] = acc;
+    }
+  }
+}
+
+// dq, dk [B, T, H, dk] = sums of the per-value-head scratch over each key head's group.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    ReduceKernel(Dims d, const float* dqp, const float* dkp, T* dq, T* dk) {
+  const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
+  for (int64_t idx = blockIdx.x * int64_t{kThreads} + threadIdx.x; idx < n;
+       idx += int64_t{gridDim.x} * kThreads) {
+    const int x = static_cast<int>(idx % d.dk);
+    int64_t rest = idx / d.dk;
+    const int h = static_cast<int>(rest % d.H);
+    rest /= d.H;
+    const int t = static_cast<int>(rest % d.T);
+    const int b = static_cast<int>(rest / d.T);
+    const int c = t / kC, i = t % kC;
+    float sq = 0.f, sk = 0.f;
+    for (int g = 0; g < d.G; ++g) {
+      const int64_t off = (d.Chunk(b, h * d.G + g, c) * kC + i) * d.dk + x;
+      sq += dqp[off];
+      sk += dkp[off];
+    }
+    dq[idx] = FromF<T>(sq);
+    dk[idx] = FromF<T>(sk);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+void Validate(const GdrShape& s, const char* fn) {
+  const char* bad = nullptr;
+  if (s.B < 0) bad = "B must be >= 0";
+  else if (s.T < 0) bad = "T must be >= 0";
+  else if (s.H <= 0) bad = "H must be > 0";
+  else if (s.HV <= 0 || s.HV % s.H != 0) bad = "HV must be a positive multiple of H";
+  else if (s.dk < kC || s.dk > kMaxTiles * kC || s.dk % kC != 0) bad = "dk must be 64, 128, 192 or 256";
+  else if (s.dv < kC || s.dv > kMaxTiles * kC || s.dv % kC != 0) bad = "dv must be 64, 128, 192 or 256";
+  if (bad != nullptr) {
+    std::fprintf(stderr, "%s: invalid shape B=%d T=%d H=%d HV=%d dk=%d dv=%d: %s\n", fn, s.B, s.T,
+                 s.H, s.HV, s.dk, s.dv, bad);
+    std::abort();
+  }
+}
+
+Dims MakeDims(const GdrShape& s) {
+  Dims d;
+  d.B = s.B, d.T = s.T, d.H = s.H, d.HV = s.HV, d.dk = s.dk, d.dv = s.dv;
+  d.G = s.HV / s.H;
+  d.NC = (s.T + kC - 1) / kC;
+  d.NK = s.dk / kC;
+  d.NV = s.dv / kC;
+  return d;
+}
+
+size_t SmemBytes(int tiles) { return (kSmall + static_cast<size_t>(tiles) * kTile) * sizeof(float); }
+
+// Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB (every
+// launch: the setting belongs to the current device).
+template <typename Kernel>
+void AllowSmem(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    GDR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+}
+
+// Stream-ordered scratch from the device's default pool, kept cached between calls.
+float* Scratch(size_t floats, cudaStream_t stream) {
+  int dev = 0;
+  GDR_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaMemPool_t pool;
+  GDR_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+  uint64_t threshold = UINT64_MAX;
+  GDR_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  void* p = nullptr;
+  GDR_CUDA_CHECK(cudaMallocAsync(&p, floats * sizeof(float), stream));
+  return static_cast<float*>(p);
+}
+
+#define GDR_LAUNCH(kernel, grid, tiles, stream, ...)                           \
+  do {                                                                         \
+    AllowSmem(kernel, SmemBytes(tiles));                                       \
+    kernel<<<grid, kThreads, SmemBytes(tiles), stream>>>(__VA_ARGS__);         \
+    GDR_CUDA_CHECK(cudaGetLastError());                                        \
+  } while (0)
+
+struct Work {
+  float *W, *U, *S, *Vp;
+  float *Tm = nullptr, *D = nullptr, *dkp = nullptr;
+  float* base = nullptr;
+};
+
+Work Allocate(const Dims& d, bool backward, cudaStream_t stream) {
+  const size_t nch = static_cast<size_t>(d.B) * d.HV * d.NC, n64 = nch * kC;
+  const size_t sizes[] = {n64 * d.dk, n64 * d.dv, nch * d.dk * d.dv, n64 * d.dv,
+                          backward ? nch * kC * kC : 0, backward ? nch * d.dk * d.dv : 0,
+                          backward ? n64 * d.dk : 0};
+  size_t total = 0;
+  for (size_t s : sizes) total += (s + 63) / 64 * 64;
+  Work w;
+  w.base = Scratch(total, stream);
+  float* p = w.base;
+  float** slots[] = {&w.W, &w.U, &w.S, &w.Vp, &w.Tm, &w.D, &w.dkp};
+  for (int i = 0; i < 7; ++i) {
+    *slots[i] = sizes[i] ? p : nullptr;
+    p += (sizes[i] + 63) / 64 * 64;
+  }
+  return w;
+}
+
+// PrepKernel then StateKernel: chunk-start states and V' in w (and T when backward).
+template <typename T>
+void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, const float* beta,
+                   const Work& w, float* final_state, cudaStream_t stream) {
+  const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
+  GDR_LAUNCH(PrepKernel<T>, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
+  GDR_LAUNCH(StateKernel<T>, columns, d.NK + 2, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
+             final_state);
+}
+
+template <typename T>
+void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
+             const float* beta, float scale, T* o, float* final_state, cudaStream_t stream) {
+  Validate(s, "GdrForward");
+  if (s.B == 0) return;
+  if (s.T == 0) {
+    if (final_state != nullptr)
+      GDR_CUDA_CHECK(cudaMemsetAsync(
+          final_state, 0, sizeof(float) * s.B * s.HV * s.dk * size_t(s.dv), stream));
+    return;
+  }
+  const Dims d = MakeDims(s);
+  const Work w = Allocate(d, false, stream);
+  ForwardStates(d, k, v, gamma, beta, w, final_state, stream);
+  GDR_LAUNCH(OutputKernel<T>, dim3(d.NC, d.HV, d.B), 4, stream, d, q, k, gamma, w.S, w.Vp,
+             scale, o);
+  GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
+}
+
+template <typename T>
+void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
+              const float* beta, float scale, const T* d_o, T* dq, T* dk, T* dv, float* dgamma,
+              float* dbeta, cudaStream_t stream) {
+  Validate(s, "GdrBackward");
+  if (s.B == 0 || s.T == 0) return;
+  const Dims d = MakeDims(s);
+  const Work w = Allocate(d, true, stream);
+  ForwardStates(d, k, v, gamma, beta, w, nullptr, stream);
+  const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
+  float* Y = w.U;     // U is dead after StateKernel: dVl, then Y, live there
+  float* dqp = w.W;   // W likewise
+  GDR_LAUNCH(DvLocalKernel<T>, chunks, 4, stream, d, q, k, gamma, d_o, scale, Y);
+  GDR_LAUNCH(ReverseKernel<T>, columns, d.NK + 5, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
+             Y, w.D);
+  GDR_LAUNCH(GradKernel<T>, chunks, 10, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
+             w.Vp, Y, dqp, w.dkp, dv, dgamma, dbeta);
+  const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
+  const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
+  ReduceKernel<T><<<blocks, kThreads, 0, stream>>>(d, dqp, w.dkp, dq, dk);
+  GDR_CUDA_CHECK(cudaGetLastError());
+  GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
+}
+
+}  // namespace
+
+void GdrForward(const GdrShape& s, const float* q, const float* k, const float* v,
+                const float* gamma, const float* beta, float scale, float* o, float* final_state,
+                cudaStream_t stream) {
+  Forward<float>(s, q, k, v, gamma, beta, scale, o, final_state, stream);
+}
+void GdrBackward(const GdrShape& s, const float* q, const float* k, const float* v,
+                 const float* gamma, const float* beta, float scale, const float* d_o, float* dq,
+                 float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream) {
+  Backward<float>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
+}
+void GdrForward(const GdrShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
+                __nv_bfloat16* o, float* final_state, cudaStream_t stream) {
+  Forward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, o, final_state, stream);
+}
+void GdrBackward(const GdrShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                 const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
+                 const __nv_bfloat16* d_o, __nv_bfloat16* dq, __nv_bfloat16* dk,
+                 __nv_bfloat16* dv, float* dgamma, float* dbeta, cudaStream_t stream) {
+  Backward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
+}
+
+}  // namespace gdn::cuda
