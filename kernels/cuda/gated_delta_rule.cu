@@ -29,6 +29,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
+#include <utility>
 
 namespace gdn::cuda {
 namespace {
@@ -47,7 +49,7 @@ constexpr int kC = 64;            // chunk size and tile edge
 constexpr int kLd = kC + 1;       // padded row length of a shared-memory tile
 constexpr int kTile = kC * kLd;   // floats per tile
 constexpr int kThreads = 256;     // every kernel; Frag's 16 x 16 thread layout relies on it
-constexpr int kSmall = 1024;      // floats of per-token scratch ahead of the tiles
+constexpr int kSmall = 1280;      // floats of per-token scratch ahead of the tiles
 constexpr int kMaxTiles = 256 / kC;  // dk, dv <= 256
 
 __device__ __forceinline__ float ToF(float x) { return x; }
@@ -105,8 +107,13 @@ __device__ __forceinline__ void StoreTile(float* dst, int64_t stride, const floa
   }
 }
 
-// A 64 x 64 block product result spread over the 256 threads: thread (ty, tx) = (tid / 16,
-// tid % 16) holds rows ty + 16 i and columns tx + 16 j, i, j < 4.
+// A 64 x 64 block product result spread over the 256 threads, 16 floats each, in one of two
+// layouts:
+//   kTC = false (fp32 FMA): thread (ty, tx) = (tid / 16, tid % 16) holds rows ty + 16 i and
+//     columns tx + 16 j, i, j < 4;
+//   kTC = true (bf16 tensor cores, mma.sync m16n8k16): warp w holds rows 16 (w % 4) + [0, 16)
+//     and columns 32 (w / 4) + [0, 32) as 4 accumulator fragments of 16 x 8 (i = fragment,
+//     j = the 4 values a lane holds of it).
 struct Frag {
   float v[4][4];
 };
@@ -118,31 +125,115 @@ __device__ __forceinline__ void Zero(Frag& f) {
 }
 __device__ __forceinline__ int Tx() { return threadIdx.x & 15; }
 __device__ __forceinline__ int Ty() { return threadIdx.x >> 4; }
-#define GDR_FOR_FRAG(i, j, row, col)                          \
-  _Pragma("unroll") for (int i = 0; i < 4; ++i)               \
-      _Pragma("unroll") for (int j = 0; j < 4; ++j)           \
-          for (int row = Ty() + 16 * i, col = Tx() + 16 * j, \
-                   gdr_once_ = 0;                             \
+template <bool kTC>
+__device__ __forceinline__ int FragRow(int i, int j) {
+  if constexpr (kTC) {
+    const int lane = threadIdx.x & 31;
+    return ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2) + 8 * (j >> 1);
+  } else {
+    return Ty() + 16 * i;
+  }
+}
+template <bool kTC>
+__device__ __forceinline__ int FragCol(int i, int j) {
+  if constexpr (kTC) {
+    const int lane = threadIdx.x & 31;
+    return (threadIdx.x >> 7) * 32 + i * 8 + 2 * (lane & 3) + (j & 1);
+  } else {
+    return Tx() + 16 * j;
+  }
+}
+// Loops over a thread's Frag elements with their tile row and column (kTC must be in scope).
+#define GDR_FOR_FRAG(i, j, row, col)                                          \
+  _Pragma("unroll") for (int i = 0; i < 4; ++i)                               \
+      _Pragma("unroll") for (int j = 0; j < 4; ++j)                           \
+          for (int row = FragRow<kTC>(i, j), col = FragCol<kTC>(i, j),        \
+                   gdr_once_ = 0;                                             \
                gdr_once_ < 1; ++gdr_once_)
 
-// f += A B over k < 64 with A, B shared-memory tiles; kAT / kBT: use the tile's transpose.
-template <bool kAT, bool kBT>
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&x);
+}
+
+// f += A B over k < 64 with A, B fp32 shared-memory tiles; kAT / kBT: use the tile's transpose.
+// With kTC the operands are rounded to bf16 on the way into the tensor cores (fp32 accumulation).
+template <bool kTC, bool kAT, bool kBT>
 __device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
   constexpr int as0 = kAT ? 1 : kLd, as1 = kAT ? kLd : 1;
   constexpr int bs0 = kBT ? 1 : kLd, bs1 = kBT ? kLd : 1;
-  const float* ap = a + Ty() * as0;
-  const float* bp = b + Tx() * bs1;
+  if constexpr (kTC) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t2 = 2 * (lane & 3);
+    const float* ap = a + (((threadIdx.x >> 5) & 3) * 16 + g) * as0 + t2 * as1;
+    const float* bp = b + ((threadIdx.x >> 7) * 32 + g) * bs1 + t2 * bs0;
+#pragma unroll
+    for (int k0 = 0; k0 < kC; k0 += 16) {
+      const float* ak = ap + k0 * as1;
+      const uint32_t a0 = PackBf16(ak[0], ak[as1]);
+      const uint32_t a1 = PackBf16(ak[8 * as0], ak[8 * as0 + as1]);
+      const uint32_t a2 = PackBf16(ak[8 * as1], ak[9 * as1]);
+      const uint32_t a3 = PackBf16(ak[8 * as0 + 8 * as1], ak[8 * as0 + 9 * as1]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float* bk = bp + k0 * bs0 + i * 8 * bs1;
+        const uint32_t b0 = PackBf16(bk[0], bk[bs0]);
+        const uint32_t b1 = PackBf16(bk[8 * bs0], bk[9 * bs0]);
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+            "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(f.v[i][0]), "+f"(f.v[i][1]), "+f"(f.v[i][2]), "+f"(f.v[i][3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      }
+    }
+  } else {
+    const float* ap = a + Ty() * as0;
+    const float* bp = b + Tx() * bs1;
 #pragma unroll 8
-  for (int k = 0; k < kC; ++k) {
-    float av[4], bv[4];
+    for (int k = 0; k < kC; ++k) {
+      float av[4], bv[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) av[i] = ap[16 * i * as0 + k * as1];
+      for (int i = 0; i < 4; ++i) av[i] = ap[16 * i * as0 + k * as1];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) bv[j] = bp[k * bs0 + 16 * j * bs1];
+      for (int j = 0; j < 4; ++j) bv[j] = bp[k * bs0 + 16 * j * bs1];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) f.v[i][j] = fmaf(av[i], bv[j], f.v[i][j]);
+        for (int j = 0; j < 4; ++j) f.v[i][j] = fmaf(av[i], bv[j], f.v[i][j]);
+    }
+  }
+}
+
+// out[slot * 64 + r] += sum over the Frag's row r of f * tile (same positions), for every row;
+// slot 0 only for kTC = false, slots 0 and 1 (the two warps that share a row) for kTC.
+template <bool kTC>
+__device__ __forceinline__ void RowDotAdd(const Frag& f, const float* tile, float* out) {
+  if constexpr (kTC) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = 2 * h + e;
+          s += f.v[i][j] * tile[FragRow<true>(i, j) * kLd + FragCol<true>(i, j)];
+        }
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      if ((threadIdx.x & 3) == 0) out[(threadIdx.x >> 7) * kC + FragRow<true>(0, 2 * h)] += s;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float s = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s += f.v[i][j] * tile[FragRow<false>(i, j) * kLd + FragCol<false>(i, j)];
+      s += __shfl_xor_sync(0xffffffffu, s, 8);
+      s += __shfl_xor_sync(0xffffffffu, s, 4);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      if (Tx() == 0) out[FragRow<false>(i, 0)] += s;
+    }
   }
 }
 
@@ -192,7 +283,7 @@ __device__ void BuildE(float* E, const Gates& s) {
 }
 
 // sP = tril_incl(Q K^T) * E for chunk rows [t0, t0 + L) of (b, h); uses sA, sB as scratch.
-template <typename T>
+template <typename T, bool kTC>
 __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int t0, int L,
                        const float* sE, float* sP, float* sA, float* sB) {
   Frag f;
@@ -202,7 +293,7 @@ __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int 
     LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, st, L);
     LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, st, L);
     __syncthreads();
-    Mma<false, true>(f, sA, sB);
+    Mma<kTC, false, true>(f, sA, sB);
     __syncthreads();
   }
   GDR_FOR_FRAG(i, j, r, c) { sP[r * kLd + c] = r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f; }
@@ -213,7 +304,7 @@ __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int 
 // Forward kernels.
 
 // Per chunk: T = (I + M)^-1 (stored when Tm is given), W = T diag(beta Gam) K, U = T diag(beta) V.
-template <typename T>
+template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     PrepKernel(Dims d, const T* k, const T* v, const float* gamma, const float* beta, float* W,
                float* U, float* Tm) {
@@ -234,7 +325,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int kt = 0; kt < d.NK; ++kt) {
     LoadTile(sX, kc + kt * kC, kst, L);
     __syncthreads();
-    Mma<false, true>(f, sX, sX);
+    Mma<kTC, false, true>(f, sX, sX);
     __syncthreads();
   }
   GDR_FOR_FRAG(i, j, r, cc) {
@@ -259,7 +350,7 @@ __global__ void __launch_bounds__(kThreads)
     LoadTile(sX, kc + kt * kC, kst, L, gs.bg);
     __syncthreads();
     Zero(f);
-    Mma<false, false>(f, sT, sX);
+    Mma<kTC, false, false>(f, sT, sX);
     GDR_FOR_FRAG(i, j, r, cc) { Wc[r * d.dk + kt * kC + cc] = f.v[i][j]; }
     __syncthreads();
   }
@@ -269,7 +360,7 @@ __global__ void __launch_bounds__(kThreads)
     LoadTile(sX, vc + vt * kC, int64_t{d.HV} * d.dv, L, gs.beta);
     __syncthreads();
     Zero(f);
-    Mma<false, false>(f, sT, sX);
+    Mma<kTC, false, false>(f, sT, sX);
     GDR_FOR_FRAG(i, j, r, cc) { Uc[r * d.dv + vt * kC + cc] = f.v[i][j]; }
     __syncthreads();
   }
@@ -277,7 +368,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Per (b, hv, 64 state columns), sequential over chunks: stores each chunk-start state and
 // V' = U - W S, and advances S <- Gam_{L-1} S + K^T diag(e) V'.
-template <typename T>
+template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     StateKernel(Dims d, const float* W, const float* U, const T* k, const float* gamma,
                 float* S_all, float* Vp, float* final_state) {
@@ -301,7 +392,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int kt = 0; kt < d.NK; ++kt) {
       LoadTile(sA, W + ch * kC * d.dk + kt * kC, d.dk, kC);
       __syncthreads();
-      Mma<false, false>(f, sA, sS + kt * kTile);
+      Mma<kTC, false, false>(f, sA, sS + kt * kTile);
       __syncthreads();
     }
     const float* Uc = U + ch * kC * d.dv + vt * kC;
@@ -317,7 +408,7 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
       Zero(f);
-      Mma<true, false>(f, sA, sV);
+      Mma<kTC, true, false>(f, sA, sV);
       float* s = sS + kt * kTile;
       GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
       __syncthreads();
@@ -331,7 +422,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Per chunk: O = s [diag(Gam) Q S + P V'].
-template <typename T>
+template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     OutputKernel(Dims d, const T* q, const T* k, const float* gamma, const float* S_all,
                  const float* Vp, float scale, T* o) {
@@ -345,7 +436,7 @@ __global__ void __launch_bounds__(kThreads)
   float* sB = sA + kTile;
   LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
   BuildE(sE, gs);
-  BuildP(d, q, k, b, h, t0, L, sE, sP, sA, sB);
+  BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
   const int64_t ch = d.Chunk(b, hv, c);
   const int64_t sd = int64_t{d.dk} * d.dv;
   for (int vt = 0; vt < d.NV; ++vt) {
@@ -356,12 +447,12 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, int64_t{d.H} * d.dk, L);
       LoadTile(sB, S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, kC);
       __syncthreads();
-      Mma<false, false>(fo, sA, sB);
+      Mma<kTC, false, false>(fo, sA, sB);
       __syncthreads();
     }
     LoadTile(sB, Vp + ch * kC * d.dv + vt * kC, d.dv, kC);
     __syncthreads();
-    Mma<false, false>(fp, sP, sB);
+    Mma<kTC, false, false>(fp, sP, sB);
     T* oc = o + d.Vo(b, t0, hv) + vt * kC;
     GDR_FOR_FRAG(i, j, r, cc) {
       if (r < L)
@@ -375,7 +466,7 @@ __global__ void __launch_bounds__(kThreads)
 // Backward kernels.
 
 // Per chunk: dVl = s P^T dO (written to the scratch that ReverseKernel turns into Y).
-template <typename T>
+template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     DvLocalKernel(Dims d, const T* q, const T* k, const float* gamma, const T* d_o, float scale,
                   float* dVl) {
@@ -389,14 +480,14 @@ __global__ void __launch_bounds__(kThreads)
   float* sB = sA + kTile;
   LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
   BuildE(sE, gs);
-  BuildP(d, q, k, b, h, t0, L, sE, sP, sA, sB);
+  BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
   float* out = dVl + d.Chunk(b, hv, c) * kC * d.dv;
   for (int vt = 0; vt < d.NV; ++vt) {
     LoadTile(sB, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L);
     __syncthreads();
     Frag f;
     Zero(f);
-    Mma<true, false>(f, sP, sB);
+    Mma<kTC, true, false>(f, sP, sB);
     GDR_FOR_FRAG(i, j, r, cc) { out[r * d.dv + vt * kC + cc] = scale * f.v[i][j]; }
     __syncthreads();
   }
@@ -405,7 +496,7 @@ __global__ void __launch_bounds__(kThreads)
 // Per (b, hv, 64 columns), reverse over chunks, carrying D = dL/dS at the current chunk's end:
 // stores D per chunk, turns dVl into Y = T^T (dVl + diag(e) K D) in place, and moves D to the
 // chunk start: D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y.
-template <typename T>
+template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     ReverseKernel(Dims d, const T* q, const T* k, const float* gamma, const float* beta,
                   const T* d_o, float scale, const float* Tm, float* Y, float* D_all) {
@@ -435,13 +526,13 @@ __global__ void __launch_bounds__(kThreads)
     for (int kt = 0; kt < d.NK; ++kt) {
       LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
-      Mma<false, false>(f, sA, sD + kt * kTile);
+      Mma<kTC, false, false>(f, sA, sD + kt * kTile);
       __syncthreads();
     }
     GDR_FOR_FRAG(i, j, r, cc) { sX[r * kLd + cc] += gs.e[r] * f.v[i][j]; }
     __syncthreads();
     Zero(f);
-    Mma<true, false>(f, sT, sX);
+    Mma<kTC, true, false>(f, sT, sX);
     GDR_FOR_FRAG(i, j, r, cc) {
       Yc[r * d.dv + cc] = f.v[i][j];
       sY[r * kLd + cc] = -gs.bg[r] * f.v[i][j];
@@ -454,8 +545,8 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
       Zero(f);
-      Mma<true, false>(f, sA, sX);
-      Mma<true, false>(f, sB, sY);
+      Mma<kTC, true, false>(f, sA, sX);
+      Mma<kTC, true, false>(f, sB, sY);
       float* s = sD + kt * kTile;
       GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
       __syncthreads();
@@ -463,19 +554,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Sum over the 16 threads that share a row of a Frag (lanes tx = 0..15 of one half-warp).
-__device__ __forceinline__ float RowSum16(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 8);
-  x += __shfl_xor_sync(0xffffffffu, x, 4);
-  x += __shfl_xor_sync(0xffffffffu, x, 2);
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x;
-}
-
 // Per chunk: every gradient term local to the chunk given S (its start state), D (dL/dS at its
 // end), V' and Y (see the derivation in kernels/cpu/gated_delta_rule.cc). dq and dk of this value
 // head go to fp32 scratch (dqp, dkp, chunk-major) for ReduceKernel.
-template <typename T>
+template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     GradKernel(Dims d, const T* q, const T* k, const T* v, const float* gamma,
                const float* beta, const T* d_o, float scale, const float* S_all,
@@ -491,11 +573,12 @@ __global__ void __launch_bounds__(kThreads)
   float* srow = svy + kC;        // sum_j dE_ij E_ij (j < i)
   float* scol = srow + kC;       // sum_i dE_ij E_ij (i > j)
   float* sdbm = scol + kC;       // the M term of dbeta
-  float* sqx1 = sdbm + kC;       // q_i . X1_i
-  float* skx2 = sqx1 + kC;       // k_i . X2_i
-  float* skx3 = skx2 + kC;       // k_i . X3_i = de_i
-  float* sdG = skx3 + kC;
+  float* sqx1 = sdbm + kC;       // q_i . X1_i, in two halves (RowDotAdd's slots)
+  float* skx2 = sqx1 + 2 * kC;   // k_i . X2_i
+  float* skx3 = skx2 + 2 * kC;   // k_i . X3_i = de_i
+  float* sdG = skx3 + 2 * kC;
   float* sred = sdG + kC;        // 8 warp partials of <D, S>
+  static_assert(sizeof(Gates) / sizeof(float) + 4 * kC + 6 * kC + kC + 8 <= kSmall);
   float* sE = smem + kSmall;
   float* sQK = sE + kTile;
   float* sKK = sQK + kTile;
@@ -509,7 +592,8 @@ __global__ void __launch_bounds__(kThreads)
 
   LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
   BuildE(sE, gs);
-  if (tid < kC) svy[tid] = sqx1[tid] = skx2[tid] = skx3[tid] = 0.f;
+  if (tid < 2 * kC) sqx1[tid] = skx2[tid] = skx3[tid] = 0.f;
+  if (tid < kC) svy[tid] = 0.f;
   const int64_t kst = int64_t{d.H} * d.dk, vst = int64_t{d.HV} * d.dv;
   const int64_t ch = d.Chunk(b, hv, c);
   const int64_t sd = int64_t{d.dk} * d.dv;
@@ -528,8 +612,8 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(t1, qc + kt * kC, kst, L);
       LoadTile(t2, kc + kt * kC, kst, L);
       __syncthreads();
-      Mma<false, true>(fa, t1, t2);
-      Mma<false, true>(fb, t2, t2);
+      Mma<kTC, false, true>(fa, t1, t2);
+      Mma<kTC, false, true>(fb, t2, t2);
       __syncthreads();
     }
     GDR_FOR_FRAG(i, j, r, cc) {
@@ -544,8 +628,8 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(t3, Vc + vt * kC, d.dv, kC);
       LoadTile(t4, v + d.Vo(b, t0, hv) + vt * kC, vst, L);
       __syncthreads();
-      Mma<false, true>(fa, t1, t3);
-      Mma<false, true>(fb, t2, t3);
+      Mma<kTC, false, true>(fa, t1, t3);
+      Mma<kTC, false, true>(fb, t2, t3);
       {
         const int r = tid >> 2, p = tid & 3;
         float s = 0.f;
@@ -622,9 +706,9 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(t4, Yc + vt * kC, d.dv, kC);
       LoadTile(t5, Vc + vt * kC, d.dv, kC);
       __syncthreads();
-      Mma<false, true>(f1, t3, t1);
-      Mma<false, true>(f2, t4, t1);
-      Mma<false, true>(f3, t5, t2);
+      Mma<kTC, false, true>(f1, t3, t1);
+      Mma<kTC, false, true>(f2, t4, t1);
+      Mma<kTC, false, true>(f3, t5, t2);
       for (int e = tid; e < kC * kC; e += kThreads) {
         const int x = (e >> 6) * kLd + (e & (kC - 1));
         ds += t1[x] * t2[x];
@@ -634,33 +718,16 @@ __global__ void __launch_bounds__(kThreads)
     LoadTile(t1, qc + kt * kC, kst, L);
     LoadTile(t2, kc + kt * kC, kst, L);
     __syncthreads();
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int r = Ty() + 16 * i;
-      float a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int cc = Tx() + 16 * j;
-        a1 += f1.v[i][j] * t1[r * kLd + cc];
-        a2 += f2.v[i][j] * t2[r * kLd + cc];
-        a3 += f3.v[i][j] * t2[r * kLd + cc];
-      }
-      a1 = RowSum16(a1);
-      a2 = RowSum16(a2);
-      a3 = RowSum16(a3);
-      if (Tx() == 0) {
-        sqx1[r] += a1;
-        skx2[r] += a2;
-        skx3[r] += a3;
-      }
-    }
+    RowDotAdd<kTC>(f1, t1, sqx1);
+    RowDotAdd<kTC>(f2, t2, skx2);
+    RowDotAdd<kTC>(f3, t2, skx3);
     GDR_FOR_FRAG(i, j, r, cc) {
       f1.v[i][j] *= scale * gs.gam[r];
       f3.v[i][j] = gs.e[r] * f3.v[i][j] - gs.bg[r] * f2.v[i][j];
     }
-    Mma<false, false>(f1, sDP, t2);
-    Mma<true, false>(f3, sDP, t1);
-    Mma<false, false>(f3, sDM, t2);
+    Mma<kTC, false, false>(f1, sDP, t2);
+    Mma<kTC, true, false>(f3, sDP, t1);
+    Mma<kTC, false, false>(f3, sDM, t2);
     float* dqc = dqp + ch * kC * d.dk + kt * kC;
     float* dkc = dkp + ch * kC * d.dk + kt * kC;
     GDR_FOR_FRAG(i, j, r, cc) {
@@ -677,6 +744,12 @@ __global__ void __launch_bounds__(kThreads)
   //   dbeta_i = (M term) + v_i . Y_i - Gam_i k_i . X2_i
   //   dG_i = (E terms) + Gam_i (s q_i . X1_i - beta_i k_i . X2_i) - [i < L-1] e_i de_i
   //   dG_{L-1} += sum_{i < L-1} e_i de_i + Gam_{L-1} <D, S>
+  if (tid < kC) {  // fold RowDotAdd's two halves
+    sqx1[tid] += sqx1[kC + tid];
+    skx2[tid] += skx2[kC + tid];
+    skx3[tid] += skx3[kC + tid];
+  }
+  __syncthreads();
   if (tid < L) {
     const int i = tid;
     dbeta[d.Gb(b, t0 + i, hv)] = sdbm[i] + svy[i] - gs.gam[i] * skx2[i];
@@ -777,11 +850,34 @@ float* Scratch(size_t floats, cudaStream_t stream) {
   return static_cast<float*>(p);
 }
 
-#define GDR_LAUNCH(kernel, grid, tiles, stream, ...)                           \
-  do {                                                                         \
-    AllowSmem(kernel, SmemBytes(tiles));                                       \
-    kernel<<<grid, kThreads, SmemBytes(tiles), stream>>>(__VA_ARGS__);         \
-    GDR_CUDA_CHECK(cudaGetLastError());                                        \
+template <typename T>
+constexpr bool kIsBf16 = std::is_same_v<T, __nv_bfloat16>;
+
+// Which kernels run their block products on the bf16 tensor cores for bf16 inputs: bit n for
+// kernel n of Launch's list (PrepKernel 0, StateKernel 1, OutputKernel 2, DvLocalKernel 3,
+// ReverseKernel 4, GradKernel 5). All by default; the environment variable GDR_CUDA_TC_MASK
+// (read on every call) overrides it, to compare accuracy and speed against fp32 FMA.
+int TcMask() {
+  const char* s = std::getenv("GDR_CUDA_TC_MASK");
+  return s != nullptr ? static_cast<int>(std::strtol(s, nullptr, 0)) : 0x3f;
+}
+
+template <typename... Params, typename... Args>
+void Launch(void (*kernel)(Params...), dim3 grid, int tiles, cudaStream_t stream,
+            Args&&... args) {
+  const size_t bytes = SmemBytes(tiles);
+  AllowSmem(kernel, bytes);
+  kernel<<<grid, kThreads, bytes, stream>>>(std::forward<Args>(args)...);
+  GDR_CUDA_CHECK(cudaGetLastError());
+}
+
+// Launches KERNEL<T, kTC> with kTC from bit `bit` of TcMask() (bf16 only).
+#define GDR_LAUNCH(KERNEL, bit, ...)                                  \
+  do {                                                                \
+    if (kIsBf16<T> && ((TcMask() >> (bit)) & 1))                      \
+      Launch(KERNEL<T, kIsBf16<T>>, __VA_ARGS__);                     \
+    else                                                              \
+      Launch(KERNEL<T, false>, __VA_ARGS__);                          \
   } while (0)
 
 struct Work {
@@ -813,8 +909,8 @@ template <typename T>
 void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, const float* beta,
                    const Work& w, float* final_state, cudaStream_t stream) {
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
-  GDR_LAUNCH(PrepKernel<T>, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
-  GDR_LAUNCH(StateKernel<T>, columns, d.NK + 2, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
+  GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
+  GDR_LAUNCH(StateKernel, 1, columns, d.NK + 2, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
              final_state);
 }
 
@@ -832,7 +928,7 @@ void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float*
   const Dims d = MakeDims(s);
   const Work w = Allocate(d, false, stream);
   ForwardStates(d, k, v, gamma, beta, w, final_state, stream);
-  GDR_LAUNCH(OutputKernel<T>, dim3(d.NC, d.HV, d.B), 4, stream, d, q, k, gamma, w.S, w.Vp,
+  GDR_LAUNCH(OutputKernel, 2, dim3(d.NC, d.HV, d.B), 4, stream, d, q, k, gamma, w.S, w.Vp,
              scale, o);
   GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
 }
@@ -849,10 +945,10 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
   float* Y = w.U;     // U is dead after StateKernel: dVl, then Y, live there
   float* dqp = w.W;   // W likewise
-  GDR_LAUNCH(DvLocalKernel<T>, chunks, 4, stream, d, q, k, gamma, d_o, scale, Y);
-  GDR_LAUNCH(ReverseKernel<T>, columns, d.NK + 5, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
+  GDR_LAUNCH(DvLocalKernel, 3, chunks, 4, stream, d, q, k, gamma, d_o, scale, Y);
+  GDR_LAUNCH(ReverseKernel, 4, columns, d.NK + 5, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
              Y, w.D);
-  GDR_LAUNCH(GradKernel<T>, chunks, 10, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
+  GDR_LAUNCH(GradKernel, 5, chunks, 10, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
              w.Vp, Y, dqp, w.dkp, dv, dgamma, dbeta);
   const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
   const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
