@@ -259,5 +259,24 @@ TEST(CudaGatedDeltaRule, DeterministicAndOptionalFinalState) {
   EXPECT_EQ(runs[0], runs[1]);
 }
 
+// Bad shapes and misaligned inputs stop before any device work, so this runs without a GPU too.
+TEST(CudaGatedDeltaRuleDeathTest, RejectsBadShapesAndAlignment) {
+  const float* null = nullptr;
+  float* out = nullptr;
+  EXPECT_DEATH(cuda::GdrForward({1, 8, 2, 3, 64, 64}, null, null, null, null, null, 1.f, out,
+                                nullptr, nullptr),
+               "HV must be a positive multiple of H");
+  EXPECT_DEATH(cuda::GdrForward({1, 8, 2, 2, 96, 64}, null, null, null, null, null, 1.f, out,
+                                nullptr, nullptr),
+               "dk must be 64, 128, 192 or 256");
+  EXPECT_DEATH(cuda::GdrBackward({1, 8, 2, 2, 64, 512}, null, null, null, null, null, 1.f, null,
+                                 out, out, out, out, out, nullptr),
+               "dv must be 64, 128, 192 or 256");
+  const float* odd = reinterpret_cast<const float*>(uintptr_t{0x1004});
+  EXPECT_DEATH(cuda::GdrBackward({1, 8, 2, 2, 64, 64}, null, null, null, null, null, 1.f, odd,
+                                 out, out, out, out, out, nullptr),
+               "d_o is not 16-byte aligned");
+}
+
 }  // namespace
 }  // namespace gdn

@@ -17,7 +17,7 @@
 //                 Y = T^T dV', D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y,
 //                 keeping Y and each chunk's end-of-chunk D
 //   GradKernel    (per chunk)                  dq, dk (per value head), dv, dbeta, dgamma
-//   ReduceKernel                               dq, dk summed over the value heads of a key head
+//   ReduceKernel  (only with HV > H)           dq, dk summed over the value heads of a key head
 // Every matrix product is a 64 x 64 x 64 block product on fp32 tiles in shared memory (rows
 // padded to 65 floats, so that row and column reads are both free of bank conflicts); dk and dv
 // are loops over 64-wide tiles, so there is one instantiation per input type. All arithmetic is
@@ -52,8 +52,6 @@ constexpr int kThreads = 256;     // every kernel; Frag's 16 x 16 thread layout 
 constexpr int kSmall = 1280;      // floats of per-token scratch ahead of the tiles
 constexpr int kMaxTiles = 256 / kC;  // dk, dv <= 256
 
-__device__ __forceinline__ float ToF(float x) { return x; }
-__device__ __forceinline__ float ToF(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <typename T>
 __device__ __forceinline__ T FromF(float x);
 template <>
@@ -83,19 +81,48 @@ struct Dims {
   }
 };
 
+// 16 bytes of src as floats (4 fp32 or 8 bf16 values), through the read-only data path: every
+// array read this way is written only by earlier launches or, for Y in ReverseKernel, at the
+// same place after it is read.
+__device__ __forceinline__ void Load16(const float* src, float* x) {
+  const float4 v = __ldg(reinterpret_cast<const float4*>(src));
+  x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+}
+__device__ __forceinline__ void Load16(const __nv_bfloat16* src, float* x) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+    x[2 * i] = f.x, x[2 * i + 1] = f.y;
+  }
+}
+
 // dst (64 x 64 tile) <- rows r < rows of src (row r at src + r * stride), zero below; each row
-// multiplied by mul and, when given, by row_scale[r].
+// multiplied by mul and, when given, by row_scale[r]. 16-byte loads, all issued before the first
+// shared-memory store so that their latencies overlap (src and stride 16-byte aligned).
 template <typename T>
 __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t stride, int rows,
                                          const float* row_scale = nullptr, float mul = 1.f) {
-  for (int e = threadIdx.x; e < kC * kC; e += kThreads) {
-    const int r = e >> 6, c = e & (kC - 1);
-    float x = 0.f;
+  constexpr int kVec = 16 / sizeof(T);                 // elements per load
+  constexpr int kPer = kC * kC / kVec / kThreads;      // loads per thread
+  float x[kPer][kVec];
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
     if (r < rows) {
-      x = ToF(src[r * stride + c]) * mul;
-      if (row_scale) x *= row_scale[r];
+      Load16(src + r * stride + c, x[u]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) x[u][i] = 0.f;
     }
-    dst[r * kLd + c] = x;
+  }
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+    const float m = row_scale != nullptr ? mul * row_scale[r] : mul;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) dst[r * kLd + c + i] = x[u][i] * m;
   }
 }
 
@@ -151,13 +178,31 @@ __device__ __forceinline__ int FragCol(int i, int j) {
                    gdr_once_ = 0;                                             \
                gdr_once_ < 1; ++gdr_once_)
 
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&x);
+// (x0, x1) as two bf16 pairs: hi = bf16(x), lo = bf16(x - hi); hi + lo carries about 16
+// significant bits.
+struct Split {
+  uint32_t hi, lo;
+};
+__device__ __forceinline__ Split SplitBf16(float x0, float x1) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  const float2 hf = __bfloat1622float2(h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
+  return {*reinterpret_cast<const uint32_t*>(&h), *reinterpret_cast<const uint32_t*>(&l)};
+}
+
+__device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                        uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // f += A B over k < 64 with A, B fp32 shared-memory tiles; kAT / kBT: use the tile's transpose.
-// With kTC the operands are rounded to bf16 on the way into the tensor cores (fp32 accumulation).
+// kTC: on the bf16 tensor cores with each operand split in two bf16 parts (A B ~ Ah Bh + Ah Bl
+// + Al Bh, fp32 accumulation): the chunk-local operands (T, W, states, V', Y, ...) are not bf16
+// values, and rounding them to bf16 cost up to 2% relative error on short sequences.
 template <bool kTC, bool kAT, bool kBT>
 __device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
   constexpr int as0 = kAT ? 1 : kLd, as1 = kAT ? kLd : 1;
@@ -169,20 +214,18 @@ __device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
 #pragma unroll
     for (int k0 = 0; k0 < kC; k0 += 16) {
       const float* ak = ap + k0 * as1;
-      const uint32_t a0 = PackBf16(ak[0], ak[as1]);
-      const uint32_t a1 = PackBf16(ak[8 * as0], ak[8 * as0 + as1]);
-      const uint32_t a2 = PackBf16(ak[8 * as1], ak[9 * as1]);
-      const uint32_t a3 = PackBf16(ak[8 * as0 + 8 * as1], ak[8 * as0 + 9 * as1]);
+      const Split a0 = SplitBf16(ak[0], ak[as1]);
+      const Split a1 = SplitBf16(ak[8 * as0], ak[8 * as0 + as1]);
+      const Split a2 = SplitBf16(ak[8 * as1], ak[9 * as1]);
+      const Split a3 = SplitBf16(ak[8 * as0 + 8 * as1], ak[8 * as0 + 9 * as1]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float* bk = bp + k0 * bs0 + i * 8 * bs1;
-        const uint32_t b0 = PackBf16(bk[0], bk[bs0]);
-        const uint32_t b1 = PackBf16(bk[8 * bs0], bk[9 * bs0]);
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-            "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(f.v[i][0]), "+f"(f.v[i][1]), "+f"(f.v[i][2]), "+f"(f.v[i][3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+        const Split b0 = SplitBf16(bk[0], bk[bs0]);
+        const Split b1 = SplitBf16(bk[8 * bs0], bk[9 * bs0]);
+        MmaBf16(f.v[i], a0.lo, a1.lo, a2.lo, a3.lo, b0.hi, b1.hi);
+        MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.lo, b1.lo);
+        MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.hi, b1.hi);
       }
     }
   } else {
@@ -242,32 +285,54 @@ struct Gates {
   float g[kC], alpha[kC], gam[kC], e[kC], beta[kC], bg[kC];  // bg = beta * Gam
 };
 
+// Warp 0: g, alpha, beta, Gam (prefix sums of g by a warp scan) and bg; warp 1: e (suffix sums,
+// scanned separately rather than as total - prefix, which would lose the small exponents of a
+// strongly decayed chunk to cancellation). Each lane handles tokens 2 lane and 2 lane + 1.
 __device__ void LoadGates(Gates& s, const float* gamma, const float* beta, int64_t stride,
                           int L) {
-  const int t = threadIdx.x;
-  if (t < kC) {
-    const float g = t < L ? gamma[t * stride] : 0.f;
-    s.g[t] = g;
-    s.alpha[t] = expf(g);
-    s.beta[t] = (beta != nullptr && t < L) ? beta[t * stride] : 0.f;
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, i0 = 2 * lane;
+  if (w < 2) {
+    const float g0 = i0 < L ? gamma[i0 * stride] : 0.f;
+    const float g1 = i0 + 1 < L ? gamma[(i0 + 1) * stride] : 0.f;
+    float incl = g0 + g1;
+    if (w == 0) {
+      for (int o = 1; o < 32; o <<= 1) {
+        const float y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+      }
+      float excl = __shfl_up_sync(0xffffffffu, incl, 1);
+      if (lane == 0) excl = 0.f;
+      const float b0 = (beta != nullptr && i0 < L) ? beta[i0 * stride] : 0.f;
+      const float b1 = (beta != nullptr && i0 + 1 < L) ? beta[(i0 + 1) * stride] : 0.f;
+      const float G0 = excl + g0, G1 = G0 + g1;
+      s.g[i0] = g0, s.g[i0 + 1] = g1;
+      s.alpha[i0] = expf(g0), s.alpha[i0 + 1] = expf(g1);
+      s.beta[i0] = b0, s.beta[i0 + 1] = b1;
+      s.gam[i0] = expf(G0), s.gam[i0 + 1] = expf(G1);
+      s.bg[i0] = b0 * s.gam[i0], s.bg[i0 + 1] = b1 * s.gam[i0 + 1];
+    } else {
+      for (int o = 1; o < 32; o <<= 1) {
+        const float y = __shfl_down_sync(0xffffffffu, incl, o);
+        if (lane + o < 32) incl += y;
+      }
+      float after = __shfl_down_sync(0xffffffffu, incl, 1);  // sum over tokens > 2 lane + 1
+      if (lane == 31) after = 0.f;
+      s.e[i0 + 1] = expf(after);
+      s.e[i0] = expf(after + g1);
+    }
   }
   __syncthreads();
-  if (t == 0) {
-    float acc = 0.f;
-    for (int i = 0; i < kC; ++i) {
-      acc += s.g[i];
-      s.gam[i] = expf(acc);
-    }
-  } else if (t == 32) {
-    float acc = 0.f;
-    for (int i = kC - 1; i >= 0; --i) {
-      s.e[i] = expf(acc);
-      acc += s.g[i];
-    }
+}
+
+// Asks L2 for rows [0, rows) of row_bytes (a multiple of 128) at base + r * stride_bytes: the next
+// chunk's tiles in the sequential kernels, while the current one is computed.
+__device__ __forceinline__ void PrefetchRows(const void* base, int64_t stride_bytes, int rows,
+                                             int row_bytes) {
+  const int lines = row_bytes / 128;
+  for (int e = threadIdx.x; e < rows * lines; e += kThreads) {
+    const char* p = static_cast<const char*>(base) + (e / lines) * stride_bytes + (e % lines) * 128;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
   }
-  __syncthreads();
-  if (t < kC) s.bg[t] = s.beta[t] * s.gam[t];
-  __syncthreads();
 }
 
 // E_ij for i >= j as the running product alpha_{j+1} ... alpha_i (one column per thread), 0 above
@@ -369,7 +434,7 @@ __global__ void __launch_bounds__(kThreads)
 // Per (b, hv, 64 state columns), sequential over chunks: stores each chunk-start state and
 // V' = U - W S, and advances S <- Gam_{L-1} S + K^T diag(e) V'.
 template <typename T, bool kTC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     StateKernel(Dims d, const float* W, const float* U, const T* k, const float* gamma,
                 float* S_all, float* Vp, float* final_state) {
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
@@ -378,6 +443,7 @@ __global__ void __launch_bounds__(kThreads)
   float* sS = smem + kSmall;  // d.NK tiles: rows kt * 64 + r of the state's column tile
   float* sA = sS + d.NK * kTile;
   float* sV = sA + kTile;
+  float* sU = sV + kTile;
   for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sS[e] = 0.f;
   const int64_t kst = int64_t{d.H} * d.dk;
   const int64_t sd = int64_t{d.dk} * d.dv;
@@ -385,8 +451,16 @@ __global__ void __launch_bounds__(kThreads)
     const int t0 = c * kC, L = min(kC, d.T - t0);
     LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);  // also orders the zero fill
     const int64_t ch = d.Chunk(b, hv, c);
+    if (c + 1 < d.NC) {
+      const int64_t cn = ch + 1;
+      PrefetchRows(W + cn * kC * d.dk, d.dk * 4, kC, d.dk * 4);
+      PrefetchRows(U + cn * kC * d.dv + vt * kC, d.dv * 4, kC, kC * 4);
+      PrefetchRows(k + d.Qk(b, t0 + kC, h), kst * sizeof(T), min(kC, d.T - t0 - kC),
+                   d.dk * static_cast<int>(sizeof(T)));
+    }
     for (int kt = 0; kt < d.NK; ++kt)
       StoreTile(S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, sS + kt * kTile);
+    LoadTile(sU, U + ch * kC * d.dv + vt * kC, d.dv, kC);
     Frag f;
     Zero(f);
     for (int kt = 0; kt < d.NK; ++kt) {
@@ -395,10 +469,9 @@ __global__ void __launch_bounds__(kThreads)
       Mma<kTC, false, false>(f, sA, sS + kt * kTile);
       __syncthreads();
     }
-    const float* Uc = U + ch * kC * d.dv + vt * kC;
     float* Vc = Vp + ch * kC * d.dv + vt * kC;
     GDR_FOR_FRAG(i, j, r, cc) {
-      const float x = Uc[r * d.dv + cc] - f.v[i][j];
+      const float x = sU[r * kLd + cc] - f.v[i][j];
       Vc[r * d.dv + cc] = x;
       sV[r * kLd + cc] = gs.e[r] * x;
     }
@@ -423,7 +496,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Per chunk: O = s [diag(Gam) Q S + P V'].
 template <typename T, bool kTC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     OutputKernel(Dims d, const T* q, const T* k, const float* gamma, const float* S_all,
                  const float* Vp, float scale, T* o) {
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
@@ -497,7 +570,7 @@ __global__ void __launch_bounds__(kThreads)
 // stores D per chunk, turns dVl into Y = T^T (dVl + diag(e) K D) in place, and moves D to the
 // chunk start: D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y.
 template <typename T, bool kTC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     ReverseKernel(Dims d, const T* q, const T* k, const float* gamma, const float* beta,
                   const T* d_o, float scale, const float* Tm, float* Y, float* D_all) {
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
@@ -508,7 +581,7 @@ __global__ void __launch_bounds__(kThreads)
   float* sX = sT + kTile;
   float* sY = sX + kTile;
   float* sA = sY + kTile;
-  float* sB = sA + kTile;
+  float* sB = sT;  // T is dead once Y is formed; its tile holds K in the update of D
   for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sD[e] = 0.f;
   const int64_t kst = int64_t{d.H} * d.dk;
   const int64_t sd = int64_t{d.dk} * d.dv;
@@ -516,6 +589,14 @@ __global__ void __launch_bounds__(kThreads)
     const int t0 = c * kC, L = min(kC, d.T - t0);
     LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
     const int64_t ch = d.Chunk(b, hv, c);
+    if (c > 0) {  // the previous chunk is whole
+      PrefetchRows(Tm + (ch - 1) * kC * kC, kC * 4, kC, kC * 4);
+      PrefetchRows(Y + (ch - 1) * kC * d.dv + vt * kC, d.dv * 4, kC, kC * 4);
+      PrefetchRows(k + d.Qk(b, t0 - kC, h), kst * sizeof(T), kC, d.dk * static_cast<int>(sizeof(T)));
+      PrefetchRows(q + d.Qk(b, t0 - kC, h), kst * sizeof(T), kC, d.dk * static_cast<int>(sizeof(T)));
+      PrefetchRows(d_o + d.Vo(b, t0 - kC, hv) + vt * kC, int64_t{d.HV} * d.dv * sizeof(T), kC,
+                   kC * static_cast<int>(sizeof(T)));
+    }
     for (int kt = 0; kt < d.NK; ++kt)
       StoreTile(D_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, sD + kt * kTile);
     float* Yc = Y + ch * kC * d.dv + vt * kC;
@@ -562,7 +643,7 @@ __global__ void __launch_bounds__(kThreads)
     GradKernel(Dims d, const T* q, const T* k, const T* v, const float* gamma,
                const float* beta, const T* d_o, float scale, const float* S_all,
                const float* D_all, const float* Vp, const float* Y, float* dqp, float* dkp,
-               T* dv_out, float* dgamma, float* dbeta) {
+               T* dq_out, T* dk_out, T* dv_out, float* dgamma, float* dbeta) {
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
   const int tid = threadIdx.x;
@@ -728,11 +809,22 @@ __global__ void __launch_bounds__(kThreads)
     Mma<kTC, false, false>(f1, sDP, t2);
     Mma<kTC, true, false>(f3, sDP, t1);
     Mma<kTC, false, false>(f3, sDM, t2);
-    float* dqc = dqp + ch * kC * d.dk + kt * kC;
-    float* dkc = dkp + ch * kC * d.dk + kt * kC;
-    GDR_FOR_FRAG(i, j, r, cc) {
-      dqc[r * d.dk + cc] = f1.v[i][j];
-      dkc[r * d.dk + cc] = f3.v[i][j];
+    if (d.G == 1) {  // one value head per key head: final dq, dk
+      T* dqc = dq_out + d.Qk(b, t0, h) + kt * kC;
+      T* dkc = dk_out + d.Qk(b, t0, h) + kt * kC;
+      GDR_FOR_FRAG(i, j, r, cc) {
+        if (r < L) {
+          dqc[r * kst + cc] = FromF<T>(f1.v[i][j]);
+          dkc[r * kst + cc] = FromF<T>(f3.v[i][j]);
+        }
+      }
+    } else {
+      float* dqc = dqp + ch * kC * d.dk + kt * kC;
+      float* dkc = dkp + ch * kC * d.dk + kt * kC;
+      GDR_FOR_FRAG(i, j, r, cc) {
+        dqc[r * d.dk + cc] = f1.v[i][j];
+        dkc[r * d.dk + cc] = f3.v[i][j];
+      }
     }
     __syncthreads();
   }
@@ -816,6 +908,14 @@ void Validate(const GdrShape& s, const char* fn) {
   }
 }
 
+// The kernels read q, k, v and d_o 16 bytes at a time.
+void CheckAligned(const void* p, const char* name, const char* fn) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+    std::fprintf(stderr, "%s: %s is not 16-byte aligned\n", fn, name);
+    std::abort();
+  }
+}
+
 Dims MakeDims(const GdrShape& s) {
   Dims d;
   d.B = s.B, d.T = s.T, d.H = s.H, d.HV = s.HV, d.dk = s.dk, d.dv = s.dv;
@@ -850,16 +950,17 @@ float* Scratch(size_t floats, cudaStream_t stream) {
   return static_cast<float*>(p);
 }
 
+// Which kernels run their block products on the bf16 tensor cores (split operands, see Mma):
+// bit n for kernel n (PrepKernel 0, StateKernel 1, OutputKernel 2, DvLocalKernel 3,
+// ReverseKernel 4, GradKernel 5). For bf16 inputs all by default, for fp32 none (fp32 FMA keeps
+// fp32 accuracy; the split operands carry about 16 bits). The environment variables
+// GDR_CUDA_TC_MASK (bf16) and GDR_CUDA_FP32_TC_MASK (fp32), read on every call, override the
+// defaults, to compare accuracy and speed.
 template <typename T>
-constexpr bool kIsBf16 = std::is_same_v<T, __nv_bfloat16>;
-
-// Which kernels run their block products on the bf16 tensor cores for bf16 inputs: bit n for
-// kernel n of Launch's list (PrepKernel 0, StateKernel 1, OutputKernel 2, DvLocalKernel 3,
-// ReverseKernel 4, GradKernel 5). All by default; the environment variable GDR_CUDA_TC_MASK
-// (read on every call) overrides it, to compare accuracy and speed against fp32 FMA.
 int TcMask() {
-  const char* s = std::getenv("GDR_CUDA_TC_MASK");
-  return s != nullptr ? static_cast<int>(std::strtol(s, nullptr, 0)) : 0x3f;
+  const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  const char* s = std::getenv(bf16 ? "GDR_CUDA_TC_MASK" : "GDR_CUDA_FP32_TC_MASK");
+  return s != nullptr ? static_cast<int>(std::strtol(s, nullptr, 0)) : bf16 ? 0x3f : 0;
 }
 
 template <typename... Params, typename... Args>
@@ -871,11 +972,11 @@ void Launch(void (*kernel)(Params...), dim3 grid, int tiles, cudaStream_t stream
   GDR_CUDA_CHECK(cudaGetLastError());
 }
 
-// Launches KERNEL<T, kTC> with kTC from bit `bit` of TcMask() (bf16 only).
+// Launches KERNEL<T, kTC> with kTC from bit `bit` of TcMask<T>().
 #define GDR_LAUNCH(KERNEL, bit, ...)                                  \
   do {                                                                \
-    if (kIsBf16<T> && ((TcMask() >> (bit)) & 1))                      \
-      Launch(KERNEL<T, kIsBf16<T>>, __VA_ARGS__);                     \
+    if ((TcMask<T>() >> (bit)) & 1)                                   \
+      Launch(KERNEL<T, true>, __VA_ARGS__);                           \
     else                                                              \
       Launch(KERNEL<T, false>, __VA_ARGS__);                          \
   } while (0)
@@ -890,7 +991,7 @@ Work Allocate(const Dims& d, bool backward, cudaStream_t stream) {
   const size_t nch = static_cast<size_t>(d.B) * d.HV * d.NC, n64 = nch * kC;
   const size_t sizes[] = {n64 * d.dk, n64 * d.dv, nch * d.dk * d.dv, n64 * d.dv,
                           backward ? nch * kC * kC : 0, backward ? nch * d.dk * d.dv : 0,
-                          backward ? n64 * d.dk : 0};
+                          backward && d.G > 1 ? n64 * d.dk : 0};
   size_t total = 0;
   for (size_t s : sizes) total += (s + 63) / 64 * 64;
   Work w;
@@ -910,7 +1011,7 @@ void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, co
                    const Work& w, float* final_state, cudaStream_t stream) {
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
   GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
-  GDR_LAUNCH(StateKernel, 1, columns, d.NK + 2, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
+  GDR_LAUNCH(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
              final_state);
 }
 
@@ -918,6 +1019,8 @@ template <typename T>
 void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
              const float* beta, float scale, T* o, float* final_state, cudaStream_t stream) {
   Validate(s, "GdrForward");
+  CheckAligned(q, "q", "GdrForward"), CheckAligned(k, "k", "GdrForward");
+  CheckAligned(v, "v", "GdrForward");
   if (s.B == 0) return;
   if (s.T == 0) {
     if (final_state != nullptr)
@@ -938,6 +1041,8 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
               const float* beta, float scale, const T* d_o, T* dq, T* dk, T* dv, float* dgamma,
               float* dbeta, cudaStream_t stream) {
   Validate(s, "GdrBackward");
+  CheckAligned(q, "q", "GdrBackward"), CheckAligned(k, "k", "GdrBackward");
+  CheckAligned(v, "v", "GdrBackward"), CheckAligned(d_o, "d_o", "GdrBackward");
   if (s.B == 0 || s.T == 0) return;
   const Dims d = MakeDims(s);
   const Work w = Allocate(d, true, stream);
@@ -946,14 +1051,16 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
   float* Y = w.U;     // U is dead after StateKernel: dVl, then Y, live there
   float* dqp = w.W;   // W likewise
   GDR_LAUNCH(DvLocalKernel, 3, chunks, 4, stream, d, q, k, gamma, d_o, scale, Y);
-  GDR_LAUNCH(ReverseKernel, 4, columns, d.NK + 5, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
+  GDR_LAUNCH(ReverseKernel, 4, columns, d.NK + 4, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
              Y, w.D);
   GDR_LAUNCH(GradKernel, 5, chunks, 10, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
-             w.Vp, Y, dqp, w.dkp, dv, dgamma, dbeta);
-  const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
-  const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
-  ReduceKernel<T><<<blocks, kThreads, 0, stream>>>(d, dqp, w.dkp, dq, dk);
-  GDR_CUDA_CHECK(cudaGetLastError());
+             w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
+  if (d.G > 1) {
+    const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
+    const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
+    ReduceKernel<T><<<blocks, kThreads, 0, stream>>>(d, dqp, w.dkp, dq, dk);
+    GDR_CUDA_CHECK(cudaGetLastError());
+  }
   GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
 }
 

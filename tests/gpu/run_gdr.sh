@@ -20,10 +20,18 @@ step() { echo; echo "=== $* ($(date +%T))"; }
   $NVCC $FLAGS -Xptxas -v -c kernels/cuda/gated_delta_rule.cu -o "$BLD/gdr_cuda.o" 2> "$OUT/ptxas.log" &
   $NVCC $FLAGS -c tests/cuda_gdr_test.cu -o "$BLD/test.o" &
   $NVCC $FLAGS -c kernels/cuda/gdr_bench.cu -o "$BLD/bench.o" &
+  # A deliberately broken copy (the e_i de_i term of dgamma dropped): the tests must catch it.
+  sed 's/if (i < L - 1) dg -= skx3\[i\] \* gs.e\[i\];/(void)0;/' kernels/cuda/gated_delta_rule.cu \
+    > kernels/cuda/gdr_broken_copy.cu
+  grep -q "dg -= skx3" kernels/cuda/gdr_broken_copy.cu && echo "BREAK NOT APPLIED"
+  $NVCC $FLAGS -c kernels/cuda/gdr_broken_copy.cu -o "$BLD/gdr_broken.o" &
   wait
+  rm -f kernels/cuda/gdr_broken_copy.cu
   $NVCC $ARCH "$BLD/test.o" "$BLD/gdr_cuda.o" "$BLD/gdr_cpu.o" -lgtest -lgtest_main -lpthread \
     -Xcompiler -fopenmp -o "$BLD/cuda_gdr_tests" &&
     $NVCC $ARCH "$BLD/bench.o" "$BLD/gdr_cuda.o" -o "$BLD/gdr_cuda_bench" || { echo BUILD FAILED; exit 1; }
+  $NVCC $ARCH "$BLD/test.o" "$BLD/gdr_broken.o" "$BLD/gdr_cpu.o" -lgtest -lgtest_main -lpthread \
+    -Xcompiler -fopenmp -o "$BLD/cuda_gdr_tests_broken"
 } 2>&1 | tee "$OUT/build.log"
 [ -x "$BLD/gdr_cuda_bench" ] || { tail -30 "$OUT/ptxas.log"; exit 1; }
 
@@ -33,11 +41,19 @@ echo "tests exit ${PIPESTATUS[0]}" | tee -a "$OUT/test.log"
 
 step "bf16 with fp32 FMA everywhere (GDR_CUDA_TC_MASK=0)" | tee -a "$OUT/test.log"
 GDR_CUDA_TC_MASK=0 timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Bfloat16*' 2>&1 | tee -a "$OUT/test.log"
+step "fp32 on split-bf16 tensor cores (GDR_CUDA_FP32_TC_MASK=0x3f)" | tee -a "$OUT/test.log"
+GDR_CUDA_FP32_TC_MASK=0x3f timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Float32*' 2>&1 | tee -a "$OUT/test.log"
+step "deliberately broken dgamma: must FAIL" | tee -a "$OUT/test.log"
+timeout 60 "$BLD/cuda_gdr_tests_broken" --gtest_filter='*Float32*' 2>&1 | grep -E "dgamma|FAILED|PASSED" | head -12 | tee -a "$OUT/test.log"
 
 step benchmark | tee -a "$OUT/bench.log"
 timeout 60 "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 20 2>&1 | tee -a "$OUT/bench.log"
-step "benchmark, bf16 without tensor cores" | tee -a "$OUT/bench.log"
-GDR_CUDA_TC_MASK=0 timeout 60 "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 10 2>&1 | grep bf16 | tee -a "$OUT/bench.log"
+echo "(repeat, for the spread)" | tee -a "$OUT/bench.log"
+timeout 60 "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 20 2>&1 | grep -E "^(fp32|bf16)" | tee -a "$OUT/bench.log"
+step "benchmark, bf16 on fp32 FMA (GDR_CUDA_TC_MASK=0), fp32 on split tensor cores" | tee -a "$OUT/bench.log"
+GDR_CUDA_TC_MASK=0 GDR_CUDA_FP32_TC_MASK=0x3f timeout 60 "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 10 2>&1 | grep -E "^(fp32|bf16)" | tee -a "$OUT/bench.log"
+step "benchmark, the 245M model's layer shape (6 heads, dk 128, dv 256)" | tee -a "$OUT/bench.log"
+timeout 60 "$BLD/gdr_cuda_bench" 8 2048 6 6 128 256 10 2>&1 | grep -E "^(fp32|bf16|B=)" | tee -a "$OUT/bench.log"
 
 step memcheck | tee -a "$OUT/sanitizer.log"
 timeout 100 compute-sanitizer --tool memcheck --error-exitcode 3 "$BLD/cuda_gdr_tests" 2>&1 |
