@@ -158,8 +158,11 @@ Inputs MakeInputs(const Case& c, std::mt19937_64& rng) {
   return in;
 }
 
+// tol bounds the outputs of type T; tol_f32 the fp32 ones (final_state, dgamma, dbeta), which in
+// a bf16 run carry no output rounding: a tight bound there catches intermediate products that
+// lost precision (bf16-rounded chunk-local operands gave 2e-3 there, and 2e-2 on dq at T = 1).
 template <typename T>
-void RunCase(const Case& c, double tol, std::mt19937_64& rng) {
+void RunCase(const Case& c, double tol, double tol_f32, std::mt19937_64& rng) {
   const std::string where = CaseName(c);
   SCOPED_TRACE(where);
   std::printf("%s %s\n", sizeof(T) == 4 ? "fp32" : "bf16", where.c_str());
@@ -188,12 +191,12 @@ void RunCase(const Case& c, double tol, std::mt19937_64& rng) {
                                     rdq.data(), rdk.data(), rdv.data(), rdg.data(), rdb.data(),
                                     nullptr);
   ExpectClose(Download(o), ro, tol, "o", where);
-  ExpectClose(Download(state), rs, tol, "final_state", where);
+  ExpectClose(Download(state), rs, tol_f32, "final_state", where);
   ExpectClose(Download(dq), rdq, tol, "dq", where);
   ExpectClose(Download(dk), rdk, tol, "dk", where);
   ExpectClose(Download(dv), rdv, tol, "dv", where);
-  ExpectClose(Download(dgamma), rdg, tol, "dgamma", where);
-  ExpectClose(Download(dbeta), rdb, tol, "dbeta", where);
+  ExpectClose(Download(dgamma), rdg, tol_f32, "dgamma", where);
+  ExpectClose(Download(dbeta), rdb, tol_f32, "dbeta", where);
 }
 
 const std::vector<Case>& Cases() {
@@ -220,13 +223,13 @@ std::mt19937_64 FreshRng() {
 TEST(CudaGatedDeltaRule, Float32MatchesFloat64Reference) {
   SKIP_WITHOUT_GPU();
   auto rng = FreshRng();
-  for (const Case& c : Cases()) RunCase<float>(c, 1e-5, rng);
+  for (const Case& c : Cases()) RunCase<float>(c, 1e-5, 1e-5, rng);
 }
 
 TEST(CudaGatedDeltaRule, Bfloat16MatchesFloat64Reference) {
   SKIP_WITHOUT_GPU();
   auto rng = FreshRng();
-  for (const Case& c : Cases()) RunCase<__nv_bfloat16>(c, 1e-2, rng);
+  for (const Case& c : Cases()) RunCase<__nv_bfloat16>(c, 1e-2, 1e-4, rng);
 }
 
 // The forward without final_state, and the same inputs twice: the kernels use no atomics, so

@@ -183,11 +183,16 @@ __device__ __forceinline__ int FragCol(int i, int j) {
 struct Split {
   uint32_t hi, lo;
 };
+template <bool kExact>
 __device__ __forceinline__ Split SplitBf16(float x0, float x1) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
-  const float2 hf = __bfloat1622float2(h);
-  const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
-  return {*reinterpret_cast<const uint32_t*>(&h), *reinterpret_cast<const uint32_t*>(&l)};
+  if constexpr (kExact) {
+    return {*reinterpret_cast<const uint32_t*>(&h), 0u};
+  } else {
+    const float2 hf = __bfloat1622float2(h);
+    const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
+    return {*reinterpret_cast<const uint32_t*>(&h), *reinterpret_cast<const uint32_t*>(&l)};
+  }
 }
 
 __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -202,8 +207,10 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
 // f += A B over k < 64 with A, B fp32 shared-memory tiles; kAT / kBT: use the tile's transpose.
 // kTC: on the bf16 tensor cores with each operand split in two bf16 parts (A B ~ Ah Bh + Ah Bl
 // + Al Bh, fp32 accumulation): the chunk-local operands (T, W, states, V', Y, ...) are not bf16
-// values, and rounding them to bf16 cost up to 2% relative error on short sequences.
-template <bool kTC, bool kAT, bool kBT>
+// values, and rounding them to bf16 cost up to 2% relative error on short sequences. kAX / kBX:
+// the operand holds exact bf16 values (an unscaled bf16 input tile), so its low part is zero and
+// its products are skipped.
+template <bool kTC, bool kAT, bool kBT, bool kAX = false, bool kBX = false>
 __device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
   constexpr int as0 = kAT ? 1 : kLd, as1 = kAT ? kLd : 1;
   constexpr int bs0 = kBT ? 1 : kLd, bs1 = kBT ? kLd : 1;
@@ -214,17 +221,17 @@ __device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
 #pragma unroll
     for (int k0 = 0; k0 < kC; k0 += 16) {
       const float* ak = ap + k0 * as1;
-      const Split a0 = SplitBf16(ak[0], ak[as1]);
-      const Split a1 = SplitBf16(ak[8 * as0], ak[8 * as0 + as1]);
-      const Split a2 = SplitBf16(ak[8 * as1], ak[9 * as1]);
-      const Split a3 = SplitBf16(ak[8 * as0 + 8 * as1], ak[8 * as0 + 9 * as1]);
+      const Split a0 = SplitBf16<kAX>(ak[0], ak[as1]);
+      const Split a1 = SplitBf16<kAX>(ak[8 * as0], ak[8 * as0 + as1]);
+      const Split a2 = SplitBf16<kAX>(ak[8 * as1], ak[9 * as1]);
+      const Split a3 = SplitBf16<kAX>(ak[8 * as0 + 8 * as1], ak[8 * as0 + 9 * as1]);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float* bk = bp + k0 * bs0 + i * 8 * bs1;
-        const Split b0 = SplitBf16(bk[0], bk[bs0]);
-        const Split b1 = SplitBf16(bk[8 * bs0], bk[9 * bs0]);
-        MmaBf16(f.v[i], a0.lo, a1.lo, a2.lo, a3.lo, b0.hi, b1.hi);
-        MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.lo, b1.lo);
+        const Split b0 = SplitBf16<kBX>(bk[0], bk[bs0]);
+        const Split b1 = SplitBf16<kBX>(bk[8 * bs0], bk[9 * bs0]);
+        if constexpr (!kAX) MmaBf16(f.v[i], a0.lo, a1.lo, a2.lo, a3.lo, b0.hi, b1.hi);
+        if constexpr (!kBX) MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.lo, b1.lo);
         MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.hi, b1.hi);
       }
     }
@@ -279,6 +286,10 @@ __device__ __forceinline__ void RowDotAdd(const Frag& f, const float* tile, floa
     }
   }
 }
+
+// Tiles loaded unscaled from bf16 inputs hold exact bf16 values (Mma's kAX / kBX).
+template <typename T>
+constexpr bool kExactInputs = std::is_same_v<T, __nv_bfloat16>;
 
 // Per-token gate quantities of one chunk (padding rows past L: gamma 0, beta 0).
 struct Gates {
@@ -351,6 +362,7 @@ __device__ void BuildE(float* E, const Gates& s) {
 template <typename T, bool kTC>
 __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int t0, int L,
                        const float* sE, float* sP, float* sA, float* sB) {
+  constexpr bool kX = kExactInputs<T>;
   Frag f;
   Zero(f);
   const int64_t st = int64_t{d.H} * d.dk;
@@ -358,7 +370,7 @@ __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int 
     LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, st, L);
     LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, st, L);
     __syncthreads();
-    Mma<kTC, false, true>(f, sA, sB);
+    Mma<kTC, false, true, kX, kX>(f, sA, sB);
     __syncthreads();
   }
   GDR_FOR_FRAG(i, j, r, c) { sP[r * kLd + c] = r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f; }
@@ -373,6 +385,7 @@ template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     PrepKernel(Dims d, const T* k, const T* v, const float* gamma, const float* beta, float* W,
                float* U, float* Tm) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
   extern __shared__ float smem[];
@@ -390,7 +403,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int kt = 0; kt < d.NK; ++kt) {
     LoadTile(sX, kc + kt * kC, kst, L);
     __syncthreads();
-    Mma<kTC, false, true>(f, sX, sX);
+    Mma<kTC, false, true, kX, kX>(f, sX, sX);
     __syncthreads();
   }
   GDR_FOR_FRAG(i, j, r, cc) {
@@ -437,6 +450,7 @@ template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads, 2)
     StateKernel(Dims d, const float* W, const float* U, const T* k, const float* gamma,
                 float* S_all, float* Vp, float* final_state) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
@@ -481,7 +495,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
       Zero(f);
-      Mma<kTC, true, false>(f, sA, sV);
+      Mma<kTC, true, false, kX, false>(f, sA, sV);
       float* s = sS + kt * kTile;
       GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
       __syncthreads();
@@ -499,6 +513,7 @@ template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads, 2)
     OutputKernel(Dims d, const T* q, const T* k, const float* gamma, const float* S_all,
                  const float* Vp, float scale, T* o) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
   extern __shared__ float smem[];
@@ -520,7 +535,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, int64_t{d.H} * d.dk, L);
       LoadTile(sB, S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, kC);
       __syncthreads();
-      Mma<kTC, false, false>(fo, sA, sB);
+      Mma<kTC, false, false, kX, false>(fo, sA, sB);
       __syncthreads();
     }
     LoadTile(sB, Vp + ch * kC * d.dv + vt * kC, d.dv, kC);
@@ -543,6 +558,7 @@ template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     DvLocalKernel(Dims d, const T* q, const T* k, const float* gamma, const T* d_o, float scale,
                   float* dVl) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
   extern __shared__ float smem[];
@@ -560,7 +576,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     Frag f;
     Zero(f);
-    Mma<kTC, true, false>(f, sP, sB);
+    Mma<kTC, true, false, false, kX>(f, sP, sB);
     GDR_FOR_FRAG(i, j, r, cc) { out[r * d.dv + vt * kC + cc] = scale * f.v[i][j]; }
     __syncthreads();
   }
@@ -573,6 +589,7 @@ template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads, 2)
     ReverseKernel(Dims d, const T* q, const T* k, const float* gamma, const float* beta,
                   const T* d_o, float scale, const float* Tm, float* Y, float* D_all) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
@@ -607,7 +624,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int kt = 0; kt < d.NK; ++kt) {
       LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
-      Mma<kTC, false, false>(f, sA, sD + kt * kTile);
+      Mma<kTC, false, false, kX, false>(f, sA, sD + kt * kTile);
       __syncthreads();
     }
     GDR_FOR_FRAG(i, j, r, cc) { sX[r * kLd + cc] += gs.e[r] * f.v[i][j]; }
@@ -626,8 +643,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
       Zero(f);
-      Mma<kTC, true, false>(f, sA, sX);
-      Mma<kTC, true, false>(f, sB, sY);
+      Mma<kTC, true, false, kX, false>(f, sA, sX);
+      Mma<kTC, true, false, kX, false>(f, sB, sY);
       float* s = sD + kt * kTile;
       GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
       __syncthreads();
@@ -644,6 +661,7 @@ __global__ void __launch_bounds__(kThreads)
                const float* beta, const T* d_o, float scale, const float* S_all,
                const float* D_all, const float* Vp, const float* Y, float* dqp, float* dkp,
                T* dq_out, T* dk_out, T* dv_out, float* dgamma, float* dbeta) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
   const int tid = threadIdx.x;
@@ -693,8 +711,8 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(t1, qc + kt * kC, kst, L);
       LoadTile(t2, kc + kt * kC, kst, L);
       __syncthreads();
-      Mma<kTC, false, true>(fa, t1, t2);
-      Mma<kTC, false, true>(fb, t2, t2);
+      Mma<kTC, false, true, kX, kX>(fa, t1, t2);
+      Mma<kTC, false, true, kX, kX>(fb, t2, t2);
       __syncthreads();
     }
     GDR_FOR_FRAG(i, j, r, cc) {
@@ -709,7 +727,7 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(t3, Vc + vt * kC, d.dv, kC);
       LoadTile(t4, v + d.Vo(b, t0, hv) + vt * kC, vst, L);
       __syncthreads();
-      Mma<kTC, false, true>(fa, t1, t3);
+      Mma<kTC, false, true, kX, false>(fa, t1, t3);
       Mma<kTC, false, true>(fb, t2, t3);
       {
         const int r = tid >> 2, p = tid & 3;
@@ -787,7 +805,7 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile(t4, Yc + vt * kC, d.dv, kC);
       LoadTile(t5, Vc + vt * kC, d.dv, kC);
       __syncthreads();
-      Mma<kTC, false, true>(f1, t3, t1);
+      Mma<kTC, false, true, kX, false>(f1, t3, t1);
       Mma<kTC, false, true>(f2, t4, t1);
       Mma<kTC, false, true>(f3, t5, t2);
       for (int e = tid; e < kC * kC; e += kThreads) {
@@ -806,9 +824,9 @@ __global__ void __launch_bounds__(kThreads)
       f1.v[i][j] *= scale * gs.gam[r];
       f3.v[i][j] = gs.e[r] * f3.v[i][j] - gs.bg[r] * f2.v[i][j];
     }
-    Mma<kTC, false, false>(f1, sDP, t2);
-    Mma<kTC, true, false>(f3, sDP, t1);
-    Mma<kTC, false, false>(f3, sDM, t2);
+    Mma<kTC, false, false, false, kX>(f1, sDP, t2);
+    Mma<kTC, true, false, false, kX>(f3, sDP, t1);
+    Mma<kTC, false, false, false, kX>(f3, sDM, t2);
     if (d.G == 1) {  // one value head per key head: final dq, dk
       T* dqc = dq_out + d.Qk(b, t0, h) + kt * kC;
       T* dkc = dk_out + d.Qk(b, t0, h) + kt * kC;
