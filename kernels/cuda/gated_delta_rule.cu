@@ -20,9 +20,11 @@
 //   ReduceKernel  (only with HV > H)           dq, dk summed over the value heads of a key head
 // Every matrix product is a 64 x 64 x 64 block product on fp32 tiles in shared memory (rows
 // padded to 65 floats, so that row and column reads are both free of bank conflicts); dk and dv
-// are loops over 64-wide tiles, so there is one instantiation per input type. All arithmetic is
-// fp32 (bf16 inputs are widened on load). Decays are never divided: E comes from running
-// products of alpha = exp(gamma) <= 1, so gamma = 0 and very strong decay are both exact limits.
+// are loops over 64-wide tiles, so each kernel has one instantiation per input type and product
+// mode (fp32 FMA, or split-bf16 tensor cores: see Mma and TcMask). Everything else is fp32 (bf16
+// inputs are widened on load). Decays are never divided: E comes from running products of
+// alpha = exp(gamma) <= 1, so gamma = 0 and very strong decay are both exact limits. No atomics:
+// results repeat bit for bit. Measured figures: experiments/results/gdr-cuda.md.
 #include "kernels/cuda/gated_delta_rule.cuh"
 
 #include <algorithm>

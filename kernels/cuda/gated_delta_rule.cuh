@@ -10,8 +10,14 @@
 // scratch memory is taken with cudaMallocAsync on it (the device's default memory pool, whose
 // release threshold is raised so repeated calls reuse it) and freed the same way.
 // Supported sizes: dk and dv multiples of 64 up to 256, HV a multiple of H, any T >= 0; q, k, v
-// and d_o 16-byte aligned. Anything else aborts with a message naming the field. bf16 inputs and outputs use fp32 gates, state and
-// accumulation.
+// and d_o 16-byte aligned. Anything else aborts with a message naming the field.
+// bf16 inputs and outputs use fp32 gates, state and accumulation; their block products run on
+// the tensor cores with split operands (fp32-grade results before the bf16 output rounding).
+// Scratch (fp32, per call): per-token W, U, V' and per-chunk states, plus T, per-chunk dL/dS and
+// (HV > H) per-value-head dk in the backward: 0.67 GB forward, 1.0 GB backward at B=8, T=2048,
+// H=HV=16, dk=dv=128.
+// The environment variables GDR_CUDA_TC_MASK / GDR_CUDA_FP32_TC_MASK choose fp32 FMA or tensor
+// cores per kernel (for comparisons; see gated_delta_rule.cu).
 #pragma once
 
 #include <cuda_bf16.h>
