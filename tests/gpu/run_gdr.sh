@@ -22,11 +22,10 @@ step() { echo; echo "=== $* ($(date +%T))"; }
   $NVCC $FLAGS -c kernels/cuda/gdr_bench.cu -o "$BLD/bench.o" &
   # A deliberately broken copy (the e_i de_i term of dgamma dropped): the tests must catch it.
   sed 's/if (i < L - 1) dg -= skx3\[i\] \* gs.e\[i\];/(void)0;/' kernels/cuda/gated_delta_rule.cu \
-    > kernels/cuda/gdr_broken_copy.cu
-  grep -q "dg -= skx3" kernels/cuda/gdr_broken_copy.cu && echo "BREAK NOT APPLIED"
-  $NVCC $FLAGS -c kernels/cuda/gdr_broken_copy.cu -o "$BLD/gdr_broken.o" &
+    > "$BLD/gdr_broken_copy.cu"
+  grep -q "dg -= skx3" "$BLD/gdr_broken_copy.cu" && echo "BREAK NOT APPLIED"
+  $NVCC $FLAGS -c "$BLD/gdr_broken_copy.cu" -o "$BLD/gdr_broken.o" &
   wait
-  rm -f kernels/cuda/gdr_broken_copy.cu
   $NVCC $ARCH "$BLD/test.o" "$BLD/gdr_cuda.o" "$BLD/gdr_cpu.o" -lgtest -lgtest_main -lpthread \
     -Xcompiler -fopenmp -o "$BLD/cuda_gdr_tests" &&
     $NVCC $ARCH "$BLD/bench.o" "$BLD/gdr_cuda.o" -o "$BLD/gdr_cuda_bench" || { echo BUILD FAILED; exit 1; }
