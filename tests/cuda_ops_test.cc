@@ -436,21 +436,25 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
   const Tensor gq = empty(q, kCpu), gk_ = empty(k, kCpu), gv = empty(v, kCpu),
                gg = empty(gamma, kCpu), gb = empty(beta, kCpu);
   ops::GatedDeltaRuleBackward(q, k, v, gamma, beta, scale, 0, d_o, gq, gk_, gv, gg, gb);
-  const Tensor hq = empty(q, kGpu), hk = empty(k, kGpu), hv_ = empty(v, kGpu),
-               hg = empty(gamma, kGpu), hb = empty(beta, kGpu);
-  ops::GatedDeltaRuleBackward(dq_, dk_, dv_, dg_, db_, scale, 0, Dev(d_o), hq, hk, hv_, hg, hb);
-  Compare("GatedDeltaRuleBackward", "dq", hq, gq, kTol);
-  Compare("GatedDeltaRuleBackward", "dk", hk, gk_, kTol);
-  Compare("GatedDeltaRuleBackward", "dv", hv_, gv, kTol);
-  if (T == 1) {
-    // dgamma = alpha <dL/dS, S_0> and S_0 = 0: exactly zero at T = 1, on both devices.
-    const Tensor hg_cpu = hg.To(kCpu);
-    for (int64_t i = 0; i < hg_cpu.numel(); ++i) EXPECT_EQ(hg_cpu.at(i), 0.0) << i;
-    for (int64_t i = 0; i < gg.numel(); ++i) EXPECT_EQ(gg.at(i), 0.0) << i;
-  } else {
-    Compare("GatedDeltaRuleBackward", "dgamma", hg, gg, kTol);
+  // chunk 0: the sequential kernel; 64: the chunked one where its sizes allow (gdr_op.cu).
+  for (const int64_t chunk : {int64_t{0}, int64_t{64}}) {
+    SCOPED_TRACE(testing::Message() << "chunk " << chunk);
+    const Tensor hq = empty(q, kGpu), hk = empty(k, kGpu), hv_ = empty(v, kGpu),
+                 hg = empty(gamma, kGpu), hb = empty(beta, kGpu);
+    ops::GatedDeltaRuleBackward(dq_, dk_, dv_, dg_, db_, scale, chunk, Dev(d_o), hq, hk, hv_, hg, hb);
+    Compare("GatedDeltaRuleBackward", "dq", hq, gq, kTol);
+    Compare("GatedDeltaRuleBackward", "dk", hk, gk_, kTol);
+    Compare("GatedDeltaRuleBackward", "dv", hv_, gv, kTol);
+    if (T == 1) {
+      // dgamma = alpha <dL/dS, S_0> and S_0 = 0: exactly zero at T = 1, on both devices.
+      const Tensor hg_cpu = hg.To(kCpu);
+      for (int64_t i = 0; i < hg_cpu.numel(); ++i) EXPECT_EQ(hg_cpu.at(i), 0.0) << i;
+      for (int64_t i = 0; i < gg.numel(); ++i) EXPECT_EQ(gg.at(i), 0.0) << i;
+    } else {
+      Compare("GatedDeltaRuleBackward", "dgamma", hg, gg, kTol);
+    }
+    Compare("GatedDeltaRuleBackward", "dbeta", hb, gb, kTol);
   }
-  Compare("GatedDeltaRuleBackward", "dbeta", hb, gb, kTol);
 }
 
 TEST(CudaOpsTest, GatedDeltaRuleSmall) {

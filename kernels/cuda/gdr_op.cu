@@ -1,10 +1,13 @@
-// The gated delta rule op on CUDA tensors (twin of kernels/cpu/gdr_op.cc): shape checks, then the
-// sequential kernel of gdr_sequential.cuh. Until the chunked CUDA kernel lands, chunk > 0 runs the
-// sequential kernel too (the same function; the two forms differ only by rounding).
+// The gated delta rule op on CUDA tensors (twin of kernels/cpu/gdr_op.cc): shape checks, then
+// chunk > 0: the chunked kernel of gated_delta_rule.cuh (its chunk is always 64: the chunk size
+// changes only rounding) where its sizes allow (dk, dv multiples of 64 up to 256, 16-byte aligned
+// tensors); otherwise, and for chunk == 0, the sequential kernel of gdr_sequential.cuh.
+#include <cstdint>
 #include <limits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/gated_delta_rule.cuh"
 #include "kernels/cuda/gdr_sequential.cuh"
 
 namespace gdn::cuda {
@@ -22,6 +25,17 @@ GdrSeqShape ShapeOf(const Tensor& q, const Tensor& v, const Tensor& gamma, const
   for (const Tensor* t : {&q, &v, &gamma, &beta}) CheckF32(*t, "GatedDeltaRule");
   return s;
 }
+// Whether the chunked kernel takes these sizes and every tensor's alignment.
+bool UseChunked(int64_t chunk, const GdrSeqShape& s, std::initializer_list<const Tensor*> tensors) {
+  if (chunk <= 0) return false;
+  for (int d : {s.dk, s.dv})
+    if (d % 64 != 0 || d > 256) return false;
+  for (const Tensor* t : tensors)
+    if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0) return false;
+  return true;
+}
+
+GdrShape Chunked(const GdrSeqShape& s) { return GdrShape{s.B, s.T, s.H, s.HV, s.dk, s.dv}; }
 }  // namespace
 
 void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma,
@@ -36,6 +50,12 @@ void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, co
     CheckF32(final_state, "GatedDeltaRuleForward");
     CHECK_EQ(final_state.numel(), int64_t{s.B} * s.HV * s.dk * s.dv);
     state = F32(final_state);
+  }
+  if (UseChunked(chunk, s, {&q, &k, &v, &o})) {
+    GdrForward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta), static_cast<float>(scale),
+               F32(o), state, Stream());
+    CUDA_CHECK_LAUNCH();
+    return;
   }
   GdrSequentialForward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta),
                        static_cast<float>(scale), F32(o), state, Stream());
@@ -54,6 +74,13 @@ void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
   CheckSame(gamma, dgamma, "GatedDeltaRuleBackward");
   CheckSame(beta, dbeta, "GatedDeltaRuleBackward");
   CHECK_GE(chunk, 0);
+  if (UseChunked(chunk, s, {&q, &k, &v, &d_o, &dq, &dk, &dv})) {
+    GdrBackward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta),
+                static_cast<float>(scale), F32(d_o), F32(dq), F32(dk), F32(dv), F32(dgamma),
+                F32(dbeta), Stream());
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   Tensor workspace =
       Tensor::Empty({GdrSequentialBackwardWorkspace(s)}, DType::kF32, Device::kCUDA);
   GdrSequentialBackward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta),

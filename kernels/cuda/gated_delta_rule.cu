@@ -1,0 +1,1111 @@
+// The chunked gated delta rule on CUDA (see gated_delta_rule.cuh; the math and its backward are
+// derived in kernels/cpu/gated_delta_rule.cc, whose notation this file follows).
+//
+// Per value head and chunk of L <= 64 tokens (state S at the chunk start, D = dL/dS at its end):
+//   G_i = sum_{m<=i} gamma_m, Gam_i = exp(G_i), e_i = exp(G_{L-1} - G_i), E_ij = exp(G_i - G_j)
+//   M_ij = beta_i (k_i . k_j) E_ij (i > j),  T = (I + M)^-1
+//   W = T diag(beta Gam) K,  U = T diag(beta) V,  V' = U - W S
+//   O = s [diag(Gam) Q S + P V'],  P = tril_incl(Q K^T) * E
+//   S_next = Gam_{L-1} S + K^T diag(e) V'
+// Forward, three launches:
+//   PrepKernel    (per chunk, parallel)        W, U (and T for the backward)
+//   StateKernel   (per head and 64 state columns, sequential over chunks)  chunk-start states, V'
+//   OutputKernel  (per chunk)                  O
+// Backward, after PrepKernel and StateKernel again (nothing is kept from the forward):
+//   DvLocalKernel (per chunk)                  s P^T dO, the state-independent part of dV'
+//   ReverseKernel (per head and 64 columns, reverse over chunks)  dV' = s P^T dO + diag(e) K D,
+//                 Y = T^T dV', D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y,
+//                 keeping Y and each chunk's end-of-chunk D
+//   GradKernel    (per chunk)                  dq, dk (per value head), dv, dbeta, dgamma
+//   ReduceKernel  (only with HV > H)           dq, dk summed over the value heads of a key head
+// Every matrix product is a 64 x 64 x 64 block product on fp32 tiles in shared memory (rows
+// padded to 65 floats, so that row and column reads are both free of bank conflicts); dk and dv
+// are loops over 64-wide tiles, so each kernel has one instantiation per input type and product
+// mode (fp32 FMA, or split-bf16 tensor cores: see Mma and TcMask). Everything else is fp32 (bf16
+// inputs are widened on load). Decays are never divided: E comes from running products of
+// alpha = exp(gamma) <= 1, so gamma = 0 and very strong decay are both exact limits. No atomics:
+// results repeat bit for bit. Measured figures: experiments/results/gdr-cuda.md.
+#include "kernels/cuda/gated_delta_rule.cuh"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <type_traits>
+#include <utility>
+
+namespace gdn::cuda {
+namespace {
+
+#define GDR_CUDA_CHECK(call)                                                              \
+  do {                                                                                    \
+    const cudaError_t gdr_err_ = (call);                                                  \
+    if (gdr_err_ != cudaSuccess) {                                                        \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                  \
+                   cudaGetErrorString(gdr_err_));                                         \
+      std::abort();                                                                       \
+    }                                                                                     \
+  } while (0)
+
+constexpr int kC = 64;            // chunk size and tile edge
+constexpr int kLd = kC + 1;       // padded row length of a shared-memory tile
+constexpr int kTile = kC * kLd;   // floats per tile
+constexpr int kThreads = 256;     // every kernel; Frag's 16 x 16 thread layout relies on it
+constexpr int kSmall = 1280;      // floats of per-token scratch ahead of the tiles
+constexpr int kMaxTiles = 256 / kC;  // dk, dv <= 256
+
+template <typename T>
+__device__ __forceinline__ T FromF(float x);
+template <>
+__device__ __forceinline__ float FromF<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+
+struct Dims {
+  int B, T, H, HV, dk, dv;
+  int G;   // value heads per key head
+  int NC;  // chunks
+  int NK, NV;  // 64-wide tiles of dk and dv
+  __host__ __device__ int64_t Qk(int b, int t, int h) const {
+    return ((int64_t{b} * T + t) * H + h) * dk;
+  }
+  __host__ __device__ int64_t Vo(int b, int t, int hv) const {
+    return ((int64_t{b} * T + t) * HV + hv) * dv;
+  }
+  __host__ __device__ int64_t Gb(int b, int t, int hv) const {
+    return (int64_t{b} * T + t) * HV + hv;
+  }
+  // Index of chunk c of (b, hv) in the scratch arrays, which are chunk-major per head.
+  __host__ __device__ int64_t Chunk(int b, int hv, int c) const {
+    return (int64_t{b} * HV + hv) * NC + c;
+  }
+};
+
+// 16 bytes of src as floats (4 fp32 or 8 bf16 values), through the read-only data path: every
+// array read this way is written only by earlier launches or, for Y in ReverseKernel, at the
+// same place after it is read.
+__device__ __forceinline__ void Load16(const float* src, float* x) {
+  const float4 v = __ldg(reinterpret_cast<const float4*>(src));
+  x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+}
+__device__ __forceinline__ void Load16(const __nv_bfloat16* src, float* x) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+    x[2 * i] = f.x, x[2 * i + 1] = f.y;
+  }
+}
+
+// dst (64 x 64 tile) <- rows r < rows of src (row r at src + r * stride), zero below; each row
+// multiplied by mul and, when given, by row_scale[r]. 16-byte loads, all issued before the first
+// shared-memory store so that their latencies overlap (src and stride 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t stride, int rows,
+                                         const float* row_scale = nullptr, float mul = 1.f) {
+  constexpr int kVec = 16 / sizeof(T);                 // elements per load
+  constexpr int kPer = kC * kC / kVec / kThreads;      // loads per thread
+  float x[kPer][kVec];
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+    if (r < rows) {
+      Load16(src + r * stride + c, x[u]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) x[u][i] = 0.f;
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+    const float m = row_scale != nullptr ? mul * row_scale[r] : mul;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) dst[r * kLd + c + i] = x[u][i] * m;
+  }
+}
+
+// dst (64 x 64, row stride `stride`) <- tile.
+__device__ __forceinline__ void StoreTile(float* dst, int64_t stride, const float* tile) {
+  for (int e = threadIdx.x; e < kC * kC; e += kThreads) {
+    const int r = e >> 6, c = e & (kC - 1);
+    dst[r * stride + c] = tile[r * kLd + c];
+  }
+}
+
+// A 64 x 64 block product result spread over the 256 threads, 16 floats each, in one of two
+// layouts:
+//   kTC = false (fp32 FMA): thread (ty, tx) = (tid / 16, tid % 16) holds rows ty + 16 i and
+//     columns tx + 16 j, i, j < 4;
+//   kTC = true (bf16 tensor cores, mma.sync m16n8k16): warp w holds rows 16 (w % 4) + [0, 16)
+//     and columns 32 (w / 4) + [0, 32) as 4 accumulator fragments of 16 x 8 (i = fragment,
+//     j = the 4 values a lane holds of it).
+struct Frag {
+  float v[4][4];
+};
+__device__ __forceinline__ void Zero(Frag& f) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) f.v[i][j] = 0.f;
+}
+__device__ __forceinline__ int Tx() { return threadIdx.x & 15; }
+__device__ __forceinline__ int Ty() { return threadIdx.x >> 4; }
+template <bool kTC>
+__device__ __forceinline__ int FragRow(int i, int j) {
+  if constexpr (kTC) {
+    const int lane = threadIdx.x & 31;
+    return ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2) + 8 * (j >> 1);
+  } else {
+    return Ty() + 16 * i;
+  }
+}
+template <bool kTC>
+__device__ __forceinline__ int FragCol(int i, int j) {
+  if constexpr (kTC) {
+    const int lane = threadIdx.x & 31;
+    return (threadIdx.x >> 7) * 32 + i * 8 + 2 * (lane & 3) + (j & 1);
+  } else {
+    return Tx() + 16 * j;
+  }
+}
+// Loops over a thread's Frag elements with their tile row and column (kTC must be in scope).
+#define GDR_FOR_FRAG(i, j, row, col)                                          \
+  _Pragma("unroll") for (int i = 0; i < 4; ++i)                               \
+      _Pragma("unroll") for (int j = 0; j < 4; ++j)                           \
+          for (int row = FragRow<kTC>(i, j), col = FragCol<kTC>(i, j),        \
+                   gdr_once_ = 0;                                             \
+               gdr_once_ < 1; ++gdr_once_)
+
+// (x0, x1) as two bf16 pairs: hi = bf16(x), lo = bf16(x - hi); hi + lo carries about 16
+// significant bits.
+struct Split {
+  uint32_t hi, lo;
+};
+template <bool kExact>
+__device__ __forceinline__ Split SplitBf16(float x0, float x1) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  if constexpr (kExact) {
+    return {*reinterpret_cast<const uint32_t*>(&h), 0u};
+  } else {
+    const float2 hf = __bfloat1622float2(h);
+    const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
+    return {*reinterpret_cast<const uint32_t*>(&h), *reinterpret_cast<const uint32_t*>(&l)};
+  }
+}
+
+__device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                        uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// f += A B over k < 64 with A, B fp32 shared-memory tiles; kAT / kBT: use the tile's transpose.
+// kTC: on the bf16 tensor cores with each operand split in two bf16 parts (A B ~ Ah Bh + Ah Bl
+// + Al Bh, fp32 accumulation): the chunk-local operands (T, W, states, V', Y, ...) are not bf16
+// values, and rounding them to bf16 cost up to 2% relative error on short sequences. kAX / kBX:
+// the operand holds exact bf16 values (an unscaled bf16 input tile), so its low part is zero and
+// its products are skipped.
+template <bool kTC, bool kAT, bool kBT, bool kAX = false, bool kBX = false>
+__device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
+  constexpr int as0 = kAT ? 1 : kLd, as1 = kAT ? kLd : 1;
+  constexpr int bs0 = kBT ? 1 : kLd, bs1 = kBT ? kLd : 1;
+  if constexpr (kTC) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t2 = 2 * (lane & 3);
+    const float* ap = a + (((threadIdx.x >> 5) & 3) * 16 + g) * as0 + t2 * as1;
+    const float* bp = b + ((threadIdx.x >> 7) * 32 + g) * bs1 + t2 * bs0;
+#pragma unroll
+    for (int k0 = 0; k0 < kC; k0 += 16) {
+      const float* ak = ap + k0 * as1;
+      const Split a0 = SplitBf16<kAX>(ak[0], ak[as1]);
+      const Split a1 = SplitBf16<kAX>(ak[8 * as0], ak[8 * as0 + as1]);
+      const Split a2 = SplitBf16<kAX>(ak[8 * as1], ak[9 * as1]);
+      const Split a3 = SplitBf16<kAX>(ak[8 * as0 + 8 * as1], ak[8 * as0 + 9 * as1]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float* bk = bp + k0 * bs0 + i * 8 * bs1;
+        const Split b0 = SplitBf16<kBX>(bk[0], bk[bs0]);
+        const Split b1 = SplitBf16<kBX>(bk[8 * bs0], bk[9 * bs0]);
+        if constexpr (!kAX) MmaBf16(f.v[i], a0.lo, a1.lo, a2.lo, a3.lo, b0.hi, b1.hi);
+        if constexpr (!kBX) MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.lo, b1.lo);
+        MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.hi, b1.hi);
+      }
+    }
+  } else {
+    const float* ap = a + Ty() * as0;
+    const float* bp = b + Tx() * bs1;
+#pragma unroll 8
+    for (int k = 0; k < kC; ++k) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = ap[16 * i * as0 + k * as1];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = bp[k * bs0 + 16 * j * bs1];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) f.v[i][j] = fmaf(av[i], bv[j], f.v[i][j]);
+    }
+  }
+}
+
+// out[slot * 64 + r] += sum over the Frag's row r of f * tile (same positions), for every row;
+// slot 0 only for kTC = false, slots 0 and 1 (the two warps that share a row) for kTC.
+template <bool kTC>
+__device__ __forceinline__ void RowDotAdd(const Frag& f, const float* tile, float* out) {
+  if constexpr (kTC) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = 2 * h + e;
+          s += f.v[i][j] * tile[FragRow<true>(i, j) * kLd + FragCol<true>(i, j)];
+        }
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      if ((threadIdx.x & 3) == 0) out[(threadIdx.x >> 7) * kC + FragRow<true>(0, 2 * h)] += s;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float s = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s += f.v[i][j] * tile[FragRow<false>(i, j) * kLd + FragCol<false>(i, j)];
+      s += __shfl_xor_sync(0xffffffffu, s, 8);
+      s += __shfl_xor_sync(0xffffffffu, s, 4);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      if (Tx() == 0) out[FragRow<false>(i, 0)] += s;
+    }
+  }
+}
+
+// Tiles loaded unscaled from bf16 inputs hold exact bf16 values (Mma's kAX / kBX).
+template <typename T>
+constexpr bool kExactInputs = std::is_same_v<T, __nv_bfloat16>;
+
+// Per-token gate quantities of one chunk (padding rows past L: gamma 0, beta 0).
+struct Gates {
+  float g[kC], alpha[kC], gam[kC], e[kC], beta[kC], bg[kC];  // bg = beta * Gam
+};
+
+// Warp 0: g, alpha, beta, Gam (prefix sums of g by a warp scan) and bg; warp 1: e (suffix sums,
+// scanned separately rather than as total - prefix, which would lose the small exponents of a
+// strongly decayed chunk to cancellation). Each lane handles tokens 2 lane and 2 lane + 1.
+__device__ void LoadGates(Gates& s, const float* gamma, const float* beta, int64_t stride,
+                          int L) {
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, i0 = 2 * lane;
+  if (w < 2) {
+    const float g0 = i0 < L ? gamma[i0 * stride] : 0.f;
+    const float g1 = i0 + 1 < L ? gamma[(i0 + 1) * stride] : 0.f;
+    float incl = g0 + g1;
+    if (w == 0) {
+      for (int o = 1; o < 32; o <<= 1) {
+        const float y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+      }
+      float excl = __shfl_up_sync(0xffffffffu, incl, 1);
+      if (lane == 0) excl = 0.f;
+      const float b0 = (beta != nullptr && i0 < L) ? beta[i0 * stride] : 0.f;
+      const float b1 = (beta != nullptr && i0 + 1 < L) ? beta[(i0 + 1) * stride] : 0.f;
+      const float G0 = excl + g0, G1 = G0 + g1;
+      s.g[i0] = g0, s.g[i0 + 1] = g1;
+      s.alpha[i0] = expf(g0), s.alpha[i0 + 1] = expf(g1);
+      s.beta[i0] = b0, s.beta[i0 + 1] = b1;
+      s.gam[i0] = expf(G0), s.gam[i0 + 1] = expf(G1);
+      s.bg[i0] = b0 * s.gam[i0], s.bg[i0 + 1] = b1 * s.gam[i0 + 1];
+    } else {
+      for (int o = 1; o < 32; o <<= 1) {
+        const float y = __shfl_down_sync(0xffffffffu, incl, o);
+        if (lane + o < 32) incl += y;
+      }
+      float after = __shfl_down_sync(0xffffffffu, incl, 1);  // sum over tokens > 2 lane + 1
+      if (lane == 31) after = 0.f;
+      s.e[i0 + 1] = expf(after);
+      s.e[i0] = expf(after + g1);
+    }
+  }
+  __syncthreads();
+}
+
+// Asks L2 for rows [0, rows) of row_bytes (a multiple of 128) at base + r * stride_bytes: the next
+// chunk's tiles in the sequential kernels, while the current one is computed.
+__device__ __forceinline__ void PrefetchRows(const void* base, int64_t stride_bytes, int rows,
+                                             int row_bytes) {
+  const int lines = row_bytes / 128;
+  for (int e = threadIdx.x; e < rows * lines; e += kThreads) {
+    const char* p = static_cast<const char*>(base) + (e / lines) * stride_bytes + (e % lines) * 128;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+  }
+}
+
+// E_ij for i >= j as the running product alpha_{j+1} ... alpha_i (one column per thread), 0 above
+// the diagonal. The caller synchronises before reading.
+__device__ void BuildE(float* E, const Gates& s) {
+  const int j = threadIdx.x;
+  if (j >= kC) return;
+  float run = 1.f;
+  for (int i = 0; i < kC; ++i) {
+    if (i > j) run *= s.alpha[i];
+    E[i * kLd + j] = i < j ? 0.f : run;
+  }
+}
+
+// sP = tril_incl(Q K^T) * E for chunk rows [t0, t0 + L) of (b, h); uses sA, sB as scratch.
+template <typename T, bool kTC>
+__device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int t0, int L,
+                       const float* sE, float* sP, float* sA, float* sB) {
+  constexpr bool kX = kExactInputs<T>;
+  Frag f;
+  Zero(f);
+  const int64_t st = int64_t{d.H} * d.dk;
+  for (int kt = 0; kt < d.NK; ++kt) {
+    LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, st, L);
+    LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, st, L);
+    __syncthreads();
+    Mma<kTC, false, true, kX, kX>(f, sA, sB);
+    __syncthreads();
+  }
+  GDR_FOR_FRAG(i, j, r, c) { sP[r * kLd + c] = r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f; }
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward kernels.
+
+// Per chunk: T = (I + M)^-1 (stored when Tm is given), W = T diag(beta Gam) K, U = T diag(beta) V.
+template <typename T, bool kTC>
+__global__ void __launch_bounds__(kThreads)
+    PrepKernel(Dims d, const T* k, const T* v, const float* gamma, const float* beta, float* W,
+               float* U, float* Tm) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  const int t0 = c * kC, L = min(kC, d.T - t0);
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sE = smem + kSmall;
+  float* sM = sE + kTile;
+  float* sT = sM + kTile;
+  float* sX = sT + kTile;
+  LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
+  BuildE(sE, gs);
+  const T* kc = k + d.Qk(b, t0, h);
+  const int64_t kst = int64_t{d.H} * d.dk;
+  Frag f;
+  Zero(f);
+  for (int kt = 0; kt < d.NK; ++kt) {
+    LoadTile(sX, kc + kt * kC, kst, L);
+    __syncthreads();
+    Mma<kTC, false, true, kX, kX>(f, sX, sX);
+    __syncthreads();
+  }
+  GDR_FOR_FRAG(i, j, r, cc) {
+    sM[r * kLd + cc] = r > cc ? gs.beta[r] * f.v[i][j] * sE[r * kLd + cc] : 0.f;
+  }
+  __syncthreads();
+  // Forward substitution, one column of T per thread: T_ij = -sum_{j<=m<i} M_im T_mj.
+  if (threadIdx.x < kC) {
+    const int j = threadIdx.x;
+    for (int i = 0; i < kC; ++i) {
+      float x = i == j ? 1.f : 0.f;
+      if (i > j)
+        for (int m = j; m < i; ++m) x -= sM[i * kLd + m] * sT[m * kLd + j];
+      sT[i * kLd + j] = x;
+    }
+  }
+  __syncthreads();
+  const int64_t ch = d.Chunk(b, hv, c);
+  if (Tm != nullptr) StoreTile(Tm + ch * kC * kC, kC, sT);
+  float* Wc = W + ch * kC * d.dk;
+  for (int kt = 0; kt < d.NK; ++kt) {
+    LoadTile(sX, kc + kt * kC, kst, L, gs.bg);
+    __syncthreads();
+    Zero(f);
+    Mma<kTC, false, false>(f, sT, sX);
+    GDR_FOR_FRAG(i, j, r, cc) { Wc[r * d.dk + kt * kC + cc] = f.v[i][j]; }
+    __syncthreads();
+  }
+  float* Uc = U + ch * kC * d.dv;
+  const T* vc = v + d.Vo(b, t0, hv);
+  for (int vt = 0; vt < d.NV; ++vt) {
+    LoadTile(sX, vc + vt * kC, int64_t{d.HV} * d.dv, L, gs.beta);
+    __syncthreads();
+    Zero(f);
+    Mma<kTC, false, false>(f, sT, sX);
+    GDR_FOR_FRAG(i, j, r, cc) { Uc[r * d.dv + vt * kC + cc] = f.v[i][j]; }
+    __syncthreads();
+  }
+}
+
+// Per (b, hv, 64 state columns), sequential over chunks: stores each chunk-start state and
+// V' = U - W S, and advances S <- Gam_{L-1} S + K^T diag(e) V'.
+template <typename T, bool kTC>
+__global__ void __launch_bounds__(kThreads, 2)
+    StateKernel(Dims d, const float* W, const float* U, const T* k, const float* gamma,
+                float* S_all, float* Vp, float* final_state) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sS = smem + kSmall;  // d.NK tiles: rows kt * 64 + r of the state's column tile
+  float* sA = sS + d.NK * kTile;
+  float* sV = sA + kTile;
+  float* sU = sV + kTile;
+  for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sS[e] = 0.f;
+  const int64_t kst = int64_t{d.H} * d.dk;
+  const int64_t sd = int64_t{d.dk} * d.dv;
+  for (int c = 0; c < d.NC; ++c) {
+    const int t0 = c * kC, L = min(kC, d.T - t0);
+    LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);  // also orders the zero fill
+    const int64_t ch = d.Chunk(b, hv, c);
+    if (c + 1 < d.NC) {
+      const int64_t cn = ch + 1;
+      PrefetchRows(W + cn * kC * d.dk, d.dk * 4, kC, d.dk * 4);
+      PrefetchRows(U + cn * kC * d.dv + vt * kC, d.dv * 4, kC, kC * 4);
+      PrefetchRows(k + d.Qk(b, t0 + kC, h), kst * sizeof(T), min(kC, d.T - t0 - kC),
+                   d.dk * static_cast<int>(sizeof(T)));
+    }
+    for (int kt = 0; kt < d.NK; ++kt)
+      StoreTile(S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, sS + kt * kTile);
+    LoadTile(sU, U + ch * kC * d.dv + vt * kC, d.dv, kC);
+    Frag f;
+    Zero(f);
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, W + ch * kC * d.dk + kt * kC, d.dk, kC);
+      __syncthreads();
+      Mma<kTC, false, false>(f, sA, sS + kt * kTile);
+      __syncthreads();
+    }
+    float* Vc = Vp + ch * kC * d.dv + vt * kC;
+    GDR_FOR_FRAG(i, j, r, cc) {
+      const float x = sU[r * kLd + cc] - f.v[i][j];
+      Vc[r * d.dv + cc] = x;
+      sV[r * kLd + cc] = gs.e[r] * x;
+    }
+    __syncthreads();
+    const float gl = gs.gam[L - 1];
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+      __syncthreads();
+      Zero(f);
+      Mma<kTC, true, false, kX, false>(f, sA, sV);
+      float* s = sS + kt * kTile;
+      GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
+      __syncthreads();
+    }
+  }
+  if (final_state != nullptr) {
+    for (int kt = 0; kt < d.NK; ++kt)
+      StoreTile(final_state + (int64_t{b} * d.HV + hv) * sd + int64_t{kt} * kC * d.dv + vt * kC,
+                d.dv, sS + kt * kTile);
+  }
+}
+
+// Per chunk: O = s [diag(Gam) Q S + P V'].
+template <typename T, bool kTC>
+__global__ void __launch_bounds__(kThreads, 2)
+    OutputKernel(Dims d, const T* q, const T* k, const float* gamma, const float* S_all,
+                 const float* Vp, float scale, T* o) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  const int t0 = c * kC, L = min(kC, d.T - t0);
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sE = smem + kSmall;
+  float* sP = sE + kTile;
+  float* sA = sP + kTile;
+  float* sB = sA + kTile;
+  LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
+  BuildE(sE, gs);
+  BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
+  const int64_t ch = d.Chunk(b, hv, c);
+  const int64_t sd = int64_t{d.dk} * d.dv;
+  for (int vt = 0; vt < d.NV; ++vt) {
+    Frag fo, fp;
+    Zero(fo);
+    Zero(fp);
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, int64_t{d.H} * d.dk, L);
+      LoadTile(sB, S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, kC);
+      __syncthreads();
+      Mma<kTC, false, false, kX, false>(fo, sA, sB);
+      __syncthreads();
+    }
+    LoadTile(sB, Vp + ch * kC * d.dv + vt * kC, d.dv, kC);
+    __syncthreads();
+    Mma<kTC, false, false>(fp, sP, sB);
+    T* oc = o + d.Vo(b, t0, hv) + vt * kC;
+    GDR_FOR_FRAG(i, j, r, cc) {
+      if (r < L)
+        oc[int64_t{r} * d.HV * d.dv + cc] = FromF<T>(scale * (gs.gam[r] * fo.v[i][j] + fp.v[i][j]));
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward kernels.
+
+// Per chunk: dVl = s P^T dO (written to the scratch that ReverseKernel turns into Y).
+template <typename T, bool kTC>
+__global__ void __launch_bounds__(kThreads)
+    DvLocalKernel(Dims d, const T* q, const T* k, const float* gamma, const T* d_o, float scale,
+                  float* dVl) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  const int t0 = c * kC, L = min(kC, d.T - t0);
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sE = smem + kSmall;
+  float* sP = sE + kTile;
+  float* sA = sP + kTile;
+  float* sB = sA + kTile;
+  LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
+  BuildE(sE, gs);
+  BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
+  float* out = dVl + d.Chunk(b, hv, c) * kC * d.dv;
+  for (int vt = 0; vt < d.NV; ++vt) {
+    LoadTile(sB, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L);
+    __syncthreads();
+    Frag f;
+    Zero(f);
+    Mma<kTC, true, false, false, kX>(f, sP, sB);
+    GDR_FOR_FRAG(i, j, r, cc) { out[r * d.dv + vt * kC + cc] = scale * f.v[i][j]; }
+    __syncthreads();
+  }
+}
+
+// Per (b, hv, 64 columns), reverse over chunks, carrying D = dL/dS at the current chunk's end:
+// stores D per chunk, turns dVl into Y = T^T (dVl + diag(e) K D) in place, and moves D to the
+// chunk start: D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y.
+template <typename T, bool kTC>
+__global__ void __launch_bounds__(kThreads, 2)
+    ReverseKernel(Dims d, const T* q, const T* k, const float* gamma, const float* beta,
+                  const T* d_o, float scale, const float* Tm, float* Y, float* D_all) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* sD = smem + kSmall;  // d.NK tiles
+  float* sT = sD + d.NK * kTile;
+  float* sX = sT + kTile;
+  float* sY = sX + kTile;
+  float* sA = sY + kTile;
+  float* sB = sT;  // T is dead once Y is formed; its tile holds K in the update of D
+  for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sD[e] = 0.f;
+  const int64_t kst = int64_t{d.H} * d.dk;
+  const int64_t sd = int64_t{d.dk} * d.dv;
+  for (int c = d.NC - 1; c >= 0; --c) {
+    const int t0 = c * kC, L = min(kC, d.T - t0);
+    LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
+    const int64_t ch = d.Chunk(b, hv, c);
+    if (c > 0) {  // the previous chunk is whole
+      PrefetchRows(Tm + (ch - 1) * kC * kC, kC * 4, kC, kC * 4);
+      PrefetchRows(Y + (ch - 1) * kC * d.dv + vt * kC, d.dv * 4, kC, kC * 4);
+      PrefetchRows(k + d.Qk(b, t0 - kC, h), kst * sizeof(T), kC, d.dk * static_cast<int>(sizeof(T)));
+      PrefetchRows(q + d.Qk(b, t0 - kC, h), kst * sizeof(T), kC, d.dk * static_cast<int>(sizeof(T)));
+      PrefetchRows(d_o + d.Vo(b, t0 - kC, hv) + vt * kC, int64_t{d.HV} * d.dv * sizeof(T), kC,
+                   kC * static_cast<int>(sizeof(T)));
+    }
+    for (int kt = 0; kt < d.NK; ++kt)
+      StoreTile(D_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, sD + kt * kTile);
+    float* Yc = Y + ch * kC * d.dv + vt * kC;
+    LoadTile(sT, Tm + ch * kC * kC, kC, kC);
+    LoadTile(sX, Yc, d.dv, kC);
+    Frag f;
+    Zero(f);
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+      __syncthreads();
+      Mma<kTC, false, false, kX, false>(f, sA, sD + kt * kTile);
+      __syncthreads();
+    }
+    GDR_FOR_FRAG(i, j, r, cc) { sX[r * kLd + cc] += gs.e[r] * f.v[i][j]; }
+    __syncthreads();
+    Zero(f);
+    Mma<kTC, true, false>(f, sT, sX);
+    GDR_FOR_FRAG(i, j, r, cc) {
+      Yc[r * d.dv + cc] = f.v[i][j];
+      sY[r * kLd + cc] = -gs.bg[r] * f.v[i][j];
+    }
+    __syncthreads();
+    LoadTile(sX, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L, gs.gam, scale);
+    const float gl = gs.gam[L - 1];
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, kst, L);
+      LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+      __syncthreads();
+      Zero(f);
+      Mma<kTC, true, false, kX, false>(f, sA, sX);
+      Mma<kTC, true, false, kX, false>(f, sB, sY);
+      float* s = sD + kt * kTile;
+      GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
+      __syncthreads();
+    }
+  }
+}
+
+// Per chunk: every gradient term local to the chunk given S (its start state), D (dL/dS at its
+// end), V' and Y (see the derivation in kernels/cpu/gated_delta_rule.cc). dq and dk of this value
+// head go to fp32 scratch (dqp, dkp, chunk-major) for ReduceKernel.
+template <typename T, bool kTC>
+__global__ void __launch_bounds__(kThreads)
+    GradKernel(Dims d, const T* q, const T* k, const T* v, const float* gamma,
+               const float* beta, const T* d_o, float scale, const float* S_all,
+               const float* D_all, const float* Vp, const float* Y, float* dqp, float* dkp,
+               T* dq_out, T* dk_out, T* dv_out, float* dgamma, float* dbeta) {
+  constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
+  const int t0 = c * kC, L = min(kC, d.T - t0);
+  const int tid = threadIdx.x;
+  extern __shared__ float smem[];
+  Gates& gs = *reinterpret_cast<Gates*>(smem);
+  float* small = smem + sizeof(Gates) / sizeof(float);
+  float* svy = small;            // v_i . Y_i
+  float* srow = svy + kC;        // sum_j dE_ij E_ij (j < i)
+  float* scol = srow + kC;       // sum_i dE_ij E_ij (i > j)
+  float* sdbm = scol + kC;       // the M term of dbeta
+  float* sqx1 = sdbm + kC;       // q_i . X1_i, in two halves (RowDotAdd's slots)
+  float* skx2 = sqx1 + 2 * kC;   // k_i . X2_i
+  float* skx3 = skx2 + 2 * kC;   // k_i . X3_i = de_i
+  float* sdG = skx3 + 2 * kC;
+  float* sred = sdG + kC;        // 8 warp partials of <D, S>
+  static_assert(sizeof(Gates) / sizeof(float) + 4 * kC + 6 * kC + kC + 8 <= kSmall);
+  float* sE = smem + kSmall;
+  float* sQK = sE + kTile;
+  float* sKK = sQK + kTile;
+  float* sDP = sKK + kTile;
+  float* sDM = sDP + kTile;
+  float* t1 = sDM + kTile;
+  float* t2 = t1 + kTile;
+  float* t3 = t2 + kTile;
+  float* t4 = t3 + kTile;
+  float* t5 = t4 + kTile;
+
+  LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
+  BuildE(sE, gs);
+  if (tid < 2 * kC) sqx1[tid] = skx2[tid] = skx3[tid] = 0.f;
+  if (tid < kC) svy[tid] = 0.f;
+  const int64_t kst = int64_t{d.H} * d.dk, vst = int64_t{d.HV} * d.dv;
+  const int64_t ch = d.Chunk(b, hv, c);
+  const int64_t sd = int64_t{d.dk} * d.dv;
+  const T* qc = q + d.Qk(b, t0, h);
+  const T* kc = k + d.Qk(b, t0, h);
+  const T* doc = d_o + d.Vo(b, t0, hv);
+  const float* Yc = Y + ch * kC * d.dv;
+  const float* Vc = Vp + ch * kC * d.dv;
+
+  // A: Q K^T, K K^T, dP = dO V'^T, dM = Y V'^T; v . Y; dv = beta Y.
+  {
+    Frag fa, fb;
+    Zero(fa);
+    Zero(fb);
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile(t1, qc + kt * kC, kst, L);
+      LoadTile(t2, kc + kt * kC, kst, L);
+      __syncthreads();
+      Mma<kTC, false, true, kX, kX>(fa, t1, t2);
+      Mma<kTC, false, true, kX, kX>(fb, t2, t2);
+      __syncthreads();
+    }
+    GDR_FOR_FRAG(i, j, r, cc) {
+      sQK[r * kLd + cc] = fa.v[i][j];
+      sKK[r * kLd + cc] = fb.v[i][j];
+    }
+    Zero(fa);
+    Zero(fb);
+    for (int vt = 0; vt < d.NV; ++vt) {
+      LoadTile(t1, doc + vt * kC, vst, L);
+      LoadTile(t2, Yc + vt * kC, d.dv, kC);
+      LoadTile(t3, Vc + vt * kC, d.dv, kC);
+      LoadTile(t4, v + d.Vo(b, t0, hv) + vt * kC, vst, L);
+      __syncthreads();
+      Mma<kTC, false, true, kX, false>(fa, t1, t3);
+      Mma<kTC, false, true>(fb, t2, t3);
+      {
+        const int r = tid >> 2, p = tid & 3;
+        float s = 0.f;
+        for (int x = p * 16; x < p * 16 + 16; ++x) s += t4[r * kLd + x] * t2[r * kLd + x];
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        if (p == 0) svy[r] += s;
+      }
+      T* dvc = dv_out + d.Vo(b, t0, hv) + vt * kC;
+      for (int e = tid; e < kC * kC; e += kThreads) {
+        const int r = e >> 6, x = e & (kC - 1);
+        if (r < L) dvc[r * vst + x] = FromF<T>(gs.beta[r] * t2[r * kLd + x]);
+      }
+      __syncthreads();
+    }
+    GDR_FOR_FRAG(i, j, r, cc) {
+      sDP[r * kLd + cc] = fa.v[i][j];
+      sDM[r * kLd + cc] = fb.v[i][j];
+    }
+    __syncthreads();
+  }
+  // dQK = s dP * E (in sDP), dA = -dM * beta_i E (in sDM, then symmetrised), the E terms of dG
+  // (sQK <- dE_ij E_ij) and the M term of dbeta (sKK).
+  for (int e = tid; e < kC * kC; e += kThreads) {
+    const int i = e >> 6, j = e & (kC - 1), x = i * kLd + j;
+    if (j < i) {
+      const float dp = scale * sDP[x], dm = -sDM[x], eij = sE[x], bi = gs.beta[i];
+      const float kk = sKK[x];
+      sQK[x] = (dp * sQK[x] + dm * bi * kk) * eij;
+      sKK[x] = dm * kk * eij;
+      sDP[x] = dp * eij;
+      sDM[x] = dm * bi * eij;
+    } else {
+      sDP[x] = i == j ? scale * sDP[x] : 0.f;
+      sDM[x] = sQK[x] = sKK[x] = 0.f;
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < kC * kC; e += kThreads) {
+    const int i = e >> 6, j = e & (kC - 1);
+    if (j < i) sDM[j * kLd + i] = sDM[i * kLd + j];
+  }
+  if (tid < kC) {
+    float rs = 0.f, db = 0.f;
+    for (int j = 0; j < kC; ++j) {
+      rs += sQK[tid * kLd + j];
+      db += sKK[tid * kLd + j];
+    }
+    srow[tid] = rs;
+    sdbm[tid] = db;
+  } else if (tid < 2 * kC) {
+    const int j = tid - kC;
+    float cs = 0.f;
+    for (int i = 0; i < kC; ++i) cs += sQK[i * kLd + j];
+    scol[j] = cs;
+  }
+  __syncthreads();
+
+  // B: per 64 columns of dk, X1 = dO S^T, X2 = Y S^T, X3 = V' D^T (sums over dv), their row
+  // dot products with q and k, then
+  //   dq = dQK K + s diag(Gam) X1,
+  //   dk = dQK^T Q + (dA + dA^T) K + diag(e) X3 - diag(Gam beta) X2.
+  float ds = 0.f;  // <D, S>
+  for (int kt = 0; kt < d.NK; ++kt) {
+    Frag f1, f2, f3;
+    Zero(f1);
+    Zero(f2);
+    Zero(f3);
+    for (int vt = 0; vt < d.NV; ++vt) {
+      const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
+      LoadTile(t1, S_all + so, d.dv, kC);
+      LoadTile(t2, D_all + so, d.dv, kC);
+      LoadTile(t3, doc + vt * kC, vst, L);
+      LoadTile(t4, Yc + vt * kC, d.dv, kC);
+      LoadTile(t5, Vc + vt * kC, d.dv, kC);
+      __syncthreads();
+      Mma<kTC, false, true, kX, false>(f1, t3, t1);
+      Mma<kTC, false, true>(f2, t4, t1);
+      Mma<kTC, false, true>(f3, t5, t2);
+      for (int e = tid; e < kC * kC; e += kThreads) {
+        const int x = (e >> 6) * kLd + (e & (kC - 1));
+        ds += t1[x] * t2[x];
+      }
+      __syncthreads();
+    }
+    LoadTile(t1, qc + kt * kC, kst, L);
+    LoadTile(t2, kc + kt * kC, kst, L);
+    __syncthreads();
+    RowDotAdd<kTC>(f1, t1, sqx1);
+    RowDotAdd<kTC>(f2, t2, skx2);
+    RowDotAdd<kTC>(f3, t2, skx3);
+    GDR_FOR_FRAG(i, j, r, cc) {
+      f1.v[i][j] *= scale * gs.gam[r];
+      f3.v[i][j] = gs.e[r] * f3.v[i][j] - gs.bg[r] * f2.v[i][j];
+    }
+    Mma<kTC, false, false, false, kX>(f1, sDP, t2);
+    Mma<kTC, true, false, false, kX>(f3, sDP, t1);
+    Mma<kTC, false, false, false, kX>(f3, sDM, t2);
+    if (d.G == 1) {  // one value head per key head: final dq, dk
+      T* dqc = dq_out + d.Qk(b, t0, h) + kt * kC;
+      T* dkc = dk_out + d.Qk(b, t0, h) + kt * kC;
+      GDR_FOR_FRAG(i, j, r, cc) {
+        if (r < L) {
+          dqc[r * kst + cc] = FromF<T>(f1.v[i][j]);
+          dkc[r * kst + cc] = FromF<T>(f3.v[i][j]);
+        }
+      }
+    } else {
+      float* dqc = dqp + ch * kC * d.dk + kt * kC;
+      float* dkc = dkp + ch * kC * d.dk + kt * kC;
+      GDR_FOR_FRAG(i, j, r, cc) {
+        dqc[r * d.dk + cc] = f1.v[i][j];
+        dkc[r * d.dk + cc] = f3.v[i][j];
+      }
+    }
+    __syncthreads();
+  }
+  for (int o = 16; o > 0; o >>= 1) ds += __shfl_xor_sync(0xffffffffu, ds, o);
+  if ((tid & 31) == 0) sred[tid >> 5] = ds;
+  __syncthreads();
+
+  // C: per token dbeta and dG, then dgamma_j = sum_{i >= j} dG_i.
+  //   dbeta_i = (M term) + v_i . Y_i - Gam_i k_i . X2_i
+  //   dG_i = (E terms) + Gam_i (s q_i . X1_i - beta_i k_i . X2_i) - [i < L-1] e_i de_i
+  //   dG_{L-1} += sum_{i < L-1} e_i de_i + Gam_{L-1} <D, S>
+  if (tid < kC) {  // fold RowDotAdd's two halves
+    sqx1[tid] += sqx1[kC + tid];
+    skx2[tid] += skx2[kC + tid];
+    skx3[tid] += skx3[kC + tid];
+  }
+  __syncthreads();
+  if (tid < L) {
+    const int i = tid;
+    dbeta[d.Gb(b, t0 + i, hv)] = sdbm[i] + svy[i] - gs.gam[i] * skx2[i];
+    const float dgam = scale * sqx1[i] - gs.beta[i] * skx2[i];
+    float dg = srow[i] - scol[i] + dgam * gs.gam[i];
+    if (i < L - 1) dg -= skx3[i] * gs.e[i];
+    sdG[i] = dg;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float dsum = 0.f;
+    for (int w = 0; w < kThreads / 32; ++w) dsum += sred[w];
+    float extra = dsum * gs.gam[L - 1];
+    for (int i = 0; i < L - 1; ++i) extra += skx3[i] * gs.e[i];
+    sdG[L - 1] += extra;
+    float acc = 0.f;
+    for (int i = L - 1; i >= 0; --i) {
+      acc += sdG[i];
+      dgamma[d.Gb(b, t0 + i, hv)] = acc;
+    }
+  }
+}
+
+// dq, dk [B, T, H, dk] = sums of the per-value-head scratch over each key head's group.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    ReduceKernel(Dims d, const float* dqp, const float* dkp, T* dq, T* dk) {
+  const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
+  for (int64_t idx = blockIdx.x * int64_t{kThreads} + threadIdx.x; idx < n;
+       idx += int64_t{gridDim.x} * kThreads) {
+    const int x = static_cast<int>(idx % d.dk);
+    int64_t rest = idx / d.dk;
+    const int h = static_cast<int>(rest % d.H);
+    rest /= d.H;
+    const int t = static_cast<int>(rest % d.T);
+    const int b = static_cast<int>(rest / d.T);
+    const int c = t / kC, i = t % kC;
+    float sq = 0.f, sk = 0.f;
+    for (int g = 0; g < d.G; ++g) {
+      const int64_t off = (d.Chunk(b, h * d.G + g, c) * kC + i) * d.dk + x;
+      sq += dqp[off];
+      sk += dkp[off];
+    }
+    dq[idx] = FromF<T>(sq);
+    dk[idx] = FromF<T>(sk);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+void Validate(const GdrShape& s, const char* fn) {
+  const char* bad = nullptr;
+  if (s.B < 0) bad = "B must be >= 0";
+  else if (s.T < 0) bad = "T must be >= 0";
+  else if (s.H <= 0) bad = "H must be > 0";
+  else if (s.HV <= 0 || s.HV % s.H != 0) bad = "HV must be a positive multiple of H";
+  else if (s.dk < kC || s.dk > kMaxTiles * kC || s.dk % kC != 0) bad = "dk must be 64, 128, 192 or 256";
+  else if (s.dv < kC || s.dv > kMaxTiles * kC || s.dv % kC != 0) bad = "dv must be 64, 128, 192 or 256";
+  if (bad != nullptr) {
+    std::fprintf(stderr, "%s: invalid shape B=%d T=%d H=%d HV=%d dk=%d dv=%d: %s\n", fn, s.B, s.T,
+                 s.H, s.HV, s.dk, s.dv, bad);
+    std::abort();
+  }
+}
+
+// The kernels read q, k, v and d_o 16 bytes at a time.
+void CheckAligned(const void* p, const char* name, const char* fn) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+    std::fprintf(stderr, "%s: %s is not 16-byte aligned\n", fn, name);
+    std::abort();
+  }
+}
+
+Dims MakeDims(const GdrShape& s) {
+  Dims d;
+  d.B = s.B, d.T = s.T, d.H = s.H, d.HV = s.HV, d.dk = s.dk, d.dv = s.dv;
+  d.G = s.HV / s.H;
+  d.NC = (s.T + kC - 1) / kC;
+  d.NK = s.dk / kC;
+  d.NV = s.dv / kC;
+  return d;
+}
+
+size_t SmemBytes(int tiles) { return (kSmall + static_cast<size_t>(tiles) * kTile) * sizeof(float); }
+
+// Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB (every
+// launch: the setting belongs to the current device).
+template <typename Kernel>
+void AllowSmem(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    GDR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+}
+
+// Stream-ordered scratch from the device's default pool, kept cached between calls.
+float* Scratch(size_t floats, cudaStream_t stream) {
+  int dev = 0;
+  GDR_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaMemPool_t pool;
+  GDR_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+  uint64_t threshold = UINT64_MAX;
+  GDR_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  void* p = nullptr;
+  GDR_CUDA_CHECK(cudaMallocAsync(&p, floats * sizeof(float), stream));
+  return static_cast<float*>(p);
+}
+
+// Which kernels run their block products on the bf16 tensor cores (split operands, see Mma):
+// bit n for kernel n (PrepKernel 0, StateKernel 1, OutputKernel 2, DvLocalKernel 3,
+// ReverseKernel 4, GradKernel 5). For bf16 inputs all by default, for fp32 none (fp32 FMA keeps
+// fp32 accuracy; the split operands carry about 16 bits). The environment variables
+// GDR_CUDA_TC_MASK (bf16) and GDR_CUDA_FP32_TC_MASK (fp32), read on every call, override the
+// defaults, to compare accuracy and speed.
+template <typename T>
+int TcMask() {
+  const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  const char* s = std::getenv(bf16 ? "GDR_CUDA_TC_MASK" : "GDR_CUDA_FP32_TC_MASK");
+  return s != nullptr ? static_cast<int>(std::strtol(s, nullptr, 0)) : bf16 ? 0x3f : 0;
+}
+
+template <typename... Params, typename... Args>
+void Launch(void (*kernel)(Params...), dim3 grid, int tiles, cudaStream_t stream,
+            Args&&... args) {
+  const size_t bytes = SmemBytes(tiles);
+  AllowSmem(kernel, bytes);
+  kernel<<<grid, kThreads, bytes, stream>>>(std::forward<Args>(args)...);
+  GDR_CUDA_CHECK(cudaGetLastError());
+}
+
+// Launches KERNEL<T, kTC> with kTC from bit `bit` of TcMask<T>().
+#define GDR_LAUNCH(KERNEL, bit, ...)                                  \
+  do {                                                                \
+    if ((TcMask<T>() >> (bit)) & 1)                                   \
+      Launch(KERNEL<T, true>, __VA_ARGS__);                           \
+    else                                                              \
+      Launch(KERNEL<T, false>, __VA_ARGS__);                          \
+  } while (0)
+
+struct Work {
+  float *W, *U, *S, *Vp;
+  float *Tm = nullptr, *D = nullptr, *dkp = nullptr;
+  float* base = nullptr;
+};
+
+Work Allocate(const Dims& d, bool backward, cudaStream_t stream) {
+  const size_t nch = static_cast<size_t>(d.B) * d.HV * d.NC, n64 = nch * kC;
+  const size_t sizes[] = {n64 * d.dk, n64 * d.dv, nch * d.dk * d.dv, n64 * d.dv,
+                          backward ? nch * kC * kC : 0, backward ? nch * d.dk * d.dv : 0,
+                          backward && d.G > 1 ? n64 * d.dk : 0};
+  size_t total = 0;
+  for (size_t s : sizes) total += (s + 63) / 64 * 64;
+  Work w;
+  w.base = Scratch(total, stream);
+  float* p = w.base;
+  float** slots[] = {&w.W, &w.U, &w.S, &w.Vp, &w.Tm, &w.D, &w.dkp};
+  for (int i = 0; i < 7; ++i) {
+    *slots[i] = sizes[i] ? p : nullptr;
+    p += (sizes[i] + 63) / 64 * 64;
+  }
+  return w;
+}
+
+// PrepKernel then StateKernel: chunk-start states and V' in w (and T when backward).
+template <typename T>
+void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, const float* beta,
+                   const Work& w, float* final_state, cudaStream_t stream) {
+  const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
+  GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
+  GDR_LAUNCH(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
+             final_state);
+}
+
+template <typename T>
+void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
+             const float* beta, float scale, T* o, float* final_state, cudaStream_t stream) {
+  Validate(s, "GdrForward");
+  CheckAligned(q, "q", "GdrForward"), CheckAligned(k, "k", "GdrForward");
+  CheckAligned(v, "v", "GdrForward");
+  if (s.B == 0) return;
+  if (s.T == 0) {
+    if (final_state != nullptr)
+      GDR_CUDA_CHECK(cudaMemsetAsync(
+          final_state, 0, sizeof(float) * s.B * s.HV * s.dk * size_t(s.dv), stream));
+    return;
+  }
+  const Dims d = MakeDims(s);
+  const Work w = Allocate(d, false, stream);
+  ForwardStates(d, k, v, gamma, beta, w, final_state, stream);
+  GDR_LAUNCH(OutputKernel, 2, dim3(d.NC, d.HV, d.B), 4, stream, d, q, k, gamma, w.S, w.Vp,
+             scale, o);
+  GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
+}
+
+template <typename T>
+void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
+              const float* beta, float scale, const T* d_o, T* dq, T* dk, T* dv, float* dgamma,
+              float* dbeta, cudaStream_t stream) {
+  Validate(s, "GdrBackward");
+  CheckAligned(q, "q", "GdrBackward"), CheckAligned(k, "k", "GdrBackward");
+  CheckAligned(v, "v", "GdrBackward"), CheckAligned(d_o, "d_o", "GdrBackward");
+  if (s.B == 0 || s.T == 0) return;
+  const Dims d = MakeDims(s);
+  const Work w = Allocate(d, true, stream);
+  ForwardStates(d, k, v, gamma, beta, w, nullptr, stream);
+  const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
+  float* Y = w.U;     // U is dead after StateKernel: dVl, then Y, live there
+  float* dqp = w.W;   // W likewise
+  GDR_LAUNCH(DvLocalKernel, 3, chunks, 4, stream, d, q, k, gamma, d_o, scale, Y);
+  GDR_LAUNCH(ReverseKernel, 4, columns, d.NK + 4, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
+             Y, w.D);
+  GDR_LAUNCH(GradKernel, 5, chunks, 10, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
+             w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
+  if (d.G > 1) {
+    const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
+    const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
+    ReduceKernel<T><<<blocks, kThreads, 0, stream>>>(d, dqp, w.dkp, dq, dk);
+    GDR_CUDA_CHECK(cudaGetLastError());
+  }
+  GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
+}
+
+}  // namespace
+
+void GdrForward(const GdrShape& s, const float* q, const float* k, const float* v,
+                const float* gamma, const float* beta, float scale, float* o, float* final_state,
+                cudaStream_t stream) {
+  Forward<float>(s, q, k, v, gamma, beta, scale, o, final_state, stream);
+}
+void GdrBackward(const GdrShape& s, const float* q, const float* k, const float* v,
+                 const float* gamma, const float* beta, float scale, const float* d_o, float* dq,
+                 float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream) {
+  Backward<float>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
+}
+void GdrForward(const GdrShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
+                __nv_bfloat16* o, float* final_state, cudaStream_t stream) {
+  Forward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, o, final_state, stream);
+}
+void GdrBackward(const GdrShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                 const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
+                 const __nv_bfloat16* d_o, __nv_bfloat16* dq, __nv_bfloat16* dk,
+                 __nv_bfloat16* dv, float* dgamma, float* dbeta, cudaStream_t stream) {
+  Backward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
+}
+
+}  // namespace gdn::cuda

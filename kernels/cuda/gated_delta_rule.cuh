@@ -1,0 +1,47 @@
+// The chunked gated delta rule on CUDA (chunk 64), forward and backward: the raw API that the
+// CUDA op set's GatedDeltaRuleForward/Backward call. See shared/docs/gated-delta-rule.md for the
+// math and kernels/cpu/gated_delta_rule.h for the CPU reference with the same contracts.
+//
+// Device pointers, row-major and contiguous:
+//   q, k: [B, T, H, dk]; v, o, d_o, dv: [B, T, HV, dv]; gamma, beta, dgamma, dbeta: [B, T, HV]
+//   (fp32); final_state: [B, HV, dk, dv] fp32 or nullptr.
+// Value head j reads key head j / (HV / H). Zero initial state. Gradients are overwritten, not
+// accumulated; dq and dk sum over the value heads of each key head. Everything runs on `stream`;
+// scratch memory is taken with cudaMallocAsync on it (the device's default memory pool, whose
+// release threshold is raised so repeated calls reuse it) and freed the same way.
+// Supported sizes: dk and dv multiples of 64 up to 256, HV a multiple of H, any T >= 0; q, k, v
+// and d_o 16-byte aligned. Anything else aborts with a message naming the field.
+// bf16 inputs and outputs use fp32 gates, state and accumulation; their block products run on
+// the tensor cores with split operands (fp32-grade results before the bf16 output rounding).
+// Scratch (fp32, per call): per-token W, U, V' and per-chunk states, plus T, per-chunk dL/dS and
+// (HV > H) per-value-head dk in the backward: 0.67 GB forward, 1.0 GB backward at B=8, T=2048,
+// H=HV=16, dk=dv=128.
+// The environment variables GDR_CUDA_TC_MASK / GDR_CUDA_FP32_TC_MASK choose fp32 FMA or tensor
+// cores per kernel (for comparisons; see gated_delta_rule.cu).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+namespace gdn::cuda {
+
+struct GdrShape {
+  int B, T, H, HV, dk, dv;  // HV = H * value heads per key head
+};
+
+void GdrForward(const GdrShape& shape, const float* q, const float* k, const float* v,
+                const float* gamma, const float* beta, float scale, float* o, float* final_state,
+                cudaStream_t stream);
+void GdrBackward(const GdrShape& shape, const float* q, const float* k, const float* v,
+                 const float* gamma, const float* beta, float scale, const float* d_o, float* dq,
+                 float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream);
+
+void GdrForward(const GdrShape& shape, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
+                __nv_bfloat16* o, float* final_state, cudaStream_t stream);
+void GdrBackward(const GdrShape& shape, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                 const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
+                 const __nv_bfloat16* d_o, __nv_bfloat16* dq, __nv_bfloat16* dk,
+                 __nv_bfloat16* dv, float* dgamma, float* dbeta, cudaStream_t stream);
+
+}  // namespace gdn::cuda

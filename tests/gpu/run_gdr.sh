@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# GPU-machine check of the CUDA gated delta rule: builds the test and the benchmark with nvcc
+# directly (they need only kernels/cpu/gated_delta_rule.cc, OpenMP and GoogleTest, not the
+# project's CMake dependencies), runs the tests, compute-sanitizer, the benchmark and an ncu
+# per-kernel timing. Logs go to $OUT (default /tmp/gdr_out). Run from the repository root:
+#   bash tests/gpu/run_gdr.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/gdr_out}
+BLD=${BLD:-/tmp/gdr_build}
+mkdir -p "$OUT" "$BLD"
+NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+ARCH="-gencode=arch=compute_90a,code=sm_90a"
+FLAGS="-O3 -std=c++17 $ARCH -I."
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+{
+  step build
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
+  g++ -O3 -std=c++20 -march=x86-64-v2 -fopenmp -I. -c kernels/cpu/gated_delta_rule.cc -o "$BLD/gdr_cpu.o" &
+  $NVCC $FLAGS -Xptxas -v -c kernels/cuda/gated_delta_rule.cu -o "$BLD/gdr_cuda.o" 2> "$OUT/ptxas.log" &
+  $NVCC $FLAGS -c tests/cuda_gdr_test.cu -o "$BLD/test.o" &
+  $NVCC $FLAGS -c kernels/cuda/gdr_bench.cu -o "$BLD/bench.o" &
+  # A deliberately broken copy (the e_i de_i term of dgamma dropped): the tests must catch it.
+  sed 's/if (i < L - 1) dg -= skx3\[i\] \* gs.e\[i\];/(void)0;/' kernels/cuda/gated_delta_rule.cu \
+    > "$BLD/gdr_broken_copy.cu"
+  grep -q "dg -= skx3" "$BLD/gdr_broken_copy.cu" && echo "BREAK NOT APPLIED"
+  $NVCC $FLAGS -c "$BLD/gdr_broken_copy.cu" -o "$BLD/gdr_broken.o" &
+  wait
+  $NVCC $ARCH "$BLD/test.o" "$BLD/gdr_cuda.o" "$BLD/gdr_cpu.o" -lgtest -lgtest_main -lpthread \
+    -Xcompiler -fopenmp -o "$BLD/cuda_gdr_tests" &&
+    $NVCC $ARCH "$BLD/bench.o" "$BLD/gdr_cuda.o" -o "$BLD/gdr_cuda_bench" || { echo BUILD FAILED; exit 1; }
+  $NVCC $ARCH "$BLD/test.o" "$BLD/gdr_broken.o" "$BLD/gdr_cpu.o" -lgtest -lgtest_main -lpthread \
+    -Xcompiler -fopenmp -o "$BLD/cuda_gdr_tests_broken"
+} 2>&1 | tee "$OUT/build.log"
+[ -x "$BLD/gdr_cuda_bench" ] || { tail -30 "$OUT/ptxas.log"; exit 1; }
+
+step tests | tee -a "$OUT/test.log"
+timeout 120 "$BLD/cuda_gdr_tests" 2>&1 | tee -a "$OUT/test.log"
+echo "tests exit ${PIPESTATUS[0]}" | tee -a "$OUT/test.log"
+
+step "bf16 with fp32 FMA everywhere (GDR_CUDA_TC_MASK=0)" | tee -a "$OUT/test.log"
+GDR_CUDA_TC_MASK=0 timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Bfloat16*' 2>&1 | tee -a "$OUT/test.log"
+step "fp32 on split-bf16 tensor cores (GDR_CUDA_FP32_TC_MASK=0x3f)" | tee -a "$OUT/test.log"
+GDR_CUDA_FP32_TC_MASK=0x3f timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Float32*' 2>&1 | tee -a "$OUT/test.log"
+step "deliberately broken dgamma: must FAIL" | tee -a "$OUT/test.log"
+timeout 60 "$BLD/cuda_gdr_tests_broken" --gtest_filter='*Float32*' 2>&1 | grep -E "dgamma|FAILED|PASSED" | head -12 | tee -a "$OUT/test.log"
+
+step benchmark | tee -a "$OUT/bench.log"
+timeout 60 "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 20 2>&1 | tee -a "$OUT/bench.log"
+echo "(repeat, for the spread)" | tee -a "$OUT/bench.log"
+timeout 60 "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 20 2>&1 | grep -E "^(fp32|bf16)" | tee -a "$OUT/bench.log"
+step "benchmark, bf16 on fp32 FMA (GDR_CUDA_TC_MASK=0), fp32 on split tensor cores" | tee -a "$OUT/bench.log"
+GDR_CUDA_TC_MASK=0 GDR_CUDA_FP32_TC_MASK=0x3f timeout 60 "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 10 2>&1 | grep -E "^(fp32|bf16)" | tee -a "$OUT/bench.log"
+step "benchmark, the 245M model's layer shape (6 heads, dk 128, dv 256)" | tee -a "$OUT/bench.log"
+timeout 60 "$BLD/gdr_cuda_bench" 8 2048 6 6 128 256 10 2>&1 | grep -E "^(fp32|bf16|B=)" | tee -a "$OUT/bench.log"
+
+step memcheck | tee -a "$OUT/sanitizer.log"
+timeout 100 compute-sanitizer --tool memcheck --error-exitcode 3 "$BLD/cuda_gdr_tests" 2>&1 |
+  grep -v "^  \|^fp32\|^bf16\|^seed" | tee -a "$OUT/sanitizer.log"
+echo "memcheck exit ${PIPESTATUS[0]}" | tee -a "$OUT/sanitizer.log"
+
+step "ncu per-kernel times" | tee -a "$OUT/bench.log"
+timeout 90 ncu --clock-control none --print-units base --metrics gpu__time_duration.sum --csv -k regex:Kernel \
+  "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 1 > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+python3 - "$OUT/ncu.csv" <<'PY' 2>&1 | tee -a "$OUT/bench.log"
+import csv, sys, collections, re
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+if not rows: sys.exit("no ncu rows")
+h = rows[0]; ki = h.index("Kernel Name"); vi = h.index("Metric Value")
+t = collections.defaultdict(list)
+for r in rows[1:]:
+    m = re.search(r"(\w+Kernel)<([^>]*)>", r[ki])
+    name = m.group(1) + "<" + m.group(2).replace("__nv_bfloat16", "bf16") + ">" if m else r[ki][:40]
+    t[name].append(float(r[vi].replace(",", "")) / 1e3)
+for k, v in t.items(): print(f"{k:32s} median {sorted(v)[len(v)//2]:9.1f} us over {len(v)} launches")
+PY
+
+step "racecheck (small case)" | tee -a "$OUT/sanitizer.log"
+timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$BLD/cuda_gdr_tests" \
+  --gtest_filter='*Deterministic*' 2>&1 | tail -5 | tee -a "$OUT/sanitizer.log"
+step done
