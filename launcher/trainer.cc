@@ -23,6 +23,9 @@
 #include "model/lm.h"
 #include "model/optimizer.h"
 #include "runtime/data_loader.h"
+#ifdef GDN_WITH_CUDA
+#include "runtime/cuda_device.h"
+#endif
 #include "runtime/rng.h"
 #include "runtime/run_dir.h"
 #include "runtime/spec.h"
@@ -107,6 +110,24 @@ absl::StatusOr<Datasets> OpenData(const ExperimentSpec& spec) {
   return Datasets{std::move(*train), std::move(*val)};
 }
 
+// The device a run computes on, if this build and machine have it.
+absl::StatusOr<Device> RunDevice(const ExperimentSpec& spec, const ProcessGrid& grid) {
+  if (spec.run().device() == RunSpec::CPU) return Device::kCPU;
+#ifdef GDN_WITH_CUDA
+  std::string why;
+  if (!cuda::GpuAvailable(&why))
+    return absl::InvalidArgumentError(absl::StrCat("run.device: CUDA, but no GPU is usable: ", why));
+  if (grid.world_size > 1)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "run.device: CUDA runs on one rank in this version (this job has %d; multi-GPU runs need "
+        "the NCCL layer)", grid.world_size));
+  return Device::kCUDA;
+#else
+  (void)grid;
+  return absl::InvalidArgumentError("run.device: CUDA, but this gdn was built without CUDA");
+#endif
+}
+
 std::string Duration(double seconds) {
   const int64_t s = static_cast<int64_t>(seconds + 0.5);
   if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, s / 60 % 60);
@@ -146,6 +167,7 @@ std::string RunIdentity(ExperimentSpec spec) {
   r->clear_keep_checkpoints();
   r->clear_preempt_signals();
   r->clear_log_interval();
+  r->clear_device();
   spec.clear_parallel();
   spec.clear_sweep();
   return SpecToText(spec);
@@ -338,6 +360,8 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   // checks the same things and so fails alike; only rank 0 reports (the caller prints).
   if (auto s = ValidateRunnable(spec); !s.ok()) return s;
   if (auto s = ValidateLayout(spec, grid); !s.ok()) return s;
+  auto device = RunDevice(spec, grid);
+  if (!device.ok()) return device.status();
   auto data = OpenData(spec);
   if (!data.ok()) return data.status();
   const DataSpec& ds = spec.data();
@@ -375,7 +399,8 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   }
   auto write = [&](auto&& fn) -> absl::Status { return writer ? fn(*dir) : absl::OkStatus(); };
 
-  LanguageModel model(spec, DType::kF32, TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get());
+  LanguageModel model(spec, DType::kF32, TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get(),
+                      *device);
   model.Initialize(rs.seed());
   Optimizer optimizer(spec.optimizer(), model.params());
   TrainerState state;

@@ -362,11 +362,12 @@ absl::Status SaveCheckpoint(const std::string& run_dir, const TrainerState& stat
     const auto& all = params.all();
     const std::vector<std::string> state_names = StateNames(optimizer_name);
     for (size_t i = 0; i < all.size(); ++i) {
-      tensors.emplace_back("param/" + all[i]->name, all[i]->value);
+      // Device tensors are written from host copies.
+      tensors.emplace_back("param/" + all[i]->name, all[i]->value.To(Device::kCPU));
       metadata["shard/" + all[i]->name] = ShardDimName(all[i]->shard);
       for (size_t k = 0; k < state_names.size(); ++k)
         tensors.emplace_back(state_names[k] + "/" + all[i]->name,
-                             optimizer->state()[state_names.size() * i + k]);
+                             optimizer->state()[state_names.size() * i + k].To(Device::kCPU));
     }
     const std::string path = tmp + "/" + ShardName(layout.tp.rank, layout.tp.size);
     written = WriteSafetensors(path, tensors, metadata);
@@ -463,7 +464,7 @@ absl::Status WriteParametersCheckpoint(const std::string& run_dir,
                                                  {"tp_rank", "0"}, {"tp_size", "1"},
                                                  {"step", "0"}, {"optimizer", "none"}};
   for (const auto& [name, t] : full) {
-    tensors.emplace_back("param/" + name, t);
+    tensors.emplace_back("param/" + name, t.To(Device::kCPU));
     metadata["shard/" + name] = "replicated";
   }
   const std::string shard = ShardName(0, 1);

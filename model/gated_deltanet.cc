@@ -96,7 +96,8 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
     p["k_conv"] += ops::MeanAbs(kc_);
     p["v_conv"] += ops::MeanAbs(vc_);
     double alpha = 0;
-    for (int64_t i = 0; i < gamma_.numel(); ++i) alpha += std::exp(gamma_.at(i));
+    const Tensor gamma = gamma_.To(Device::kCPU);
+    for (int64_t i = 0; i < gamma.numel(); ++i) alpha += std::exp(gamma.at(i));
     p["alpha"] += alpha / gamma_.numel();
     p["beta"] += ops::MeanAbs(beta_);
     p["recurrent_out"] += ops::MeanAbs(o_);

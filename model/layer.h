@@ -22,6 +22,7 @@ struct LayerBuilder {
   OptimizerSpec::Kind optimizer = OptimizerSpec::ADAMW;
   double width_mult = 1.0;  // m, from global sizes
   DType dtype = DType::kF32;
+  Device device = Device::kCPU;  // where parameters and activations live
   TensorParallel tp;
   // The tensor-parallel group (Megatron's f and g operators: sum the row-parallel outputs in the
   // forward, sum the gradients of the column-parallel inputs in the backward); null for one rank.
@@ -35,9 +36,10 @@ struct LayerBuilder {
   Parameter* Add(const std::string& name, Shape global_shape, ParamClass cls, InitKind init,
                  ShardDim shard) const {
     return params->Add(name, std::move(global_shape), cls, init, shard,
-                       MultipliersFor(cls, parametrization, optimizer, width_mult), dtype, tp);
+                       MultipliersFor(cls, parametrization, optimizer, width_mult), dtype, tp,
+                       device);
   }
-  Tensor Empty(const Shape& shape) const { return Tensor::Empty(shape, dtype); }
+  Tensor Empty(const Shape& shape) const { return Tensor::Empty(shape, dtype, device); }
 };
 
 // y = x W^T for x [N, in], W [out, in].

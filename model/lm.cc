@@ -9,7 +9,7 @@
 namespace gdn {
 
 LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorParallel tp,
-                             Communicator* tp_comm) {
+                             Communicator* tp_comm, Device device) {
   auto dims = ResolveModelDims(spec.model());
   CHECK(dims.ok()) << dims.status();  // validated by the caller
   builder_.dims = *dims;
@@ -17,6 +17,7 @@ LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorPara
   builder_.optimizer = spec.optimizer().kind();
   builder_.width_mult = WidthMultiplier(spec);
   builder_.dtype = dtype;
+  builder_.device = device;
   builder_.tp = tp;
   builder_.tp_comm = tp_comm;
   builder_.params = &params_;
@@ -63,13 +64,16 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
   const ModelDims& d = builder_.dims;
   CHECK_EQ(tokens.rank(), 2);
   const int64_t B = tokens.dim(0), T = tokens.dim(1) - 1, N = B * T;
-  inputs_ = Tensor::Empty({N}, DType::kI32);
-  targets_ = Tensor::Empty({N}, DType::kI32);
-  const int32_t* tok = tokens.data<int32_t>();
+  // Inputs and targets are cut on the host (tokens come from the loader there), then moved.
+  Tensor inputs = Tensor::Empty({N}, DType::kI32), targets = Tensor::Empty({N}, DType::kI32);
+  const Tensor host_tokens = tokens.To(Device::kCPU);
+  const int32_t* tok = host_tokens.data<int32_t>();
   for (int64_t b = 0; b < B; ++b) {
-    std::memcpy(inputs_.data<int32_t>() + b * T, tok + b * (T + 1), T * sizeof(int32_t));
-    std::memcpy(targets_.data<int32_t>() + b * T, tok + b * (T + 1) + 1, T * sizeof(int32_t));
+    std::memcpy(inputs.data<int32_t>() + b * T, tok + b * (T + 1), T * sizeof(int32_t));
+    std::memcpy(targets.data<int32_t>() + b * T, tok + b * (T + 1) + 1, T * sizeof(int32_t));
   }
+  inputs_ = inputs.To(builder_.device);
+  targets_ = targets.To(builder_.device);
   Tensor x = builder_.Empty({N, d.width});
   ops::EmbeddingForward(inputs_, embedding_->value, embedding_->mult.forward, x, VocabOffset());
   builder_.AllReduceTp(x);

@@ -15,7 +15,7 @@ class LanguageModel {
   // `spec` must have passed ValidateSpec and ValidateModelSpec. Under tensor parallelism every
   // rank of the group builds the model with its TensorParallel place and the group's communicator.
   LanguageModel(const ExperimentSpec& spec, DType dtype, TensorParallel tp = {},
-                Communicator* tp_comm = nullptr);
+                Communicator* tp_comm = nullptr, Device device = Device::kCPU);
 
   const ModelDims& dims() const { return builder_.dims; }
   ParameterSet& params() { return params_; }

@@ -44,7 +44,7 @@ Optimizer::Optimizer(const OptimizerSpec& spec, const ParameterSet& params)
   const int per_param = spec.kind() == OptimizerSpec::ADAMW ? 2 : 1;
   for (const auto& p : params.all())
     for (int i = 0; i < per_param; ++i)
-      state_.push_back(Tensor::Zeros(p->value.shape(), p->value.dtype()));
+      state_.push_back(Tensor::Zeros(p->value.shape(), p->value.dtype(), p->value.device()));
 }
 
 void Optimizer::Step(int64_t step, double lr) {

@@ -57,14 +57,18 @@ void Parameter::CopySlice(const Tensor& full, const TensorParallel& tp, const Te
   const int64_t lcols = local.numel() / std::max<int64_t>(lrows, 1);
   const int64_t row0 = shard == ShardDim::kRows ? tp.rank * lrows : 0;
   const int64_t col0 = shard == ShardDim::kCols ? tp.rank * lcols : 0;
+  // Cut on the host; a device tensor receives the cut in one copy.
+  const bool on_host = local.device() == Device::kCPU;
+  const Tensor host = on_host ? local : Tensor::Empty(local.shape(), local.dtype());
   for (int64_t r = 0; r < lrows; ++r)
     for (int64_t c = 0; c < lcols; ++c)
-      local.set(r * lcols + c, full.at((row0 + r) * cols + col0 + c));
+      host.set(r * lcols + c, full.at((row0 + r) * cols + col0 + c));
+  if (!on_host) local.CopyFrom(host);
 }
 
 Parameter* ParameterSet::Add(std::string name, Shape global_shape, ParamClass cls, InitKind init,
                              ShardDim shard, const ParamMultipliers& mult, DType dtype,
-                             const TensorParallel& tp) {
+                             const TensorParallel& tp, Device device) {
   auto p = std::make_unique<Parameter>();
   p->name = std::move(name);
   p->global_shape = std::move(global_shape);
@@ -72,8 +76,8 @@ Parameter* ParameterSet::Add(std::string name, Shape global_shape, ParamClass cl
   p->init = init;
   p->shard = shard;
   p->mult = mult;
-  p->value = Tensor::Zeros(p->LocalShape(tp), dtype);
-  p->grad = Tensor::Zeros(p->LocalShape(tp), dtype);
+  p->value = Tensor::Zeros(p->LocalShape(tp), dtype, device);
+  p->grad = Tensor::Zeros(p->LocalShape(tp), dtype, device);
   params_.push_back(std::move(p));
   return params_.back().get();
 }

@@ -48,8 +48,8 @@ struct Parameter {
   void Initialize(uint64_t seed, const TensorParallel& tp);
   // The full tensor as initialised, before slicing (tests compare shards against it).
   Tensor FullInit(uint64_t seed) const;
-  // Copies this rank's slice of `full` (global_shape, any dtype) into `local` (LocalShape(tp)):
-  // initialisation and checkpoint loading cut tensors the same way.
+  // Copies this rank's slice of `full` (global_shape, any dtype, on the CPU) into `local`
+  // (LocalShape(tp), on any device): initialisation and checkpoint loading cut tensors the same way.
   void CopySlice(const Tensor& full, const TensorParallel& tp, const Tensor& local) const;
 };
 
@@ -60,7 +60,7 @@ class ParameterSet {
   // Creates a parameter with this rank's slice allocated (value and zeroed grad).
   Parameter* Add(std::string name, Shape global_shape, ParamClass cls, InitKind init,
                  ShardDim shard, const ParamMultipliers& mult, DType dtype,
-                 const TensorParallel& tp);
+                 const TensorParallel& tp, Device device = Device::kCPU);
   const std::vector<std::unique_ptr<Parameter>>& all() const { return params_; }
   Parameter* Find(const std::string& name) const;
   void ZeroGrads() const;

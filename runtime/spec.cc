@@ -446,7 +446,13 @@ absl::StatusOr<std::vector<GridPoint>> ExpandGrid(const ExperimentSpec& spec) {
 std::string RunId(const ExperimentSpec& resolved, const std::vector<std::string>& assignments) {
   ExperimentSpec hashed = resolved;
   FillDefaults(&hashed);  // an explicitly stated default must not change the id
-  hashed.mutable_run()->clear_dir();
+  // Fields that do not change what the run computes stay out of its id.
+  RunSpec* r = hashed.mutable_run();
+  r->clear_dir();
+  r->clear_checkpoint_interval();
+  r->clear_keep_checkpoints();
+  r->clear_preempt_signals();
+  r->clear_device();
   uint64_t h = HashString(SpecToText(hashed));
   std::vector<std::string> names;
   for (const std::string& a : assignments) names.push_back(ShortName(a));

@@ -68,6 +68,9 @@ expect 2 "run.dir: runs/tiny holds another run \(its spec.textproto differs at '
 [ -f runs/tiny/checkpoints/step_00000020/MANIFEST ] && ok || fail "no final checkpoint"
 expect 2 "run.preempt_signals: unknown signal 'HUP'" -- "$gdn" train --spec tiny.textproto \
   --set run.dir=runs/bad --set run.preempt_signals=TERM,HUP
+# No GPU here (CI) or no CUDA in the build: refused before anything is written.
+expect 2 "run.device: CUDA, but (no GPU is usable|this gdn was built without CUDA)" -- "$gdn" train \
+  --spec tiny.textproto --set run.dir=runs/bad --set run.device=CUDA
 expect 2 "run.keep_checkpoints: must be >= 1" -- "$gdn" train --spec tiny.textproto \
   --set run.dir=runs/bad --set run.keep_checkpoints=0
 
