@@ -1,10 +1,10 @@
 #include "model/export.h"
 
-#include <sys/stat.h>
-
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -214,8 +214,10 @@ absl::StatusOr<ExportReport> ExportModel(const ExperimentSpec& spec,
   kv("gdn", g, true);
   c += "}\n";
 
-  if (::mkdir(out_dir.c_str(), 0755) != 0 && errno != EEXIST)
-    return absl::ErrnoToStatus(errno, absl::StrCat(out_dir, ": cannot create"));
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  if (ec || !std::filesystem::is_directory(out_dir))
+    return absl::PermissionDeniedError(absl::StrCat(out_dir, ": cannot create: ", ec.message()));
   if (auto s = WriteSafetensors(out_dir + "/" + kWeightsFile, tensors, {{"format", "pt"}}); !s.ok())
     return s;
   if (auto s = WriteFileAtomically(out_dir + "/" + kConfigFile, {{c.data(), c.size()}}); !s.ok())
