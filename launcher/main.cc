@@ -177,6 +177,7 @@ int Eval(const ParsedArgs& args) {
   if (!step.ok()) return Fail(step.status());
   o.step = *step;
   o.data = args.Get("data");
+  o.logits_out = args.Get("logits-out");
   if (!args.Get("batches").empty()) {
     auto b = args.GetInt("batches");
     if (!b.ok()) return Fail(b.status());
@@ -287,6 +288,8 @@ std::vector<Verb> Verbs() {
          {"step", "checkpoint step (default: the newest complete one)", ""},
          {"data", "token shard or glob (default: the spec's data.val_path)", ""},
          {"batches", "batches of data.batch_size windows (default: run.eval_batches; 0: all)",
+          ""},
+         {"logits-out", "also write the first batch's tokens and logits to this safetensors file",
           ""}}},
        Eval},
       {{"sample",

@@ -14,6 +14,7 @@
 #include "model/parametrization.h"
 #include "runtime/data_loader.h"
 #include "runtime/rng.h"
+#include "runtime/safetensors.h"
 #include "runtime/run_dir.h"
 #include "runtime/spec.h"
 
@@ -161,6 +162,18 @@ absl::StatusOr<EvalResult> EvalRun(const std::string& run_dir, const EvalOptions
     sum += (*model)->ForwardLoss(tokens);
   }
   r.loss = sum / batches;
+  if (!options.logits_out.empty()) {
+    loader->EvalBatch(0, tokens.data<int32_t>());
+    Tensor inputs = Tensor::Empty({batch, seq}, DType::kI32);
+    for (int b = 0; b < batch; ++b)
+      std::copy_n(tokens.data<int32_t>() + b * (seq + 1), seq, inputs.data<int32_t>() + b * seq);
+    Tensor logits = (*model)->ForwardLogits(inputs);
+    if (auto s = WriteSafetensors(options.logits_out,
+                                  {{"tokens", inputs},
+                                   {"logits", logits.View({batch, seq, spec.model().vocab_size()})}});
+        !s.ok())
+      return s;
+  }
   r.tokens = batches * batch * seq;
   r.step = run->checkpoint.step;
   const auto bpt = BytesPerToken(spec);

@@ -31,6 +31,9 @@ struct EvalOptions {
   std::optional<int64_t> step;
   std::string data;     // token shard (or glob); "" = the spec's data.val_path
   int64_t batches = -1; // batches of data.batch_size windows; -1 = run.eval_batches; 0 = all
+  // When set: a safetensors file with the first batch's input tokens ("tokens", I32 [B, T]) and
+  // the model's logits for them ("logits", F32 [B, T, vocab]), for independent checks.
+  std::string logits_out;
 };
 struct EvalResult {
   double loss = 0;           // mean next-token cross-entropy, nats per token
