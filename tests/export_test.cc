@@ -247,7 +247,8 @@ TEST_F(ExportTest, BadFilesAreClearErrors) {
 
 // Decoding: feeding the sequence one token at a time through the recurrent state gives the full
 // forward's logits at every position (so the next-token distribution sampled from is the full
-X
+// pass's; the full pass runs the chunked form over partial chunks), for SP and muP, tied and
+// untied heads, grouped values and negative eigenvalues.
 TEST(DecodeTest, StepByStepEqualsFullForward) {
   omp_set_num_threads(1);
   for (const Variant& v : kVariants) {
