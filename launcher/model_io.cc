@@ -68,6 +68,10 @@ absl::StatusOr<std::vector<std::string>> ExportRun(const std::string& run_dir,
                                                    const std::string& out_dir) {
   auto run = FindRunModel(run_dir, step);
   if (!run.ok()) return run.status();
+  for (const char* f : {"/config.json", "/model.safetensors"})
+    if (std::filesystem::exists(out_dir + f))
+      return absl::AlreadyExistsError(absl::StrCat(
+          "--out: ", out_dir, " already holds ", f + 1, "; choose another folder or remove it"));
   auto full = ReadFullParameters(run->checkpoint);
   if (!full.ok()) return full.status();
   auto report = ExportModel(run->spec, *full, run->checkpoint.step, out_dir);

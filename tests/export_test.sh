@@ -112,6 +112,9 @@ expect_error() {  # expect_error "message fragment" command...
   ok
 }
 expect_error "is not a run directory" "$gdn" export --run nowhere --out x
+before=$(md5sum export/$id/model.safetensors)
+expect_error "already holds config.json" "$gdn" export --run runs/MUP-tied-false --out export/$id
+[ "$before" = "$(md5sum export/$id/model.safetensors)" ] && ok || fail "export overwrote an export"
 mkdir -p empty && cp runs/$id/spec.textproto empty/
 expect_error "has no complete checkpoint" "$gdn" export --run empty --out x
 expect_error "checkpoint of step 5" "$gdn" export --run runs/$id --step 5 --out x
