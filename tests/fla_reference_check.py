@@ -124,7 +124,7 @@ def main():
     print(f"torch {torch.__version__}: {tuple(tokens.shape)} tokens, tied={cfg.get('tie_word_embeddings')}, "
           f"max |logit diff| {diff:.3e} (max |logit| {scale:.3f}, relative {rel:.3e}), "
           f"same argmax {same_argmax:.4f}; folded: {note}")
-    ok = rel < 1e-4
+    ok = rel < 1e-5  # observed ~4e-7 (float32 gdn vs float64 here)
     print("PASS" if ok else "FAIL: logits differ beyond float32 tolerance")
     return 0 if ok else 1
 
