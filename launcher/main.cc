@@ -1,9 +1,9 @@
 // gdn: one binary, with verbs. `gdn help` lists them; `gdn VERB --help` shows a verb's flags.
 #include <cmath>
 #include <cstdio>
-#include <optional>
 #include <cstdlib>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -150,13 +150,21 @@ absl::StatusOr<std::optional<int64_t>> StepFlag(const ParsedArgs& args) {
   return std::optional<int64_t>(*step);
 }
 
+// User errors (bad flags, files, directories) exit 2; anything else is a failure while running.
+int ExitCodeFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kDataLoss:  // a corrupt input file
+      return kExitUsage;
+    default:
+      return kExitFailure;
+  }
+}
+
 int PrintLines(const absl::StatusOr<std::vector<std::string>>& lines) {
-  if (!lines.ok()) return Fail(lines.status(), lines.status().code() == absl::StatusCode::kInvalidArgument ||
-                                                       lines.status().code() == absl::StatusCode::kAlreadyExists ||
-                                                       lines.status().code() == absl::StatusCode::kNotFound ||
-                                                       lines.status().code() == absl::StatusCode::kDataLoss
-                                                   ? kExitUsage
-                                                   : kExitFailure);
+  if (!lines.ok()) return Fail(lines.status(), ExitCodeFor(lines.status()));
   for (const std::string& l : *lines) std::printf("%s\n", l.c_str());
   return kExitOk;
 }
@@ -185,13 +193,14 @@ int Eval(const ParsedArgs& args) {
     o.batches = *b;
   }
   auto r = EvalRun(args.Get("run"), o);
-  if (!r.ok()) return Fail(r.status());
+  if (!r.ok()) return Fail(r.status(), ExitCodeFor(r.status()));
+  const std::string bpb =
+      std::isnan(r->bits_per_byte)
+          ? "bits per byte unknown (tokens are not bytes: vocabulary is not 256)"
+          : absl::StrFormat("%.6f bits/byte", r->bits_per_byte);
   std::printf("gdn eval: %s step %lld on %s: loss %.9g nats/token over %lld tokens | %s\n",
               args.Get("run").c_str(), static_cast<long long>(r->step), r->data.c_str(), r->loss,
-              static_cast<long long>(r->tokens),
-              std::isnan(r->bits_per_byte)
-                  ? "bits per byte unknown (tokens are not bytes: vocabulary is not 256)"
-                  : absl::StrFormat("%.6f bits/byte", r->bits_per_byte).c_str());
+              static_cast<long long>(r->tokens), bpb.c_str());
   return kExitOk;
 }
 
@@ -212,7 +221,7 @@ int Sample(const ParsedArgs& args) {
   if (!absl::SimpleAtod(args.Get("temperature"), &o.temperature))
     return Fail(absl::InvalidArgumentError("--temperature: not a number: '" + args.Get("temperature") + "'"));
   auto text = SampleRun(args.Get("run"), o);
-  if (!text.ok()) return Fail(text.status());
+  if (!text.ok()) return Fail(text.status(), ExitCodeFor(text.status()));
   std::printf("%s%s\n", o.prompt.c_str(), text->c_str());
   return kExitOk;
 }
