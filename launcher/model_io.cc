@@ -185,6 +185,24 @@ absl::StatusOr<EvalResult> EvalRun(const std::string& run_dir, const EvalOptions
   return r;
 }
 
+int64_t SampleToken(const float* l, int64_t vocab, double temperature, int64_t top_k, Rng& rng) {
+  if (temperature == 0) return std::max_element(l, l + vocab) - l;
+  std::vector<int64_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  const int64_t k = top_k > 0 ? std::min(top_k, vocab) : vocab;
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int64_t a, int64_t b) { return l[a] > l[b]; });
+  std::vector<double> p(k);
+  double total = 0;
+  for (int64_t i = 0; i < k; ++i) total += p[i] = std::exp((l[order[i]] - l[order[0]]) / temperature);
+  double u = rng.Uniform() * total;
+  for (int64_t i = 0; i < k; ++i) {
+    if (u < p[i]) return order[i];
+    u -= p[i];
+  }
+  return order[k - 1];  // u rounded past the last bucket
+}
+
 absl::StatusOr<std::string> SampleRun(const std::string& run_dir, const SampleOptions& o) {
   if (o.max_tokens < 0) return absl::InvalidArgumentError("--max-tokens: must be >= 0");
   if (o.temperature < 0) return absl::InvalidArgumentError("--temperature: must be >= 0");
@@ -211,33 +229,8 @@ absl::StatusOr<std::string> SampleRun(const std::string& run_dir, const SampleOp
   }
   Rng rng(o.seed, HashString("sample"));
   std::string out;
-  std::vector<int64_t> order(vocab);
-  std::vector<double> p(vocab);
   for (int64_t n = 0; n < o.max_tokens; ++n) {
-    const float* l = logits.data<float>();
-    int64_t next = 0;
-    if (o.temperature == 0) {
-      next = std::max_element(l, l + vocab) - l;
-    } else {
-      std::iota(order.begin(), order.end(), 0);
-      const int64_t k = o.top_k > 0 ? std::min(o.top_k, vocab) : vocab;
-      std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                        [&](int64_t a, int64_t b) { return l[a] > l[b]; });
-      double total = 0;
-      for (int64_t i = 0; i < k; ++i) {
-        p[i] = std::exp((l[order[i]] - l[order[0]]) / o.temperature);
-        total += p[i];
-      }
-      double u = rng.Uniform() * total;
-      next = order[k - 1];
-      for (int64_t i = 0; i < k; ++i) {
-        if (u < p[i]) {
-          next = order[i];
-          break;
-        }
-        u -= p[i];
-      }
-    }
+    const int64_t next = SampleToken(logits.data<float>(), vocab, o.temperature, o.top_k, rng);
     out.push_back(static_cast<char>(next));
     token.data<int32_t>()[0] = static_cast<int32_t>(next);
     logits = lm.ForwardStep(token, state);

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "runtime/rng.h"
 
 namespace gdn {
 
@@ -54,6 +55,10 @@ struct SampleOptions {
   int64_t top_k = 0;       // 0: the whole vocabulary
   uint64_t seed = 0;
 };
+// Picks the next token from logits[0..vocab): the argmax when temperature is 0, else a draw from
+// softmax(logits / temperature) restricted to the top_k largest logits (0: all).
+int64_t SampleToken(const float* logits, int64_t vocab, double temperature, int64_t top_k, Rng& rng);
+
 // The prompt's continuation (bytes), decoded with the recurrent form one token at a time.
 // Needs a byte-level model (vocabulary 256), since the prompt is text.
 absl::StatusOr<std::string> SampleRun(const std::string& run_dir, const SampleOptions& options);

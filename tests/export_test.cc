@@ -20,6 +20,7 @@
 #include <sstream>
 #include <string>
 
+#include "launcher/model_io.h"
 #include "model/config.h"
 #include "model/export.h"
 #include "model/lm.h"
@@ -282,6 +283,34 @@ TEST(DecodeTest, StepByStepEqualsFullForward) {
     EXPECT_EQ(state.position, T);
     EXPECT_LT(worst, 2e-5) << "max |logit difference|";
     EXPECT_LT(worst_p, 1e-6) << "max |next-token probability difference|";
+  }
+}
+
+// Sampling: greedy is the argmax; with a temperature the draws follow softmax(logits / T) over the
+// top-k tokens and never leave them.
+TEST(SampleTest, TokenDrawsFollowTheTemperedTopKSoftmax) {
+  const std::vector<float> logits = {0.5f, 2.0f, -1.0f, 1.5f, 0.0f, 1.9f};
+  Rng rng(1, 2);
+  EXPECT_EQ(SampleToken(logits.data(), 6, 0.0, 0, rng), 1);
+  for (int64_t top_k : {0, 3}) {
+    SCOPED_TRACE(top_k);
+    const double temperature = 0.7;
+    const int kDraws = 200000;
+    std::vector<int> counts(6, 0);
+    for (int i = 0; i < kDraws; ++i) ++counts[SampleToken(logits.data(), 6, temperature, top_k, rng)];
+    std::vector<double> want(6, 0.0);
+    double z = 0;
+    for (int j = 0; j < 6; ++j) {
+      const bool kept = top_k == 0 || j == 1 || j == 5 || j == 3;  // the 3 largest logits
+      if (kept) z += want[j] = std::exp(logits[j] / temperature);
+    }
+    for (int j = 0; j < 6; ++j) {
+      want[j] /= z;
+      if (want[j] == 0) EXPECT_EQ(counts[j], 0) << "token " << j << " is outside the top k";
+      // 5 standard deviations of a binomial proportion.
+      EXPECT_NEAR(counts[j] / double(kDraws), want[j], 5 * std::sqrt(want[j] * (1 - want[j]) / kDraws) + 1e-9)
+          << "token " << j;
+    }
   }
 }
 
