@@ -58,6 +58,7 @@ for par in MUP SP; do
     b=$("$gdn" eval --run imported/$id --batches 0) || { fail "$id: eval imported"; continue; }
     la=$(loss_of "$a")
     lb=$(loss_of "$b")
+    echo "$id: gdn eval --batches 0: original $la, imported $lb"
     close "$la" "$lb" 1e-6 && ok || fail "$id: original $la vs imported $lb (whole validation set)"
     # The trainer's own evaluation (TP=2) is what gdn eval repeats on one rank.
     lt=$(python3 -c "import json; print(json.load(open('runs/$id/summary.json'))['val_loss'])")
@@ -86,6 +87,7 @@ PY
 grep -q "kind: SP" imported/asfla/spec.textproto || fail "a model without a gdn block must import as SP"
 la=$(loss_of "$("$gdn" eval --run runs/$id --batches 0)")
 lb=$(loss_of "$("$gdn" eval --run imported/asfla --batches 0 --data data/val.bin)")
+echo "as fla's model (no gdn block, SP): original $la, imported $lb"
 close "$la" "$lb" 1e-6 && ok || fail "as fla's model: $la vs $lb"
 
 # An imported run trains on from its weights: its first loss is far below a fresh model's.
