@@ -170,6 +170,18 @@ void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, co
   GDN_DISPATCH(q, GatedDeltaRuleForward, q, k, v, gamma, beta, scale, chunk, o, final_state);
 }
 
+void CausalConvSiluStep(const Tensor& x, const Tensor& w, const Tensor& window, const Tensor& y) {
+  ScopedOpTimer timer("CausalConvSiluStep", x);
+  CHECK(x.device() == Device::kCPU) << "CausalConvSiluStep: decoding runs on the CPU (no CUDA kernel yet)";
+  return cpu::CausalConvSiluStep(x, w, window, y);
+}
+
+void GatedDeltaRuleStep(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma, const Tensor& beta, double scale, const Tensor& state, const Tensor& o) {
+  ScopedOpTimer timer("GatedDeltaRuleStep", q);
+  CHECK(q.device() == Device::kCPU) << "GatedDeltaRuleStep: decoding runs on the CPU (no CUDA kernel yet)";
+  return cpu::GatedDeltaRuleStep(q, k, v, gamma, beta, scale, state, o);
+}
+
 void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma, const Tensor& beta, double scale, int64_t chunk, const Tensor& d_o, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta) {
   ScopedOpTimer timer("GatedDeltaRuleBackward", q);
   GDN_DISPATCH(q, GatedDeltaRuleBackward, q, k, v, gamma, beta, scale, chunk, d_o, dq, dk, dv, dgamma, dbeta);

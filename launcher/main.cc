@@ -1,16 +1,21 @@
 // gdn: one binary, with verbs. `gdn help` lists them; `gdn VERB --help` shows a verb's flags.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
 #include "launcher/bench.h"
 #include "launcher/coord_check_command.h"
 #include "launcher/cli.h"
+#include "launcher/model_io.h"
 #include "launcher/sweep.h"
 #include "launcher/trainer.h"
 #include "runtime/mpi_communicator.h"
@@ -136,6 +141,91 @@ int CoordCheck(const ParsedArgs& args) {
   return kExitOk;
 }
 
+// --step N, when given.
+absl::StatusOr<std::optional<int64_t>> StepFlag(const ParsedArgs& args) {
+  if (args.Get("step").empty()) return std::optional<int64_t>();
+  auto step = args.GetInt("step");
+  if (!step.ok()) return step.status();
+  if (*step < 0) return absl::InvalidArgumentError("--step: must be >= 0");
+  return std::optional<int64_t>(*step);
+}
+
+// User errors (bad flags, files, directories) exit 2; anything else is a failure while running.
+int ExitCodeFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kDataLoss:  // a corrupt input file
+      return kExitUsage;
+    default:
+      return kExitFailure;
+  }
+}
+
+int PrintLines(const absl::StatusOr<std::vector<std::string>>& lines) {
+  if (!lines.ok()) return Fail(lines.status(), ExitCodeFor(lines.status()));
+  for (const std::string& l : *lines) std::printf("%s\n", l.c_str());
+  return kExitOk;
+}
+
+int Export(const ParsedArgs& args) {
+  auto step = StepFlag(args);
+  if (!step.ok()) return Fail(step.status());
+  return PrintLines(ExportRun(args.Get("run"), *step, args.Get("out")));
+}
+
+int Import(const ParsedArgs& args) {
+  return PrintLines(ImportRun(args.Get("from"), args.Get("run"), args.GetAll("set")));
+}
+
+int Eval(const ParsedArgs& args) {
+  EvalOptions o;
+  auto step = StepFlag(args);
+  if (!step.ok()) return Fail(step.status());
+  o.step = *step;
+  o.data = args.Get("data");
+  o.logits_out = args.Get("logits-out");
+  if (!args.Get("batches").empty()) {
+    auto b = args.GetInt("batches");
+    if (!b.ok()) return Fail(b.status());
+    if (*b < 0) return Fail(absl::InvalidArgumentError("--batches: must be >= 0"));
+    o.batches = *b;
+  }
+  auto r = EvalRun(args.Get("run"), o);
+  if (!r.ok()) return Fail(r.status(), ExitCodeFor(r.status()));
+  const std::string bpb =
+      std::isnan(r->bits_per_byte)
+          ? "bits per byte unknown (tokens are not bytes: vocabulary is not 256)"
+          : absl::StrFormat("%.6f bits/byte", r->bits_per_byte);
+  std::printf("gdn eval: %s step %lld on %s: loss %.9g nats/token over %lld tokens | %s\n",
+              args.Get("run").c_str(), static_cast<long long>(r->step), r->data.c_str(), r->loss,
+              static_cast<long long>(r->tokens), bpb.c_str());
+  return kExitOk;
+}
+
+int Sample(const ParsedArgs& args) {
+  SampleOptions o;
+  auto step = StepFlag(args);
+  if (!step.ok()) return Fail(step.status());
+  o.step = *step;
+  o.prompt = args.Get("prompt");
+  for (auto [flag, slot] : {std::pair{"max-tokens", &o.max_tokens}, {"top-k", &o.top_k}}) {
+    auto v = args.GetInt(flag);
+    if (!v.ok()) return Fail(v.status());
+    *slot = *v;
+  }
+  auto seed = args.GetInt("seed");
+  if (!seed.ok()) return Fail(seed.status());
+  o.seed = static_cast<uint64_t>(*seed);
+  if (!absl::SimpleAtod(args.Get("temperature"), &o.temperature))
+    return Fail(absl::InvalidArgumentError("--temperature: not a number: '" + args.Get("temperature") + "'"));
+  auto text = SampleRun(args.Get("run"), o);
+  if (!text.ok()) return Fail(text.status(), ExitCodeFor(text.status()));
+  std::printf("%s%s\n", o.prompt.c_str(), text->c_str());
+  return kExitOk;
+}
+
 struct Verb {
   Command command;
   std::function<int(const ParsedArgs&)> run;
@@ -189,6 +279,39 @@ std::vector<Verb> Verbs() {
          {"iters", "timed steps", "3"},
          {"sequential", "time the sequential recurrence", "", false, false, true}}},
        Bench},
+      {{"export",
+        "Write a run's checkpoint as config.json + model.safetensors in the layout of fla's "
+        "GatedDeltaNetForCausalLM (muP multipliers folded into the weights).",
+        {{"run", "run directory", "", true},
+         {"step", "checkpoint step (default: the newest complete one)", ""},
+         {"out", "output folder", "", true}}},
+       Export},
+      {{"import",
+        "Turn an exported model folder into a new run directory (spec.textproto + a step-0 "
+        "checkpoint) to train further or evaluate.",
+        {{"from", "folder with config.json and model.safetensors", "", true},
+         {"run", "new run directory", "", true}, kSetFlag}},
+       Import},
+      {{"eval", "Validation loss and bits per byte of a run's checkpoint on a token shard.",
+        {{"run", "run directory", "", true},
+         {"step", "checkpoint step (default: the newest complete one)", ""},
+         {"data", "token shard or glob (default: the spec's data.val_path)", ""},
+         {"batches", "batches of data.batch_size windows (default: run.eval_batches; 0: all)",
+          ""},
+         {"logits-out", "also write the first batch's tokens and logits to this safetensors file",
+          ""}}},
+       Eval},
+      {{"sample",
+        "Continue a text prompt with a byte-level model, one token at a time with the recurrent "
+        "state (greedy, or temperature / top-k sampling).",
+        {{"run", "run directory", "", true},
+         {"step", "checkpoint step (default: the newest complete one)", ""},
+         {"prompt", "text to continue", "", true},
+         {"max-tokens", "tokens to generate", "200"},
+         {"temperature", "0: greedy; > 0: sample from softmax(logits / temperature)", "0"},
+         {"top-k", "sample among the k most likely tokens (0: all)", "0"},
+         {"seed", "sampling seed", "0"}}},
+       Sample},
   };
 }
 

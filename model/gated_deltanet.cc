@@ -109,6 +109,46 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   return out;
 }
 
+GatedDeltaNetMixer::State GatedDeltaNetMixer::NewState(int64_t B) const {
+  const int64_t K = b_.dims.conv_size;
+  State s;
+  s.q_window = Tensor::Zeros({B, K - 1, key_dim_}, b_.dtype);
+  s.k_window = Tensor::Zeros({B, K - 1, key_dim_}, b_.dtype);
+  s.v_window = Tensor::Zeros({B, K - 1, value_dim_}, b_.dtype);
+  s.recurrent = Tensor::Zeros({B, value_heads_, b_.dims.dk, b_.dims.dv}, b_.dtype);
+  return s;
+}
+
+Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
+  const ModelDims& d = b_.dims;
+  const int64_t B = x.dim(0);
+  auto conv = [&](const Parameter& proj, const Parameter& w, const Tensor& window) {
+    Tensor p = LinearForward(b_, x, proj);
+    Tensor out = b_.Empty(p.shape());
+    ops::CausalConvSiluStep(p, w.value, window, out);
+    return out;
+  };
+  Tensor qc = conv(*wq_, *conv_q_, state.q_window);
+  Tensor kc = conv(*wk_, *conv_k_, state.k_window);
+  Tensor vc = conv(*wv_, *conv_v_, state.v_window);
+  Tensor a = LinearForward(b_, x, *wa_), bb = LinearForward(b_, x, *wb_);
+  Tensor g = LinearForward(b_, x, *wg_);
+  Tensor qn = b_.Empty({B, key_dim_}), kn = b_.Empty({B, key_dim_});
+  Tensor rn = b_.Empty({B * heads_});
+  ops::L2NormHeadsForward(qc, d.dk, 1e-6, qn, rn);
+  ops::L2NormHeadsForward(kc, d.dk, 1e-6, kn, rn);
+  Tensor gamma = b_.Empty({B, value_heads_}), beta = b_.Empty({B, value_heads_});
+  ops::GatesForward(a, bb, a_log_->value, dt_bias_->value, d.beta_scale, gamma, beta);
+  Tensor o = b_.Empty({B, value_dim_});
+  ops::GatedDeltaRuleStep(qn.View({B, heads_, d.dk}), kn.View({B, heads_, d.dk}),
+                          vc.View({B, value_heads_, d.dv}), gamma, beta,
+                          1.0 / std::sqrt(static_cast<double>(d.dk)), state.recurrent,
+                          o.View({B, value_heads_, d.dv}));
+  Tensor y = b_.Empty({B, value_dim_}), rstd = b_.Empty({B * value_heads_});
+  ops::GatedRmsNormForward(o, g, o_norm_->value, d.dv, d.norm_eps, y, rstd);
+  return LinearForward(b_, y, *wo_);
+}
+
 Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const ModelDims& d = b_.dims;
   const int64_t B = B_, T = T_, N = B * T;

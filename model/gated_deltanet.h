@@ -21,6 +21,17 @@ class GatedDeltaNetMixer {
   // dout: [B*T, d] -> dx; accumulates parameter gradients.
   Tensor Backward(const Tensor& dout);
 
+  // Incremental decoding: what the mixer carries from one token to the next.
+  struct State {
+    Tensor q_window, k_window, v_window;  // the last conv_size - 1 conv inputs [B, K-1, C]
+    Tensor recurrent;                     // S [B, HV, dk, dv]
+  };
+  // Zero state (the start of a sequence) for B sequences.
+  State NewState(int64_t B) const;
+  // x: [B, d], the next token of each sequence -> out [B, d] (this rank's partial sum, as
+  // Forward); advances `state`. A run of steps equals Forward over the whole sequence.
+  Tensor ForwardStep(const Tensor& x, State& state) const;
+
  private:
   LayerBuilder b_;
   int64_t heads_, value_heads_, key_dim_, value_dim_;  // this rank's share

@@ -106,6 +106,51 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
   if (probes) (*probes)["logits"] += ops::MeanAbs(logits_);
 }
 
+Tensor LanguageModel::ForwardLogits(const Tensor& tokens) {
+  CHECK_EQ(builder_.tp.size, 1) << "ForwardLogits runs on one rank";
+  CHECK_EQ(tokens.rank(), 2);
+  const int64_t B = tokens.dim(0), T = tokens.dim(1);
+  // Forward takes [B, T + 1] (inputs and targets); the extra column is an unused target.
+  Tensor padded = Tensor::Zeros({B, T + 1}, DType::kI32);
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(padded.data<int32_t>() + b * (T + 1), tokens.data<int32_t>() + b * T,
+                T * sizeof(int32_t));
+  Forward(padded, nullptr);
+  return logits_;
+}
+
+LanguageModel::DecodeState LanguageModel::NewDecodeState(int64_t B) const {
+  DecodeState s;
+  for (const Block& blk : blocks_) s.mixers.push_back(blk.mixer->NewState(B));
+  return s;
+}
+
+Tensor LanguageModel::ForwardStep(const Tensor& tokens, DecodeState& state) {
+  CHECK_EQ(builder_.tp.size, 1) << "ForwardStep runs on one rank";
+  const ModelDims& d = builder_.dims;
+  const int64_t B = tokens.numel();
+  CHECK_EQ(state.mixers.size(), blocks_.size());
+  Tensor x = builder_.Empty({B, d.width});
+  ops::EmbeddingForward(tokens, embedding_->value, embedding_->mult.forward, x);
+  Tensor n = builder_.Empty({B, d.width}), r = builder_.Empty({B});
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    Block& blk = blocks_[l];
+    ops::RmsNormForward(x, blk.mixer_norm->value, d.norm_eps, n, r);
+    Tensor m = blk.mixer->ForwardStep(n, state.mixers[l]);
+    Tensor h = builder_.Empty({B, d.width});
+    ops::Add(x, m, h);
+    ops::RmsNormForward(h, blk.mlp_norm->value, d.norm_eps, n, r);
+    Tensor f = blk.mlp->Forward(n);
+    x = builder_.Empty({B, d.width});
+    ops::Add(h, f, x);
+  }
+  ops::RmsNormForward(x, final_norm_->value, d.norm_eps, n, r);
+  Tensor logits = builder_.Empty({B, d.vocab});
+  ops::Matmul(n, false, head_->value, true, logits, out_mult_);
+  ++state.position;
+  return logits;
+}
+
 double LanguageModel::Loss(const Tensor& dlogits, double grad_scale) {
   if (builder_.tp.size == 1) return ops::CrossEntropy(logits_, targets_, dlogits, grad_scale);
   // Vocabulary parallel: the softmax's max and normaliser and the target logit are reduced over

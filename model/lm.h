@@ -29,6 +29,20 @@ class LanguageModel {
   // module's output (summed over layers for per-layer modules) and the recurrent state size.
   double ForwardLoss(const Tensor& tokens, Probes* probes = nullptr);
 
+  // The logits of every position (one rank, no tensor parallelism): tokens int32 [B, T] ->
+  // [B*T, vocab].
+  Tensor ForwardLogits(const Tensor& tokens);
+
+  // Incremental decoding with the recurrent form: each step feeds one token per sequence and
+  // carries the mixers' state, never recomputing the prefix (one rank only).
+  struct DecodeState {
+    std::vector<GatedDeltaNetMixer::State> mixers;
+    int64_t position = 0;  // tokens fed so far
+  };
+  DecodeState NewDecodeState(int64_t B) const;
+  // tokens: int32 [B], the next token of each sequence -> logits [B, vocab] for the token after.
+  Tensor ForwardStep(const Tensor& tokens, DecodeState& state);
+
   // After the last micro-batch of a step: sums the tensor-parallel partial gradients over the
   // group, then sums every gradient over the data-parallel group (dp may be null: one rank).
   void ReduceGradients(Communicator* dp);

@@ -982,5 +982,54 @@ TEST(OpsTest, VocabParallelEmbeddingSumsToFull) {
   }
 }
 
+// --- decoding steps: a run of one-token steps equals the whole-sequence ops.
+
+// Slice t of a [B, T, rest...] tensor as a contiguous [B, rest...] tensor.
+Tensor TimeSlice(const Tensor& x, int64_t t) {
+  const int64_t B = x.dim(0), T = x.dim(1), n = x.numel() / (B * T);
+  Shape shape = x.shape();
+  shape.erase(shape.begin() + 1);
+  Tensor out = Tensor::Empty(shape, x.dtype());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < n; ++i) out.set(b * n + i, x.at((b * T + t) * n + i));
+  return out;
+}
+
+TEST(OpsTest, CausalConvSiluStepEqualsForward) {
+  const int64_t B = 2, T = 9, C = 5, K = 4;
+  Tensor x = Rand({B, T, C}, 91, -2, 2), w = Rand({C, K}, 92);
+  Tensor pre = Tensor::Empty(x.shape(), kF64), y = Tensor::Empty(x.shape(), kF64);
+  ops::CausalConvSiluForward(x, w, pre, y);
+  Tensor window = Filled({B, K - 1, C}, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    Tensor yt = Filled({B, C}, 9);
+    ops::CausalConvSiluStep(TimeSlice(x, t), w, window, yt);
+    EXPECT_LT(RelErr(yt, Vals(TimeSlice(y, t))), kExactTol) << "step " << t;
+  }
+  // The window ends holding the last K - 1 inputs, oldest first.
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < K - 1; ++j)
+      for (int64_t c = 0; c < C; ++c)
+        EXPECT_EQ(window.at((b * (K - 1) + j) * C + c), x.at((b * T + T - K + 1 + j) * C + c));
+}
+
+TEST(OpsTest, GatedDeltaRuleStepEqualsReference) {
+  const Gdr g = MakeGdr(2, 13, 2, 4, 6, 5, 93);  // grouped values: HV = 2 H
+  Vec wo, ws;
+  NaiveGdr(g, wo, ws);
+  Tensor state = Filled({g.B, g.HV, g.dk, g.dv}, 0);
+  Tensor o = Tensor::Empty(g.v.shape(), kF64);
+  for (int64_t t = 0; t < g.T; ++t) {
+    Tensor ot = Filled({g.B, g.HV, g.dv}, 9);
+    ops::GatedDeltaRuleStep(TimeSlice(g.q, t), TimeSlice(g.k, t), TimeSlice(g.v, t),
+                            TimeSlice(g.gamma, t), TimeSlice(g.beta, t), g.scale, state, ot);
+    for (int64_t b = 0; b < g.B; ++b)
+      for (int64_t i = 0; i < g.HV * g.dv; ++i)
+        o.set((b * g.T + t) * g.HV * g.dv + i, ot.at(b * g.HV * g.dv + i));
+  }
+  EXPECT_LT(RelErr(o, wo), kGdrTol) << "outputs";
+  EXPECT_LT(RelErr(state, ws), kGdrTol) << "final state";
+}
+
 }  // namespace
 }  // namespace gdn

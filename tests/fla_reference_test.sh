@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The independent PyTorch check of `gdn export` (tests/fla_reference_check.py): trains two tiny
+# models (muP with a tied head exported untied, grouped values, negative eigenvalues; SP with a head
+# that stays tied), exports them, writes gdn's logits on a validation batch (gdn eval --logits-out),
+# and has the script recompute the logits from fla's equations in PyTorch.
+# Usage: tests/fla_reference_test.sh path/to/gdn            (skips, exit 77, without PyTorch)
+#        tests/fla_reference_test.sh path/to/gdn --prepare DIR  (only writes DIR/<case>/ and
+#        DIR/<case>.logits.safetensors, for a machine that has PyTorch but no gdn build)
+set -uo pipefail
+gdn=$(realpath "$1")
+here=$(cd "$(dirname "$0")" && pwd)
+prepare=""
+[ "${2:-}" = "--prepare" ] && prepare=$(realpath -m "$3")
+if [ -z "$prepare" ] && ! python3 -c 'import torch' 2>/dev/null; then
+  echo "SKIP: PyTorch is not installed here (python3 -c 'import torch' fails); run this where it is"
+  exit 77
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+mkdir -p corpus
+for i in $(seq 1 30); do
+  for j in $(seq 1 25); do echo "doc $i line $j: pack my box with $((i * j)) dozen liquor jugs, $j."; done >"corpus/d$i.txt"
+done
+"$gdn" data prepare --input corpus --format text --out data --val-every 10 >/dev/null || exit 1
+cat >base.textproto <<'SPEC'
+model { width: 64 depth: 2 head_dim: 8 chunk_size: 16 }
+optimizer { lr: 0.01 warmup_steps: 3 }
+data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 40 batch_size: 4 }
+run { steps: 30 eval_interval: 0 eval_batches: 1 }
+SPEC
+out=${prepare:-$work/out}
+mkdir -p "$out"
+status=0
+for case in mup_tied_untied_on_export sp_tied; do
+  if [ $case = sp_tied ]; then
+    sets=(--set parametrization.kind=SP --set model.tie_embeddings=true)
+  else
+    sets=(--set parametrization.base_width=32 --set parametrization.alpha_in=2
+      --set parametrization.alpha_out=1.5 --set model.tie_embeddings=true
+      --set model.value_heads_per_key_head=2 --set model.negative_eigenvalues=true)
+  fi
+  OMP_NUM_THREADS=1 "$gdn" train --spec base.textproto --quiet "${sets[@]}" --set run.dir=runs/$case || exit 1
+  "$gdn" export --run runs/$case --out "$out/$case" >/dev/null || exit 1
+  "$gdn" eval --run runs/$case --logits-out "$out/$case.logits.safetensors" >/dev/null || exit 1
+  if [ -z "$prepare" ]; then
+    python3 "$here/fla_reference_check.py" "$out/$case" "$out/$case.logits.safetensors" || status=1
+  fi
+done
+exit $status
