@@ -8,7 +8,11 @@
 #include <omp.h>
 
 #include "kernels/ops.h"
+#include "model/config.h"
 #include "model/lm.h"
+#ifdef GDN_WITH_CUDA
+#include "runtime/cuda_device.h"
+#endif
 #include "model/optimizer.h"
 #include "runtime/rng.h"
 #include "runtime/spec.h"
@@ -45,11 +49,21 @@ absl::Status RunBench(const BenchOptions& o) {
   FillDefaults(&spec);
   spec.mutable_model()->set_width(o.width);
   spec.mutable_model()->set_depth(o.depth);
-  spec.mutable_model()->set_head_dim(64);
+  spec.mutable_model()->set_head_dim(o.head_dim);
+  spec.mutable_model()->set_vocab_size(o.vocab);
   if (o.sequential) spec.mutable_model()->set_recurrence(ModelSpec::SEQUENTIAL);
   spec.mutable_parametrization()->set_base_width(o.width);
 
-  LanguageModel model(spec, DType::kF32);
+  if (auto s = ValidateModelSpec(spec); !s.ok()) return s;
+  const Device device = o.cuda ? Device::kCUDA : Device::kCPU;
+#ifdef GDN_WITH_CUDA
+  std::string why;
+  if (o.cuda && !cuda::GpuAvailable(&why))
+    return absl::InvalidArgumentError(absl::StrCat("--device cuda: no GPU is usable: ", why));
+#else
+  if (o.cuda) return absl::InvalidArgumentError("--device cuda: this gdn was built without CUDA");
+#endif
+  LanguageModel model(spec, DType::kF32, {}, nullptr, device);
   model.Initialize(0);
   Optimizer optimizer(spec.optimizer(), model.params());
   const ModelDims& d = model.dims();
@@ -58,11 +72,11 @@ absl::Status RunBench(const BenchOptions& o) {
   for (int64_t i = 0; i < tokens.numel(); ++i) tokens.data<int32_t>()[i] = rng.UniformInt(d.vocab);
 
   std::printf("gdn bench: width %d, depth %d, heads %lld x (dk %lld, dv %lld), MLP %lld, vocab %lld, "
-              "%.2fM parameters, batch %d x seq %d, float32, %s recurrence, %d threads\n",
+              "%.2fM parameters, batch %d x seq %d, float32 on %s, %s recurrence, %d threads\n",
               o.width, o.depth, static_cast<long long>(d.heads), static_cast<long long>(d.dk),
               static_cast<long long>(d.dv), static_cast<long long>(d.mlp_hidden),
               static_cast<long long>(d.vocab), model.params().NumElements() / 1e6, o.batch,
-              o.seq_len, o.sequential ? "sequential" : "chunked", omp_get_max_threads());
+              o.seq_len, DeviceName(device), o.sequential ? "sequential" : "chunked", omp_get_max_threads());
 
   auto step = [&](int64_t i) {
     model.params().ZeroGrads();
@@ -83,7 +97,6 @@ absl::Status RunBench(const BenchOptions& o) {
   const double t = times[times.size() / 2];
   const double tokens_per_step = static_cast<double>(o.batch) * o.seq_len;
   const double model_gflops = model.MatmulFlopsPerToken() * tokens_per_step / t / 1e9;
-  const double sgemm = SgemmGflops(2048);
 
   double total = 0, matmul = 0;
   for (const auto& [name, ot] : profile) {
@@ -94,8 +107,21 @@ absl::Status RunBench(const BenchOptions& o) {
               o.iters, t, tokens_per_step / t);
   std::printf("achieved: %.1f GFLOP/s (matrix-product FLOPs %.1f MFLOP/token)\n", model_gflops,
               model.MatmulFlopsPerToken() / 1e6);
-  std::printf("OpenBLAS sgemm 2048^3: %.1f GFLOP/s\n", sgemm);
-  std::printf("model / sgemm: %.2f (goal >= 0.50)\n", model_gflops / sgemm);
+  if (o.cuda) {
+    // MFU as in shared/docs/gpu-machine.md: 6 N flops per token, N without the input embedding.
+    const double n = model.params().NumElements() - static_cast<double>(d.vocab) * d.width;
+    std::printf("MFU (6N flops/token, N = %.1fM without the embedding, over 989 TFLOP/s): %.1f%%\n",
+                n / 1e6, 100 * 6 * n * tokens_per_step / t / 989e12);
+#ifdef GDN_WITH_CUDA
+    std::printf("device memory held after the steps: %.2f GB (in use %.2f GB)\n",
+                (cuda::DeviceAllocatedBytes() + cuda::DeviceCachedBytes()) / 1e9,
+                cuda::DeviceAllocatedBytes() / 1e9);
+#endif
+  } else {
+    const double sgemm = SgemmGflops(2048);
+    std::printf("OpenBLAS sgemm 2048^3: %.1f GFLOP/s\n", sgemm);
+    std::printf("model / sgemm: %.2f (goal >= 0.50)\n", model_gflops / sgemm);
+  }
   std::printf("time per step by op (all %d timed steps):\n", o.iters);
   std::vector<std::pair<std::string, ops::OpTime>> rows(profile.begin(), profile.end());
   std::sort(rows.begin(), rows.end(),

@@ -116,13 +116,18 @@ int DataPrepare(const ParsedArgs& args) {
 int Bench(const ParsedArgs& args) {
   BenchOptions o;
   for (auto [flag, slot] : {std::pair{"width", &o.width}, {"depth", &o.depth}, {"seq", &o.seq_len},
-                            {"batch", &o.batch}, {"iters", &o.iters}}) {
+                            {"batch", &o.batch}, {"iters", &o.iters}, {"head-dim", &o.head_dim},
+                            {"vocab", &o.vocab}}) {
     auto v = args.GetInt(flag);
     if (!v.ok()) return Fail(v.status());
     if (*v <= 0) return Fail(absl::InvalidArgumentError(std::string("--") + flag + " must be > 0"));
     *slot = static_cast<int>(*v);
   }
   o.sequential = args.GetBool("sequential");
+  const std::string device = args.Get("device");
+  if (device != "cpu" && device != "cuda")
+    return Fail(absl::InvalidArgumentError("--device: '" + device + "' (use cpu or cuda)"));
+  o.cuda = device == "cuda";
   if (auto s = RunBench(o); !s.ok()) return Fail(s);
   return kExitOk;
 }
@@ -271,12 +276,15 @@ std::vector<Verb> Verbs() {
          {"sgd-lr", "SGD learning rate (default: optimizer.lr)", ""},
          {"out", "output folder", "runs/coord_check"}}},
        CoordCheck},
-      {{"bench", "Measure CPU training throughput against the machine's sgemm rate.",
+      {{"bench", "Measure training throughput (CPU or GPU) with a per-op time breakdown.",
         {{"width", "model width", "512"},
          {"depth", "layers", "4"},
          {"seq", "sequence length", "512"},
          {"batch", "sequences per step", "4"},
          {"iters", "timed steps", "3"},
+         {"head-dim", "key head size dk (dv = 2 dk)", "64"},
+         {"vocab", "vocabulary size", "256"},
+         {"device", "cpu or cuda", "cpu"},
          {"sequential", "time the sequential recurrence", "", false, false, true}}},
        Bench},
       {{"export",

@@ -54,7 +54,7 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_
 grep -q "CUDA backend: on" "$log/build.log" || { echo "CUDA backend not enabled"; exit 1; }
 
 step "build"
-cmake --build "$build" -j "$(nproc)" --target cuda_tests kernel_tests 2>&1 | tee -a "$log/build.log" \
+cmake --build "$build" -j "$(nproc)" --target cuda_tests cuda_gdr_tests kernel_tests gdn gdr_cuda_bench 2>&1 | tee -a "$log/build.log" \
   || { echo "build failed"; exit 1; }
 
 step "CUDA ops vs CPU"
@@ -64,8 +64,10 @@ if ! "$build/tests/cuda_tests" 2>&1 | tee "$log/cuda_tests.log"; then
   step "CUDA ops vs CPU, one process per test"
   (cd "$build" && ctest -R 'Cuda' --output-on-failure --timeout 120) 2>&1 | tail -40 | tee "$log/cuda_ctest.log"
 fi
-step "CPU kernel tests"
-OMP_NUM_THREADS=$(nproc) "$build/tests/kernel_tests" 2>&1 | tail -3 | tee "$log/kernel_tests.log" || status=1
+step "chunked gated delta rule vs the float64 reference" | tee -a "$log/cuda_tests.log"
+"$build/tests/cuda_gdr_tests" 2>&1 | tee -a "$log/cuda_tests.log" | grep -E '^\[  (PASSED|FAILED)' || status=1
+step "CPU kernel tests" | tee -a "$log/cuda_tests.log"
+OMP_NUM_THREADS=$(nproc) "$build/tests/kernel_tests" 2>&1 | tee -a "$log/cuda_tests.log" | tail -1 || status=1
 
 step "compute-sanitizer memcheck"
 # The death test forks children that abort on purpose; it is left out here.
@@ -78,6 +80,15 @@ timeout 75 compute-sanitizer --tool racecheck --error-exitcode 9 "$build/tests/c
   || status=1
 tail -3 "$log/racecheck.log"
 
+step "training on CUDA vs the CPU, 50 steps (float32)" | tee "$log/train.log"
+timeout 240 bash "$root/tests/gpu/train_check.sh" "$build/gdn" /tmp/gdn-train-check 2>&1 | tee -a "$log/train.log" || status=1
+step "benchmarks" | tee -a "$log/train.log"
+timeout 60 "$build/kernels/gdr_cuda_bench" 2>&1 | tee -a "$log/train.log"
+# The reference model of shared/docs/gpu-machine.md (hidden 1024, 12 layers, 6 heads of dk 128,
+# dv 256, vocabulary 32000, batch 8 x 2048), float32.
+timeout 150 "$build/gdn" bench --device cuda --width 1024 --depth 12 --head-dim 128 --vocab 32000 \
+  --seq 2048 --batch 8 --iters 3 2>&1 | tee -a "$log/train.log"
+
 step "summary"
 {
   echo "max relative error per op and output (GPU vs CPU, over all shapes of the run):"
@@ -86,6 +97,7 @@ step "summary"
   grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/cuda_tests.log"
   echo "memcheck:  $(grep -E 'ERROR SUMMARY' "$log/memcheck.log" | tail -1)"
   echo "racecheck: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log/racecheck.log" | tail -1)"
+  grep -E 'worst relative train-loss|tokens/s|MFU|device memory' "$log/train.log"
   echo "exit status $status"
 } 2>&1 | tee "$log/summary.txt"
 exit $status
