@@ -59,6 +59,12 @@ class ScopedOpTimer {
 
 void EnableProfiling(bool on) { profiling = on; }
 
+namespace {
+MatmulPrecision matmul_precision = MatmulPrecision::kFloat32;
+}
+void SetMatmulPrecision(MatmulPrecision precision) { matmul_precision = precision; }
+MatmulPrecision GetMatmulPrecision() { return matmul_precision; }
+
 std::map<std::string, OpTime> TakeProfile() {
   std::map<std::string, OpTime> p;
   p.swap(profile);

@@ -22,6 +22,14 @@ struct OpTime {
   int64_t calls = 0;
 };
 void EnableProfiling(bool on);
+
+// How matrix products on CUDA tensors compute (process-wide, like torch's matmul precision):
+// kFloat32: float32 FMA (matches the CPU to float32 rounding); kBfloat16: bf16 tensor cores with
+// float32 accumulation, the float32 inputs rounded to bf16 inside cuBLAS. The CPU always computes
+// in float32.
+enum class MatmulPrecision { kFloat32, kBfloat16 };
+void SetMatmulPrecision(MatmulPrecision precision);
+MatmulPrecision GetMatmulPrecision();
 // The times collected since the last call, by op name.
 std::map<std::string, OpTime> TakeProfile();
 }  // namespace gdn::ops

@@ -63,6 +63,8 @@ absl::Status RunBench(const BenchOptions& o) {
 #else
   if (o.cuda) return absl::InvalidArgumentError("--device cuda: this gdn was built without CUDA");
 #endif
+  if (o.bf16 && !o.cuda) return absl::InvalidArgumentError("--precision bf16 needs --device cuda");
+  ops::SetMatmulPrecision(o.bf16 ? ops::MatmulPrecision::kBfloat16 : ops::MatmulPrecision::kFloat32);
   LanguageModel model(spec, DType::kF32, {}, nullptr, device);
   model.Initialize(0);
   Optimizer optimizer(spec.optimizer(), model.params());
@@ -72,11 +74,11 @@ absl::Status RunBench(const BenchOptions& o) {
   for (int64_t i = 0; i < tokens.numel(); ++i) tokens.data<int32_t>()[i] = rng.UniformInt(d.vocab);
 
   std::printf("gdn bench: width %d, depth %d, heads %lld x (dk %lld, dv %lld), MLP %lld, vocab %lld, "
-              "%.2fM parameters, batch %d x seq %d, float32 on %s, %s recurrence, %d threads\n",
+              "%.2fM parameters, batch %d x seq %d, %s on %s, %s recurrence, %d threads\n",
               o.width, o.depth, static_cast<long long>(d.heads), static_cast<long long>(d.dk),
               static_cast<long long>(d.dv), static_cast<long long>(d.mlp_hidden),
               static_cast<long long>(d.vocab), model.params().NumElements() / 1e6, o.batch,
-              o.seq_len, DeviceName(device), o.sequential ? "sequential" : "chunked", omp_get_max_threads());
+              o.seq_len, o.bf16 ? "bf16 matrix products" : "float32", DeviceName(device), o.sequential ? "sequential" : "chunked", omp_get_max_threads());
 
   auto step = [&](int64_t i) {
     model.params().ZeroGrads();

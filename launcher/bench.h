@@ -10,6 +10,7 @@ struct BenchOptions {
   int head_dim = 64, vocab = 256;
   bool sequential = false;  // time the sequential recurrence instead of the chunked one
   bool cuda = false;        // on the GPU (float32) instead of the CPU
+  bool bf16 = false;        // GPU matrix products on bf16 tensor cores (ops::MatmulPrecision)
 };
 // Prints tokens/s, achieved GFLOP/s against the device's reference rate (OpenBLAS sgemm on the
 // CPU; on the GPU the H100's 989 TFLOP/s dense bf16 peak, the customary MFU denominator, and

@@ -128,6 +128,10 @@ int Bench(const ParsedArgs& args) {
   if (device != "cpu" && device != "cuda")
     return Fail(absl::InvalidArgumentError("--device: '" + device + "' (use cpu or cuda)"));
   o.cuda = device == "cuda";
+  const std::string precision = args.Get("precision");
+  if (precision != "fp32" && precision != "bf16")
+    return Fail(absl::InvalidArgumentError("--precision: '" + precision + "' (use fp32 or bf16)"));
+  o.bf16 = precision == "bf16";
   if (auto s = RunBench(o); !s.ok()) return Fail(s);
   return kExitOk;
 }
@@ -285,6 +289,7 @@ std::vector<Verb> Verbs() {
          {"head-dim", "key head size dk (dv = 2 dk)", "64"},
          {"vocab", "vocabulary size", "256"},
          {"device", "cpu or cuda", "cpu"},
+         {"precision", "fp32, or bf16 (GPU matrix products on bf16 tensor cores)", "fp32"},
          {"sequential", "time the sequential recurrence", "", false, false, true}}},
        Bench},
       {{"export",

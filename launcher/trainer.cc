@@ -112,7 +112,11 @@ absl::StatusOr<Datasets> OpenData(const ExperimentSpec& spec) {
 
 // The device a run computes on, if this build and machine have it.
 absl::StatusOr<Device> RunDevice(const ExperimentSpec& spec, const ProcessGrid& grid) {
-  if (spec.run().device() == RunSpec::CPU) return Device::kCPU;
+  if (spec.run().device() == RunSpec::CPU) {
+    if (spec.run().precision() != RunSpec::FP32)
+      return absl::InvalidArgumentError("run.precision: BF16 needs run.device: CUDA (the CPU computes in float32)");
+    return Device::kCPU;
+  }
 #ifdef GDN_WITH_CUDA
   std::string why;
   if (!cuda::GpuAvailable(&why))
@@ -399,6 +403,15 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   }
   auto write = [&](auto&& fn) -> absl::Status { return writer ? fn(*dir) : absl::OkStatus(); };
 
+  // The precision of this run's matrix products, restored when the run ends (sweeps run several).
+  struct PrecisionScope {
+    ops::MatmulPrecision before = ops::GetMatmulPrecision();
+    explicit PrecisionScope(RunSpec::Precision p) {
+      ops::SetMatmulPrecision(p == RunSpec::BF16 ? ops::MatmulPrecision::kBfloat16
+                                                 : ops::MatmulPrecision::kFloat32);
+    }
+    ~PrecisionScope() { ops::SetMatmulPrecision(before); }
+  } precision(rs.precision());
   LanguageModel model(spec, DType::kF32, TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get(),
                       *device);
   model.Initialize(rs.seed());

@@ -71,6 +71,8 @@ expect 2 "run.preempt_signals: unknown signal 'HUP'" -- "$gdn" train --spec tiny
 # No GPU here (CI) or no CUDA in the build: refused before anything is written.
 expect 2 "run.device: CUDA, but (no GPU is usable|this gdn was built without CUDA)" -- "$gdn" train \
   --spec tiny.textproto --set run.dir=runs/bad --set run.device=CUDA
+expect 2 "run.precision: BF16 needs run.device: CUDA" -- "$gdn" train --spec tiny.textproto \
+  --set run.dir=runs/bad --set run.precision=BF16
 expect 2 "run.keep_checkpoints: must be >= 1" -- "$gdn" train --spec tiny.textproto \
   --set run.dir=runs/bad --set run.keep_checkpoints=0
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/ops.h"
 #include "runtime/cuda_check.h"
 
 namespace gdn::cuda {
@@ -55,6 +56,16 @@ void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
   // Leading dimensions are the row lengths of the row-major buffers (at least 1 for cuBLAS).
   const int lda = static_cast<int>(std::max<int64_t>(1, a.dim(1)));
   const int ldb = static_cast<int>(std::max<int64_t>(1, b.dim(1)));
+  if (ops::GetMatmulPrecision() == ops::MatmulPrecision::kBfloat16) {
+    // float32 in and out, bf16 tensor-core products with float32 accumulation.
+    CUBLAS_CHECK(cublasGemmEx(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                              trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
+                              static_cast<int>(m), static_cast<int>(k), &al, b.data<float>(),
+                              CUDA_R_32F, ldb, a.data<float>(), CUDA_R_32F, lda, &be,
+                              c.data<float>(), CUDA_R_32F, static_cast<int>(n),
+                              CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
   CUBLAS_CHECK(cublasSgemm(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
                            static_cast<int>(m), static_cast<int>(k), &al, b.data<float>(), ldb,

@@ -88,6 +88,8 @@ timeout 60 "$build/kernels/gdr_cuda_bench" 2>&1 | tee -a "$log/train.log"
 # dv 256, vocabulary 32000, batch 8 x 2048), float32.
 timeout 150 "$build/gdn" bench --device cuda --width 1024 --depth 12 --head-dim 128 --vocab 32000 \
   --seq 2048 --batch 8 --iters 3 2>&1 | tee -a "$log/train.log"
+timeout 150 "$build/gdn" bench --device cuda --precision bf16 --width 1024 --depth 12 --head-dim 128 \
+  --vocab 32000 --seq 2048 --batch 8 --iters 3 2>&1 | tee -a "$log/train.log"
 
 step "summary"
 {
@@ -97,7 +99,7 @@ step "summary"
   grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/cuda_tests.log"
   echo "memcheck:  $(grep -E 'ERROR SUMMARY' "$log/memcheck.log" | tail -1)"
   echo "racecheck: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log/racecheck.log" | tail -1)"
-  grep -E 'worst relative train-loss|tokens/s|MFU|device memory' "$log/train.log"
+  grep -E 'worst relative train-loss|gdn bench|tokens/s|MFU|device memory' "$log/train.log"
   echo "exit status $status"
 } 2>&1 | tee "$log/summary.txt"
 exit $status
