@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/matmul_shape.h"
 #include "kernels/ops.h"
 #include "runtime/cuda_check.h"
 
@@ -38,19 +39,12 @@ cublasHandle_t Handle() {
 
 void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
             double alpha, double beta) {
-  CHECK(a.rank() == 2 && b.rank() == 2 && c.rank() == 2);
+  const auto [m, n, k] = CheckMatmulShape(a, trans_a, b, trans_b, c);
   for (const Tensor* t : {&a, &b, &c}) {
     CHECK(t->dtype() == DType::kF32 && t->device() == Device::kCUDA)
         << "Matmul on CUDA: float32 CUDA tensors only, got " << DTypeName(t->dtype()) << " "
         << DeviceName(t->device());
   }
-  const int64_t m = trans_a ? a.dim(1) : a.dim(0);
-  const int64_t k = trans_a ? a.dim(0) : a.dim(1);
-  const int64_t kb = trans_b ? b.dim(1) : b.dim(0);
-  const int64_t n = trans_b ? b.dim(0) : b.dim(1);
-  CHECK(k == kb && c.dim(0) == m && c.dim(1) == n)
-      << "matmul " << ShapeString(a.shape()) << (trans_a ? "^T" : "") << " x "
-      << ShapeString(b.shape()) << (trans_b ? "^T" : "") << " -> " << ShapeString(c.shape());
   if (m == 0 || n == 0) return;
   const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
   // Leading dimensions are the row lengths of the row-major buffers (at least 1 for cuBLAS).
