@@ -38,8 +38,11 @@ int LauncherRank() {
 }
 
 int Fail(const absl::Status& status, int code = kExitUsage) {
-  if (LauncherRank() == 0)
+  if (LauncherRank() == 0) {
     std::fprintf(stderr, "error: %s\n", std::string(status.message()).c_str());
+    std::fflush(stderr);
+  }
+  AwaitAllRanksBeforeExit();
   return code;
 }
 

@@ -2,6 +2,8 @@
 
 #include <mpi.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 
 #include "absl/strings/str_format.h"
@@ -116,6 +118,28 @@ absl::StatusOr<ProcessGrid> ProcessGrid::Create(int tensor_parallel) {
   g.tp = std::make_unique<MpiCommunicator>(tp_comm);
   g.dp = std::make_unique<MpiCommunicator>(dp_comm);
   return g;
+}
+
+void AwaitAllRanksBeforeExit(double max_seconds) {
+  if (!LaunchedByMpi()) return;
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  if (!initialized) {
+    int provided = 0;
+    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+  }
+  // A non-blocking barrier with a deadline: a rank that is not failing cannot hang this one.
+  MPI_Request request;
+  MPI_Ibarrier(MPI_COMM_WORLD, &request);
+  const double deadline = MPI_Wtime() + max_seconds;
+  int done = 0;
+  while (!done && MPI_Wtime() < deadline) {
+    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+    if (!done) usleep(1000);
+  }
+  if (done) MPI_Finalize();
 }
 
 void FinalizeMpi() {

@@ -29,4 +29,9 @@ struct ProcessGrid {
 // Ends MPI if it was started (call once, before exit, on every rank).
 void FinalizeMpi();
 
+// For an error every rank finds alike, after rank 0 has printed it: under an MPI launcher, waits
+// (at most `max_seconds`) until every rank got here, then ends MPI. Without it a rank that exits
+// at once makes mpirun kill the job, rank 0 with its message sometimes unprinted.
+void AwaitAllRanksBeforeExit(double max_seconds = 10);
+
 }  // namespace gdn
