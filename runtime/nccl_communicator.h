@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/communicator.h"
+#include "runtime/mpi_communicator.h"
 
 namespace gdn {
 
@@ -14,6 +15,18 @@ namespace gdn {
 // tensor. Collective over bootstrap's ranks. Its collectives take CUDA tensors and are queued on the
 // process's stream (later ops on that stream see the result; host copies wait for it). Error when
 // NCCL cannot set the group up (e.g. two ranks of one node on the same GPU).
+//
+// Errors after set-up: a watchdog thread polls ncclCommGetAsyncError and, when NCCL reports one
+// (a peer's connection lost, a remote error), aborts the communicator and ends the process with
+// the reason, so the launcher (mpirun, srun) ends the other ranks instead of leaving them waiting.
+// It also ends the process when a queued collective has not finished after GDN_NCCL_TIMEOUT_S
+// seconds (default 600): a rank that stopped mid-collective would otherwise hang the others.
 absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator& bootstrap);
+
+// The grid's groups carrying both kinds of tensor: CPU tensors through the grid's own (MPI)
+// communicators, CUDA tensors through NCCL communicators over the same ranks (groups of one rank
+// need none). Collective over the world. First checks that no two ranks use the same GPU
+// (InvalidArgument saying which, the same on every rank). `grid` must outlive the result.
+absl::StatusOr<ProcessGrid> WithNcclForCudaTensors(const ProcessGrid& grid);
 
 }  // namespace gdn
