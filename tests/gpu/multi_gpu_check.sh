@@ -31,7 +31,7 @@ fail() { echo "FAIL: $*" | tee -a "$log/summary.txt"; status=1; }
 
 step "NCCL communicator vs MPI, 2 ranks" | tee "$log/nccl_test.log"
 timeout 60 mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -np 2 \
-  "$build/tests/nccl_communicator_tests" 2>&1 | tee -a "$log/nccl_test.log" | grep -E '^\[  (PASSED|FAILED|SKIPPED)' \
+  "$build/tests/nccl_communicator_tests" --gtest_color=no 2>&1 | tee -a "$log/nccl_test.log" | grep -E '^\[  (PASSED|FAILED|SKIPPED)' \
   || fail "NCCL communicator test"
 grep -q 'SKIPPED\|FAILED' "$log/nccl_test.log" && fail "NCCL communicator test skipped or failed"
 
