@@ -374,9 +374,6 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
 #ifdef GDN_WITH_NCCL
   if (*device == Device::kCUDA && job_grid.world_size > 1) {
     auto g = WithNcclForCudaTensors(job_grid);
-    if (!g.ok() && g.status().code() == absl::StatusCode::kInvalidArgument)
-      return absl::InvalidArgumentError(
-          absl::StrCat("run.device: CUDA needs one GPU per rank: ", g.status().message()));
     if (!g.ok()) return g.status();
     device_grid = std::move(*g);
   }

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,19 +41,11 @@ const Tensor& OnCuda(const Tensor& t, const char* what) {
   return t;
 }
 
-// Seconds a queued collective may take before the watchdog gives up on the job.
-double TimeoutSeconds() {
-  const char* v = std::getenv("GDN_NCCL_TIMEOUT_S");
-  double s = 0;
-  if (v != nullptr && absl::SimpleAtod(v, &s) && s > 0) return s;
-  return 600;
-}
-
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, int rank, int size)
+  NcclCommunicator(ncclComm_t comm, int rank, int size, double timeout_s)
       : comm_(comm), rank_(rank), size_(size), device_(cuda::CurrentDevice()),
-        timeout_s_(TimeoutSeconds()) {
+        timeout_s_(timeout_s) {
     watchdog_ = std::thread([this] { Watch(); });
   }
   ~NcclCommunicator() override {
@@ -179,7 +172,16 @@ class NcclCommunicator : public Communicator {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator& bootstrap) {
+std::optional<double> NcclTimeoutFromEnv() {
+  const char* v = std::getenv("GDN_NCCL_TIMEOUT_S");
+  if (v == nullptr || *v == '\0') return kDefaultNcclTimeoutS;
+  double s = 0;
+  if (!absl::SimpleAtod(v, &s) || !(s > 0)) return std::nullopt;
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator& bootstrap,
+                                                                   double timeout_s) {
   // Rank 0's id and, in the last element, whether it could make one (so no rank waits forever).
   static_assert(sizeof(ncclUniqueId) % sizeof(int32_t) == 0);
   constexpr int64_t kIdInts = sizeof(ncclUniqueId) / sizeof(int32_t);
@@ -205,7 +207,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator&
         "NCCL set-up of %d ranks (rank %d on GPU %d): %s", bootstrap.size(), bootstrap.rank(),
         cuda::CurrentDevice(), ncclGetErrorString(res)));
   return std::unique_ptr<Communicator>(
-      new NcclCommunicator(comm, bootstrap.rank(), bootstrap.size()));
+      new NcclCommunicator(comm, bootstrap.rank(), bootstrap.size(), timeout_s));
 }
 
 absl::StatusOr<ProcessGrid> WithNcclForCudaTensors(const ProcessGrid& grid) {
@@ -215,21 +217,28 @@ absl::StatusOr<ProcessGrid> WithNcclForCudaTensors(const ProcessGrid& grid) {
   const int device = cuda::CurrentDevice();
   cudaDeviceProp prop;
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  constexpr int kRow = 6;  // UUID (16 bytes), device index, visible devices
+  // The watchdog's timeout: a bad value on any rank fails all of them alike.
+  const std::optional<double> timeout_s = NcclTimeoutFromEnv();
+  constexpr int kRow = 7;  // UUID (16 bytes), device index, visible devices, timeout valid
   static_assert(sizeof(prop.uuid.bytes) == 4 * sizeof(int32_t));
   Tensor mine = Tensor::Empty({1, kRow}, DType::kI32);
   Tensor rows = Tensor::Empty({world.size(), kRow}, DType::kI32);
   std::memcpy(mine.raw(), prop.uuid.bytes, sizeof(prop.uuid.bytes));
   mine.data<int32_t>()[4] = device;
   mine.data<int32_t>()[5] = cuda::VisibleDeviceCount();
+  mine.data<int32_t>()[6] = timeout_s.has_value() ? 1 : 0;
   world.AllGather(mine, rows);
   const int32_t* r = rows.data<int32_t>();
+  for (int a = 0; a < world.size(); ++a)
+    if (r[a * kRow + 6] == 0)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "GDN_NCCL_TIMEOUT_S (world rank %d): not a number of seconds > 0", a));
   for (int a = 0; a < world.size(); ++a)
     for (int b = a + 1; b < world.size(); ++b)
       if (std::memcmp(r + a * kRow, r + b * kRow, sizeof(prop.uuid.bytes)) == 0)
         return absl::InvalidArgumentError(absl::StrFormat(
-            "world ranks %d and %d both got GPU %d of a node with %d visible GPUs: start at most "
-            "as many ranks per node as it has GPUs",
+            "run.device: CUDA needs one GPU per rank, but world ranks %d and %d both got GPU %d "
+            "of a node with %d visible GPUs: start at most as many ranks per node as it has GPUs",
             a, b, r[a * kRow + 4], r[a * kRow + 5]));
 
   ProcessGrid out;
@@ -239,9 +248,9 @@ absl::StatusOr<ProcessGrid> WithNcclForCudaTensors(const ProcessGrid& grid) {
   out.tp_size = grid.tp_size;
   out.dp_rank = grid.dp_rank;
   out.dp_size = grid.dp_size;
-  auto both = [](Communicator* host) -> absl::StatusOr<std::unique_ptr<Communicator>> {
+  auto both = [&](Communicator* host) -> absl::StatusOr<std::unique_ptr<Communicator>> {
     if (host->size() == 1) return MakeByDeviceCommunicator(host, MakeSingleRankCommunicator());
-    auto nccl = MakeNcclCommunicator(*host);
+    auto nccl = MakeNcclCommunicator(*host, *timeout_s);
     // All ranks of the group learn whether every one of them has its communicator.
     Tensor failed = Tensor::Zeros({1}, DType::kI32);
     failed.set(0, nccl.ok() ? 0 : 1);
