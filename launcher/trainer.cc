@@ -26,6 +26,9 @@
 #ifdef GDN_WITH_CUDA
 #include "runtime/cuda_device.h"
 #endif
+#ifdef GDN_WITH_NCCL
+#include "runtime/nccl_communicator.h"
+#endif
 #include "runtime/rng.h"
 #include "runtime/run_dir.h"
 #include "runtime/spec.h"
@@ -121,10 +124,13 @@ absl::StatusOr<Device> RunDevice(const ExperimentSpec& spec, const ProcessGrid& 
   std::string why;
   if (!cuda::GpuAvailable(&why))
     return absl::InvalidArgumentError(absl::StrCat("run.device: CUDA, but no GPU is usable: ", why));
+#ifndef GDN_WITH_NCCL
   if (grid.world_size > 1)
     return absl::InvalidArgumentError(absl::StrFormat(
-        "run.device: CUDA runs on one rank in this version (this job has %d; multi-GPU runs need "
-        "the NCCL layer)", grid.world_size));
+        "run.device: CUDA with %d ranks needs NCCL, and this gdn was built without it",
+        grid.world_size));
+#endif
+  (void)grid;
   return Device::kCUDA;
 #else
   (void)grid;
@@ -358,14 +364,25 @@ void MaybeRaiseForTest(int64_t step, int world_rank) {
 
 }  // namespace
 
-absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid& grid,
+absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid& job_grid,
                                   const TrainOptions& options) {
   // Everything a user can get wrong is checked before the first computation or write. Every rank
   // checks the same things and so fails alike; only rank 0 reports (the caller prints).
   if (auto s = ValidateRunnable(spec); !s.ok()) return s;
-  if (auto s = ValidateLayout(spec, grid); !s.ok()) return s;
-  auto device = RunDevice(spec, grid);
+  if (auto s = ValidateLayout(spec, job_grid); !s.ok()) return s;
+  auto device = RunDevice(spec, job_grid);
   if (!device.ok()) return device.status();
+  // On GPUs with several ranks the groups carry CUDA tensors (activations, gradients) through
+  // NCCL and CPU ones (loss sums, verdicts, checkpoint agreement) through the job's MPI groups.
+  std::optional<ProcessGrid> device_grid;
+#ifdef GDN_WITH_NCCL
+  if (*device == Device::kCUDA && job_grid.world_size > 1) {
+    auto g = WithNcclForCudaTensors(job_grid);
+    if (!g.ok()) return g.status();
+    device_grid = std::move(*g);
+  }
+#endif
+  const ProcessGrid& grid = device_grid.has_value() ? *device_grid : job_grid;
   auto data = OpenData(spec);
   if (!data.ok()) return data.status();
   const DataSpec& ds = spec.data();

@@ -14,8 +14,42 @@ class SingleRank : public Communicator {
   void Broadcast(const Tensor&, int root) override { CHECK_EQ(root, 0); }
   void Barrier() override {}
 };
+class ByDevice : public Communicator {
+ public:
+  ByDevice(Communicator* host, std::unique_ptr<Communicator> device)
+      : host_(host), device_(std::move(device)) {
+    CHECK_EQ(host_->rank(), device_->rank());
+    CHECK_EQ(host_->size(), device_->size());
+  }
+  int rank() const override { return host_->rank(); }
+  int size() const override { return host_->size(); }
+  void AllReduceSum(const Tensor& t) override { For(t).AllReduceSum(t); }
+  void AllReduceMax(const Tensor& t) override { For(t).AllReduceMax(t); }
+  void AllGather(const Tensor& in, const Tensor& out) override { For(in, out).AllGather(in, out); }
+  void ReduceScatterSum(const Tensor& in, const Tensor& out) override {
+    For(in, out).ReduceScatterSum(in, out);
+  }
+  void Broadcast(const Tensor& t, int root) override { For(t).Broadcast(t, root); }
+  void Barrier() override { host_->Barrier(); }
+
+ private:
+  Communicator& For(const Tensor& t) { return t.device() == Device::kCPU ? *host_ : *device_; }
+  Communicator& For(const Tensor& in, const Tensor& out) {
+    CHECK(in.device() == out.device()) << "a collective's input and output on different devices";
+    return For(in);
+  }
+
+  Communicator* host_;
+  std::unique_ptr<Communicator> device_;
+};
+
 }  // namespace
 
 std::unique_ptr<Communicator> MakeSingleRankCommunicator() { return std::make_unique<SingleRank>(); }
+
+std::unique_ptr<Communicator> MakeByDeviceCommunicator(Communicator* host,
+                                                       std::unique_ptr<Communicator> device) {
+  return std::make_unique<ByDevice>(host, std::move(device));
+}
 
 }  // namespace gdn

@@ -30,4 +30,11 @@ class Communicator {
 // A group of one rank, where every collective is the identity (a single-process run).
 std::unique_ptr<Communicator> MakeSingleRankCommunicator();
 
+// One group over two transports, chosen per call by where the tensors live: CPU tensors go
+// through `host` (e.g. MPI: the trainer's loss sums, verdicts, checkpoint agreement) and CUDA
+// tensors through `device` (e.g. NCCL: activations, gradients). Both must span the same ranks in
+// the same order; `host` is borrowed and must outlive the result. Barrier is the host's.
+std::unique_ptr<Communicator> MakeByDeviceCommunicator(Communicator* host,
+                                                       std::unique_ptr<Communicator> device);
+
 }  // namespace gdn

@@ -2,8 +2,18 @@
 
 #include <nccl.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "runtime/cuda_check.h"
 
@@ -33,9 +43,21 @@ const Tensor& OnCuda(const Tensor& t, const char* what) {
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, int rank, int size) : comm_(comm), rank_(rank), size_(size) {}
+  NcclCommunicator(ncclComm_t comm, int rank, int size, double timeout_s)
+      : comm_(comm), rank_(rank), size_(size), device_(cuda::CurrentDevice()),
+        timeout_s_(timeout_s) {
+    watchdog_ = std::thread([this] { Watch(); });
+  }
   ~NcclCommunicator() override {
     cuda::Synchronize();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    stop_cv_.notify_all();
+    watchdog_.join();
+    for (const Pending& p : pending_) cudaEventDestroy(p.done);
+    for (cudaEvent_t e : idle_events_) cudaEventDestroy(e);
     ncclCommDestroy(comm_);
   }
   int rank() const override { return rank_; }
@@ -48,6 +70,7 @@ class NcclCommunicator : public Communicator {
     CHECK(in.dtype() == out.dtype() && out.numel() == in.numel() * size_);
     NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), in.numel(), NcclType(in.dtype()), comm_,
                              cuda::Stream()));
+    Track("AllGather");
   }
   void ReduceScatterSum(const Tensor& in, const Tensor& out) override {
     OnCuda(in, "ReduceScatterSum");
@@ -55,11 +78,13 @@ class NcclCommunicator : public Communicator {
     CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * size_);
     NCCL_CHECK(ncclReduceScatter(in.raw(), out.raw(), out.numel(), NcclType(in.dtype()), ncclSum,
                                  comm_, cuda::Stream()));
+    Track("ReduceScatter");
   }
   void Broadcast(const Tensor& t, int root) override {
     OnCuda(t, "Broadcast");
     NCCL_CHECK(ncclBroadcast(t.raw(), t.raw(), t.numel(), NcclType(t.dtype()), root, comm_,
                              cuda::Stream()));
+    Track("Broadcast");
   }
   // NCCL has no barrier: a one-element all-reduce, waited for.
   void Barrier() override {
@@ -73,15 +98,90 @@ class NcclCommunicator : public Communicator {
     OnCuda(t, "AllReduce");
     NCCL_CHECK(ncclAllReduce(t.raw(), t.raw(), t.numel(), NcclType(t.dtype()), op, comm_,
                              cuda::Stream()));
+    Track("AllReduce");
+  }
+
+  // A queued collective: an event recorded after it on the stream, and when it was queued.
+  struct Pending {
+    cudaEvent_t done;
+    const char* what;
+    std::chrono::steady_clock::time_point queued;
+  };
+
+  void Track(const char* what) {
+    cudaEvent_t e = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!idle_events_.empty()) {
+        e = idle_events_.back();
+        idle_events_.pop_back();
+      }
+    }
+    if (e == nullptr) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(e, cuda::Stream()));
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back({e, what, std::chrono::steady_clock::now()});
+  }
+
+  // NCCL reports a peer's failure only through ncclCommGetAsyncError, and a collective waiting
+  // for a stopped peer never returns: both would leave this rank waiting forever.
+  void Watch() {
+    cudaSetDevice(device_);
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_cv_.wait_for(lock, std::chrono::milliseconds(200), [this] { return stop_; })) {
+      ncclResult_t async = ncclSuccess;
+      const ncclResult_t res = ncclCommGetAsyncError(comm_, &async);
+      if (res != ncclSuccess || (async != ncclSuccess && async != ncclInProgress))
+        Fail(absl::StrFormat("NCCL error in a group of %d ranks (rank %d, GPU %d): %s", size_,
+                             rank_, device_, ncclGetErrorString(res != ncclSuccess ? res : async)));
+      // Finished collectives (or ones whose stream failed: the main thread reports that).
+      while (!pending_.empty() && cudaEventQuery(pending_.front().done) != cudaErrorNotReady) {
+        idle_events_.push_back(pending_.front().done);
+        pending_.pop_front();
+      }
+      (void)cudaGetLastError();
+      if (pending_.empty()) continue;
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                          pending_.front().queued).count();
+      if (waited > timeout_s_)
+        Fail(absl::StrFormat(
+            "NCCL %s in a group of %d ranks (rank %d, GPU %d) not finished after %.0f s "
+            "(GDN_NCCL_TIMEOUT_S): another rank stopped or hangs",
+            pending_.front().what, size_, rank_, device_, waited));
+    }
+  }
+
+  // Ends this process, so the launcher ends the job rather than leaving the others waiting.
+  [[noreturn]] void Fail(const std::string& why) {
+    ncclCommAbort(comm_);
+    LOG(FATAL) << why;
+    std::abort();
   }
 
   ncclComm_t comm_;
   int rank_, size_;
+  const int device_;
+  const double timeout_s_;
+  std::mutex mu_;  // guards what follows, shared with the watchdog
+  std::deque<Pending> pending_;
+  std::vector<cudaEvent_t> idle_events_;
+  bool stop_ = false;
+  std::condition_variable stop_cv_;
+  std::thread watchdog_;
 };
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator& bootstrap) {
+std::optional<double> NcclTimeoutFromEnv() {
+  const char* v = std::getenv("GDN_NCCL_TIMEOUT_S");
+  if (v == nullptr || *v == '\0') return kDefaultNcclTimeoutS;
+  double s = 0;
+  if (!absl::SimpleAtod(v, &s) || !(s > 0)) return std::nullopt;
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator& bootstrap,
+                                                                   double timeout_s) {
   // Rank 0's id and, in the last element, whether it could make one (so no rank waits forever).
   static_assert(sizeof(ncclUniqueId) % sizeof(int32_t) == 0);
   constexpr int64_t kIdInts = sizeof(ncclUniqueId) / sizeof(int32_t);
@@ -107,7 +207,67 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator&
         "NCCL set-up of %d ranks (rank %d on GPU %d): %s", bootstrap.size(), bootstrap.rank(),
         cuda::CurrentDevice(), ncclGetErrorString(res)));
   return std::unique_ptr<Communicator>(
-      new NcclCommunicator(comm, bootstrap.rank(), bootstrap.size()));
+      new NcclCommunicator(comm, bootstrap.rank(), bootstrap.size(), timeout_s));
+}
+
+absl::StatusOr<ProcessGrid> WithNcclForCudaTensors(const ProcessGrid& grid) {
+  // One GPU per rank: NCCL cannot put two ranks of a group on one GPU, and sharing one would
+  // silently halve each rank's memory. GPUs are told apart by UUID, whatever each rank sees.
+  Communicator& world = *grid.world;
+  const int device = cuda::CurrentDevice();
+  cudaDeviceProp prop;
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  // The watchdog's timeout: a bad value on any rank fails all of them alike.
+  const std::optional<double> timeout_s = NcclTimeoutFromEnv();
+  constexpr int kRow = 7;  // UUID (16 bytes), device index, visible devices, timeout valid
+  static_assert(sizeof(prop.uuid.bytes) == 4 * sizeof(int32_t));
+  Tensor mine = Tensor::Empty({1, kRow}, DType::kI32);
+  Tensor rows = Tensor::Empty({world.size(), kRow}, DType::kI32);
+  std::memcpy(mine.raw(), prop.uuid.bytes, sizeof(prop.uuid.bytes));
+  mine.data<int32_t>()[4] = device;
+  mine.data<int32_t>()[5] = cuda::VisibleDeviceCount();
+  mine.data<int32_t>()[6] = timeout_s.has_value() ? 1 : 0;
+  world.AllGather(mine, rows);
+  const int32_t* r = rows.data<int32_t>();
+  for (int a = 0; a < world.size(); ++a)
+    if (r[a * kRow + 6] == 0)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "GDN_NCCL_TIMEOUT_S (world rank %d): not a number of seconds > 0", a));
+  for (int a = 0; a < world.size(); ++a)
+    for (int b = a + 1; b < world.size(); ++b)
+      if (std::memcmp(r + a * kRow, r + b * kRow, sizeof(prop.uuid.bytes)) == 0)
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "run.device: CUDA needs one GPU per rank, but world ranks %d and %d both got GPU %d "
+            "of a node with %d visible GPUs: start at most as many ranks per node as it has GPUs",
+            a, b, r[a * kRow + 4], r[a * kRow + 5]));
+
+  ProcessGrid out;
+  out.world_rank = grid.world_rank;
+  out.world_size = grid.world_size;
+  out.tp_rank = grid.tp_rank;
+  out.tp_size = grid.tp_size;
+  out.dp_rank = grid.dp_rank;
+  out.dp_size = grid.dp_size;
+  auto both = [&](Communicator* host) -> absl::StatusOr<std::unique_ptr<Communicator>> {
+    if (host->size() == 1) return MakeByDeviceCommunicator(host, MakeSingleRankCommunicator());
+    auto nccl = MakeNcclCommunicator(*host, *timeout_s);
+    // All ranks of the group learn whether every one of them has its communicator.
+    Tensor failed = Tensor::Zeros({1}, DType::kI32);
+    failed.set(0, nccl.ok() ? 0 : 1);
+    host->AllReduceMax(failed);
+    if (!nccl.ok()) return nccl.status();
+    if (failed.at(0) != 0)
+      return absl::UnavailableError(absl::StrFormat(
+          "NCCL set-up failed on another rank of a group of %d", host->size()));
+    return MakeByDeviceCommunicator(host, std::move(*nccl));
+  };
+  for (auto [host, comm] : {std::pair{grid.world.get(), &out.world}, {grid.tp.get(), &out.tp},
+                            {grid.dp.get(), &out.dp}}) {
+    auto c = both(host);
+    if (!c.ok()) return c.status();
+    *comm = std::move(*c);
+  }
+  return out;
 }
 
 }  // namespace gdn

@@ -3,6 +3,9 @@
 #include <mpi.h>
 
 #include "gtest/gtest.h"
+#ifdef GDN_WITH_CUDA
+#include "runtime/cuda_device.h"
+#endif
 #include "runtime/mpi_communicator.h"
 
 namespace gdn {
@@ -84,6 +87,65 @@ TEST(Communicator, BroadcastAndBarrier) {
   g.world->Broadcast(t, 1);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(t.at(i), 7 + i);
   g.world->Barrier();
+}
+
+// Stands in for NCCL: counts the calls that reach it.
+class CountingCommunicator : public Communicator {
+ public:
+  CountingCommunicator(int rank, int size) : rank_(rank), size_(size) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void AllReduceSum(const Tensor&) override { ++calls; }
+  void AllReduceMax(const Tensor&) override { ++calls; }
+  void AllGather(const Tensor&, const Tensor&) override { ++calls; }
+  void ReduceScatterSum(const Tensor&, const Tensor&) override { ++calls; }
+  void Broadcast(const Tensor&, int) override { ++calls; }
+  void Barrier() override { ++calls; }
+  int calls = 0;
+
+ private:
+  int rank_, size_;
+};
+
+// The communicator of a multi-GPU run (CPU tensors over MPI, CUDA tensors over NCCL): CPU tensors
+// must reach MPI and give its results, and never the device transport.
+TEST(ByDeviceCommunicator, CpuTensorsGoThroughTheHostGroup) {
+  const ProcessGrid& g = Grid();
+  auto counting = std::make_unique<CountingCommunicator>(g.tp->rank(), g.tp->size());
+  CountingCommunicator* device = counting.get();
+  auto tp = MakeByDeviceCommunicator(g.tp.get(), std::move(counting));
+  EXPECT_EQ(tp->rank(), g.tp_rank);
+  EXPECT_EQ(tp->size(), 2);
+  const double r = g.world_rank;
+  Tensor s = Values({r, 1});
+  tp->AllReduceSum(s);  // {0,1} or {2,3}
+  EXPECT_EQ(s.at(0), 4 * g.dp_rank + 1);
+  EXPECT_EQ(s.at(1), 2);
+  Tensor m = Values({-r});
+  tp->AllReduceMax(m);
+  EXPECT_EQ(m.at(0), -2 * g.dp_rank);
+  Tensor members = Tensor::Empty({2}, DType::kF64);
+  tp->AllGather(Values({r}), members);
+  EXPECT_EQ(members.at(0), 2 * g.dp_rank);
+  EXPECT_EQ(members.at(1), 2 * g.dp_rank + 1);
+  Tensor mine = Tensor::Empty({1}, DType::kF64);
+  tp->ReduceScatterSum(Values({r, 10 * r}), mine);  // row i of the sum over the group
+  EXPECT_EQ(mine.at(0), (g.tp_rank == 0 ? 1 : 10) * (4 * g.dp_rank + 1));
+  Tensor b = Values({r});
+  tp->Broadcast(b, 1);
+  EXPECT_EQ(b.at(0), 2 * g.dp_rank + 1);
+  tp->Barrier();
+  EXPECT_EQ(device->calls, 0);
+#ifdef GDN_WITH_CUDA
+  // Where a GPU is usable (the same answer on every rank of one machine): CUDA tensors go to the
+  // device transport, and only there.
+  if (cuda::GpuAvailable()) {
+    Tensor d = Tensor::Zeros({2}, DType::kF32, Device::kCUDA);
+    tp->AllReduceSum(d);
+    tp->Broadcast(d, 0);
+    EXPECT_EQ(device->calls, 2);
+  }
+#endif
 }
 
 }  // namespace

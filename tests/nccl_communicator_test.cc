@@ -3,6 +3,7 @@
 // per rank; with fewer, every rank skips with the reason (as on the CI machine).
 #include <mpi.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -96,6 +97,21 @@ TEST(NcclCommunicator, CollectivesEqualMpi) {
     ExpectEqual(d, c);
   }
   nccl.Barrier();
+}
+
+// The watchdog's timeout (no GPU needed): a bad value must be refused, not replaced by the default.
+TEST(NcclTimeout, FromEnvironment) {
+  unsetenv("GDN_NCCL_TIMEOUT_S");
+  EXPECT_EQ(NcclTimeoutFromEnv(), kDefaultNcclTimeoutS);
+  setenv("GDN_NCCL_TIMEOUT_S", "", 1);
+  EXPECT_EQ(NcclTimeoutFromEnv(), kDefaultNcclTimeoutS);
+  setenv("GDN_NCCL_TIMEOUT_S", "2.5", 1);
+  EXPECT_EQ(NcclTimeoutFromEnv(), 2.5);
+  for (const char* bad : {"abc", "0", "-3", "10s", "nan"}) {
+    setenv("GDN_NCCL_TIMEOUT_S", bad, 1);
+    EXPECT_EQ(NcclTimeoutFromEnv(), std::nullopt) << bad;
+  }
+  unsetenv("GDN_NCCL_TIMEOUT_S");
 }
 
 }  // namespace

@@ -6,52 +6,18 @@
 # verdicts) ends the output.
 #
 # Usage: tests/gpu/run_gpu_tests.sh [LOG_DIR]     (default: $OUT when set, else ./gpu-logs)
-# Environment: GDN_DEBS  folder of Debian .debs for what the machine lacks (abseil, glog, gflags,
-#                        libunwind, OpenBLAS OpenMP build, libgfortran5); default: .deps in or above
-#                        the source tree. They are unpacked with dpkg -x into GDN_DEPS_PREFIX
-#                        (default /tmp/gdn-deps), never into /.
-#              CUDA_ARCH architectures to build (default 90a); BUILD_DIR (default /tmp/gdn-build).
+# Environment: GDN_DEBS, GDN_DEPS_PREFIX, CUDA_ARCH, BUILD_DIR (see tests/gpu/gpu_build.sh).
 # Exit status: non-zero when the build, a test or a sanitizer check failed.
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 log=${1:-${OUT:-$PWD/gpu-logs}}
 mkdir -p "$log"
-prefix=${GDN_DEPS_PREFIX:-/tmp/gdn-deps}
-build=${BUILD_DIR:-/tmp/gdn-build}
-arch=${CUDA_ARCH:-90a}
-debs=${GDN_DEBS:-}
-if [[ -z "$debs" ]]; then
-  for d in "$root/.deps" "$root/../.deps"; do [[ -d "$d" ]] && debs=$d && break; done
-fi
 status=0
 step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 
-step "machine" | tee "$log/env.txt"
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nvcc --version | tail -2
-  g++ --version | head -1; cmake --version | head -1; nproc; } 2>&1 | tee -a "$log/env.txt"
-
-step "dependencies from ${debs:-<none>} into $prefix"
-if [[ -n "$debs" ]]; then
-  mkdir -p "$prefix"
-  for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix" || { echo "cannot unpack $f"; exit 1; }; done
-fi
-libdir=$prefix/usr/lib/x86_64-linux-gnu
-# glog's CMake config names its find modules (FindUnwind) by the absolute /usr/share path of an
-# installed package: point it at the unpacked copy.
-glog_modules=$libdir/cmake/glog/glog-modules.cmake
-[[ -f "$glog_modules" ]] && sed -i "s|\"/usr/share/glog/cmake\"|\"$prefix/usr/share/glog/cmake\"|" "$glog_modules"
-# glog's own dependencies (gflags, libunwind) and OpenBLAS's libgfortran are found through this
-# at run time (the executables' RUNPATH covers direct dependencies only); test discovery at build
-# time runs the test binaries too.
-export LD_LIBRARY_PATH=$libdir:$libdir/openblas-openmp:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export PATH=/usr/local/cuda/bin:$PATH
-
-step "configure (CUDA architectures $arch)"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix/usr" \
-  -DGDN_DEPS_PREFIX="$prefix" -DCMAKE_CUDA_ARCHITECTURES="$arch" 2>&1 | tee "$log/build.log" \
-  || { echo "configure failed"; exit 1; }
-grep -q "CUDA backend: on" "$log/build.log" || { echo "CUDA backend not enabled"; exit 1; }
+source "$root/tests/gpu/gpu_build.sh"
+gdn_gpu_configure || exit 1
 
 step "build"
 cmake --build "$build" -j "$(nproc)" --target cuda_tests cuda_gdr_tests kernel_tests gdn gdr_cuda_bench 2>&1 | tee -a "$log/build.log" \

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# On a machine with 2 GPUs: builds gdn with CUDA and NCCL, runs the NCCL communicator test, then
+# trains one model for 50 steps (float32) on one GPU and on 2 GPUs as tensor-parallel 2 and as
+# data-parallel 2; every step's train loss (and each val loss) of the 2-GPU runs must be within 1e-4
+# relative of the one-GPU run's. Then: a tensor-parallel run whose rank 1 is killed (kill -9) at
+# step 25 resumes from its step-20 checkpoint to the same losses; 4 ranks on 2 GPUs fail with the
+# one-GPU-per-rank error before computing.
+#
+# Usage: tests/gpu/multi_gpu_check.sh [LOG_DIR]     (default: $OUT when set, else ./gpu-logs)
+# Environment: see tests/gpu/gpu_build.sh. Exit status: non-zero when anything failed.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+log=${1:-${OUT:-$PWD/gpu-logs}}
+mkdir -p "$log"
+log=$(realpath "$log")
+status=0
+step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
+source "$root/tests/gpu/gpu_build.sh"
+gdn_gpu_configure || exit 1
+
+step "build"
+cmake --build "$build" -j "$(nproc)" --target gdn nccl_communicator_tests 2>&1 | tail -3 | tee -a "$log/build.log"
+[[ -x "$build/gdn" ]] || { echo "build failed"; exit 1; }
+gdn=$build/gdn
+
+# NVLink multicast stays off on these machines (shared/docs/gpu-machine.md).
+export NCCL_NVLS_ENABLE=0 OMP_NUM_THREADS=4
+mpi=(mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -x OMP_NUM_THREADS)
+fail() { echo "FAIL: $*" | tee -a "$log/summary.txt"; status=1; }
+
+step "NCCL communicator vs MPI, 2 ranks" | tee "$log/nccl_test.log"
+timeout 60 mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -np 2 \
+  "$build/tests/nccl_communicator_tests" --gtest_color=no 2>&1 | tee -a "$log/nccl_test.log" | grep -E '^\[  (PASSED|FAILED|SKIPPED)' \
+  || fail "NCCL communicator test"
+grep -q 'SKIPPED\|FAILED' "$log/nccl_test.log" && fail "NCCL communicator test skipped or failed"
+
+work=/tmp/gdn-multi-gpu
+rm -rf "$work" && mkdir -p "$work/corpus" && cd "$work" || exit 1
+for i in $(seq 1 60); do
+  for j in $(seq 1 40); do echo "document $i line $j: the quick brown fox $((i * j)) jumps over the lazy dog $j."; done >"corpus/doc$i.txt"
+done
+"$gdn" data prepare --input corpus --format text --out data --val-every 10 >/dev/null || exit 1
+# 4 key heads of dk 64 (dv 128, the chunked kernel's sizes), MLP 512, vocabulary 256: TP 2 divides all.
+cat >spec.textproto <<'SPEC'
+model { width: 256 depth: 2 head_dim: 64 key_dim_ratio: 1.0 }
+parametrization { base_width: 64 }
+optimizer { lr: 1e-3 warmup_steps: 5 }
+data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 128 batch_size: 8 }
+run { steps: 50 eval_interval: 25 eval_batches: 2 log_interval: 25 device: CUDA }
+SPEC
+
+# compare NAME DIR: every step of DIR against runs/one-gpu, per-step differences to compare.log.
+compare() {
+  python3 - "$1" runs/one-gpu/metrics.jsonl "$2/metrics.jsonl" "$log/compare.log" <<'PY' | tee -a "$log/summary.txt"
+import json, sys
+name, ref_path, run_path, out = sys.argv[1:]
+ref = [json.loads(l) for l in open(ref_path)]
+run = [json.loads(l) for l in open(run_path)]
+worst = {"train_loss": (0.0, 0), "val_loss": (0.0, 0)}
+with open(out, "a") as f:
+    f.write(f"{name}: step, one-GPU train loss, {name} train loss, relative difference\n")
+    for a, b in zip(ref, run):
+        for key in worst:
+            if key in a or key in b:
+                d = abs(a[key] - b[key]) / abs(a[key])
+                if d >= worst[key][0]: worst[key] = (d, a["step"])
+        f.write(f"{a['step']} {a['train_loss']:.9g} {b['train_loss']:.9g} {abs(a['train_loss'] - b['train_loss']) / a['train_loss']:.3e}\n")
+ok = len(ref) == len(run) == 50 and max(w for w, _ in worst.values()) <= 1e-4
+print(f"{name}: {len(run)} steps, worst relative difference to one GPU: train loss "
+      f"{worst['train_loss'][0]:.2e} (step {worst['train_loss'][1]}), val loss "
+      f"{worst['val_loss'][0]:.2e} (step {worst['val_loss'][1]}): {'PASS' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+}
+
+# train COMMAND...: runs it (a minute and a half at most), full output to runs.log; its exit status.
+train() {
+  timeout 90 "$@" --spec spec.textproto 2>&1 | tee -a "$log/runs.log" | grep -E '^gdn train|^error|FATAL|^F[0-9]'
+  return "${PIPESTATUS[0]}"
+}
+step "one GPU" | tee -a "$log/runs.log"
+train "$gdn" train --set run.dir=runs/one-gpu || fail "one-GPU run"
+step "2 GPUs, tensor-parallel 2" | tee -a "$log/runs.log"
+train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/tp2 --set parallel.tensor_parallel=2 || fail "TP 2 run"
+compare "TP 2 on 2 GPUs" runs/tp2 || status=1
+step "2 GPUs, data-parallel 2" | tee -a "$log/runs.log"
+train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/dp2 || fail "DP 2 run"
+compare "DP 2 on 2 GPUs" runs/dp2 || status=1
+
+step "2 GPUs, tensor-parallel 2, rank 1 killed (-9) at step 25, resumed" | tee -a "$log/runs.log"
+resume=(--set run.dir=runs/tp2-resume --set parallel.tensor_parallel=2 --set run.checkpoint_interval=10)
+# The launcher passes its environment to the ranks it starts on this node.
+GDN_TEST_RAISE_AFTER_STEP=25:KILL:1 train "${mpi[@]}" -np 2 "$gdn" train "${resume[@]}" \
+  && fail "the killed run exited 0"
+ls runs/tp2-resume | tee -a "$log/runs.log"
+train "${mpi[@]}" -np 2 "$gdn" train "${resume[@]}" || fail "resumed run"
+grep -q 'resuming from step 20' "$log/runs.log" || fail "no resume from step 20"
+compare "TP 2 on 2 GPUs, killed at 25 and resumed" runs/tp2-resume || status=1
+
+step "4 ranks on 2 GPUs" | tee -a "$log/runs.log"
+timeout 60 mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -np 4 \
+  "$gdn" train --spec spec.textproto --set run.dir=runs/np4 >"$work/np4.out" 2>&1
+code=$?
+cat "$work/np4.out" >>"$log/runs.log"
+grep -m1 '^error' "$work/np4.out" | tee -a "$log/summary.txt"
+if [[ $code -eq 0 ]] || ! grep -q 'one GPU per rank' "$work/np4.out" || [[ -e runs/np4/metrics.jsonl ]]; then
+  fail "4 ranks on 2 GPUs: exit $code, expected the one-GPU-per-rank error before any metrics"
+fi
+
+step "summary"
+{ grep -h '^gdn train: .* after' "$log/runs.log"; echo "exit status $status"; } | tee -a "$log/summary.txt"
+exit $status
