@@ -172,5 +172,21 @@ done
 expect_none=$("$gdn" sweep slurm --spec sweep.textproto --submit 2>&1)
 grep -q "all 4 runs are finished" <<<"$expect_none" && ok || fail "resubmission should run nothing: $expect_none"
 
+# Runs of 2 ranks (DP 2), started by srun (the default launcher) and by mpirun.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+for launcher in "srun --mpi=pmix" mpirun; do
+  name=${launcher%% *}
+  out=$("$gdn" sweep slurm --spec sweep.textproto --set sweep.dir=runs/$name --set sweep.widths=32 \
+    --set sweep.learning_rates=0.01 --set run.steps=20 --ntasks 2 --launcher "$launcher" --submit 2>&1)
+  job=$(sed -n 's/^submitted job array \([0-9]*\).*/\1/p' <<<"$out")
+  deadline=$((SECONDS + 90))
+  while [ -n "$job" ] && [ -n "$(squeue -h -j "$job" 2>/dev/null)" ]; do
+    [ $SECONDS -gt $deadline ] && { fail "$name job $job still queued after 90 s"; diagnose; break; }
+    sleep 1
+  done
+  grep -q '"ranks":2' runs/$name/w32*/summary.json 2>/dev/null && [ "$(cat runs/$name/w32*/status)" = done ] && ok ||
+    { fail "2 ranks under $launcher: $out"; tail -n 20 runs/$name/slurm/*.out; }
+done
+
 echo "$pass passed, $failures failed"
 [ "$failures" -eq 0 ]
