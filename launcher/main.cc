@@ -87,7 +87,10 @@ absl::StatusOr<SweepPlan> LoadSweep(const ParsedArgs& args,
 absl::Status Report(const SweepPlan& plan, const std::vector<SweepResult>& results, bool plots) {
   auto files = WriteSweepReport(plan.spec.sweep().dir(), results, plots);
   if (!files.ok()) return files.status();
-  std::printf("\nwrote %s\n", absl::StrJoin(files->written, ", ").c_str());
+  std::vector<std::string> shown;  // not gnuplot's inputs under plots/
+  for (const std::string& f : files->written)
+    if (f.find("/plots/") == std::string::npos) shown.push_back(f);
+  std::printf("\nwrote %s\n", absl::StrJoin(shown, ", ").c_str());
   return absl::OkStatus();
 }
 
@@ -197,6 +200,14 @@ int SweepSlurm(const ParsedArgs& args) {
   }
   std::printf("gdn sweep slurm: %zu of %zu runs to run: %s\n", job->tasks.size(), points->size(),
               job->script_path.c_str());
+  // Two jobs on one run directory would both write it: say which runs may still be alive.
+  std::vector<std::string> running;
+  for (size_t i : job->tasks)
+    if (ReadRun((*points)[i]).status == "running") running.push_back((*points)[i].id);
+  if (!running.empty())
+    std::printf("note: %zu runs are marked running (%s); if a job still runs them, cancel it before "
+                "this one starts them (they resume from their checkpoints)\n",
+                running.size(), absl::StrJoin(running, ", ").c_str());
   if (submit)
     std::printf("submitted job array %s (follow it with gdn sweep status --spec %s)\n",
                 job->job_id.c_str(), args.Get("spec").c_str());

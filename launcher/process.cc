@@ -15,7 +15,7 @@
 namespace gdn {
 
 absl::StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log,
-                                   const std::vector<std::string>& env) {
+                                   const std::vector<std::string>& env, bool own_process_group) {
   std::vector<std::string> args = argv, vars;
   for (char** e = environ; *e; ++e) {
     const std::string_view var(*e);
@@ -34,9 +34,16 @@ absl::StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const s
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  if (own_process_group) {
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+  }
   pid_t pid = 0;
-  const int rc = posix_spawnp(&pid, cargs[0], &actions, nullptr, cargs.data(), cvars.data());
+  const int rc = posix_spawnp(&pid, cargs[0], &actions, &attr, cargs.data(), cvars.data());
   posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
   if (rc != 0) return absl::InternalError(absl::StrCat("cannot start ", argv[0], ": ", strerror(rc)));
   return pid;
 }

@@ -12,9 +12,12 @@
 namespace gdn {
 
 // Starts argv[0] (searched on the PATH) with this process's environment plus `env` ("NAME=value",
-// replacing a variable of the same name), stdout and stderr appended to `log`.
+// replacing a variable of the same name), stdout and stderr appended to `log`. With
+// `own_process_group` a terminal's Ctrl-C or a signal to this process's group does not reach it:
+// the caller decides what the child is told.
 absl::StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const std::string& log,
-                                   const std::vector<std::string>& env = {});
+                                   const std::vector<std::string>& env = {},
+                                   bool own_process_group = false);
 // Spawns and waits: the exit code, or an error when it cannot start or dies of a signal.
 absl::StatusOr<int> RunProcess(const std::vector<std::string>& argv, const std::string& log);
 // The full path of an executable on the PATH; "" when there is none.

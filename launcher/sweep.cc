@@ -114,7 +114,7 @@ void PrintOutcome(size_t i, size_t n, const SweepResult& r, double seconds,
   std::fflush(stdout);
 }
 
-// A preemption of the sweep itself (SIGTERM, SIGUSR2) while its runs are child processes.
+// A preemption of the sweep itself (SIGINT, SIGTERM, SIGUSR2) while its runs are child processes.
 volatile std::sig_atomic_t g_preempt_signal = 0;
 void OnPreempt(int signal) { g_preempt_signal = signal; }
 
@@ -137,15 +137,24 @@ absl::StatusOr<pid_t> StartRun(const GridPoint& p, int ranks, int threads) {
     argv.push_back(a);
   std::vector<std::string> env;
   if (threads > 0) env.push_back(absl::StrCat("OMP_NUM_THREADS=", threads));
-  return SpawnProcess(argv, dir->File("job.log"), env);
+  // Its own process group: only this sweep signals it (mpirun given SIGTERM would exit 1).
+  return SpawnProcess(argv, dir->File("job.log"), env, /*own_process_group=*/true);
 }
 
 // The run's outcome from the child's exit code (cli.h) and its directory.
-SweepResult FinishRun(const GridPoint& p, int wait_status, std::string* error) {
+SweepResult FinishRun(const GridPoint& p, int wait_status, bool preempting, std::string* error) {
   SweepResult r = ReadRun(p);
   const int code = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
   if (code == kExitOk || code == kExitDiverged || code == kExitPreempted) {
     if (code == kExitPreempted) r.status = "preempted";
+    return r;
+  }
+  // A run that had only just started when the preemption came dies of SIGUSR2 before it handles
+  // it: interrupted like the others (it resumes or starts again), not failed.
+  if (preempting && WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == SIGUSR2) {
+    if (r.status == "running")
+      if (auto dir = RunDirectory::Open(p.spec.run().dir()); dir.ok()) (void)dir->SetStatus("preempted");
+    r.status = "preempted";
     return r;
   }
   r.status = "failed";
@@ -165,16 +174,17 @@ std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
   const int threads =
       std::getenv("OMP_NUM_THREADS") ? 0
                                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / per_run);
-  struct sigaction action {}, old_term{}, old_usr2{};
+  struct sigaction action {}, old_int{}, old_term{}, old_usr2{};
   action.sa_handler = OnPreempt;
   sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, &old_int);
   sigaction(SIGTERM, &action, &old_term);
   sigaction(SIGUSR2, &action, &old_usr2);
   g_preempt_signal = 0;
   std::vector<Child> running;
   size_t next = 0;
   bool forwarded = false;
-  while (next < todo.size() || !running.empty()) {
+  while ((!g_preempt_signal && next < todo.size()) || !running.empty()) {
     if (g_preempt_signal && !forwarded) {
       // The runs checkpoint at their next step and exit 4 (mpirun passes SIGUSR2 to every rank).
       std::printf("gdn sweep run: preempted (signal %d): checkpointing %zu running runs\n",
@@ -208,9 +218,10 @@ std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - it->start).count();
     running.erase(it);
     std::string error;
-    results[i] = FinishRun(points[i], wait_status, &error);
+    results[i] = FinishRun(points[i], wait_status, forwarded, &error);
     PrintOutcome(i, points.size(), results[i], seconds, error);
   }
+  sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
   sigaction(SIGUSR2, &old_usr2, nullptr);
   // Runs never started under a preemption stay as they were (pending or interrupted).
@@ -244,7 +255,7 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
     const GridPoint& p = points[i];
     const auto t0 = std::chrono::steady_clock::now();
     TrainOptions train_options;
-    train_options.quiet = true;  // an interrupted run resumes from its newest checkpoint
+    train_options.quiet = true;  // (an interrupted run resumes from its newest checkpoint)
     auto trained = Train(p.spec, grid, train_options);
     std::string error;
     SweepResult& r = results[i];

@@ -46,9 +46,10 @@ struct SweepOptions {
 };
 
 // Runs every point that is not done or diverged; an interrupted one resumes from its checkpoint.
-// Every rank of the job calls it; rank 0 prints. When this process gets SIGTERM or SIGUSR2 while
-// runs are separate processes, it passes SIGUSR2 on to them (they checkpoint and exit 4), starts no
-// more, and the unfinished runs come back "preempted".
+// Every rank of the job calls it; rank 0 prints. When this process gets SIGINT (Ctrl-C), SIGTERM or
+// SIGUSR2 while runs are separate processes (each in its own process group), it passes SIGUSR2 on
+// to them (they checkpoint and exit 4), starts no more, and the unfinished runs come back
+// "preempted".
 std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const ProcessGrid& grid,
                                   const SweepOptions& options);
 

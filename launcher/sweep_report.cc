@@ -1,5 +1,6 @@
 // `gdn sweep report`: CSV files, the best-learning-rate table and gnuplot's plots, from the run
 // directories alone (runs may be unfinished, running elsewhere or gone).
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>

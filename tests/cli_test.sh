@@ -144,28 +144,30 @@ expect 0 "w128_lr2e-01.*: done" -- "$gdn" sweep run --spec sweep.textproto $wide
 expect 0 "9 runs: 6 done, 3 diverged" -- "$gdn" sweep status --spec sweep.textproto $wider
 expect 2 "--parallel must be" -- "$gdn" sweep run --spec sweep.textproto --parallel 0
 
-# A sweep run K at a time is preempted (SIGUSR2): its runs checkpoint, it exits 4, and the same
-# command resumes them to the losses of runs never interrupted.
+# A sweep run K at a time is preempted (SIGUSR2) with 2 runs going and 2 waiting: the running ones
+# checkpoint, it exits 4, and the same command resumes them to the losses of uninterrupted runs.
 cat >long.textproto <<'SPEC'
 model { depth: 1 head_dim: 8 }
 parametrization { base_width: 32 }
 data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 32 batch_size: 4 }
-run { steps: 300 eval_interval: 100 eval_batches: 2 checkpoint_interval: 50 }
-sweep { widths: [32, 64] dir: "runs/long" }
+run { steps: 200 eval_interval: 100 eval_batches: 2 checkpoint_interval: 50 }
+sweep { widths: [32, 64] learning_rates: [0.001, 0.002] dir: "runs/long" }
 SPEC
 OMP_NUM_THREADS=1 "$gdn" sweep run --spec long.textproto --parallel 2 >long.log 2>&1 &
 sweep_pid=$!
 for _ in $(seq 1 300); do
-  [ "$(cat runs/long/w64-*/metrics.jsonl 2>/dev/null | wc -l)" -ge 20 ] && break
+  [ "$(cat runs/long/w32_lr2e-03-*/metrics.jsonl 2>/dev/null | wc -l)" -ge 20 ] && break
   sleep 0.05
 done
 kill -USR2 $sweep_pid
+for _ in $(seq 1 600); do kill -0 $sweep_pid 2>/dev/null || break; sleep 0.1; done
+kill -0 $sweep_pid 2>/dev/null && { fail "the preempted sweep did not stop within 60 s"; kill -9 $sweep_pid; }
 wait $sweep_pid
 rc=$?
 [ $rc -eq 4 ] && ok || fail "a preempted sweep should exit 4, got $rc: $(cat long.log)"
-expect 0 "preempted" -- "$gdn" sweep status --spec long.textproto
-OMP_NUM_THREADS=1 expect 0 "w64-.*: done | step 300" -- "$gdn" sweep run --spec long.textproto --parallel 2
-expect 0 "2 runs: 2 done" -- "$gdn" sweep status --spec long.textproto
+expect 0 "4 runs: 2 preempted, 2 pending" -- "$gdn" sweep status --spec long.textproto
+OMP_NUM_THREADS=1 expect 0 "w64_lr2e-03-.*: done | step 200" -- "$gdn" sweep run --spec long.textproto --parallel 2
+expect 0 "4 runs: 4 done" -- "$gdn" sweep status --spec long.textproto
 for run in runs/long/w*; do
   OMP_NUM_THREADS=1 "$gdn" train --spec "$run/point.textproto" --set run.dir="$run.ref" --quiet
   [ "$(cut -d, -f3 "$run/summary.json")" = "$(cut -d, -f3 "$run.ref/summary.json")" ] && ok ||
