@@ -87,7 +87,7 @@ absl::Status Plot(const CoordCheckResult& r, double lr, const std::string& dir) 
                           GnuplotQuote(r.probes[i]), r.steps,
                           GnuplotQuote("coord_check_" + slug + ".dat"), i);
   gp += "unset multiplot\n";
-  return RunGnuplot(out.File("coord_check_" + slug + ".gp"), gp);
+  return RunGnuplot(out.File("coord_check_" + slug + ".gp"), gp, dir);
 }
 
 }  // namespace

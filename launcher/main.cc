@@ -14,8 +14,10 @@
 #include "glog/logging.h"
 #include "launcher/bench.h"
 #include "launcher/coord_check_command.h"
+#include "launcher/plot.h"
 #include "launcher/cli.h"
 #include "launcher/model_io.h"
+#include "launcher/slurm.h"
 #include "launcher/sweep.h"
 #include "launcher/trainer.h"
 #include "runtime/mpi_communicator.h"
@@ -67,38 +69,151 @@ int Train(const ParsedArgs& args) {
   return result->status == "diverged" ? kExitDiverged : kExitOk;
 }
 
-int Sweep(const ParsedArgs& args, bool run) {
-  auto spec = ResolveSpec(args.Get("spec"), args.GetAll("set"));
-  if (!spec.ok()) return Fail(spec.status());
+// The spec of a sweep verb with its points, all validated before anything is written.
+struct SweepPlan {
+  ExperimentSpec spec;
+  std::vector<GridPoint> points;
+};
+absl::StatusOr<SweepPlan> LoadSweep(const ParsedArgs& args,
+                                    std::vector<std::string> overrides = {}) {
+  for (const std::string& s : args.GetAll("set")) overrides.push_back(s);
+  auto spec = ResolveSpec(args.Get("spec"), overrides);
+  if (!spec.ok()) return spec.status();
   auto points = PlanSweep(*spec);
-  if (!points.ok()) return Fail(points.status());
-  if (!run) {
-    std::printf("%s", DescribePlan(*points).c_str());
-    return kExitOk;
-  }
+  if (!points.ok()) return points.status();
+  return SweepPlan{*std::move(spec), *std::move(points)};
+}
+
+// Writes the report files into sweep.dir and says where; plots only when gnuplot is there.
+absl::Status Report(const SweepPlan& plan, const std::vector<SweepResult>& results, bool plots) {
+  auto files = WriteSweepReport(plan.spec.sweep().dir(), results, plots);
+  if (!files.ok()) return files.status();
+  std::vector<std::string> shown;  // not gnuplot's inputs under plots/
+  for (const std::string& f : files->written)
+    if (f.find("/plots/") == std::string::npos) shown.push_back(f);
+  std::printf("\nwrote %s\n", absl::StrJoin(shown, ", ").c_str());
+  return absl::OkStatus();
+}
+
+int SweepPlanVerb(const ParsedArgs& args) {
+  auto plan = LoadSweep(args);
+  if (!plan.ok()) return Fail(plan.status());
+  std::printf("%s", DescribePlan(plan->points).c_str());
+  return kExitOk;
+}
+
+int SweepRun(const ParsedArgs& args) {
+  auto plan = LoadSweep(args);
+  if (!plan.ok()) return Fail(plan.status());
   SweepOptions options;
   auto ranks = args.GetInt("ranks");
   if (!ranks.ok() || *ranks < 0)
     return Fail(absl::InvalidArgumentError("gdn sweep run: --ranks must be a whole number >= 0"));
+  auto parallel = args.GetInt("parallel");
+  if (!parallel.ok() || *parallel < 1)
+    return Fail(absl::InvalidArgumentError("gdn sweep run: --parallel must be a whole number >= 1"));
   options.ranks_per_run = static_cast<int>(*ranks);
-  // In-process runs use this job's ranks; runs started as their own jobs need none here.
-  auto grid = ProcessGrid::Create(options.ranks_per_run > 0 ? 1 : spec->parallel().tensor_parallel());
+  options.parallel = static_cast<int>(*parallel);
+  // In-process runs use this job's ranks; runs started as their own processes need none here.
+  const bool in_process = options.ranks_per_run == 0 && options.parallel == 1;
+  auto grid = ProcessGrid::Create(in_process ? plan->spec.parallel().tensor_parallel() : 1);
   if (!grid.ok()) return Fail(grid.status());
   const bool talk = grid->world_rank == 0;
   if (talk)
-    std::printf("gdn sweep run: %zu runs under %s\n", points->size(), spec->sweep().dir().c_str());
-  const std::vector<SweepResult> results = RunSweep(*points, *grid, options);
-  const std::string table = SweepTable(results);
-  if (talk) std::printf("%s", table.c_str());
-  auto dir = RunDirectory::Open(spec->sweep().dir());
-  if (talk && dir.ok()) {
-    (void)dir->WriteFile("results.csv", SweepCsv(results));
-    (void)dir->WriteFile("table.txt", table);
-    std::printf("\nwrote %s/results.csv and %s/table.txt\n", spec->sweep().dir().c_str(),
-                spec->sweep().dir().c_str());
+    std::printf("gdn sweep run: %zu runs under %s\n", plan->points.size(),
+                plan->spec.sweep().dir().c_str());
+  const std::vector<SweepResult> results = RunSweep(plan->points, *grid, options);
+  if (talk) {
+    std::printf("%s", SweepTable(results).c_str());
+    if (!HaveGnuplot()) std::printf("\n(no plots: gnuplot is not installed)\n");
+    if (auto s = Report(*plan, results, HaveGnuplot()); !s.ok()) return Fail(s, kExitFailure);
   }
-  for (const SweepResult& r : results)
+  bool preempted = false;
+  for (const SweepResult& r : results) {
     if (r.status == "failed") return kExitFailure;
+    preempted |= r.status == "preempted";
+  }
+  if (preempted && talk)
+    std::printf("gdn sweep run: preempted; the same command resumes the sweep\n");
+  return preempted ? kExitPreempted : kExitOk;
+}
+
+int SweepStatus(const ParsedArgs& args) {
+  auto plan = LoadSweep(args);
+  if (!plan.ok()) return Fail(plan.status());
+  std::printf("%s", SweepStatusTable(ReadRuns(plan->points)).c_str());
+  return kExitOk;
+}
+
+int SweepReport(const ParsedArgs& args) {
+  auto plan = LoadSweep(args);
+  if (!plan.ok()) return Fail(plan.status());
+  if (!HaveGnuplot())
+    return Fail(absl::FailedPreconditionError(
+                    "gnuplot: not on the PATH (apt-get install gnuplot-nox; launcher/setup.sh "
+                    "installs it)"),
+                kExitFailure);
+  const std::vector<SweepResult> results = ReadRuns(plan->points);
+  std::printf("%s%s", SweepStatusTable(results).c_str(), SweepTable(results).c_str());
+  if (auto s = Report(*plan, results, true); !s.ok()) return Fail(s, kExitFailure);
+  return kExitOk;
+}
+
+// `gdn sweep slurm` flags that stand for a field of the spec's slurm block.
+const std::vector<std::pair<Flag, std::string>>& SlurmFlags() {
+  static const auto* flags = new std::vector<std::pair<Flag, std::string>>{
+      {{"max-running", "array tasks at once (%N); 0: no limit"}, "slurm.max_running"},
+      {{"ntasks", "ranks per run (sbatch --ntasks)"}, "slurm.ntasks"},
+      {{"launcher", "command starting a run's ranks, e.g. 'srun --mpi=pmix', 'mpirun'; '': none"},
+       "slurm.launcher"},
+      {{"nodes", "sbatch --nodes per run"}, "slurm.nodes"},
+      {{"cpus-per-task", "sbatch --cpus-per-task (also OMP_NUM_THREADS)"}, "slurm.cpus_per_task"},
+      {{"time", "sbatch --time per task, e.g. 04:00:00"}, "slurm.time"},
+      {{"partition", "sbatch --partition"}, "slurm.partition"},
+      {{"account", "sbatch --account"}, "slurm.account"},
+      {{"signal-seconds", "SIGUSR2 this long before the time limit: checkpoint and requeue"},
+       "slurm.signal_seconds"},
+  };
+  return *flags;
+}
+
+int SweepSlurm(const ParsedArgs& args) {
+  std::vector<std::string> overrides;
+  for (const auto& [flag, field] : SlurmFlags())
+    if (!args.GetAll(flag.name).empty())
+      overrides.push_back(absl::StrCat(field, "=", args.Get(flag.name)));
+  auto spec = ResolveSpec(args.Get("spec"), [&] {
+    std::vector<std::string> all = args.GetAll("set");
+    all.insert(all.end(), overrides.begin(), overrides.end());
+    return all;
+  }());
+  if (!spec.ok()) return Fail(spec.status());
+  for (const std::string& line : args.GetAll("sbatch")) spec->mutable_slurm()->add_sbatch(line);
+  if (auto s = ValidateSpec(*spec); !s.ok()) return Fail(s);
+  auto points = PlanSweep(*spec);
+  if (!points.ok()) return Fail(points.status());
+  const bool submit = args.GetBool("submit");
+  auto job = PrepareSlurm(*spec, *points, submit);
+  if (!job.ok()) return Fail(job.status(), kExitFailure);
+  if (job->tasks.empty()) {
+    std::printf("gdn sweep slurm: all %zu runs are finished; nothing to run\n", points->size());
+    return kExitOk;
+  }
+  std::printf("gdn sweep slurm: %zu of %zu runs to run: %s\n", job->tasks.size(), points->size(),
+              job->script_path.c_str());
+  // Two jobs on one run directory would both write it: say which runs may still be alive.
+  std::vector<std::string> running;
+  for (size_t i : job->tasks)
+    if (ReadRun((*points)[i]).status == "running") running.push_back((*points)[i].id);
+  if (!running.empty())
+    std::printf("note: %zu runs are marked running (%s); if a job still runs them, cancel it before "
+                "this one starts them (they resume from their checkpoints)\n",
+                running.size(), absl::StrJoin(running, ", ").c_str());
+  if (submit)
+    std::printf("submitted job array %s (follow it with gdn sweep status --spec %s)\n",
+                job->job_id.c_str(), args.Get("spec").c_str());
+  else
+    std::printf("submit it with: sbatch %s\n", job->script_path.c_str());
   return kExitOk;
 }
 
@@ -255,14 +370,39 @@ std::vector<Verb> Verbs() {
        Train},
       {{"sweep plan", "List the runs of the spec's sweep grid and what each costs.",
         {kSpecFlag, kSetFlag}},
-       [](const ParsedArgs& a) { return Sweep(a, false); }},
+       SweepPlanVerb},
       {{"sweep run",
-        "Run every point of the spec's sweep grid (skipping finished ones), then print the final "
-        "validation loss per width and learning rate and the best learning rate per width.",
+        "Run every point of the spec's sweep grid (finished ones are skipped, interrupted ones "
+        "resume), then print the final validation loss per width and learning rate and the best "
+        "learning rate per width, and write the report into sweep.dir.",
         {kSpecFlag, kSetFlag,
          {"ranks", "run each point as its own `mpirun -np N gdn train` job (0: in this process)",
-          "0"}}},
-       [](const ParsedArgs& a) { return Sweep(a, true); }},
+          "0"},
+         {"parallel", "runs at once, each its own process (cores shared out among them)", "1"}}},
+       SweepRun},
+      {{"sweep status",
+        "A line per run of the sweep: state, step, last training and validation loss.",
+        {kSpecFlag, kSetFlag}},
+       SweepStatus},
+      {{"sweep report",
+        "From the run directories (any time, finished or not): sweep.dir/results.csv, "
+        "best_lr.csv, table.txt, lr_sweep.png and curves.png (gnuplot).",
+        {kSpecFlag, kSetFlag}},
+       SweepReport},
+      {{"sweep slurm",
+        "Write sweep.dir/slurm/sweep.sbatch, a Slurm job array with one task per unfinished "
+        "grid point (preempted tasks checkpoint and requeue themselves), and with --submit "
+        "submit it. Flags override the spec's slurm block.",
+        [] {
+          std::vector<Flag> flags = {kSpecFlag, kSetFlag,
+                                     {"submit", "submit it with sbatch and print the job id", "",
+                                      false, false, true},
+                                     {"sbatch", "another sbatch option, e.g. --gpus-per-task=1", "",
+                                      false, true}};
+          for (const auto& [flag, field] : SlurmFlags()) flags.push_back(flag);
+          return flags;
+        }()},
+       SweepSlurm},
       {{"data prepare",
         "Turn a folder of text into byte-level token shards (llm.c .bin): OUT/train.bin, "
         "OUT/val.bin.",

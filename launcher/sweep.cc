@@ -1,16 +1,27 @@
 #include "launcher/sweep.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
-#include <filesystem>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "launcher/cli.h"
+#include "launcher/process.h"
 #include "launcher/trainer.h"
 #include "model/lm.h"
 #include "runtime/run_dir.h"
@@ -46,33 +57,177 @@ std::string DescribePlan(const std::vector<GridPoint>& points) {
   return os.str();
 }
 
-namespace {
-
-// Reads a finished run's summary into r.
-void ReadSummary(const RunDirectory& dir, SweepResult& r) {
-  auto summary = dir.ReadFile("summary.json");
-  if (!summary.ok()) return;
-  r.val_loss = JsonNumber(*summary, "val_loss").value_or(NAN);
-  r.train_loss = JsonNumber(*summary, "train_loss").value_or(NAN);
-  r.tokens_per_s = JsonNumber(*summary, "tokens_per_s").value_or(NAN);
+SweepResult ReadRun(const GridPoint& point) {
+  SweepResult r{point};
+  r.train_loss = r.val_loss = r.tokens_per_s = NAN;
+  const RunDirectory dir = RunDirectory::ForReading(point.spec.run().dir());
+  r.status = dir.Status();
+  if (r.status.empty()) r.status = "pending";
+  if (auto metrics = dir.ReadFile("metrics.jsonl"); metrics.ok()) {
+    for (absl::string_view line : absl::StrSplit(*metrics, '\n', absl::SkipEmpty())) {
+      const std::string l(line);
+      auto step = JsonNumber(l, "step");
+      auto loss = JsonNumber(l, "train_loss");
+      if (!step.ok() || !loss.ok()) continue;  // a line cut short by a crash
+      r.step = static_cast<int64_t>(*step);
+      r.train_loss = *loss;
+      r.tokens_per_s = JsonNumber(l, "tokens_per_s").value_or(NAN);
+      if (auto val = JsonNumber(l, "val_loss"); val.ok()) r.val_loss = *val;
+    }
+    std::error_code ec;
+    const auto mtime = std::filesystem::last_write_time(dir.File("metrics.jsonl"), ec);
+    if (!ec)
+      r.seconds_since_update = std::chrono::duration<double>(
+                                   std::filesystem::file_time_type::clock::now() - mtime)
+                                   .count();
+  }
+  // A finished run's summary has the final numbers (the mean throughput, NaN val when diverged).
+  if (r.status == "done" || r.status == "diverged") {
+    if (auto summary = dir.ReadFile("summary.json"); summary.ok()) {
+      r.val_loss = JsonNumber(*summary, "val_loss").value_or(NAN);
+      r.train_loss = JsonNumber(*summary, "train_loss").value_or(r.train_loss);
+      r.tokens_per_s = JsonNumber(*summary, "tokens_per_s").value_or(r.tokens_per_s);
+    }
+  }
+  if (r.status != "done") r.val_loss = r.status == "diverged" ? NAN : r.val_loss;
+  return r;
 }
 
-// Runs one point as its own MPI job: the resolved spec goes to the run directory and
-// `mpirun -np N gdn train` trains it there. The job's status file says how it ended.
-void RunAsJob(const GridPoint& p, const RunDirectory& dir, int ranks, SweepResult& r) {
-  const std::string spec_file = dir.File("point.textproto");
-  if (!dir.WriteFile("point.textproto", SpecToText(p.spec)).ok()) {
-    r.status = "failed";
-    return;
+std::vector<SweepResult> ReadRuns(const std::vector<GridPoint>& points) {
+  std::vector<SweepResult> results;
+  for (const GridPoint& p : points) results.push_back(ReadRun(p));
+  return results;
+}
+
+namespace {
+
+bool Finished(const std::string& status) { return status == "done" || status == "diverged"; }
+
+void PrintOutcome(size_t i, size_t n, const SweepResult& r, double seconds,
+                  const std::string& error) {
+  if (r.status == "failed")
+    std::printf("[%zu/%zu] %s: failed: %s\n", i + 1, n, r.point.id.c_str(), error.c_str());
+  else
+    std::printf("[%zu/%zu] %s: %s | step %lld | train %.4f | val %.4f | %.0f tok/s | %.0fs\n",
+                i + 1, n, r.point.id.c_str(), r.status.c_str(), static_cast<long long>(r.step),
+                r.train_loss, r.val_loss, r.tokens_per_s, seconds);
+  std::fflush(stdout);
+}
+
+// A preemption of the sweep itself (SIGINT, SIGTERM, SIGUSR2) while its runs are child processes.
+volatile std::sig_atomic_t g_preempt_signal = 0;
+void OnPreempt(int signal) { g_preempt_signal = signal; }
+
+// A run started as its own process: `[mpirun -np N] gdn train --spec <dir>/point.textproto`,
+// output appended to <dir>/job.log.
+struct Child {
+  size_t index;
+  pid_t pid;
+  std::chrono::steady_clock::time_point start;
+};
+
+absl::StatusOr<pid_t> StartRun(const GridPoint& p, int ranks, int threads) {
+  auto dir = RunDirectory::Open(p.spec.run().dir());
+  if (!dir.ok()) return dir.status();
+  if (auto s = dir->WriteFile("point.textproto", SpecToText(p.spec)); !s.ok()) return s;
+  std::vector<std::string> argv;
+  if (ranks > 0) argv = {"mpirun", "--oversubscribe", "-np", absl::StrCat(ranks)};
+  for (const std::string& a : {SelfPath(), std::string("train"), std::string("--spec"),
+                               dir->File("point.textproto"), std::string("--quiet")})
+    argv.push_back(a);
+  std::vector<std::string> env;
+  if (threads > 0) env.push_back(absl::StrCat("OMP_NUM_THREADS=", threads));
+  // Its own process group: only this sweep signals it (mpirun given SIGTERM would exit 1).
+  return SpawnProcess(argv, dir->File("job.log"), env, /*own_process_group=*/true);
+}
+
+// The run's outcome from the child's exit code (cli.h) and its directory.
+SweepResult FinishRun(const GridPoint& p, int wait_status, bool preempting, std::string* error) {
+  SweepResult r = ReadRun(p);
+  const int code = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
+  if (code == kExitOk || code == kExitDiverged || code == kExitPreempted) {
+    if (code == kExitPreempted) r.status = "preempted";
+    return r;
   }
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const std::string command = absl::StrFormat(
-      "mpirun --oversubscribe -np %d '%s' train --spec '%s' --quiet --restart > '%s' 2>&1", ranks,
-      self, spec_file, dir.File("job.log"));
-  const int rc = std::system(command.c_str());
-  r.status = dir.Status();
-  if (rc != 0 && r.status != "diverged") r.status = "failed";
-  ReadSummary(dir, r);
+  // A run that had only just started when the preemption came dies of SIGUSR2 before it handles
+  // it: interrupted like the others (it resumes or starts again), not failed.
+  if (preempting && WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == SIGUSR2) {
+    if (r.status == "running")
+      if (auto dir = RunDirectory::Open(p.spec.run().dir()); dir.ok()) (void)dir->SetStatus("preempted");
+    r.status = "preempted";
+    return r;
+  }
+  r.status = "failed";
+  *error = absl::StrCat(code < 0 ? absl::StrCat("killed by signal ", WTERMSIG(wait_status))
+                                 : absl::StrCat("exit code ", code),
+                        "; see ", p.spec.run().dir(), "/job.log");
+  // A crashed run leaves "running" behind; say what happened (rerunning resumes or restarts it).
+  if (auto dir = RunDirectory::Open(p.spec.run().dir()); dir.ok()) (void)dir->SetStatus("failed");
+  return r;
+}
+
+// Runs the points as child processes, `parallel` at a time.
+std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
+                                        const std::vector<size_t>& todo, const SweepOptions& options,
+                                        std::vector<SweepResult> results) {
+  const int per_run = std::max(1, options.ranks_per_run) * options.parallel;
+  const int threads =
+      std::getenv("OMP_NUM_THREADS") ? 0
+                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / per_run);
+  struct sigaction action {}, old_int{}, old_term{}, old_usr2{};
+  action.sa_handler = OnPreempt;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, &old_int);
+  sigaction(SIGTERM, &action, &old_term);
+  sigaction(SIGUSR2, &action, &old_usr2);
+  g_preempt_signal = 0;
+  std::vector<Child> running;
+  size_t next = 0;
+  bool forwarded = false;
+  while ((!g_preempt_signal && next < todo.size()) || !running.empty()) {
+    if (g_preempt_signal && !forwarded) {
+      // The runs checkpoint at their next step and exit 4 (mpirun passes SIGUSR2 to every rank).
+      std::printf("gdn sweep run: preempted (signal %d): checkpointing %zu running runs\n",
+                  static_cast<int>(g_preempt_signal), running.size());
+      std::fflush(stdout);
+      for (const Child& c : running) kill(c.pid, SIGUSR2);
+      forwarded = true;
+    }
+    while (!g_preempt_signal && next < todo.size() &&
+           static_cast<int>(running.size()) < options.parallel) {
+      const size_t i = todo[next++];
+      auto pid = StartRun(points[i], options.ranks_per_run, threads);
+      if (!pid.ok()) {
+        results[i] = ReadRun(points[i]);
+        results[i].status = "failed";
+        PrintOutcome(i, points.size(), results[i], 0, std::string(pid.status().message()));
+        continue;
+      }
+      running.push_back({i, *pid, std::chrono::steady_clock::now()});
+    }
+    int wait_status = 0;
+    const pid_t pid = waitpid(-1, &wait_status, WNOHANG);
+    if (pid <= 0) {
+      usleep(100 * 1000);  // a signal ends the sleep early
+      continue;
+    }
+    auto it = std::find_if(running.begin(), running.end(), [&](const Child& c) { return c.pid == pid; });
+    if (it == running.end()) continue;
+    const size_t i = it->index;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - it->start).count();
+    running.erase(it);
+    std::string error;
+    results[i] = FinishRun(points[i], wait_status, forwarded, &error);
+    PrintOutcome(i, points.size(), results[i], seconds, error);
+  }
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  sigaction(SIGUSR2, &old_usr2, nullptr);
+  // Runs never started under a preemption stay as they were (pending or interrupted).
+  if (g_preempt_signal)
+    for (size_t k = next; k < todo.size(); ++k) results[todo[k]].status = "preempted";
+  return results;
 }
 
 }  // namespace
@@ -80,63 +235,89 @@ void RunAsJob(const GridPoint& p, const RunDirectory& dir, int ranks, SweepResul
 std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const ProcessGrid& grid,
                                   const SweepOptions& options) {
   const bool talk = grid.world_rank == 0;
-  std::vector<SweepResult> results;
+  std::vector<SweepResult> results = ReadRuns(points);
+  std::vector<size_t> todo;
   for (size_t i = 0; i < points.size(); ++i) {
-    const GridPoint& p = points[i];
-    SweepResult r{p};
-    auto dir = RunDirectory::Open(p.spec.run().dir());
-    const std::string before = dir.ok() ? dir->Status() : "";
-    const auto t0 = std::chrono::steady_clock::now();
-    if ((before == "done" || before == "diverged") && dir->Exists("summary.json")) {
-      r.status = before;
-      ReadSummary(*dir, r);
-      if (talk)
-        std::printf("[%zu/%zu] %s: %s already (val %.4f)\n", i + 1, points.size(), p.id.c_str(),
-                    before.c_str(), r.val_loss);
-      results.push_back(r);
-      continue;
+    if (!Finished(results[i].status)) {
+      todo.push_back(i);
+    } else if (talk) {
+      std::printf("[%zu/%zu] %s: %s already (val %.4f)\n", i + 1, points.size(),
+                  points[i].id.c_str(), results[i].status.c_str(), results[i].val_loss);
     }
+  }
+  std::fflush(stdout);
+  if (options.ranks_per_run > 0 || options.parallel > 1)
+    return RunAsProcesses(points, todo, options, std::move(results));
+
+  // In this process, on this job's ranks, one after another.
+  for (size_t n = 0; n < todo.size(); ++n) {
+    const size_t i = todo[n];
+    const GridPoint& p = points[i];
+    const auto t0 = std::chrono::steady_clock::now();
+    TrainOptions train_options;
+    train_options.quiet = true;  // (an interrupted run resumes from its newest checkpoint)
+    auto trained = Train(p.spec, grid, train_options);
     std::string error;
-    if (!dir.ok()) {
-      r.status = "failed";
-      error = std::string(dir.status().message());
-    } else if (options.ranks_per_run > 0) {
-      RunAsJob(p, *dir, options.ranks_per_run, r);
-      if (r.status == "failed") error = "see " + dir->File("job.log");
+    SweepResult& r = results[i];
+    r = ReadRun(p);
+    if (trained.ok()) {
+      // Other ranks may read the directory before rank 0 finished writing it.
+      r.status = trained->status;
+      r.step = trained->steps;
+      r.train_loss = trained->train_loss;
+      r.val_loss = trained->val_loss;
+      r.tokens_per_s = trained->tokens_per_s;
     } else {
-      TrainOptions train_options;
-      train_options.quiet = true;
-      train_options.restart = true;  // an interrupted run starts over
-      auto trained = Train(p.spec, grid, train_options);
-      if (trained.ok()) {
-        r.status = trained->status;
-        r.val_loss = trained->val_loss;
-        r.train_loss = trained->train_loss;
-        r.tokens_per_s = trained->tokens_per_s;
-      } else {
-        r.status = "failed";
-        error = std::string(trained.status().message());
-        if (talk) (void)dir->SetStatus("failed");
-      }
+      r.status = "failed";
+      error = std::string(trained.status().message());
+      if (talk)
+        if (auto dir = RunDirectory::Open(p.spec.run().dir()); dir.ok()) (void)dir->SetStatus("failed");
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (talk && r.status == "failed")
-      std::printf("[%zu/%zu] %s: failed: %s\n", i + 1, points.size(), p.id.c_str(), error.c_str());
-    else if (talk)
-      std::printf("[%zu/%zu] %s: %s | train %.4f | val %.4f | %.0f tok/s | %.0fs\n", i + 1,
-                  points.size(), p.id.c_str(), r.status.c_str(), r.train_loss, r.val_loss,
-                  r.tokens_per_s, seconds);
-    std::fflush(stdout);
+    if (talk) PrintOutcome(i, points.size(), r, seconds, error);
     ReleaseCachedMemory();  // the next run's buffer sizes differ
-    results.push_back(r);
+    if (r.status == "preempted") {
+      for (size_t k = n + 1; k < todo.size(); ++k) results[todo[k]].status = "preempted";
+      break;
+    }
   }
   return results;
 }
 
-namespace {
-// The assignments that are not width, learning rate or seed name a table.
-std::string GroupOf(const GridPoint& p) {
+std::string SweepStatusTable(const std::vector<SweepResult>& results) {
+  size_t id_width = 3;
+  for (const SweepResult& r : results) id_width = std::max(id_width, r.point.id.size());
+  std::ostringstream os;
+  os << absl::StrFormat("%-*s %-9s %13s %10s %10s %10s\n", id_width, "run", "state", "step",
+                        "train", "val", "updated");
+  std::map<std::string, int> counts;
+  auto number = [](double v) { return std::isnan(v) ? std::string("-") : absl::StrFormat("%.4f", v); };
+  for (const SweepResult& r : results) {
+    ++counts[r.status];
+    const std::string step =
+        r.status == "pending" ? "-" : absl::StrCat(r.step, "/", r.point.spec.run().steps());
+    std::string age = "-";
+    if (r.seconds_since_update >= 0) {
+      const int64_t s = static_cast<int64_t>(r.seconds_since_update);
+      age = s < 120 ? absl::StrCat(s, "s ago")
+                    : s < 7200 ? absl::StrCat(s / 60, "m ago") : absl::StrCat(s / 3600, "h ago");
+    }
+    os << absl::StrFormat("%-*s %-9s %13s %10s %10s %10s\n", id_width, r.point.id, r.status, step,
+                          number(r.train_loss), r.status == "diverged" ? "diverged" : number(r.val_loss),
+                          age);
+  }
+  std::vector<std::string> parts;
+  for (const char* state : {"done", "diverged", "running", "preempted", "failed", "pending"})
+    if (counts.count(state)) parts.push_back(absl::StrCat(counts[state], " ", state));
+  for (const auto& [state, n] : counts)  // anything unexpected in a status file
+    if (!absl::StrContains("done diverged running preempted failed pending", state))
+      parts.push_back(absl::StrCat(n, " ", state));
+  os << absl::StrFormat("%d runs: %s\n", results.size(), absl::StrJoin(parts, ", "));
+  return os.str();
+}
+
+std::string SweepGroupName(const GridPoint& p) {
   std::vector<std::string> rest;
   for (const std::string& a : p.assignments)
     if (a.rfind("model.width=", 0) != 0 && a.rfind("optimizer.lr=", 0) != 0 &&
@@ -144,73 +325,118 @@ std::string GroupOf(const GridPoint& p) {
       rest.push_back(a);
   return rest.empty() ? "all runs" : absl::StrJoin(rest, " ");
 }
-}  // namespace
 
-std::string SweepTable(const std::vector<SweepResult>& results) {
-  struct Cell {
+std::vector<SweepGroup> GroupSweep(const std::vector<SweepResult>& results) {
+  struct Acc {
     double sum = 0;
-    int n = 0;
-    bool diverged = false;
+    int n = 0, seeds = 0;
+    std::string state;
   };
-  // group -> width -> lr -> cell
-  std::map<std::string, std::map<int, std::map<double, Cell>>> groups;
+  struct G {
+    std::string parametrization;
+    std::map<int, std::map<double, Acc>> cells;  // width -> lr
+  };
+  std::map<std::string, G> groups;
   for (const SweepResult& r : results) {
-    Cell& c = groups[GroupOf(r.point)][r.point.spec.model().width()][r.point.spec.optimizer().lr()];
+    const ExperimentSpec& s = r.point.spec;
+    G& g = groups[SweepGroupName(r.point)];
+    g.parametrization = ParametrizationSpec::Kind_Name(s.parametrization().kind());
+    Acc& a = g.cells[s.model().width()][s.optimizer().lr()];
+    ++a.seeds;
     if (r.status == "done" && std::isfinite(r.val_loss)) {
-      c.sum += r.val_loss;
-      ++c.n;
-    } else {
-      c.diverged = true;
+      a.sum += r.val_loss;
+      ++a.n;
+    } else if (a.state.empty() || r.status == "diverged") {
+      a.state = r.status == "done" ? "diverged" : r.status;  // done with a non-finite loss
     }
   }
-  std::ostringstream os;
-  for (const auto& [group, widths] : groups) {
-    std::set<double> lr_set;
-    for (const auto& [w, lrs] : widths)
-      for (const auto& [lr, c] : lrs) lr_set.insert(lr);
-    const std::vector<double> lrs(lr_set.begin(), lr_set.end());
-    os << "\nfinal validation loss: " << group << "\n" << absl::StrFormat("%8s", "width");
-    for (double lr : lrs) os << absl::StrFormat(" %10.3g", lr);
-    os << absl::StrFormat(" %10s %6s\n", "best lr", "shift");
-    int base_index = -1;
-    for (const auto& [w, cells] : widths) {
-      os << absl::StrFormat("%8d", w);
-      int best = -1;
+  std::vector<SweepGroup> out;
+  for (const auto& [name, g] : groups) {
+    SweepGroup group;
+    group.name = name;
+    group.parametrization = g.parametrization;
+    std::set<double> lrs;
+    for (const auto& [w, cells] : g.cells)
+      for (const auto& [lr, a] : cells) lrs.insert(lr);
+    group.lrs.assign(lrs.begin(), lrs.end());
+    int base = -1;
+    for (const auto& [w, cells] : g.cells) {
+      SweepWidth width;
+      width.width = w;
       double best_loss = INFINITY;
-      for (size_t i = 0; i < lrs.size(); ++i) {
-        auto it = cells.find(lrs[i]);
+      for (size_t i = 0; i < group.lrs.size(); ++i) {
+        SweepCell cell;
+        cell.lr = group.lrs[i];
+        cell.val_loss = NAN;
+        auto it = cells.find(cell.lr);
         if (it == cells.end()) {
-          os << absl::StrFormat(" %10s", "-");
-        } else if (it->second.diverged || it->second.n == 0) {
-          os << absl::StrFormat(" %10s", "diverged");
+          cell.state = "-";  // not in the grid
+        } else if (!it->second.state.empty()) {
+          cell.state = it->second.state;
         } else {
-          const double loss = it->second.sum / it->second.n;
-          os << absl::StrFormat(" %10.4f", loss);
-          if (loss < best_loss) best_loss = loss, best = static_cast<int>(i);
+          cell.state = "done";
+          cell.val_loss = it->second.sum / it->second.n;
+          if (cell.val_loss < best_loss) best_loss = cell.val_loss, width.best = static_cast<int>(i);
         }
+        width.cells.push_back(cell);
       }
-      if (best < 0) {
+      if (width.best >= 0) {
+        if (base < 0) base = width.best;
+        width.shift = width.best - base;
+      }
+      group.widths.push_back(std::move(width));
+    }
+    out.push_back(std::move(group));
+  }
+  return out;
+}
+
+std::string SweepTable(const std::vector<SweepResult>& results) {
+  std::ostringstream os;
+  for (const SweepGroup& g : GroupSweep(results)) {
+    os << "\nfinal validation loss: " << g.name << "\n" << absl::StrFormat("%8s", "width");
+    for (double lr : g.lrs) os << absl::StrFormat(" %10.3g", lr);
+    os << absl::StrFormat(" %10s %6s\n", "best lr", "shift");
+    for (const SweepWidth& w : g.widths) {
+      os << absl::StrFormat("%8d", w.width);
+      for (const SweepCell& c : w.cells)
+        os << (c.state == "done" ? absl::StrFormat(" %10.4f", c.val_loss)
+                                 : absl::StrFormat(" %10s", c.state));
+      if (w.best < 0)
         os << absl::StrFormat(" %10s %6s\n", "-", "-");
-        continue;
-      }
-      if (base_index < 0) base_index = best;
-      os << absl::StrFormat(" %10.3g %+6d\n", lrs[best], best - base_index);
+      else
+        os << absl::StrFormat(" %10.3g %+6d\n", g.lrs[w.best], w.shift);
     }
   }
   return os.str();
 }
 
 std::string SweepCsv(const std::vector<SweepResult>& results) {
+  auto num = [](double v, int digits) {
+    return std::isnan(v) ? std::string() : absl::StrFormat("%.*f", digits, v);
+  };
   std::ostringstream os;
-  os << "run_id,parametrization,optimizer,width,lr,seed,status,train_loss,val_loss,tokens_per_s\n";
+  os << "run_id,parametrization,optimizer,width,lr,seed,status,step,train_loss,val_loss,"
+        "tokens_per_s\n";
   for (const SweepResult& r : results) {
     const ExperimentSpec& s = r.point.spec;
-    os << absl::StrFormat("%s,%s,%s,%d,%.9g,%d,%s,%.6f,%.6f,%.1f\n", r.point.id,
+    os << absl::StrFormat("%s,%s,%s,%d,%.9g,%d,%s,%d,%s,%s,%s\n", r.point.id,
                           ParametrizationSpec::Kind_Name(s.parametrization().kind()),
                           OptimizerSpec::Kind_Name(s.optimizer().kind()), s.model().width(),
-                          s.optimizer().lr(), s.run().seed(), r.status, r.train_loss, r.val_loss,
-                          r.tokens_per_s);
+                          s.optimizer().lr(), s.run().seed(), r.status, r.step,
+                          num(r.train_loss, 6), num(r.val_loss, 6), num(r.tokens_per_s, 1));
   }
+  return os.str();
+}
+
+std::string BestLrCsv(const std::vector<SweepResult>& results) {
+  std::ostringstream os;
+  os << "group,width,best_lr,shift,val_loss\n";
+  for (const SweepGroup& g : GroupSweep(results))
+    for (const SweepWidth& w : g.widths)
+      if (w.best >= 0)
+        os << absl::StrFormat("%s,%d,%.9g,%d,%.6f\n", g.name, w.width, g.lrs[w.best], w.shift,
+                              w.cells[w.best].val_loss);
   return os.str();
 }
 

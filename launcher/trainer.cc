@@ -180,6 +180,7 @@ std::string RunIdentity(ExperimentSpec spec) {
   r->clear_device();
   spec.clear_parallel();
   spec.clear_sweep();
+  spec.clear_slurm();
   return SpecToText(spec);
 }
 

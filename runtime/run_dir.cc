@@ -80,6 +80,12 @@ absl::StatusOr<RunDirectory> RunDirectory::Open(const std::string& path) {
   return dir;
 }
 
+RunDirectory RunDirectory::ForReading(const std::string& path) {
+  RunDirectory dir;
+  dir.path_ = path;
+  return dir;
+}
+
 absl::Status RunDirectory::WriteFile(std::string_view name, const std::string& content) const {
   return WriteFileAtomically(File(name), {{content.data(), content.size()}});
 }

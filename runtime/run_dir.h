@@ -33,6 +33,8 @@ class RunDirectory {
  public:
   // Creates the directory (and its parents) when missing.
   static absl::StatusOr<RunDirectory> Open(const std::string& path);
+  // A reader's handle: creates nothing; a missing directory reads as one without files.
+  static RunDirectory ForReading(const std::string& path);
   const std::string& path() const { return path_; }
   std::string File(std::string_view name) const { return path_ + "/" + std::string(name); }
 

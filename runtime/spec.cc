@@ -378,6 +378,26 @@ absl::Status ValidateSpec(const ExperimentSpec& spec) {
 
   c.AtLeast("parallel.tensor_parallel", spec.parallel().tensor_parallel(), 1);
 
+  // The slurm block becomes lines of a batch script: one value, one line.
+  const SlurmSpec& sl = spec.slurm();
+  c.NonNegative("slurm.max_running", int64_t{sl.max_running()});
+  c.Positive("slurm.ntasks", int64_t{sl.ntasks()});
+  c.Positive("slurm.nodes", int64_t{sl.nodes()});
+  c.NonNegative("slurm.cpus_per_task", int64_t{sl.cpus_per_task()});
+  c.NonNegative("slurm.signal_seconds", int64_t{sl.signal_seconds()});
+  if (sl.time().empty()) c.Error("slurm.time", "empty (sbatch --time, e.g. 01:00:00)");
+  std::vector<std::pair<std::string, std::string>> lines = {
+      {"slurm.launcher", sl.launcher()}, {"slurm.time", sl.time()},
+      {"slurm.partition", sl.partition()}, {"slurm.account", sl.account()}};
+  for (int i = 0; i < sl.sbatch_size(); ++i) {
+    lines.push_back({absl::StrCat("slurm.sbatch[", i, "]"), sl.sbatch(i)});
+    if (sl.sbatch(i).rfind("-", 0) != 0)
+      c.Error(lines.back().first, absl::StrCat("'", sl.sbatch(i), "' is not an sbatch option (--...)"));
+  }
+  for (const auto& [field, value] : lines)
+    if (value.find_first_of("\n\r'") != std::string::npos)
+      c.Error(field, "must not hold a line break or a single quote");
+
   const SweepSpec& s = spec.sweep();
   for (int i = 0; i < s.learning_rates_size(); ++i)
     c.Positive(absl::StrCat("sweep.learning_rates[", i, "]"), s.learning_rates(i));
@@ -429,6 +449,7 @@ absl::StatusOr<std::vector<GridPoint>> ExpandGrid(const ExperimentSpec& spec) {
     }
     FillDefaults(&point.spec);
     point.spec.clear_sweep();  // a point is one run; this also keeps ids as the sweep grows
+    point.spec.clear_slurm();  // where a run is scheduled is not part of it
     point.id = RunId(point.spec, point.assignments);
     if (!ids.insert(point.id).second)
       return absl::InvalidArgumentError(
@@ -453,6 +474,7 @@ std::string RunId(const ExperimentSpec& resolved, const std::vector<std::string>
   r->clear_keep_checkpoints();
   r->clear_preempt_signals();
   r->clear_device();
+  hashed.clear_slurm();  // scheduling a sweep differently keeps its runs
   uint64_t h = HashString(SpecToText(hashed));
   std::vector<std::string> names;
   for (const std::string& a : assignments) names.push_back(ShortName(a));

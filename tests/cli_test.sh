@@ -124,5 +124,65 @@ expect 2 "--widths: width 36: model.width: key dimension" -- "$gdn" coord-check 
 expect 2 "--optimizers: unknown value 'ADAM'" -- "$gdn" coord-check --spec tiny.textproto --optimizers ADAM --out cc2
 [ ! -e cc2 ] && ok || fail "a refused coord-check created its output folder"
 
+# Status and report read the run directories: the diverged runs are marked as such.
+is_png() { [ "$(head -c 8 "$1" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; }
+expect 0 "6 runs: 4 done, 2 diverged" -- "$gdn" sweep status --spec sweep.textproto
+[ "$("$gdn" sweep status --spec sweep.textproto | grep -c '^w[0-9]*_lr1e+03-.* diverged ')" -eq 2 ] && ok ||
+  fail "status should show both lr=1000 runs as diverged"
+rm -f runs/sweep/*.png
+expect 0 "wrote .*lr_sweep.png.*curves.png" -- "$gdn" sweep report --spec sweep.textproto
+is_png runs/sweep/lr_sweep.png && is_png runs/sweep/curves.png && ok || fail "the report's plots are not PNGs"
+[ "$(cat runs/sweep/best_lr.csv)" = "$(printf 'group,width,best_lr,shift,val_loss\nall runs,32,0.2,0,%s\nall runs,64,0.2,0,%s' \
+  "$(grep '^w32_lr2e-01' runs/sweep/results.csv | cut -d, -f10)" "$(grep '^w64_lr2e-01' runs/sweep/results.csv | cut -d, -f10)")" ] &&
+  ok || fail "best_lr.csv: $(cat runs/sweep/best_lr.csv)"
+# A partial sweep (one more width): status and report on what is there, then 2 runs at a time.
+wider="--set sweep.widths=32,64,128"
+expect 0 "9 runs: 4 done, 2 diverged, 3 pending" -- "$gdn" sweep status --spec sweep.textproto $wider
+expect 0 "pending" -- "$gdn" sweep report --spec sweep.textproto $wider
+[ "$(grep -c ',pending,' runs/sweep/results.csv)" -eq 3 ] && ok || fail "results.csv should list 3 pending runs"
+expect 0 "w128_lr2e-01.*: done" -- "$gdn" sweep run --spec sweep.textproto $wider --parallel 2
+expect 0 "9 runs: 6 done, 3 diverged" -- "$gdn" sweep status --spec sweep.textproto $wider
+expect 2 "--parallel must be" -- "$gdn" sweep run --spec sweep.textproto --parallel 0
+
+# A sweep run K at a time is preempted (SIGUSR2) with 2 runs going and 2 waiting: the running ones
+# checkpoint, it exits 4, and the same command resumes them to the losses of uninterrupted runs.
+cat >long.textproto <<'SPEC'
+model { depth: 1 head_dim: 8 }
+parametrization { base_width: 32 }
+data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 32 batch_size: 4 }
+run { steps: 200 eval_interval: 100 eval_batches: 2 checkpoint_interval: 50 }
+sweep { widths: [32, 64] learning_rates: [0.001, 0.002] dir: "runs/long" }
+SPEC
+OMP_NUM_THREADS=1 "$gdn" sweep run --spec long.textproto --parallel 2 >long.log 2>&1 &
+sweep_pid=$!
+# Both first runs must be under way before the signal (a loaded machine starts them slowly).
+for _ in $(seq 1 1200); do
+  [ "$(cat runs/long/w32_lr1e-03-*/metrics.jsonl 2>/dev/null | wc -l)" -ge 10 ] &&
+    [ "$(cat runs/long/w32_lr2e-03-*/metrics.jsonl 2>/dev/null | wc -l)" -ge 10 ] && break
+  sleep 0.05
+done
+kill -USR2 $sweep_pid
+for _ in $(seq 1 600); do kill -0 $sweep_pid 2>/dev/null || break; sleep 0.1; done
+kill -0 $sweep_pid 2>/dev/null && { fail "the preempted sweep did not stop within 60 s"; kill -9 $sweep_pid; }
+wait $sweep_pid
+rc=$?
+[ $rc -eq 4 ] && ok || fail "a preempted sweep should exit 4, got $rc: $(cat long.log)"
+expect 0 "4 runs: 2 preempted, 2 pending" -- "$gdn" sweep status --spec long.textproto
+OMP_NUM_THREADS=1 expect 0 "w64_lr2e-03-.*: done | step 200" -- "$gdn" sweep run --spec long.textproto --parallel 2
+expect 0 "4 runs: 4 done" -- "$gdn" sweep status --spec long.textproto
+for run in runs/long/w*; do
+  OMP_NUM_THREADS=1 "$gdn" train --spec "$run/point.textproto" --set run.dir="$run.ref" --quiet
+  [ "$(cut -d, -f3 "$run/summary.json")" = "$(cut -d, -f3 "$run.ref/summary.json")" ] && ok ||
+    fail "$run: resumed $(cut -d, -f3 "$run/summary.json") vs uninterrupted $(cut -d, -f3 "$run.ref/summary.json")"
+done
+
+# gdn sweep slurm writes the job array's script (submission is tests/slurm_test.sh's).
+expect 0 "3 of 9 runs to run" -- "$gdn" sweep slurm --spec sweep.textproto --set sweep.widths=32,64,256 --partition cpu
+grep -q '^#SBATCH --array=6-8%4$' runs/sweep/slurm/sweep.sbatch && grep -q '^#SBATCH --partition=cpu$' runs/sweep/slurm/sweep.sbatch &&
+  ok || fail "sweep.sbatch: $(grep SBATCH runs/sweep/slurm/sweep.sbatch)"
+expect 0 "all 9 runs are finished" -- "$gdn" sweep slurm --spec sweep.textproto $wider
+expect 2 "slurm.ntasks: must be > 0" -- "$gdn" sweep slurm --spec sweep.textproto --ntasks 0
+expect 2 "slurm.sbatch\[0\]" -- "$gdn" sweep slurm --spec sweep.textproto --sbatch qos=x
+
 echo "$pass passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -131,7 +131,8 @@ sweep { axes { field: "parallel.tensor_parallel" values: ["1", "2"] } dir: "runs
 SPEC
 "$gdn" sweep run --spec sweep.textproto --ranks 2 >sweep.log 2>&1 && ok || fail "sweep --ranks 2: $(cat sweep.log)"
 [ "$(grep -c ',done,' runs/sweep/results.csv)" -eq 2 ] && ok || fail "sweep: both points should be done"
-dirs=(runs/sweep/*/)
+# Run directories are named <assignments>-<hash>; the sweep directory also holds the report (plots/).
+dirs=(runs/sweep/*-*/)
 [ "${#dirs[@]}" -eq 2 ] && out=$(compare "${dirs[0]}" "${dirs[1]}" 2>&1) && ok || fail "sweep tp=1 vs tp=2: $out"
 
 # The same sweep in-process on one 2-rank job (tensor_parallel 2 for every point): one table, from
@@ -140,8 +141,8 @@ dirs=(runs/sweep/*/)
 sed 's/sweep { axes .* dir: "runs\/sweep" }/sweep { seeds: [0] dir: "runs\/sweep2" }/' sweep.textproto >sweep2.textproto
 out=$(mpi 2 "$gdn" sweep run --spec sweep2.textproto --set parallel.tensor_parallel=2 2>&1)
 [ "$(grep -c 'best lr' <<<"$out")" -eq 1 ] && ok || fail "in-process sweep under mpirun: $out"
-tp1=$(ls -d runs/sweep/*/ | head -1)
-inproc=(runs/sweep2/*/)
+tp1=$(ls -d runs/sweep/*-*/ | head -1)
+inproc=(runs/sweep2/*-*/)
 [ "$(grep -c ',done,' runs/sweep2/results.csv)" -eq 1 ] && ok || fail "in-process sweep: not done"
 out=$(compare "$tp1" "${inproc[0]}" 2>&1) && ok || fail "in-process sweep vs --ranks sweep: $out"
 

@@ -1,0 +1,250 @@
+// Sweep read-back (status, best-learning-rate tables, CSV, report with plots) on run directories
+// written here by hand, and the Slurm batch script's contents.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "launcher/slurm.h"
+#include "launcher/plot.h"
+#include "launcher/sweep.h"
+#include "runtime/run_dir.h"
+#include "runtime/spec.h"
+
+namespace gdn {
+namespace {
+
+class SweepReadBack : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           absl::StrCat("gdn_sweep_test_", getpid(), "_",
+                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // SP and muP x widths 32, 64 x learning rates 0.01, 0.02, 0.04, 0.08.
+  std::vector<GridPoint> Grid() {
+    auto spec = ParseSpecText(absl::StrCat(R"(
+      run { steps: 10 }
+      sweep { parametrizations: [SP, MUP] widths: [32, 64] learning_rates: [0.01, 0.02, 0.04, 0.08]
+              dir: ")", dir_.string(), "\" }"),
+                              "test");
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    auto points = ExpandGrid(*spec);
+    EXPECT_TRUE(points.ok()) << points.status();
+    return *points;
+  }
+  static const GridPoint& Find(const std::vector<GridPoint>& points, const std::string& kind,
+                               int width, double lr) {
+    for (const GridPoint& p : points)
+      if (ParametrizationSpec::Kind_Name(p.spec.parametrization().kind()) == kind &&
+          p.spec.model().width() == width && p.spec.optimizer().lr() == lr)
+        return p;
+    ADD_FAILURE() << "no point " << kind << " " << width << " " << lr;
+    return points.front();
+  }
+  // A run as the trainer leaves it: `steps` metric lines (loss falling to `final`), a val_loss at
+  // the last one, and for done/diverged a summary.
+  static void WriteRun(const GridPoint& p, const std::string& status, int steps, double final) {
+    auto dir = RunDirectory::Open(p.spec.run().dir());
+    ASSERT_TRUE(dir.ok());
+    ASSERT_TRUE(dir->SetStatus(status).ok());
+    for (int s = 1; s <= steps; ++s) {
+      JsonLine line;
+      line.Add("step", s).Add("train_loss", final + (steps - s)).Add("lr", 0.01);
+      line.Add("grad_norm", 1.0).Add("tokens_per_s", 1000.0).Add("tokens", s * 128);
+      if (s == steps && status != "diverged") line.Add("val_loss", final + 0.5);
+      ASSERT_TRUE(dir->AppendLine("metrics.jsonl", line.str()).ok());
+    }
+    if (status == "done" || status == "diverged") {
+      JsonLine summary;
+      summary.Add("status", status).Add("steps", steps).Add("train_loss", final);
+      summary.Add("val_loss", status == "done" ? final + 0.5 : NAN).Add("tokens_per_s", 900.0);
+      ASSERT_TRUE(dir->WriteFile("summary.json", summary.str() + "\n").ok());
+    }
+  }
+  std::string Read(const std::string& name) {
+    std::ifstream in(dir_ / name);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  std::filesystem::path dir_;
+};
+
+TEST_F(SweepReadBack, StatesOfAPartialSweep) {
+  const auto points = Grid();
+  WriteRun(Find(points, "SP", 32, 0.01), "done", 10, 2.0);
+  WriteRun(Find(points, "SP", 32, 0.08), "diverged", 3, 50.0);
+  WriteRun(Find(points, "SP", 64, 0.01), "running", 4, 3.0);
+  WriteRun(Find(points, "SP", 64, 0.02), "preempted", 6, 3.0);
+  const std::vector<SweepResult> results = ReadRuns(points);
+  std::map<std::string, int> states;
+  for (const SweepResult& r : results) ++states[r.status];
+  EXPECT_EQ(states["done"], 1);
+  EXPECT_EQ(states["diverged"], 1);
+  EXPECT_EQ(states["running"], 1);
+  EXPECT_EQ(states["preempted"], 1);
+  EXPECT_EQ(states["pending"], 12);
+
+  const SweepResult running = ReadRun(Find(points, "SP", 64, 0.01));
+  EXPECT_EQ(running.step, 4);
+  EXPECT_DOUBLE_EQ(running.train_loss, 3.0);
+  EXPECT_DOUBLE_EQ(running.val_loss, 3.5);
+  EXPECT_GE(running.seconds_since_update, 0);
+  const SweepResult diverged = ReadRun(Find(points, "SP", 32, 0.08));
+  EXPECT_TRUE(std::isnan(diverged.val_loss));
+  EXPECT_EQ(diverged.step, 3);
+  // Reading creates nothing.
+  EXPECT_FALSE(std::filesystem::exists(Find(points, "MUP", 64, 0.04).spec.run().dir()));
+
+  const std::string table = SweepStatusTable(results);
+  EXPECT_TRUE(absl::StrContains(table, "16 runs: 1 done, 1 diverged, 1 running, 1 preempted, 12 pending"))
+      << table;
+  EXPECT_TRUE(absl::StrContains(table, "4/10")) << table;
+
+  // Unfinished cells show their state; no best learning rate without a done run.
+  const std::string loss_table = SweepTable(results);
+  EXPECT_TRUE(absl::StrContains(loss_table, "running")) << loss_table;
+  EXPECT_TRUE(absl::StrContains(loss_table, "diverged")) << loss_table;
+  EXPECT_TRUE(absl::StrContains(loss_table, "pending")) << loss_table;
+  EXPECT_EQ(BestLrCsv(results),
+            "group,width,best_lr,shift,val_loss\n"
+            "parametrization.kind=SP,32,0.01,0,2.500000\n");
+}
+
+TEST_F(SweepReadBack, BestLearningRateAndShift) {
+  const auto points = Grid();
+  // SP: width 32 is best at 0.04, width 64 at 0.02 (one grid step left). muP: both at 0.04.
+  const std::map<std::pair<int, double>, double> sp = {
+      {{32, 0.01}, 3.0}, {{32, 0.02}, 2.5}, {{32, 0.04}, 2.0}, {{64, 0.01}, 2.6},
+      {{64, 0.02}, 1.9}, {{64, 0.04}, 2.2}};
+  for (const auto& [key, loss] : sp) WriteRun(Find(points, "SP", key.first, key.second), "done", 10, loss);
+  WriteRun(Find(points, "SP", 32, 0.08), "diverged", 2, 40);
+  WriteRun(Find(points, "SP", 64, 0.08), "diverged", 2, 40);
+  for (int w : {32, 64})
+    for (double lr : {0.01, 0.02, 0.04, 0.08})
+      WriteRun(Find(points, "MUP", w, lr), "done", 10, 2.0 + std::abs(std::log2(lr / 0.04)) - w / 1000.0);
+  const std::vector<SweepResult> results = ReadRuns(points);
+  EXPECT_EQ(BestLrCsv(results),
+            "group,width,best_lr,shift,val_loss\n"
+            "parametrization.kind=MUP,32,0.04,0,2.468000\n"
+            "parametrization.kind=MUP,64,0.04,0,2.436000\n"
+            "parametrization.kind=SP,32,0.04,0,2.500000\n"
+            "parametrization.kind=SP,64,0.02,-1,2.400000\n");
+  const std::string table = SweepTable(results);
+  EXPECT_TRUE(absl::StrContains(table, "0.02     -1")) << table;
+  const std::string csv = SweepCsv(results);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 17) << csv;
+  EXPECT_TRUE(absl::StrContains(
+      csv, absl::StrCat(Find(points, "SP", 64, 0.02).id, ",SP,ADAMW,64,0.02,0,done,10,1.900000,2.400000,900.0\n")))
+      << csv;
+  EXPECT_TRUE(absl::StrContains(
+      csv, absl::StrCat(Find(points, "SP", 64, 0.08).id, ",SP,ADAMW,64,0.08,0,diverged,2,40.000000,,900.0\n")))
+      << csv;
+}
+
+TEST_F(SweepReadBack, ReportWritesCsvTablesAndPngs) {
+  if (!HaveGnuplot()) GTEST_SKIP() << "gnuplot is not installed (launcher/setup.sh installs it)";
+  const auto points = Grid();
+  WriteRun(Find(points, "SP", 32, 0.01), "done", 10, 2.0);
+  WriteRun(Find(points, "SP", 32, 0.02), "diverged", 2, 40.0);
+  WriteRun(Find(points, "MUP", 64, 0.04), "running", 5, 2.0);  // a muP panel with nothing done
+  auto files = WriteSweepReport(dir_.string(), ReadRuns(points), true);
+  ASSERT_TRUE(files.ok()) << files.status();
+  for (const char* name : {"results.csv", "best_lr.csv", "table.txt", "plots/report.gp"})
+    EXPECT_TRUE(std::filesystem::exists(dir_ / name)) << name;
+  for (const char* png : {"lr_sweep.png", "curves.png"}) {
+    const std::string bytes = Read(png);
+    ASSERT_GE(bytes.size(), 1000u) << png;
+    EXPECT_EQ(bytes.substr(0, 8), "\x89PNG\r\n\x1a\n") << png;
+  }
+  // SP left of muP; the diverged point is drawn.
+  const std::string gp = Read("plots/report.gp");
+  EXPECT_LT(gp.find("set title 'SP'"), gp.find("set title 'MUP'")) << gp;
+  EXPECT_TRUE(absl::StrContains(gp, "title 'diverged'")) << gp;
+  EXPECT_TRUE(absl::StrContains(gp, "no finished runs yet")) << gp;
+}
+
+TEST(Slurm, ArrayRanges) {
+  EXPECT_EQ(ArrayRanges({0, 1, 2, 5, 7, 8}), "0-2,5,7-8");
+  EXPECT_EQ(ArrayRanges({3}), "3");
+  EXPECT_EQ(ArrayRanges({}), "");
+}
+
+TEST(Slurm, ScriptHoldsTheResourcesAndTheRequeue) {
+  auto spec = ParseSpecText(R"(
+    name: "widths"
+    sweep { widths: [64, 128] learning_rates: [0.01, 0.02] dir: "runs/s" }
+    slurm { max_running: 3 ntasks: 4 launcher: "mpirun --bind-to none" nodes: 2 cpus_per_task: 8
+            time: "02:00:00" partition: "gpu" account: "proj" signal_seconds: 300
+            sbatch: ["--gpus-per-task=1", "--qos=long"] }
+  )",
+                            "test");
+  ASSERT_TRUE(spec.ok());
+  FillDefaults(&*spec);
+  auto points = ExpandGrid(*spec);
+  ASSERT_TRUE(points.ok());
+  const std::string script = SlurmScript(*spec, *points, {0, 2, 3}, "/opt/gdn", "/work");
+  for (const std::string line :
+       {"#!/bin/bash\n", "#SBATCH --job-name=widths\n", "#SBATCH --array=0,2-3%3\n",
+        "#SBATCH --requeue\n", "#SBATCH --signal=B:USR2@300\n", "#SBATCH --open-mode=append\n",
+        "#SBATCH --chdir=/work\n", "#SBATCH --nodes=2\n", "#SBATCH --ntasks=4\n",
+        "#SBATCH --cpus-per-task=8\n", "#SBATCH --time=02:00:00\n", "#SBATCH --partition=gpu\n",
+        "#SBATCH --account=proj\n", "#SBATCH --gpus-per-task=1\n", "#SBATCH --qos=long\n",
+        "export OMP_NUM_THREADS=8\n", "run=${runs[$SLURM_ARRAY_TASK_ID]}\n",
+        "mpirun --bind-to none '/opt/gdn' train --spec \"$run/point.textproto\" &\n",
+        "trap 'kill -USR2 $child 2>/dev/null' USR2\n",
+        "scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"\n"})
+    EXPECT_TRUE(absl::StrContains(script, line)) << "missing: " << line << "\n" << script;
+  // Every point by its array index, in plan order.
+  for (size_t i = 0; i < points->size(); ++i)
+    EXPECT_TRUE(absl::StrContains(script, absl::StrCat("'", (*points)[i].spec.run().dir(), "'  # ", i, "\n")))
+        << script;
+  // The output goes under the sweep directory, absolute; all #SBATCH lines precede any command.
+  EXPECT_TRUE(absl::StrContains(script, "/runs/s/slurm/%A_%a.out\n")) << script;
+  EXPECT_LT(script.rfind("#SBATCH"), script.find("set -u")) << script;
+
+  // Defaults: srun starts the ranks; no partition, account or cpus lines; no limit when 0.
+  spec->clear_slurm();
+  spec->mutable_slurm()->set_max_running(0);
+  FillDefaults(&*spec);
+  const std::string plain = SlurmScript(*spec, *points, {0, 1}, "/opt/gdn", "/work");
+  EXPECT_TRUE(absl::StrContains(plain, "#SBATCH --array=0-1\n")) << plain;
+  EXPECT_TRUE(absl::StrContains(plain, "srun --mpi=pmix '/opt/gdn' train")) << plain;
+  EXPECT_TRUE(absl::StrContains(plain, "#SBATCH --ntasks=1\n#SBATCH --time=01:00:00\n")) << plain;
+  EXPECT_FALSE(absl::StrContains(plain, "--partition")) << plain;
+  EXPECT_FALSE(absl::StrContains(plain, "OMP_NUM_THREADS")) << plain;
+}
+
+TEST(Slurm, SpecFieldsAreValidated) {
+  auto spec = ParseSpecText(R"(slurm { ntasks: 0 time: "" sbatch: ["qos=x"] partition: "a'b" })",
+                            "test");
+  ASSERT_TRUE(spec.ok());
+  const absl::Status s = ValidateSpec(*spec);
+  EXPECT_TRUE(absl::StrContains(s.message(), "slurm.ntasks: must be > 0")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "slurm.time: empty")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "slurm.sbatch[0]: 'qos=x' is not an sbatch option")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "slurm.partition: must not hold")) << s;
+}
+
+TEST(Slurm, SchedulingDoesNotChangeRunIds) {
+  auto a = ParseSpecText(R"(sweep { widths: [64] })", "a");
+  auto b = ParseSpecText(R"(sweep { widths: [64] } slurm { partition: "x" max_running: 9 })", "b");
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto pa = ExpandGrid(*a), pb = ExpandGrid(*b);
+  ASSERT_TRUE(pa.ok() && pb.ok());
+  EXPECT_EQ((*pa)[0].id, (*pb)[0].id);
+  EXPECT_FALSE((*pb)[0].spec.has_slurm());
+  // RunId itself leaves the slurm block out (FillDefaults would add one to every spec).
+  EXPECT_EQ(RunId(*a, {"model.width=64"}), RunId(*b, {"model.width=64"}));
+}
+
+}  // namespace
+}  // namespace gdn
