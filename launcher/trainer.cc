@@ -45,12 +45,19 @@ absl::Status ValidateCheckpointing(const RunSpec& r) {
   if (r.keep_checkpoints() < 1)
     return absl::InvalidArgumentError(
         absl::StrCat("run.keep_checkpoints: must be >= 1, got ", r.keep_checkpoints()));
-  for (absl::string_view name : absl::StrSplit(r.preempt_signals(), ',', absl::SkipEmpty())) {
-    name = absl::StripAsciiWhitespace(name);
-    if (!SignalNumber(name).has_value() || name == "KILL")
-      return absl::InvalidArgumentError(absl::StrCat(
-          "run.preempt_signals: unknown signal '", name, "' (use TERM, INT, USR1, USR2)"));
-  }
+  std::vector<std::string> seen;
+  for (const auto& [field, names] : {std::pair{"run.preempt_signals", r.preempt_signals()},
+                                     {"run.checkpoint_signals", r.checkpoint_signals()}})
+    for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty())) {
+      name = absl::StripAsciiWhitespace(name);
+      if (!SignalNumber(name).has_value() || name == "KILL")
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": unknown signal '", name, "' (use TERM, INT, USR1, USR2)"));
+      if (std::find(seen.begin(), seen.end(), name) != seen.end())
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": ", name, " is also in run.preempt_signals (a signal can do one thing)"));
+      seen.emplace_back(name);
+    }
   return absl::OkStatus();
 }
 }  // namespace
@@ -176,6 +183,7 @@ std::string RunIdentity(ExperimentSpec spec) {
   r->clear_checkpoint_interval();
   r->clear_keep_checkpoints();
   r->clear_preempt_signals();
+  r->clear_checkpoint_signals();
   r->clear_log_interval();
   r->clear_device();
   spec.clear_parallel();
@@ -306,10 +314,12 @@ absl::Status PrepareFiles(RunDirectory& dir, const ExperimentSpec& spec, int64_t
   return dir.SetStatus("running");
 }
 
-// --- Preemption: a signal sets a flag; the ranks compare flags at each step boundary.
+// --- Preemption and checkpoints on request: a signal sets a flag; the ranks compare flags at
+// each step boundary.
 
-volatile std::sig_atomic_t preempt_requested = 0;
+volatile std::sig_atomic_t preempt_requested = 0, checkpoint_requested = 0;
 extern "C" void OnPreemptSignal(int) { preempt_requested = 1; }
+extern "C" void OnCheckpointSignal(int) { checkpoint_requested = 1; }
 
 constexpr std::pair<const char*, int> kSignals[] = {
     {"TERM", SIGTERM}, {"INT", SIGINT}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}};
@@ -320,27 +330,41 @@ std::optional<int> SignalNumber(absl::string_view name) {
   return std::nullopt;
 }
 
-// Handles the run's preemption signals while it lives; restores the previous handlers after.
+// Handles the run's preemption and checkpoint signals while it lives; restores the previous
+// handlers after.
 class PreemptionGuard {
  public:
-  explicit PreemptionGuard(const std::string& names) {
+  PreemptionGuard(const std::string& preempt, const std::string& checkpoint) {
     preempt_requested = 0;
-    for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty())) {
-      const int sig = *SignalNumber(absl::StripAsciiWhitespace(name));
-      struct sigaction action = {}, old = {};
-      action.sa_handler = OnPreemptSignal;
-      sigemptyset(&action.sa_mask);
-      if (sigaction(sig, &action, &old) == 0) saved_.emplace_back(sig, old);
-    }
+    checkpoint_requested = 0;
+    Install(preempt, OnPreemptSignal);
+    Install(checkpoint, OnCheckpointSignal);
   }
   ~PreemptionGuard() {
     for (auto& [sig, old] : saved_) sigaction(sig, &old, nullptr);
   }
-  bool RequestedOnAnyRank(Communicator& world) const {
-    Tensor flag = Tensor::Empty({1}, DType::kI32);
-    flag.set(0, preempt_requested ? 1 : 0);
-    world.AllReduceMax(flag);
-    return flag.at(0) != 0;
+  struct Requests {
+    bool stop = false, checkpoint = false;
+  };
+  // What any rank was asked since the last call (collective over `world`).
+  Requests OnAnyRank(Communicator& world) const {
+    Tensor flags = Tensor::Empty({2}, DType::kI32);
+    flags.set(0, preempt_requested ? 1 : 0);
+    flags.set(1, checkpoint_requested ? 1 : 0);
+    checkpoint_requested = 0;
+    world.AllReduceMax(flags);
+    return {flags.at(0) != 0, flags.at(1) != 0};
+  }
+
+ private:
+  void Install(const std::string& names, void (*handler)(int)) {
+    for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty())) {
+      const int sig = *SignalNumber(absl::StripAsciiWhitespace(name));
+      struct sigaction action = {}, old = {};
+      action.sa_handler = handler;
+      sigemptyset(&action.sa_mask);
+      if (sigaction(sig, &action, &old) == 0) saved_.emplace_back(sig, old);
+    }
   }
 
  private:
@@ -469,7 +493,7 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   auto checkpoint = [&]() {
     return SaveCheckpoint(rs.dir(), state, model.params(), &optimizer, layout, rs.keep_checkpoints());
   };
-  PreemptionGuard preemption(rs.preempt_signals());
+  PreemptionGuard preemption(rs.preempt_signals(), rs.checkpoint_signals());
   TrainResult result;
   result.status = "done";
   result.steps = state.step;
@@ -531,12 +555,13 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
       result.val_loss = std::nan("");
       break;
     }
-    // Checkpoints: periodic, at the end, and when any rank was asked to stop (all ranks agree at
-    // this step boundary, so they all checkpoint the same step and exit together).
+    // Checkpoints: periodic, at the end, on request, and when any rank was asked to stop (all
+    // ranks agree at this step boundary, so they all checkpoint the same step).
     MaybeRaiseForTest(step + 1, grid.world_rank);
-    const bool preempt = !last && preemption.RequestedOnAnyRank(*grid.world);
+    const auto requests = preemption.OnAnyRank(*grid.world);
+    const bool preempt = !last && requests.stop;
     const bool periodic = rs.checkpoint_interval() > 0 && (step + 1) % rs.checkpoint_interval() == 0;
-    if (periodic || last || preempt)
+    if (periodic || last || preempt || requests.checkpoint)
       if (auto s = checkpoint(); !s.ok()) return s;
     if (preempt) {
       result.status = "preempted";

@@ -473,6 +473,7 @@ std::string RunId(const ExperimentSpec& resolved, const std::vector<std::string>
   r->clear_checkpoint_interval();
   r->clear_keep_checkpoints();
   r->clear_preempt_signals();
+  r->clear_checkpoint_signals();
   r->clear_device();
   hashed.clear_slurm();  // scheduling a sweep differently keeps its runs
   uint64_t h = HashString(SpecToText(hashed));

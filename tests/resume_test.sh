@@ -99,6 +99,12 @@ check 'grep -q "preempted after step 8" preempt.log' "no preemption message"
 run_expect 0 preempt2.log -- train runs/preempt
 same_run runs/preempt runs/straight
 
+# A checkpoint on request (SIGUSR1, run.checkpoint_signals) at step 9; the run goes on unchanged.
+GDN_TEST_RAISE_AFTER_STEP=9:USR1 run_expect 0 request.log -- train runs/request --set run.keep_checkpoints=5
+check '[ "$(ckpts runs/request)" = "step_00000006 step_00000009 step_00000012 step_00000018 step_00000024 " ]' \
+  "SIGUSR1 should add a checkpoint at step 9: $(ckpts runs/request)"
+same_run runs/request runs/straight
+
 # A real SIGTERM from outside, at whatever step the run has reached.
 "$gdn" train --spec spec.textproto --set run.dir=runs/signal --set run.steps=100000 \
   --set run.checkpoint_interval=0 >signal.log 2>&1 &
