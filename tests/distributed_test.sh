@@ -3,24 +3,8 @@
 # reproduce the single-rank losses (20 steps, within 1e-5 relative, fp32) for SP and muP, AdamW and
 # SGD; bad layouts fail on rank 0 with a non-zero exit of the whole job; a rank that dies ends the
 # job. Usage: tests/distributed_test.sh path/to/gdn
-set -uo pipefail
-gdn=$(realpath "$1")
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# One OpenMP thread per rank: 4 ranks share 2 cores here.
-mpi() { mpirun --oversubscribe -x OMP_NUM_THREADS=1 -np "$@"; }
-failures=0
-pass=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-ok() { pass=$((pass + 1)); }
-
-mkdir -p corpus
-for i in $(seq 1 30); do
-  for j in $(seq 1 25); do echo "doc $i line $j: pack my box with $((i * j)) dozen liquor jugs, $j."; done >"corpus/d$i.txt"
-done
-"$gdn" data prepare --input corpus --format text --out data --val-every 10 >/dev/null || fail "data prepare"
+source "$(dirname "$0")/lib.sh" "$1"
+pangram_data
 
 # 12 key heads (width 64 * 0.75 / 4), MLP 128, vocabulary 128: divisible by 1, 2 and 4.
 cat >base.textproto <<'SPEC'
@@ -146,5 +130,4 @@ inproc=(runs/sweep2/*-*/)
 [ "$(grep -c ',done,' runs/sweep2/results.csv)" -eq 1 ] && ok || fail "in-process sweep: not done"
 out=$(compare "$tp1" "${inproc[0]}" 2>&1) && ok || fail "in-process sweep vs --ranks sweep: $out"
 
-echo "$pass passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

@@ -6,23 +6,8 @@
 # greedy samples agree; an imported run trains on from its weights; and every user error is a
 # one-line message with exit code 2 that leaves existing files alone.
 # Usage: tests/export_test.sh path/to/gdn
-set -uo pipefail
-gdn=$(realpath "$1")
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mpi() { mpirun --oversubscribe -x OMP_NUM_THREADS=1 -np "$@"; }
-failures=0
-pass=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-ok() { pass=$((pass + 1)); }
-
-mkdir -p corpus
-for i in $(seq 1 30); do
-  for j in $(seq 1 25); do echo "doc $i line $j: pack my box with $((i * j)) dozen liquor jugs, $j."; done >"corpus/d$i.txt"
-done
-"$gdn" data prepare --input corpus --format text --out data --val-every 10 >/dev/null || fail "data prepare"
+source "$(dirname "$0")/lib.sh" "$1"
+pangram_data
 
 # 6 key heads of 8 (width 64), grouped values (12 value heads), negative eigenvalues; muP at m = 2
 # with input and output multipliers that differ (a tied head must be exported untied).
@@ -134,5 +119,4 @@ expect_error "--data" "$gdn" eval --run runs/$id --data missing.bin
 expect_error "--temperature" "$gdn" sample --run runs/$id --prompt x --temperature -1
 expect_error "--prompt" "$gdn" sample --run runs/$id --prompt ""
 
-echo "export_test: $pass passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

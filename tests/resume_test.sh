@@ -3,17 +3,9 @@
 # its newest checkpoint corrupted) or preempted (SIGTERM, SIGUSR2 on any rank) and run again must
 # give exactly the metrics of a run that was never interrupted, on one rank and on DP 2 x TP 2.
 # Usage: tests/resume_test.sh path/to/gdn
-set -uo pipefail
-gdn=$(realpath "$1")
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
+source "$(dirname "$0")/lib.sh" "$1"
 export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
 mpirun=(mpirun --oversubscribe -x OMP_NUM_THREADS -x GDN_TEST_RAISE_AFTER_STEP -x GDN_TEST_KILL_IN_CHECKPOINT)
-failures=0
-pass=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-ok() { pass=$((pass + 1)); }
 check() { if eval "$1"; then ok; else fail "$2"; fi; }
 
 mkdir -p corpus
@@ -165,5 +157,4 @@ b=$(grep -o '"train_loss":[^,]*' runs/straight/summary.json | cut -d: -f2)
 check "awk -v a=$a -v b=$b 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5 * b) }'" \
   "TP 2 x DP 2 resume of a one-rank checkpoint: final loss $a vs $b"
 
-echo "$pass passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish
