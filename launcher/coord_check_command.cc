@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "launcher/plot.h"
+#include "launcher/trainer.h"
 #include "model/config.h"
 #include "model/coord_check.h"
 #include "runtime/data_loader.h"
@@ -145,19 +146,15 @@ absl::Status RunCoordCheckCommand(const ExperimentSpec& spec, const CoordCheckOp
       }
       configs.push_back(std::move(c));
     }
-  auto out = RunDirectory::Open(o.out_dir);
-  if (!out.ok()) return out.status();
-
   // The fixed batch: the first training batch of the spec's data.
-  auto data = TokenDataset::Open(spec.data().train_path());
-  if (!data.ok()) return absl::InvalidArgumentError(absl::StrCat("data.train_path: ", data.status().message()));
-  if (data->max_token() >= spec.model().vocab_size())
-    return absl::InvalidArgumentError(absl::StrFormat("data.train_path: token %d outside model.vocab_size %d",
-                                                      data->max_token(), spec.model().vocab_size()));
+  auto data = OpenTokens("data.train_path", spec.data().train_path(), spec.model().vocab_size());
+  if (!data.ok()) return data.status();
   auto loader = BatchLoader::Create(&*data, spec.data().seq_len(), spec.data().batch_size(), spec.run().seed());
   if (!loader.ok()) return absl::InvalidArgumentError(absl::StrCat("data.train_path: ", loader.status().message()));
   Tensor tokens = Tensor::Empty({spec.data().batch_size(), spec.data().seq_len() + 1}, DType::kI32);
   loader->TrainBatch(0, tokens.data<int32_t>());
+  auto out = RunDirectory::Open(o.out_dir);
+  if (!out.ok()) return out.status();
 
   std::printf("gdn coord-check: widths %s, %d steps on one batch of %d x %d tokens -> %s\n",
               absl::StrJoin(o.widths, ",").c_str(), o.steps, spec.data().batch_size(),

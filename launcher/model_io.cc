@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "launcher/trainer.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/export.h"
@@ -139,12 +140,8 @@ absl::StatusOr<EvalResult> EvalRun(const std::string& run_dir, const EvalOptions
   const ExperimentSpec& spec = run->spec;
   EvalResult r;
   r.data = options.data.empty() ? spec.data().val_path() : options.data;
-  auto data = TokenDataset::Open(r.data);
-  if (!data.ok()) return absl::InvalidArgumentError(absl::StrCat("--data: ", data.status().message()));
-  if (data->max_token() >= spec.model().vocab_size())
-    return absl::InvalidArgumentError(
-        absl::StrFormat("--data: %s holds token %d, outside the model's vocabulary %d",
-                        data->describe(), data->max_token(), spec.model().vocab_size()));
+  auto data = OpenTokens("--data", r.data, spec.model().vocab_size());
+  if (!data.ok()) return data.status();
   const int batch = spec.data().batch_size(), seq = spec.data().seq_len();
   auto loader = BatchLoader::Create(&*data, seq, batch, 0);
   if (!loader.ok()) return absl::InvalidArgumentError(absl::StrCat("--data: ", loader.status().message()));

@@ -79,6 +79,16 @@ absl::Status ValidateRunnable(const ExperimentSpec& spec) {
   return ValidateModelSpec(spec);
 }
 
+absl::StatusOr<TokenDataset> OpenTokens(const std::string& field, const std::string& path,
+                                        int vocab_size) {
+  auto ds = TokenDataset::Open(path);
+  if (!ds.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", ds.status().message()));
+  if (ds->max_token() >= vocab_size)
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s holds token %d, outside model.vocab_size %d",
+                                                      field, ds->describe(), ds->max_token(), vocab_size));
+  return ds;
+}
+
 absl::Status ValidateLayout(const ExperimentSpec& spec, const ProcessGrid& grid) {
   if (spec.parallel().tensor_parallel() != grid.tp_size)
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -106,17 +116,11 @@ struct Datasets {
 
 // Data problems are the user's to fix: all come back as InvalidArgument naming the field and file.
 absl::StatusOr<Datasets> OpenData(const ExperimentSpec& spec) {
-  auto train = TokenDataset::Open(spec.data().train_path());
-  if (!train.ok())
-    return absl::InvalidArgumentError(absl::StrCat("data.train_path: ", train.status().message()));
-  auto val = TokenDataset::Open(spec.data().val_path());
-  if (!val.ok())
-    return absl::InvalidArgumentError(absl::StrCat("data.val_path: ", val.status().message()));
-  for (const auto& [field, ds] : {std::pair{"data.train_path", &*train}, {"data.val_path", &*val}})
-    if (ds->max_token() >= spec.model().vocab_size())
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: %s holds token %d, outside model.vocab_size %d", field, ds->describe(),
-          ds->max_token(), spec.model().vocab_size()));
+  const int vocab = spec.model().vocab_size();
+  auto train = OpenTokens("data.train_path", spec.data().train_path(), vocab);
+  if (!train.ok()) return train.status();
+  auto val = OpenTokens("data.val_path", spec.data().val_path(), vocab);
+  if (!val.ok()) return val.status();
   return Datasets{std::move(*train), std::move(*val)};
 }
 
@@ -178,17 +182,10 @@ double Evaluate(LanguageModel& model, const BatchLoader& loader, int batches, Te
 // of these (another layout, checkpoint cadence, log cadence or directory path).
 std::string RunIdentity(ExperimentSpec spec) {
   FillDefaults(&spec);
-  RunSpec* r = spec.mutable_run();
-  r->clear_dir();
-  r->clear_checkpoint_interval();
-  r->clear_keep_checkpoints();
-  r->clear_preempt_signals();
-  r->clear_checkpoint_signals();
-  r->clear_log_interval();
-  r->clear_device();
+  ClearBookkeeping(&spec);
+  spec.mutable_run()->clear_log_interval();
   spec.clear_parallel();
   spec.clear_sweep();
-  spec.clear_slurm();
   return SpecToText(spec);
 }
 

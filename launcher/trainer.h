@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "proto/gdn.pb.h"
+#include "runtime/data_loader.h"
 #include "runtime/mpi_communicator.h"
 
 namespace gdn {
@@ -19,6 +20,10 @@ absl::Status ValidateRunnable(const ExperimentSpec& spec);
 // The checks that need the job's layout: ranks divisible by parallel.tensor_parallel (the grid
 // exists only if so), the batch divisible by the data-parallel size and micro-batches.
 absl::Status ValidateLayout(const ExperimentSpec& spec, const ProcessGrid& grid);
+// Opens the token file or glob `path` given by `field` ("data.train_path", "--data"): every
+// problem, a token outside the vocabulary included, is an InvalidArgument naming the field.
+absl::StatusOr<TokenDataset> OpenTokens(const std::string& field, const std::string& path,
+                                        int vocab_size);
 
 struct TrainOptions {
   bool quiet = false;    // no progress lines (sweeps print their own)

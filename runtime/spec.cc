@@ -464,18 +464,21 @@ absl::StatusOr<std::vector<GridPoint>> ExpandGrid(const ExperimentSpec& spec) {
   return points;
 }
 
-std::string RunId(const ExperimentSpec& resolved, const std::vector<std::string>& assignments) {
-  ExperimentSpec hashed = resolved;
-  FillDefaults(&hashed);  // an explicitly stated default must not change the id
-  // Fields that do not change what the run computes stay out of its id.
-  RunSpec* r = hashed.mutable_run();
+void ClearBookkeeping(ExperimentSpec* spec) {
+  RunSpec* r = spec->mutable_run();
   r->clear_dir();
   r->clear_checkpoint_interval();
   r->clear_keep_checkpoints();
   r->clear_preempt_signals();
   r->clear_checkpoint_signals();
   r->clear_device();
-  hashed.clear_slurm();  // scheduling a sweep differently keeps its runs
+  spec->clear_slurm();
+}
+
+std::string RunId(const ExperimentSpec& resolved, const std::vector<std::string>& assignments) {
+  ExperimentSpec hashed = resolved;
+  FillDefaults(&hashed);  // an explicitly stated default must not change the id
+  ClearBookkeeping(&hashed);  // scheduling or keeping a run differently keeps its id
   uint64_t h = HashString(SpecToText(hashed));
   std::vector<std::string> names;
   for (const std::string& a : assignments) names.push_back(ShortName(a));

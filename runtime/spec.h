@@ -33,6 +33,11 @@ absl::Status ApplyOverride(ExperimentSpec* spec, std::string_view assignment);
 // Repeated fields (and the messages inside them) are left as they are.
 void FillDefaults(google::protobuf::Message* message);
 
+// Clears the fields that say how a run is kept and scheduled, not what it computes (run.dir, the
+// checkpoint and signal fields, run.device, the slurm block): run ids and the trainer's test of
+// "the same run" both start from this.
+void ClearBookkeeping(ExperimentSpec* spec);
+
 // Text format; doubles print so that they parse back to the same value.
 std::string SpecToText(const google::protobuf::Message& message);
 
