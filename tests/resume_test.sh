@@ -97,17 +97,24 @@ check '[ "$(ckpts runs/request)" = "step_00000006 step_00000009 step_00000012 st
   "SIGUSR1 should add a checkpoint at step 9: $(ckpts runs/request)"
 same_run runs/request runs/straight
 
+# signal_from_outside SIGNAL DIR FILE -- command...: a long run (run.dir DIR) signalled once it has
+# taken a step must exit 4 with FILE in the checkpoint of the last step it logged.
+signal_from_outside() {
+  local sig=$1 dir=$2 file=$3
+  shift 4
+  "$@" --set run.dir="$dir" --set run.steps=100000 --set run.checkpoint_interval=0 >"$dir.log" 2>&1 &
+  local pid=$! rc last
+  for _ in $(seq 1 300); do [ -s "$dir/metrics.jsonl" ] && break; sleep 0.1; done
+  kill -"$sig" $pid
+  wait $pid
+  rc=$?
+  last=$(tail -1 "$dir/metrics.jsonl" | sed -E 's/^\{"step":([0-9]+),.*/\1/')
+  check "[ $rc -eq 4 ] && [ -f $dir/checkpoints/step_$(printf %08d "$last")/$file ]" \
+    "SIG$sig from outside: exit $rc, last step $last, checkpoints $(ckpts "$dir")"
+}
+
 # A real SIGTERM from outside, at whatever step the run has reached.
-"$gdn" train --spec spec.textproto --set run.dir=runs/signal --set run.steps=100000 \
-  --set run.checkpoint_interval=0 >signal.log 2>&1 &
-pid=$!
-for _ in $(seq 1 100); do [ -s runs/signal/metrics.jsonl ] && break; sleep 0.1; done
-kill -TERM $pid
-wait $pid
-rc=$?
-last=$(tail -1 runs/signal/metrics.jsonl | sed -E 's/^\{"step":([0-9]+),.*/\1/')
-check "[ $rc -eq 4 ] && [ -f runs/signal/checkpoints/step_$(printf %08d "$last")/MANIFEST ]" \
-  "external SIGTERM: exit $rc, last step $last, checkpoints $(ckpts runs/signal)"
+signal_from_outside TERM runs/signal MANIFEST -- "$gdn" train --spec spec.textproto
 
 # A finished run's directory is not touched again; a different run there is refused.
 run_expect 0 again.log -- train runs/straight
@@ -133,16 +140,8 @@ run_expect 0 mpi_preempt2.log -- mpitrain runs/mpi_preempt
 same_run runs/mpi_preempt runs/mpi
 
 # A real SIGUSR2 sent to mpirun reaches every rank: checkpoint and exit 4.
-"${mpirun[@]}" -np 4 "$gdn" train --spec spec.textproto --set parallel.tensor_parallel=2 \
-  --set run.dir=runs/mpi_signal --set run.steps=100000 --set run.checkpoint_interval=0 >mpi_signal.log 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do [ -s runs/mpi_signal/metrics.jsonl ] && break; sleep 0.1; done
-kill -USR2 $pid
-wait $pid
-rc=$?
-last=$(tail -1 runs/mpi_signal/metrics.jsonl | sed -E 's/^\{"step":([0-9]+),.*/\1/')
-check "[ $rc -eq 4 ] && [ -f runs/mpi_signal/checkpoints/step_$(printf %08d "$last")/shard-1-of-2.safetensors ]" \
-  "SIGUSR2 to mpirun: exit $rc, last step $last, checkpoints $(ckpts runs/mpi_signal)"
+signal_from_outside USR2 runs/mpi_signal shard-1-of-2.safetensors -- \
+  "${mpirun[@]}" -np 4 "$gdn" train --spec spec.textproto --set parallel.tensor_parallel=2
 
 # Another layout: the one-rank checkpoint of step 6 resumed on TP 2 (and DP 2) reshards. Sums run
 # in another order, so the losses agree to float32 rounding rather than bit for bit.
