@@ -42,9 +42,10 @@ absl::Status ValidateCheckpointing(const RunSpec& r) {
   if (r.checkpoint_interval() < 0)
     return absl::InvalidArgumentError(
         absl::StrCat("run.checkpoint_interval: must be >= 0 (0: only at the end), got ", r.checkpoint_interval()));
-  if (r.keep_checkpoints() < 1)
-    return absl::InvalidArgumentError(
-        absl::StrCat("run.keep_checkpoints: must be >= 1, got ", r.keep_checkpoints()));
+  if (r.keep_checkpoints() < 0)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "run.keep_checkpoints: must be >= 0 (0: none once the run has ended), got ",
+        r.keep_checkpoints()));
   std::vector<std::string> seen;
   for (const auto& [field, names] : {std::pair{"run.preempt_signals", r.preempt_signals()},
                                      {"run.checkpoint_signals", r.checkpoint_signals()}})
@@ -405,6 +406,11 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   }
 #endif
   const ProcessGrid& grid = device_grid.has_value() ? *device_grid : job_grid;
+  // Rank 0's device, for the log and summary.json.
+  std::string device_name = "CPU";
+#ifdef GDN_WITH_CUDA
+  if (*device == Device::kCUDA) device_name = cuda::DescribeCurrentDevice();
+#endif
   auto data = OpenData(spec);
   if (!data.ok()) return data.status();
   const DataSpec& ds = spec.data();
@@ -478,17 +484,18 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   Tensor tokens = Tensor::Empty({local_batch, ds.seq_len() + 1}, DType::kI32);
   if (talk)
     std::printf("gdn train: %s | %.2fM parameters | %d steps x %lld tokens | %d ranks (dp %d x tp %d) "
-                "| %s%s\n",
+                "on %s | %s%s\n",
                 rs.dir().c_str(), model.params().NumElements() / 1e6, rs.steps(),
                 static_cast<long long>(tokens_per_step), grid.world_size, grid.dp_size,
-                grid.tp_size, data->train.describe().c_str(),
+                grid.tp_size, device_name.c_str(), data->train.describe().c_str(),
                 start_plan.resume_step >= 0
                     ? absl::StrFormat(" | resuming from step %d", state.step).c_str()
                     : "");
 
   const CheckpointLayout layout{tp, grid.dp_rank, grid.world.get()};
   auto checkpoint = [&]() {
-    return SaveCheckpoint(rs.dir(), state, model.params(), &optimizer, layout, rs.keep_checkpoints());
+    return SaveCheckpoint(rs.dir(), state, model.params(), &optimizer, layout,
+                          std::max(1, rs.keep_checkpoints()));
   };
   PreemptionGuard preemption(rs.preempt_signals(), rs.checkpoint_signals());
   TrainResult result;
@@ -558,7 +565,10 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     const auto requests = preemption.OnAnyRank(*grid.world);
     const bool preempt = !last && requests.stop;
     const bool periodic = rs.checkpoint_interval() > 0 && (step + 1) % rs.checkpoint_interval() == 0;
-    if (periodic || last || preempt || requests.checkpoint)
+    // keep_checkpoints 0 (sweeps that only need the metrics): checkpoints only carry an
+    // unfinished run, so the last step writes none.
+    const bool final_checkpoint = last && rs.keep_checkpoints() > 0;
+    if (periodic || final_checkpoint || preempt || requests.checkpoint)
       if (auto s = checkpoint(); !s.ok()) return s;
     if (preempt) {
       result.status = "preempted";
@@ -580,9 +590,11 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   summary.Add("tokens", result.steps * tokens_per_step).Add("tokens_per_s", result.tokens_per_s);
   summary.Add("elapsed_s", state.train_time_s).Add("parameters", model.params().NumElements());
   summary.Add("ranks", grid.world_size).Add("tensor_parallel", grid.tp_size);
+  summary.Add("device", device_name);
   if (auto s = write([&](RunDirectory& d) {
         if (auto s = d.WriteFile("summary.json", summary.str() + "\n"); !s.ok()) return s;
-        return d.SetStatus(result.status);
+        if (auto s = d.SetStatus(result.status); !s.ok()) return s;
+        return rs.keep_checkpoints() == 0 ? RemoveCheckpoints(rs.dir()) : absl::OkStatus();
       });
       !s.ok())
     return s;

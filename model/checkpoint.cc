@@ -288,6 +288,14 @@ std::vector<CheckpointRef> ListCheckpoints(const std::string& run_dir) {
   return out;
 }
 
+absl::Status RemoveCheckpoints(const std::string& run_dir) {
+  std::error_code ec;
+  fs::remove_all(CheckpointsDir(run_dir), ec);
+  if (ec)
+    return absl::InternalError(absl::StrCat(CheckpointsDir(run_dir), ": cannot remove: ", ec.message()));
+  return absl::OkStatus();
+}
+
 absl::Status VerifyCheckpoint(const std::string& checkpoint_path) {
   auto manifest = ReadManifest(checkpoint_path);
   if (!manifest.ok()) return manifest.status();

@@ -68,6 +68,9 @@ absl::Status SaveCheckpoint(const std::string& run_dir, const TrainerState& stat
                             const ParameterSet& params, Optimizer* optimizer,
                             const CheckpointLayout& layout, int keep);
 
+// Deletes <run_dir>/checkpoints (a finished run that keeps none).
+absl::Status RemoveCheckpoints(const std::string& run_dir);
+
 // Loads a checkpoint (found by FindCheckpoint) into this rank's slices of `params` and, when the
 // checkpoint has optimizer state and `optimizer` is given, into its state. Errors name the file
 // and tensor: a parameter missing or of another shape, another optimizer's state.

@@ -67,8 +67,8 @@ expect 2 "run.precision: BF16 needs run.device: CUDA" -- "$gdn" train --spec tin
   --set run.dir=runs/bad --set run.precision=BF16
 expect 2 "run.checkpoint_signals: USR2 is also in run.preempt_signals" -- "$gdn" train \
   --spec tiny.textproto --set run.dir=runs/bad --set run.checkpoint_signals=USR1,USR2
-expect 2 "run.keep_checkpoints: must be >= 1" -- "$gdn" train --spec tiny.textproto \
-  --set run.dir=runs/bad --set run.keep_checkpoints=0
+expect 2 "run.keep_checkpoints: must be >= 0" -- "$gdn" train --spec tiny.textproto \
+  --set run.dir=runs/bad --set run.keep_checkpoints=-1
 
 # Bad input: exit 2, the field or file named, no run directory created.
 bad() {

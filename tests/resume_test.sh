@@ -91,6 +91,15 @@ check 'grep -q "preempted after step 8" preempt.log' "no preemption message"
 run_expect 0 preempt2.log -- train runs/preempt
 same_run runs/preempt runs/straight
 
+# keep_checkpoints 0: a preemption's checkpoint carries the run; once done, no checkpoint is left.
+GDN_TEST_RAISE_AFTER_STEP=8:TERM run_expect 4 keep0.log -- train runs/keep0 --set run.keep_checkpoints=0
+check '[ "$(ckpts runs/keep0)" = "step_00000008 " ]' \
+  "keep 0, preempted: checkpoints $(ckpts runs/keep0)"
+run_expect 0 keep0b.log -- train runs/keep0 --set run.keep_checkpoints=0
+check '[ "$(cat runs/keep0/status)" = done ] && [ ! -e runs/keep0/checkpoints ]' \
+  "keep 0, done: status $(cat runs/keep0/status), checkpoints left: $(ckpts runs/keep0 2>&1)"
+same_run runs/keep0 runs/straight
+
 # A checkpoint on request (SIGUSR1, run.checkpoint_signals) at step 9; the run goes on unchanged.
 GDN_TEST_RAISE_AFTER_STEP=9:USR1 run_expect 0 request.log -- train runs/request --set run.keep_checkpoints=5
 check '[ "$(ckpts runs/request)" = "step_00000006 step_00000009 step_00000012 step_00000018 step_00000024 " ]' \
