@@ -114,8 +114,16 @@ int SweepRun(const ParsedArgs& args) {
     return Fail(absl::InvalidArgumentError("gdn sweep run: --parallel must be a whole number >= 1"));
   options.ranks_per_run = static_cast<int>(*ranks);
   options.parallel = static_cast<int>(*parallel);
+  auto gpus = args.GetInt("gpus");
+  if (!gpus.ok() || *gpus < 0)
+    return Fail(absl::InvalidArgumentError("gdn sweep run: --gpus must be a whole number >= 0"));
+  options.gpus = static_cast<int>(*gpus);
+  if (options.gpus > 0 && std::max(1, options.ranks_per_run) > options.gpus)
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "gdn sweep run: --gpus ", options.gpus, " is fewer than the ", options.ranks_per_run,
+        " ranks of a run (one GPU per rank)")));
   // In-process runs use this job's ranks; runs started as their own processes need none here.
-  const bool in_process = options.ranks_per_run == 0 && options.parallel == 1;
+  const bool in_process = options.ranks_per_run == 0 && options.parallel == 1 && options.gpus == 0;
   auto grid = ProcessGrid::Create(in_process ? plan->spec.parallel().tensor_parallel() : 1);
   if (!grid.ok()) return Fail(grid.status());
   const bool talk = grid->world_rank == 0;
@@ -378,7 +386,11 @@ std::vector<Verb> Verbs() {
         {kSpecFlag, kSetFlag,
          {"ranks", "run each point as its own `mpirun -np N gdn train` job (0: in this process)",
           "0"},
-         {"parallel", "runs at once, each its own process (cores shared out among them)", "1"}}},
+         {"parallel", "runs at once, each its own process (cores shared out among them)", "1"},
+         {"gpus",
+          "GPUs of this node to share out: each run's ranks get their own (CUDA_VISIBLE_DEVICES), "
+          "runs beyond the GPUs share them (0: leave CUDA_VISIBLE_DEVICES alone)",
+          "0"}}},
        SweepRun},
       {{"sweep status",
         "A line per run of the sweep: state, step, last training and validation loss.",

@@ -122,11 +122,12 @@ void OnPreempt(int signal) { g_preempt_signal = signal; }
 // output appended to <dir>/job.log.
 struct Child {
   size_t index;
+  int slot;  // 0..parallel-1: which GPUs it sees
   pid_t pid;
   std::chrono::steady_clock::time_point start;
 };
 
-absl::StatusOr<pid_t> StartRun(const GridPoint& p, int ranks, int threads) {
+absl::StatusOr<pid_t> StartRun(const GridPoint& p, int ranks, int threads, const std::string& gpus) {
   auto dir = RunDirectory::Open(p.spec.run().dir());
   if (!dir.ok()) return dir.status();
   if (auto s = dir->WriteFile("point.textproto", SpecToText(p.spec)); !s.ok()) return s;
@@ -137,6 +138,7 @@ absl::StatusOr<pid_t> StartRun(const GridPoint& p, int ranks, int threads) {
     argv.push_back(a);
   std::vector<std::string> env;
   if (threads > 0) env.push_back(absl::StrCat("OMP_NUM_THREADS=", threads));
+  if (!gpus.empty()) env.push_back("CUDA_VISIBLE_DEVICES=" + gpus);
   // Its own process group: only this sweep signals it (mpirun given SIGTERM would exit 1).
   return SpawnProcess(argv, dir->File("job.log"), env, /*own_process_group=*/true);
 }
@@ -196,14 +198,17 @@ std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
     while (!g_preempt_signal && next < todo.size() &&
            static_cast<int>(running.size()) < options.parallel) {
       const size_t i = todo[next++];
-      auto pid = StartRun(points[i], options.ranks_per_run, threads);
+      int slot = 0;  // the lowest free one
+      while (std::any_of(running.begin(), running.end(), [&](const Child& c) { return c.slot == slot; }))
+        ++slot;
+      auto pid = StartRun(points[i], options.ranks_per_run, threads, SlotGpus(options, slot));
       if (!pid.ok()) {
         results[i] = ReadRun(points[i]);
         results[i].status = "failed";
         PrintOutcome(i, points.size(), results[i], 0, std::string(pid.status().message()));
         continue;
       }
-      running.push_back({i, *pid, std::chrono::steady_clock::now()});
+      running.push_back({i, slot, *pid, std::chrono::steady_clock::now()});
     }
     int wait_status = 0;
     const pid_t pid = waitpid(-1, &wait_status, WNOHANG);
@@ -232,6 +237,14 @@ std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
 
 }  // namespace
 
+std::string SlotGpus(const SweepOptions& options, int slot) {
+  if (options.gpus <= 0) return "";
+  const int ranks = std::max(1, options.ranks_per_run);
+  std::vector<int> ids;
+  for (int j = 0; j < ranks; ++j) ids.push_back((slot * ranks + j) % options.gpus);
+  return absl::StrJoin(ids, ",");
+}
+
 std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const ProcessGrid& grid,
                                   const SweepOptions& options) {
   const bool talk = grid.world_rank == 0;
@@ -246,7 +259,7 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
     }
   }
   std::fflush(stdout);
-  if (options.ranks_per_run > 0 || options.parallel > 1)
+  if (options.ranks_per_run > 0 || options.parallel > 1 || options.gpus > 0)
     return RunAsProcesses(points, todo, options, std::move(results));
 
   // In this process, on this job's ranks, one after another.

@@ -43,7 +43,14 @@ struct SweepOptions {
   // ranks_per_run), each given cores / (parallel x ranks) OpenMP threads unless OMP_NUM_THREADS is
   // set.
   int parallel = 1;
+  // N > 0: runs are processes, and run slot s (of `parallel`) sees GPUs (s*R + j) mod N, j < R,
+  // for its R ranks (CUDA_VISIBLE_DEVICES; a rank takes the GPU of its node-local index), so K
+  // single-GPU runs on N GPUs go round-robin and runs beyond N share GPUs.
+  int gpus = 0;
 };
+
+// The CUDA_VISIBLE_DEVICES of run slot `slot` ("2,3"), or "" when SweepOptions::gpus is 0.
+std::string SlotGpus(const SweepOptions& options, int slot);
 
 // Runs every point that is not done or diverged; an interrupted one resumes from its checkpoint.
 // Every rank of the job calls it; rank 0 prints. When this process gets SIGINT (Ctrl-C), SIGTERM or

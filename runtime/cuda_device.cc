@@ -143,6 +143,16 @@ int LocalRank() {
 
 int CurrentDevice() { return State().device; }
 
+std::string DescribeCurrentDevice() {
+  const int device = CurrentDevice();
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  char bus[32] = {0};
+  CUDA_CHECK(cudaDeviceGetPCIBusId(bus, sizeof(bus), device));
+  return std::string("GPU ") + std::to_string(device) + " of " + std::to_string(VisibleDeviceCount()) +
+         " (" + prop.name + ", PCI " + bus + ")";
+}
+
 cudaStream_t Stream() { return State().stream; }
 
 void* DeviceAlloc(size_t bytes) { return Cache().Get(bytes); }

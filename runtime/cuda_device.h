@@ -22,6 +22,9 @@ int LocalRank();
 // The GPU this process uses: LocalRank() modulo the number of visible devices. Chosen (and made
 // current) on first use of the device; later calls return the same.
 int CurrentDevice();
+// "GPU 0 of 2 (NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0)": which physical GPU this process uses,
+// for run logs (the PCI address tells GPUs apart under CUDA_VISIBLE_DEVICES).
+std::string DescribeCurrentDevice();
 
 // Device memory from a cache of freed blocks by size class (cudaMalloc only on a miss; no managed
 // memory). Blocks are used in stream order, so a block freed by one op can be reused by the next.

@@ -172,6 +172,25 @@ TEST_F(SweepReadBack, ReportWritesCsvTablesAndPngs) {
   EXPECT_TRUE(absl::StrContains(gp, "no finished runs yet")) << gp;
 }
 
+// `gdn sweep run --gpus N`: each running run's ranks get their own GPUs, round-robin over slots.
+TEST(SweepGpus, SlotsShareOutTheGpus) {
+  SweepOptions o;
+  EXPECT_EQ(SlotGpus(o, 3), "");  // --gpus 0: CUDA_VISIBLE_DEVICES left alone
+  o.gpus = 2;
+  o.parallel = 4;
+  EXPECT_EQ(SlotGpus(o, 0), "0");
+  EXPECT_EQ(SlotGpus(o, 1), "1");
+  EXPECT_EQ(SlotGpus(o, 2), "0");  // more runs than GPUs: they share
+  EXPECT_EQ(SlotGpus(o, 3), "1");
+  o.gpus = 4;
+  o.ranks_per_run = 2;
+  EXPECT_EQ(SlotGpus(o, 0), "0,1");
+  EXPECT_EQ(SlotGpus(o, 1), "2,3");
+  EXPECT_EQ(SlotGpus(o, 2), "0,1");
+  o.gpus = 3;  // never the same GPU twice within a run
+  EXPECT_EQ(SlotGpus(o, 1), "2,0");
+}
+
 TEST(Slurm, ArrayRanges) {
   EXPECT_EQ(ArrayRanges({0, 1, 2, 5, 7, 8}), "0-2,5,7-8");
   EXPECT_EQ(ArrayRanges({3}), "3");
