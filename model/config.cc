@@ -41,6 +41,7 @@ absl::StatusOr<ModelDims> ResolveModelDims(const ModelSpec& spec) {
     d.heads = d.key_dim / d.dk;
   } else {
     d.heads = spec.num_heads();
+    d.heads_grow_in_size = true;
     if (d.heads <= 0 || d.key_dim % d.heads != 0)
       return absl::InvalidArgumentError(absl::StrFormat(
           "model.width: key dimension %g * %d = %d is not a multiple of model.num_heads %d",

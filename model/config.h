@@ -18,6 +18,7 @@ struct ModelDims {
   bool tied = false;
   double beta_scale = 1.0;  // 2 with negative eigenvalues
   int64_t chunk = 64;       // 0: the sequential recurrence
+  bool heads_grow_in_size = false;  // head_scaling HEAD_SIZE: fixed head count, dk and dv grow
 };
 
 // Errors name the field, e.g. "model.width: key dimension 0.75 * 100 = 75 is not a multiple of

@@ -14,15 +14,19 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBui
   value_heads_ = d.value_heads / t;
   key_dim_ = d.key_dim / t;
   value_dim_ = d.value_dim / t;
-  auto col = [&](const char* n, int64_t rows) {
-    return b_.Add(prefix + n, {rows, d.width}, ParamClass::kHidden, InitKind::kNormal,
-                  ShardDim::kRows);
+  // Which dimensions grow with the width decides the muP class (model/parametrization.h):
+  // per-head quantities (gates, A_log, dt_bias) are fixed in number when heads grow in size.
+  const bool per_head_fixed = d.heads_grow_in_size;
+  auto col = [&](const char* n, int64_t rows, ParamClass cls = ParamClass::kHidden) {
+    return b_.Add(prefix + n, {rows, d.width}, cls, InitKind::kNormal, ShardDim::kRows);
   };
+  const ParamClass gate_proj = per_head_fixed ? ParamClass::kGateReadout : ParamClass::kHidden;
+  const ParamClass per_head = per_head_fixed ? ParamClass::kFixed : ParamClass::kVector;
   wq_ = col("q_proj", d.key_dim);
   wk_ = col("k_proj", d.key_dim);
   wv_ = col("v_proj", d.value_dim);
-  wa_ = col("a_proj", d.value_heads);
-  wb_ = col("b_proj", d.value_heads);
+  wa_ = col("a_proj", d.value_heads, gate_proj);
+  wb_ = col("b_proj", d.value_heads, gate_proj);
   wg_ = col("g_proj", d.value_dim);
   auto conv = [&](const char* n, int64_t channels) {
     return b_.Add(prefix + n, {channels, d.conv_size}, ParamClass::kVector, InitKind::kNormal,
@@ -31,12 +35,10 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBui
   conv_q_ = conv("q_conv", d.key_dim);
   conv_k_ = conv("k_conv", d.key_dim);
   conv_v_ = conv("v_conv", d.value_dim);
-  a_log_ = b_.Add(prefix + "A_log", {d.value_heads}, ParamClass::kVector, InitKind::kALog,
-                  ShardDim::kRows);
-  dt_bias_ = b_.Add(prefix + "dt_bias", {d.value_heads}, ParamClass::kVector, InitKind::kDtBias,
-                    ShardDim::kRows);
-  o_norm_ = b_.Add(prefix + "o_norm", {d.dv}, ParamClass::kFixed, InitKind::kOnes,
-                   ShardDim::kReplicated);
+  a_log_ = b_.Add(prefix + "A_log", {d.value_heads}, per_head, InitKind::kALog, ShardDim::kRows);
+  dt_bias_ = b_.Add(prefix + "dt_bias", {d.value_heads}, per_head, InitKind::kDtBias, ShardDim::kRows);
+  o_norm_ = b_.Add(prefix + "o_norm", {d.dv}, per_head_fixed ? ParamClass::kVector : ParamClass::kFixed,
+                   InitKind::kOnes, ShardDim::kReplicated);
   o_norm_->tp_partial_grad = true;
   wo_ = b_.Add(prefix + "o_proj", {d.width, d.value_dim}, ParamClass::kHidden, InitKind::kNormal,
                ShardDim::kCols);

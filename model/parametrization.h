@@ -10,10 +10,15 @@ namespace gdn {
 // How a parameter's shape relates to the width (shared/docs/mup.md).
 enum class ParamClass {
   kInput,   // token embedding: maps a fixed vocabulary to the width
-  kHidden,  // width -> width matrices (Wq, Wk, Wv, Wa, Wb, Wg, Wo, MLP)
+  kHidden,  // width -> width matrices (Wq, Wk, Wv, Wg, Wo, MLP; Wa, Wb when heads grow in count)
   kOutput,  // LM head: width -> fixed vocabulary
-  kVector,  // one width-sized dimension: norm weights, conv weights, A_log, dt_bias
-  kFixed,   // no width-sized dimension: the per-head output norm weight (size dv)
+  // Width -> a fixed number of outputs inside a layer: Wa, Wb when the heads grow in size (their
+  // count is fixed). Readout-like, scaled by init and lr instead of a forward multiplier.
+  kGateReadout,
+  kVector,  // one width-sized dimension: norm weights, conv weights (and, when heads grow in
+            // count, A_log, dt_bias; when they grow in size, the per-head output norm weight)
+  kFixed,   // no width-sized dimension: the per-head output norm weight (size dv) when heads grow
+            // in count; A_log, dt_bias when they grow in size
 };
 const char* ParamClassName(ParamClass c);
 

@@ -52,19 +52,22 @@ bool BitwiseEqual(const Tensor& a, const Tensor& b) {
 // ---------------------------------------------------------------------------------------------
 // The expected table (shared/docs/mup.md), keyed by the parameter's name.
 
-enum class Role { kInput, kHidden, kOutput, kVector, kFixed, kUnknown };
+enum class Role { kInput, kHidden, kOutput, kVector, kFixed, kGateReadout, kUnknown };
 
-Role RoleOf(const std::string& name) {
+// heads_grow_in_size (model.head_scaling HEAD_SIZE): the head count is fixed, so whatever has one
+// entry per head (a_proj and b_proj rows, A_log, dt_bias) has no width dimension, and the
+// per-head output norm (size dv) has one.
+Role RoleOf(const std::string& name, bool heads_grow_in_size = false) {
   const std::string leaf = name.substr(name.rfind('.') + 1);  // whole name when there is no '.'
-  for (const char* h : {"q_proj", "k_proj", "v_proj", "a_proj", "b_proj", "g_proj", "o_proj",
-                        "gate_proj", "up_proj", "down_proj"})
+  if (leaf == "a_proj" || leaf == "b_proj") return heads_grow_in_size ? Role::kGateReadout : Role::kHidden;
+  if (leaf == "A_log" || leaf == "dt_bias") return heads_grow_in_size ? Role::kFixed : Role::kVector;
+  if (leaf == "o_norm") return heads_grow_in_size ? Role::kVector : Role::kFixed;
+  for (const char* h : {"q_proj", "k_proj", "v_proj", "g_proj", "o_proj", "gate_proj", "up_proj",
+                        "down_proj"})
     if (leaf == h) return Role::kHidden;
   if (leaf == "embedding") return Role::kInput;
   if (leaf == "lm_head") return Role::kOutput;
-  if (leaf == "o_norm") return Role::kFixed;  // per-head output norm, size dv: no width dimension
-  if (leaf == "norm" || leaf.ends_with("_norm") || leaf.ends_with("_conv") || leaf == "A_log" ||
-      leaf == "dt_bias")
-    return Role::kVector;
+  if (leaf == "norm" || leaf.ends_with("_norm") || leaf.ends_with("_conv")) return Role::kVector;
   return Role::kUnknown;
 }
 
@@ -74,6 +77,7 @@ ParamClass ClassOf(Role r) {
     case Role::kHidden: return ParamClass::kHidden;
     case Role::kOutput: return ParamClass::kOutput;
     case Role::kVector: return ParamClass::kVector;
+    case Role::kGateReadout: return ParamClass::kGateReadout;
     default: return ParamClass::kFixed;
   }
 }
@@ -85,10 +89,11 @@ struct Expected {
 };
 
 // m: the width multiplier (1 under SP).
-Expected ExpectedFor(const std::string& name, const ParametrizationSpec& p, bool adam, double m) {
+Expected ExpectedFor(const std::string& name, const ParametrizationSpec& p, bool adam, double m,
+                     bool heads_grow_in_size) {
   const double sigma = p.init_std();
   const std::string leaf = name.substr(name.rfind('.') + 1);
-  switch (RoleOf(name)) {
+  switch (RoleOf(name, heads_grow_in_size)) {
     case Role::kInput:  // embedding: sigma, alpha_in, eta (AdamW) / eta*m (SGD), lambda / lambda/m
       return {InitKind::kNormal, sigma, p.alpha_in(), adam ? 1.0 : m, adam ? 1.0 : 1.0 / m};
     case Role::kHidden:  // sigma/sqrt(m), 1, eta/m (AdamW) / eta (SGD), lambda*m / lambda
@@ -103,8 +108,14 @@ Expected ExpectedFor(const std::string& name, const ParametrizationSpec& p, bool
       if (leaf == "dt_bias") init = InitKind::kDtBias;
       return {init, sigma, 1.0, adam ? 1.0 : m, 0.0};
     }
-    case Role::kFixed:  // ones, 1, eta / eta, no decay
-      return {InitKind::kOnes, 0.0, 1.0, 1.0, 0.0};
+    case Role::kFixed: {  // its own init (ones, A_log, dt_bias), 1, eta / eta, no decay
+      InitKind init = InitKind::kOnes;
+      if (leaf == "A_log") init = InitKind::kALog;
+      if (leaf == "dt_bias") init = InitKind::kDtBias;
+      return {init, 0.0, 1.0, 1.0, 0.0};
+    }
+    case Role::kGateReadout:  // the readout rule with 1/m folded in: sigma/m, 1, eta/m, lambda*m
+      return {InitKind::kNormal, sigma / m, 1.0, 1.0 / m, m};
     case Role::kUnknown: break;
   }
   ADD_FAILURE() << "no expected row for parameter " << name;
@@ -115,13 +126,14 @@ Expected ExpectedFor(const std::string& name, const ParametrizationSpec& p, bool
 void CheckTable(const ExperimentSpec& spec, double m) {
   LanguageModel model(spec, DType::kF32);
   const bool adam = spec.optimizer().kind() == OptimizerSpec::ADAMW;
-  int counts[5] = {0, 0, 0, 0, 0};
+  const bool by_size = spec.model().head_scaling() == ModelSpec::HEAD_SIZE;
+  int counts[6] = {0, 0, 0, 0, 0, 0};
   for (const auto& p : model.params().all()) {
     SCOPED_TRACE(p->name);
-    const Role role = RoleOf(p->name);
+    const Role role = RoleOf(p->name, by_size);
     ASSERT_NE(role, Role::kUnknown) << "unexpected parameter name " << p->name;
     ++counts[static_cast<int>(role)];
-    const Expected e = ExpectedFor(p->name, spec.parametrization(), adam, m);
+    const Expected e = ExpectedFor(p->name, spec.parametrization(), adam, m, by_size);
     EXPECT_EQ(p->cls, ClassOf(role));
     EXPECT_EQ(p->init, e.init);
     if (e.init == InitKind::kNormal) EXPECT_DOUBLE_EQ(p->mult.init_std, e.init_std);
@@ -130,10 +142,12 @@ void CheckTable(const ExperimentSpec& spec, double m) {
     EXPECT_DOUBLE_EQ(p->mult.weight_decay, e.weight_decay);
   }
   // depth 2: 10 hidden matrices per layer, 7 vector-like (2 norms, 3 convs, A_log, dt_bias) and
-  // o_norm per layer, plus the final norm; one embedding; one head unless tied.
-  EXPECT_EQ(counts[static_cast<int>(Role::kHidden)], 20);
-  EXPECT_EQ(counts[static_cast<int>(Role::kVector)], 15);
-  EXPECT_EQ(counts[static_cast<int>(Role::kFixed)], 2);
+  // o_norm per layer, plus the final norm; one embedding; one head unless tied. Heads growing in
+  // size: a_proj, b_proj gate-readouts, A_log and dt_bias fixed, o_norm vector-like.
+  EXPECT_EQ(counts[static_cast<int>(Role::kHidden)], by_size ? 16 : 20);
+  EXPECT_EQ(counts[static_cast<int>(Role::kGateReadout)], by_size ? 4 : 0);
+  EXPECT_EQ(counts[static_cast<int>(Role::kVector)], by_size ? 13 : 15);
+  EXPECT_EQ(counts[static_cast<int>(Role::kFixed)], by_size ? 4 : 2);
   EXPECT_EQ(counts[static_cast<int>(Role::kInput)], 1);
   EXPECT_EQ(counts[static_cast<int>(Role::kOutput)], spec.model().tie_embeddings() ? 0 : 1);
 }
@@ -211,15 +225,19 @@ std::vector<double> Train(LanguageModel& model, const ExperimentSpec& spec, cons
   return losses;
 }
 
-void CheckMupEqualsSpAtBaseWidth(OptimizerSpec::Kind opt, bool tied) {
+void CheckMupEqualsSpAtBaseWidth(OptimizerSpec::Kind opt, bool tied, bool heads_by_size = false) {
   SingleThread one;
   SCOPED_TRACE(std::string(opt == OptimizerSpec::ADAMW ? "AdamW" : "SGD") +
-               (tied ? " tied" : " untied"));
+               (tied ? " tied" : " untied") + (heads_by_size ? " heads by size" : ""));
   ExperimentSpec mup = BaseSpec(ParametrizationSpec::MUP, 64, 64, opt);
   // SP ignores base_width: give it a different one to prove it.
   ExperimentSpec sp = BaseSpec(ParametrizationSpec::SP, 64, 16, opt);
   for (ExperimentSpec* s : {&mup, &sp}) {
     s->mutable_model()->set_tie_embeddings(tied);
+    if (heads_by_size) {
+      s->mutable_model()->set_head_scaling(ModelSpec::HEAD_SIZE);
+      s->mutable_model()->set_num_heads(2);
+    }
     s->mutable_parametrization()->set_init_std(0.05);
     s->mutable_parametrization()->set_alpha_out(1.5);
     s->mutable_optimizer()->set_lr(opt == OptimizerSpec::ADAMW ? 3e-3 : 0.3);
@@ -253,11 +271,13 @@ void CheckMupEqualsSpAtBaseWidth(OptimizerSpec::Kind opt, bool tied) {
 TEST(Parametrization, MupEqualsSpAtBaseWidthAdamW) {
   CheckMupEqualsSpAtBaseWidth(OptimizerSpec::ADAMW, false);
   CheckMupEqualsSpAtBaseWidth(OptimizerSpec::ADAMW, true);
+  CheckMupEqualsSpAtBaseWidth(OptimizerSpec::ADAMW, false, /*heads_by_size=*/true);
 }
 
 TEST(Parametrization, MupEqualsSpAtBaseWidthSgd) {
   CheckMupEqualsSpAtBaseWidth(OptimizerSpec::SGD, false);
   CheckMupEqualsSpAtBaseWidth(OptimizerSpec::SGD, true);
+  CheckMupEqualsSpAtBaseWidth(OptimizerSpec::SGD, false, /*heads_by_size=*/true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,12 +303,14 @@ TEST(Parametrization, MupTableTiedAndHeadSizeScaling) {
   ExperimentSpec s = BaseSpec(ParametrizationSpec::MUP, 256, 64, OptimizerSpec::SGD);
   s.mutable_model()->set_tie_embeddings(true);
   CheckTable(s, 4.0);
-  // Head-size scaling changes the head shapes, not the classes or multipliers.
-  ExperimentSpec h = BaseSpec(ParametrizationSpec::MUP, 256, 64, OptimizerSpec::ADAMW);
-  h.mutable_model()->set_head_scaling(ModelSpec::HEAD_SIZE);
-  h.mutable_model()->set_num_heads(4);
-  ASSERT_TRUE(ValidateModelSpec(h).ok()) << ValidateModelSpec(h);
-  CheckTable(h, 4.0);
+  // Head-size scaling: the per-head parameters change class (RoleOf), under both optimizers.
+  for (auto opt : {OptimizerSpec::ADAMW, OptimizerSpec::SGD}) {
+    ExperimentSpec h = BaseSpec(ParametrizationSpec::MUP, 256, 64, opt);
+    h.mutable_model()->set_head_scaling(ModelSpec::HEAD_SIZE);
+    h.mutable_model()->set_num_heads(4);
+    ASSERT_TRUE(ValidateModelSpec(h).ok()) << ValidateModelSpec(h);
+    CheckTable(h, 4.0);
+  }
 }
 
 // The logits are multiplied by alpha_out / m, tied or not (a tied head keeps the readout's
