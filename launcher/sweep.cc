@@ -12,11 +12,14 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -330,12 +333,83 @@ std::string SweepStatusTable(const std::vector<SweepResult>& results) {
   return os.str();
 }
 
-std::string SweepGroupName(const GridPoint& p) {
-  std::vector<std::string> rest;
+namespace {
+
+// The field of an assignment: "model.width=64" -> "model.width".
+absl::string_view FieldOf(absl::string_view assignment) {
+  return assignment.substr(0, assignment.find('='));
+}
+
+// The point's assigned value for `field`, as written in the spec.
+std::optional<std::string> Assigned(const GridPoint& p, absl::string_view field) {
   for (const std::string& a : p.assignments)
-    if (a.rfind("model.width=", 0) != 0 && a.rfind("optimizer.lr=", 0) != 0 &&
-        a.rfind("run.seed=", 0) != 0)
+    if (a.size() > field.size() && FieldOf(a) == field) return a.substr(field.size() + 1);
+  return std::nullopt;
+}
+
+// RFC 4180 quoting, for values that hold a comma or a quote (a path, a name).
+std::string CsvField(const std::string& v) {
+  if (v.find_first_of(",\"\n") == std::string::npos) return v;
+  return absl::StrCat("\"", absl::StrReplaceAll(v, {{"\"", "\"\""}}), "\"");
+}
+
+// The fields of sweep's built-in lists (ExpandGrid), never a sweep.axes field here.
+bool BuiltInField(absl::string_view field) {
+  return field == "parametrization.kind" || field == "optimizer.kind" || field == "model.width" ||
+         field == "optimizer.lr" || field == "run.seed";
+}
+
+}  // namespace
+
+std::vector<std::string> AxisFields(const std::vector<SweepResult>& results) {
+  std::vector<std::string> fields;
+  for (const SweepResult& r : results)
+    for (const std::string& a : r.point.assignments) {
+      const std::string field(FieldOf(a));
+      if (!BuiltInField(field) && std::find(fields.begin(), fields.end(), field) == fields.end())
+        fields.push_back(field);
+    }
+  return fields;
+}
+
+double AxisValue(const GridPoint& point, const std::string& axis) {
+  if (axis == "optimizer.lr") return point.spec.optimizer().lr();
+  const std::optional<std::string> text = Assigned(point, axis);
+  double v = NAN;
+  if (!text || !absl::SimpleAtod(*text, &v)) return NAN;
+  return v;
+}
+
+std::string AxisLeaf(const std::string& axis) { return axis.substr(axis.rfind('.') + 1); }
+
+std::string SweptAxis(const std::vector<SweepResult>& results) {
+  std::set<double> lrs;
+  for (const SweepResult& r : results) lrs.insert(r.point.spec.optimizer().lr());
+  if (lrs.size() > 1) return "optimizer.lr";
+  for (const std::string& field : AxisFields(results)) {
+    std::set<double> values;
+    bool numeric = true;
+    for (const SweepResult& r : results) {
+      const double v = AxisValue(r.point, field);
+      if (!std::isfinite(v)) {  // not a number ("true", an enum name), or a run without it
+        numeric = false;
+        break;
+      }
+      values.insert(v);
+    }
+    if (numeric && values.size() > 1) return field;
+  }
+  return "optimizer.lr";
+}
+
+std::string SweepGroupName(const GridPoint& p, const std::string& axis) {
+  // The learning rate is left out even when another axis is swept: it then has a single value.
+  std::vector<std::string> rest;
+  for (const std::string& a : p.assignments) {
+    const absl::string_view field = FieldOf(a);
+    if (field != "model.width" && field != "optimizer.lr" && field != "run.seed" && field != axis)
       rest.push_back(a);
+  }
   return rest.empty() ? "all runs" : absl::StrJoin(rest, " ");
 }
 
@@ -347,14 +421,16 @@ std::vector<SweepGroup> GroupSweep(const std::vector<SweepResult>& results) {
   };
   struct G {
     std::string parametrization;
-    std::map<int, std::map<double, Acc>> cells;  // width -> lr
+    std::map<int, std::map<double, Acc>> cells;  // width -> axis value
   };
+  const std::string axis = SweptAxis(results);
   std::map<std::string, G> groups;
   for (const SweepResult& r : results) {
     const ExperimentSpec& s = r.point.spec;
-    G& g = groups[SweepGroupName(r.point)];
+    G& g = groups[SweepGroupName(r.point, axis)];
     g.parametrization = ParametrizationSpec::Kind_Name(s.parametrization().kind());
-    Acc& a = g.cells[s.model().width()][s.optimizer().lr()];
+    // Finite for every run: SweptAxis picks only fields whose values all are.
+    Acc& a = g.cells[s.model().width()][AxisValue(r.point, axis)];
     ++a.seeds;
     if (r.status == "done" && std::isfinite(r.val_loss)) {
       a.sum += r.val_loss;
@@ -368,20 +444,21 @@ std::vector<SweepGroup> GroupSweep(const std::vector<SweepResult>& results) {
     SweepGroup group;
     group.name = name;
     group.parametrization = g.parametrization;
-    std::set<double> lrs;
+    group.axis = axis;
+    std::set<double> xs;
     for (const auto& [w, cells] : g.cells)
-      for (const auto& [lr, a] : cells) lrs.insert(lr);
-    group.lrs.assign(lrs.begin(), lrs.end());
+      for (const auto& [x, a] : cells) xs.insert(x);
+    group.xs.assign(xs.begin(), xs.end());
     int base = -1;
     for (const auto& [w, cells] : g.cells) {
       SweepWidth width;
       width.width = w;
       double best_loss = INFINITY;
-      for (size_t i = 0; i < group.lrs.size(); ++i) {
+      for (size_t i = 0; i < group.xs.size(); ++i) {
         SweepCell cell;
-        cell.lr = group.lrs[i];
+        cell.x = group.xs[i];
         cell.val_loss = NAN;
-        auto it = cells.find(cell.lr);
+        auto it = cells.find(cell.x);
         if (it == cells.end()) {
           cell.state = "-";  // not in the grid
         } else if (!it->second.state.empty()) {
@@ -407,18 +484,20 @@ std::vector<SweepGroup> GroupSweep(const std::vector<SweepResult>& results) {
 std::string SweepTable(const std::vector<SweepResult>& results) {
   std::ostringstream os;
   for (const SweepGroup& g : GroupSweep(results)) {
+    const std::string best = "best " + AxisLeaf(g.axis);
+    const int best_width = std::max<int>(10, best.size());
     os << "\nfinal validation loss: " << g.name << "\n" << absl::StrFormat("%8s", "width");
-    for (double lr : g.lrs) os << absl::StrFormat(" %10.3g", lr);
-    os << absl::StrFormat(" %10s %6s\n", "best lr", "shift");
+    for (double x : g.xs) os << absl::StrFormat(" %10.3g", x);
+    os << absl::StrFormat(" %*s %6s\n", best_width, best, "shift");
     for (const SweepWidth& w : g.widths) {
       os << absl::StrFormat("%8d", w.width);
       for (const SweepCell& c : w.cells)
         os << (c.state == "done" ? absl::StrFormat(" %10.4f", c.val_loss)
                                  : absl::StrFormat(" %10s", c.state));
       if (w.best < 0)
-        os << absl::StrFormat(" %10s %6s\n", "-", "-");
+        os << absl::StrFormat(" %*s %6s\n", best_width, "-", "-");
       else
-        os << absl::StrFormat(" %10.3g %+6d\n", g.lrs[w.best], w.shift);
+        os << absl::StrFormat(" %*.3g %+6d\n", best_width, g.xs[w.best], w.shift);
     }
   }
   return os.str();
@@ -428,28 +507,33 @@ std::string SweepCsv(const std::vector<SweepResult>& results) {
   auto num = [](double v, int digits) {
     return std::isnan(v) ? std::string() : absl::StrFormat("%.*f", digits, v);
   };
+  const std::vector<std::string> axes = AxisFields(results);
   std::ostringstream os;
   os << "run_id,parametrization,optimizer,width,lr,seed,status,step,train_loss,val_loss,"
-        "tokens_per_s\n";
+        "tokens_per_s";
+  for (const std::string& a : axes) os << "," << CsvField(a);
+  os << "\n";
   for (const SweepResult& r : results) {
     const ExperimentSpec& s = r.point.spec;
-    os << absl::StrFormat("%s,%s,%s,%d,%.9g,%d,%s,%d,%s,%s,%s\n", r.point.id,
+    os << absl::StrFormat("%s,%s,%s,%d,%.9g,%d,%s,%d,%s,%s,%s", r.point.id,
                           ParametrizationSpec::Kind_Name(s.parametrization().kind()),
                           OptimizerSpec::Kind_Name(s.optimizer().kind()), s.model().width(),
                           s.optimizer().lr(), s.run().seed(), r.status, r.step,
                           num(r.train_loss, 6), num(r.val_loss, 6), num(r.tokens_per_s, 1));
+    for (const std::string& a : axes) os << "," << CsvField(Assigned(r.point, a).value_or(""));
+    os << "\n";
   }
   return os.str();
 }
 
 std::string BestLrCsv(const std::vector<SweepResult>& results) {
   std::ostringstream os;
-  os << "group,width,best_lr,shift,val_loss\n";
+  os << "group,width,axis,best,shift,val_loss\n";
   for (const SweepGroup& g : GroupSweep(results))
     for (const SweepWidth& w : g.widths)
       if (w.best >= 0)
-        os << absl::StrFormat("%s,%d,%.9g,%d,%.6f\n", g.name, w.width, g.lrs[w.best], w.shift,
-                              w.cells[w.best].val_loss);
+        os << absl::StrFormat("%s,%d,%s,%.9g,%d,%.6f\n", CsvField(g.name), w.width, g.axis, g.xs[w.best],
+                              w.shift, w.cells[w.best].val_loss);
   return os.str();
 }
 

@@ -1,7 +1,7 @@
 // `gdn sweep plan|run|status|report`: expand a spec's grid into runs, run them (in turn, K at a
 // time, or each as its own MPI job), and read them back from their run directories alone: a status
-// table, the final validation loss per width and learning rate with the best learning rate per
-// width, CSV files and plots. Everything that reads runs works on a partial sweep.
+// table, the final validation loss per width and learning rate (or another swept axis, e.g. the
+// init std) with the best value per width, CSV files and plots. Everything that reads runs works on a partial sweep.
 #pragma once
 
 #include <cstdint>
@@ -64,45 +64,65 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
 // count of runs in each state.
 std::string SweepStatusTable(const std::vector<SweepResult>& results);
 
-// The runs that differ only in width, learning rate and seed form a group (e.g. one per
+// The swept axis (the x of the loss tables and plots), chosen from the runs: "optimizer.lr" when
+// they have more than one learning rate; otherwise the first field of sweep.axes (spec order) whose
+// values are all finite numbers and take more than one value among the runs (e.g.
+// "parametrization.init_std"); otherwise "optimizer.lr" (one point a width).
+std::string SweptAxis(const std::vector<SweepResult>& results);
+// The fields of sweep.axes among the runs' assignments, in spec order (the built-in lists:
+// parametrizations, optimizers, widths, learning_rates and seeds are not among them).
+std::vector<std::string> AxisFields(const std::vector<SweepResult>& results);
+// A run's value on `axis`: its learning rate for "optimizer.lr", else its assignment to the field
+// read as a number (NaN when it has none or it is not a number).
+double AxisValue(const GridPoint& point, const std::string& axis);
+// The last component of a field path: "parametrization.init_std" -> "init_std".
+std::string AxisLeaf(const std::string& axis);
+
+// The runs that differ only in width, seed and the swept axis form a group (e.g. one per
 // parametrization and optimizer); a cell is the mean final validation loss over the seeds of one
-// width and learning rate, from done runs only.
+// width and axis value, from done runs only.
 struct SweepCell {
-  double lr = 0;
+  double x = 0;         // the value on the swept axis
   double val_loss = 0;  // NaN unless every seed of the cell is done
   std::string state;    // "done", or the first unfinished seed's status (diverged wins)
 };
 struct SweepWidth {
   int width = 0;
-  std::vector<SweepCell> cells;  // one per learning rate of the group, ascending
+  std::vector<SweepCell> cells;  // one per axis value of the group, ascending
   int best = -1;                 // index of the lowest loss among done cells; -1: none yet
   int shift = 0;                 // best - the first width's best (grid steps); 0 without a best
 };
 struct SweepGroup {
   std::string name;            // the other assignments, e.g. "parametrization.kind=SP", or "all runs"
   std::string parametrization; // kind name of the group's runs (the column of its plots)
-  std::vector<double> lrs;
+  std::string axis;            // SweptAxis of the runs
+  std::vector<double> xs;      // the axis values, ascending
   std::vector<SweepWidth> widths;  // ascending
 };
-// The group of a run: its assignments other than width, learning rate and seed ("all runs").
-std::string SweepGroupName(const GridPoint& point);
+// The group of a run: its assignments other than width, seed, the learning rate (the swept axis,
+// or one value when another axis is swept) and `axis` ("all runs" when none are left).
+std::string SweepGroupName(const GridPoint& point, const std::string& axis);
 std::vector<SweepGroup> GroupSweep(const std::vector<SweepResult>& results);
 
-// Per group: the loss table (rows widths, columns learning rates; unfinished cells show their
-// state), the best learning rate per width and its shift in grid steps from the smallest width's.
+// Per group: the loss table (rows widths, columns the swept axis's values; unfinished cells show
+// their state), the best value per width ("best lr", "best init_std") and its shift in grid steps
+// from the smallest width's.
 std::string SweepTable(const std::vector<SweepResult>& results);
-// The results as CSV (one row a run; missing numbers are empty).
+// The results as CSV (one row a run; missing numbers are empty), then a column per sweep.axes
+// field (header: the field path) holding the run's assigned value.
 std::string SweepCsv(const std::vector<SweepResult>& results);
-// group,width,best_lr,shift,val_loss: one row per width with a done run.
+// group,width,axis,best,shift,val_loss: one row per width with a done run; axis is the swept field
+// (e.g. optimizer.lr), best its value with the lowest loss.
 std::string BestLrCsv(const std::vector<SweepResult>& results);
 
 struct ReportFiles {
   std::vector<std::string> written;  // paths, in the order written
 };
-// Writes into `dir`: results.csv, best_lr.csv, table.txt and, with `plots`, lr_sweep.png
-// (validation loss against log2 learning rate, a line per width, a panel per group with SP and muP
-// side by side) and curves.png (training and validation loss of each width's best learning rate),
-// drawn by gnuplot from plots/*.dat and plots/report.gp. Errors name the file or gnuplot's log.
+// Writes into `dir`: results.csv, best_lr.csv, table.txt and, with `plots`, <leaf>_sweep.png
+// (lr_sweep.png, init_std_sweep.png: validation loss against log2 of the swept axis, a line per
+// width, a panel per group with SP and muP side by side) and curves.png (training and validation
+// loss at each width's best value), drawn by gnuplot from plots/*.dat and plots/report.gp. Errors
+// name the file or gnuplot's log.
 absl::StatusOr<ReportFiles> WriteSweepReport(const std::string& dir,
                                              const std::vector<SweepResult>& results, bool plots);
 

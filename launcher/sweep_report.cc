@@ -1,4 +1,5 @@
-// `gdn sweep report`: CSV files, the best-learning-rate table and gnuplot's plots, from the run
+// `gdn sweep report`: CSV files, the best-value table (learning rate or another swept axis) and
+// gnuplot's plots, from the run
 // directories alone (runs may be unfinished, running elsewhere or gone).
 #include <algorithm>
 #include <cmath>
@@ -91,10 +92,14 @@ std::vector<CurvePoint> ReadCurve(const std::string& run_dir) {
 
 std::string Num(double v) { return std::isfinite(v) ? absl::StrFormat("%.6g", v) : "NaN"; }
 
-// One panel of lr_sweep.png: a data block per width (gnuplot's `index`), then the diverged points
-// drawn at the top of the panel. Returns the plot command.
-std::string LrPanel(const SweepGroup& g, const std::string& data_path, const std::map<int, int>& color,
-                    std::string& data) {
+// The plotted x of an axis value: log2 (grid values are mostly factors of 2), or the value itself
+// when the sweep has values <= 0.
+double PlotX(double x, bool log2) { return log2 ? std::log2(x) : x; }
+
+// One panel of <leaf>_sweep.png: a data block per width (gnuplot's `index`), then the diverged
+// points drawn at the top of the panel. Returns the plot command.
+std::string AxisPanel(const SweepGroup& g, bool log2, const std::string& data_path,
+                      const std::map<int, int>& color, std::string& data) {
   std::ostringstream d;
   std::vector<std::string> plots;
   double top = -INFINITY, bottom = INFINITY;
@@ -105,7 +110,7 @@ std::string LrPanel(const SweepGroup& g, const std::string& data_path, const std
   for (const SweepWidth& w : g.widths) {
     std::string block;
     for (const SweepCell& c : w.cells)
-      if (c.state == "done") block += absl::StrFormat("%s %s\n", Num(std::log2(c.lr)), Num(c.val_loss));
+      if (c.state == "done") block += absl::StrFormat("%s %s\n", Num(PlotX(c.x, log2)), Num(c.val_loss));
     if (block.empty()) continue;
     d << "# width " << w.width << "\n" << block << "\n\n";
     plots.push_back(absl::StrFormat(
@@ -116,7 +121,7 @@ std::string LrPanel(const SweepGroup& g, const std::string& data_path, const std
   const double mark = std::isfinite(top) ? top + 0.05 * std::max(top - bottom, 0.1) : 1;
   for (const SweepWidth& w : g.widths)
     for (const SweepCell& c : w.cells)
-      if (c.state == "diverged") diverged += absl::StrFormat("%s %s\n", Num(std::log2(c.lr)), Num(mark));
+      if (c.state == "diverged") diverged += absl::StrFormat("%s %s\n", Num(PlotX(c.x, log2)), Num(mark));
   if (!diverged.empty()) {
     d << "# diverged\n" << diverged << "\n\n";
     plots.push_back(absl::StrFormat(
@@ -131,7 +136,7 @@ std::string LrPanel(const SweepGroup& g, const std::string& data_path, const std
 }
 
 // One panel of curves.png: training loss (lines) and validation loss (points) of each width's best
-// learning rate (its first seed).
+// value of the swept axis (its first seed).
 std::string CurvePanel(const SweepGroup& g, const std::vector<SweepResult>& results,
                        const std::string& data_path, const std::map<int, int>& color,
                        std::string& data) {
@@ -140,11 +145,11 @@ std::string CurvePanel(const SweepGroup& g, const std::vector<SweepResult>& resu
   int index = 0;
   for (const SweepWidth& w : g.widths) {
     if (w.best < 0) continue;
-    const double lr = g.lrs[w.best];
+    const double x = g.xs[w.best];
     const SweepResult* run = nullptr;
     for (const SweepResult& r : results)
       if (r.status == "done" && r.point.spec.model().width() == w.width &&
-          r.point.spec.optimizer().lr() == lr && SweepGroupName(r.point) == g.name &&
+          AxisValue(r.point, g.axis) == x && SweepGroupName(r.point, g.axis) == g.name &&
           (!run || r.point.spec.run().seed() < run->point.spec.run().seed()))
         run = &r;
     if (!run) continue;
@@ -153,8 +158,8 @@ std::string CurvePanel(const SweepGroup& g, const std::vector<SweepResult>& resu
       d << p.step << " " << Num(p.train) << " " << Num(p.val) << "\n";
     d << "\n\n";
     plots.push_back(absl::StrFormat(
-        "'%s' index %d using 1:2 with lines lw 1.5 lc %d title 'width %d, lr %.3g'", data_path,
-        index, color.at(w.width), w.width, lr));
+        "'%s' index %d using 1:2 with lines lw 1.5 lc %d title 'width %d, %s %.3g'", data_path,
+        index, color.at(w.width), w.width, AxisLeaf(g.axis), x));
     plots.push_back(absl::StrFormat(
         "'%s' index %d using 1:3 with points pt 7 ps 0.8 lc %d notitle", data_path, index,
         color.at(w.width)));
@@ -185,6 +190,11 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const std::string& dir,
   if (ec) return absl::PermissionDeniedError(absl::StrCat(plot_dir, ": cannot create: ", ec.message()));
   const std::vector<SweepGroup> groups = GroupSweep(results);
   const auto layout = Layout(groups);
+  const std::string leaf = AxisLeaf(SweptAxis(results));
+  const std::string axis_figure = leaf + "_sweep";  // lr_sweep, init_std_sweep
+  bool log2 = true;
+  for (const SweepGroup& g : groups)
+    for (double x : g.xs) log2 = log2 && x > 0;
   // One color per width across every panel and both figures.
   std::map<int, int> color;
   for (const SweepGroup& g : groups)
@@ -195,18 +205,20 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const std::string& dir,
   const size_t rows = layout.size(), cols = layout.empty() ? 0 : layout[0].size();
   std::ostringstream gp;
   gp << "# Written by `gdn sweep report`; run `gnuplot plots/report.gp` in the sweep directory to\n"
-        "# draw lr_sweep.png and curves.png again (e.g. after editing).\n"
+        "# draw " << axis_figure << ".png and curves.png again (e.g. after editing).\n"
      << "set datafile missing 'NaN'\nset key top right font ',9'\nset grid\n";
-  for (const std::string figure : {"lr_sweep", "curves"}) {
+  for (const std::string& figure : {axis_figure, std::string("curves")}) {
     gp << absl::StrFormat("\nset terminal pngcairo size %d,%d font ',10'\nset output '%s.png'\n",
                           std::max<size_t>(cols, 1) * 560, std::max<size_t>(rows, 1) * 400, figure)
        << absl::StrFormat("set multiplot layout %d,%d title '%s'\n", std::max<size_t>(rows, 1),
                           std::max<size_t>(cols, 1),
-                          figure == "lr_sweep" ? "final validation loss against learning rate"
-                                               : "training (lines) and validation (points) loss "
-                                                 "at the best learning rate of each width");
-    if (figure == "lr_sweep")
-      gp << "set xlabel 'log2 learning rate'\nset ylabel 'validation loss'\n";
+                          figure == axis_figure
+                              ? "final validation loss against " + leaf
+                              : "training (lines) and validation (points) loss at the best " +
+                                    leaf + " of each width");
+    if (figure == axis_figure)
+      gp << "set xlabel '" << (log2 ? "log2(" + leaf + ")" : leaf)
+         << "'\nset ylabel 'validation loss'\n";
     else
       gp << "set xlabel 'step'\nset ylabel 'loss'\n";
     for (size_t r = 0; r < rows; ++r)
@@ -219,7 +231,7 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const std::string& dir,
         const std::string name = absl::StrFormat("%s_%d_%d.dat", figure, r, c);
         std::string data;
         const std::string plot =
-            figure == "lr_sweep" ? LrPanel(*g, "plots/" + name, color, data)
+            figure == axis_figure ? AxisPanel(*g, log2, "plots/" + name, color, data)
                                  : CurvePanel(*g, results, "plots/" + name, color, data);
         if (auto s = Write(plot_dir + "/" + name, data, files); !s.ok()) return s;
         gp << "set title '" << PanelTitle(g->name) << "'\n" << plot;
@@ -230,7 +242,7 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const std::string& dir,
   files.written.push_back(script);
   // gnuplot runs in the sweep directory so the script's paths stay relative (the folder can move).
   if (auto s = RunGnuplot(script, gp.str(), dir); !s.ok()) return s;
-  files.written.push_back(dir + "/lr_sweep.png");
+  files.written.push_back(dir + "/" + axis_figure + ".png");
   files.written.push_back(dir + "/curves.png");
   return files;
 }

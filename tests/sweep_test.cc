@@ -1,5 +1,6 @@
 // Sweep read-back (status, best-learning-rate tables, CSV, report with plots) on run directories
 // written here by hand, and the Slurm batch script's contents.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +9,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "launcher/slurm.h"
 #include "launcher/plot.h"
@@ -28,13 +31,12 @@ class SweepReadBack : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  // SP and muP x widths 32, 64 x learning rates 0.01, 0.02, 0.04, 0.08.
-  std::vector<GridPoint> Grid() {
-    auto spec = ParseSpecText(absl::StrCat(R"(
-      run { steps: 10 }
-      sweep { parametrizations: [SP, MUP] widths: [32, 64] learning_rates: [0.01, 0.02, 0.04, 0.08]
-              dir: ")", dir_.string(), "\" }"),
-                              "test");
+  // SP and muP x widths 32, 64 x learning rates 0.01, 0.02, 0.04, 0.08, or the given sweep lists.
+  std::vector<GridPoint> Grid(
+      const std::string& lists =
+          "parametrizations: [SP, MUP] widths: [32, 64] learning_rates: [0.01, 0.02, 0.04, 0.08]") {
+    auto spec = ParseSpecText(
+        absl::StrCat("run { steps: 10 } sweep { ", lists, " dir: \"", dir_.string(), "\" }"), "test");
     EXPECT_TRUE(spec.ok()) << spec.status();
     auto points = ExpandGrid(*spec);
     EXPECT_TRUE(points.ok()) << points.status();
@@ -47,6 +49,17 @@ class SweepReadBack : public ::testing::Test {
           p.spec.model().width() == width && p.spec.optimizer().lr() == lr)
         return p;
     ADD_FAILURE() << "no point " << kind << " " << width << " " << lr;
+    return points.front();
+  }
+  // The point whose assignments include all of `assignments`.
+  static const GridPoint& FindWith(const std::vector<GridPoint>& points,
+                                   const std::vector<std::string>& assignments) {
+    for (const GridPoint& p : points)
+      if (std::all_of(assignments.begin(), assignments.end(), [&](const std::string& a) {
+            return std::count(p.assignments.begin(), p.assignments.end(), a) == 1;
+          }))
+        return p;
+    ADD_FAILURE() << "no point " << absl::StrJoin(assignments, " ");
     return points.front();
   }
   // A run as the trainer leaves it: `steps` metric lines (loss falling to `final`), a val_loss at
@@ -115,8 +128,8 @@ TEST_F(SweepReadBack, StatesOfAPartialSweep) {
   EXPECT_TRUE(absl::StrContains(loss_table, "diverged")) << loss_table;
   EXPECT_TRUE(absl::StrContains(loss_table, "pending")) << loss_table;
   EXPECT_EQ(BestLrCsv(results),
-            "group,width,best_lr,shift,val_loss\n"
-            "parametrization.kind=SP,32,0.01,0,2.500000\n");
+            "group,width,axis,best,shift,val_loss\n"
+            "parametrization.kind=SP,32,optimizer.lr,0.01,0,2.500000\n");
 }
 
 TEST_F(SweepReadBack, BestLearningRateAndShift) {
@@ -133,11 +146,11 @@ TEST_F(SweepReadBack, BestLearningRateAndShift) {
       WriteRun(Find(points, "MUP", w, lr), "done", 10, 2.0 + std::abs(std::log2(lr / 0.04)) - w / 1000.0);
   const std::vector<SweepResult> results = ReadRuns(points);
   EXPECT_EQ(BestLrCsv(results),
-            "group,width,best_lr,shift,val_loss\n"
-            "parametrization.kind=MUP,32,0.04,0,2.468000\n"
-            "parametrization.kind=MUP,64,0.04,0,2.436000\n"
-            "parametrization.kind=SP,32,0.04,0,2.500000\n"
-            "parametrization.kind=SP,64,0.02,-1,2.400000\n");
+            "group,width,axis,best,shift,val_loss\n"
+            "parametrization.kind=MUP,32,optimizer.lr,0.04,0,2.468000\n"
+            "parametrization.kind=MUP,64,optimizer.lr,0.04,0,2.436000\n"
+            "parametrization.kind=SP,32,optimizer.lr,0.04,0,2.500000\n"
+            "parametrization.kind=SP,64,optimizer.lr,0.02,-1,2.400000\n");
   const std::string table = SweepTable(results);
   EXPECT_TRUE(absl::StrContains(table, "0.02     -1")) << table;
   const std::string csv = SweepCsv(results);
@@ -170,6 +183,122 @@ TEST_F(SweepReadBack, ReportWritesCsvTablesAndPngs) {
   EXPECT_LT(gp.find("set title 'SP'"), gp.find("set title 'MUP'")) << gp;
   EXPECT_TRUE(absl::StrContains(gp, "title 'diverged'")) << gp;
   EXPECT_TRUE(absl::StrContains(gp, "no finished runs yet")) << gp;
+}
+
+// Issue 7's init-std transfer check: one learning rate, an init_std axis: init_std is the x-axis.
+TEST_F(SweepReadBack, InitStdAxisWithOneLearningRate) {
+  const auto points = Grid(R"(parametrizations: [SP, MUP] widths: [32, 64] learning_rates: [0.015625]
+      axes { field: "parametrization.init_std" values: ["0.005", "0.01", "0.02", "0.04"] })");
+  auto run = [&](const std::string& kind, int width, const std::string& std) -> const GridPoint& {
+    return FindWith(points, {"parametrization.kind=" + kind, absl::StrCat("model.width=", width),
+                             "parametrization.init_std=" + std});
+  };
+  // SP: width 32 is best at 0.02, width 64 at 0.01 (one step left; 0.04 diverged). muP: both 0.02.
+  const std::map<std::pair<int, std::string>, double> sp = {
+      {{32, "0.005"}, 3.0}, {{32, "0.01"}, 2.5}, {{32, "0.02"}, 2.0}, {{32, "0.04"}, 2.2},
+      {{64, "0.005"}, 2.6}, {{64, "0.01"}, 1.9}, {{64, "0.02"}, 2.1}};
+  for (const auto& [key, loss] : sp) WriteRun(run("SP", key.first, key.second), "done", 10, loss);
+  WriteRun(run("SP", 64, "0.04"), "diverged", 2, 40);
+  for (int w : {32, 64})
+    for (const std::string std : {"0.005", "0.01", "0.02", "0.04"})
+      WriteRun(run("MUP", w, std), "done", 10,
+               2.0 + std::abs(std::log2(std::stod(std) / 0.02)) - w / 1000.0);
+  const std::vector<SweepResult> results = ReadRuns(points);
+
+  EXPECT_EQ(SweptAxis(results), "parametrization.init_std");
+  const std::vector<SweepGroup> groups = GroupSweep(results);
+  ASSERT_EQ(groups.size(), 2u);  // one per parametrization, not one per init_std
+  EXPECT_EQ(groups[0].name, "parametrization.kind=MUP");
+  EXPECT_EQ(groups[1].name, "parametrization.kind=SP");
+  EXPECT_EQ(groups[1].xs, (std::vector<double>{0.005, 0.01, 0.02, 0.04}));
+  EXPECT_EQ(BestLrCsv(results),
+            "group,width,axis,best,shift,val_loss\n"
+            "parametrization.kind=MUP,32,parametrization.init_std,0.02,0,2.468000\n"
+            "parametrization.kind=MUP,64,parametrization.init_std,0.02,0,2.436000\n"
+            "parametrization.kind=SP,32,parametrization.init_std,0.02,0,2.500000\n"
+            "parametrization.kind=SP,64,parametrization.init_std,0.01,-1,2.400000\n");
+
+  const std::string table = SweepTable(results);
+  EXPECT_TRUE(absl::StrContains(
+      table, "\nfinal validation loss: parametrization.kind=SP\n"
+             "   width      0.005       0.01       0.02       0.04 best init_std  shift\n"
+             "      32     3.5000     3.0000     2.5000     2.7000          0.02     +0\n"
+             "      64     3.1000     2.4000     2.6000   diverged          0.01     -1\n"))
+      << table;
+  EXPECT_FALSE(absl::StrContains(table, "best lr")) << table;
+
+  const std::string csv = SweepCsv(results);
+  EXPECT_TRUE(absl::StartsWith(csv, "run_id,parametrization,optimizer,width,lr,seed,status,step,"
+                                    "train_loss,val_loss,tokens_per_s,parametrization.init_std\n"))
+      << csv;
+  EXPECT_TRUE(absl::StrContains(
+      csv, absl::StrCat(run("SP", 64, "0.01").id,
+                        ",SP,ADAMW,64,0.015625,0,done,10,1.900000,2.400000,900.0,0.01\n")))
+      << csv;
+
+  if (!HaveGnuplot()) GTEST_SKIP() << "gnuplot is not installed (launcher/setup.sh installs it)";
+  auto files = WriteSweepReport(dir_.string(), results, true);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(Read("init_std_sweep.png").substr(0, 8), "\x89PNG\r\n\x1a\n");
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "lr_sweep.png"));
+  EXPECT_EQ(std::count(files->written.begin(), files->written.end(), (dir_ / "init_std_sweep.png").string()), 1);
+  const std::string gp = Read("plots/report.gp");
+  for (const std::string part :
+       {"set output 'init_std_sweep.png'", "set xlabel 'log2(init_std)'",
+        "final validation loss against init_std", "title 'width 64, init_std 0.01'",
+        "at the best init_std of each width"})
+    EXPECT_TRUE(absl::StrContains(gp, part)) << "missing: " << part << "\n" << gp;
+  // The plotted x of SP width 64's best point is log2(0.01).
+  const std::string sp_data = Read("plots/init_std_sweep_0_0.dat");
+  EXPECT_TRUE(absl::StrContains(sp_data, absl::StrFormat("%.6g 2.4\n", std::log2(0.01)))) << sp_data;
+}
+
+// With a learning-rate grid the lr stays the x-axis and another numeric axis splits the groups.
+TEST_F(SweepReadBack, LrGridBesideANumericAxis) {
+  const auto points = Grid(R"(widths: [32, 64] learning_rates: [0.01, 0.02]
+      axes { field: "parametrization.init_std" values: ["0.01", "0.02"] })");
+  for (const GridPoint& p : points) {
+    const double lr = p.spec.optimizer().lr(), std = p.spec.parametrization().init_std();
+    // Best lr 0.01 at init_std 0.01, 0.02 at init_std 0.02, at both widths.
+    WriteRun(p, "done", 10, 2.0 + (lr == std ? 0 : 1) + p.spec.model().width() / 1000.0);
+  }
+  const std::vector<SweepResult> results = ReadRuns(points);
+  EXPECT_EQ(SweptAxis(results), "optimizer.lr");
+  EXPECT_EQ(BestLrCsv(results),
+            "group,width,axis,best,shift,val_loss\n"
+            "parametrization.init_std=0.01,32,optimizer.lr,0.01,0,2.532000\n"
+            "parametrization.init_std=0.01,64,optimizer.lr,0.01,0,2.564000\n"
+            "parametrization.init_std=0.02,32,optimizer.lr,0.02,0,2.532000\n"
+            "parametrization.init_std=0.02,64,optimizer.lr,0.02,0,2.564000\n");
+  const std::string table = SweepTable(results);
+  EXPECT_TRUE(absl::StrContains(table, "      0.01       0.02    best lr  shift\n")) << table;
+  EXPECT_TRUE(absl::StrContains(SweepCsv(results), ",tokens_per_s,parametrization.init_std\n"));
+}
+
+// Which field is the x-axis: the first of sweep.axes in spec order with several numeric values.
+TEST_F(SweepReadBack, SweptAxisChoice) {
+  auto axis = [&](const std::string& lists) { return SweptAxis(ReadRuns(Grid(lists))); };
+  // Not numbers, or one value: the learning rate as before (a one-point group per value).
+  const std::string no_numeric_axis = R"(widths: [32] learning_rates: [0.01]
+      axes { field: "model.tie_embeddings" values: ["false", "true"] }
+      axes { field: "parametrization.init_std" values: ["0.02"] })";
+  EXPECT_EQ(axis(no_numeric_axis), "optimizer.lr");
+  const auto results = ReadRuns(Grid(no_numeric_axis));
+  ASSERT_EQ(GroupSweep(results).size(), 2u);
+  EXPECT_EQ(GroupSweep(results)[0].name, "model.tie_embeddings=false parametrization.init_std=0.02");
+  EXPECT_TRUE(absl::StrContains(SweepTable(results), "best lr")) << SweepTable(results);
+  EXPECT_TRUE(absl::StrContains(SweepCsv(results),
+                                ",tokens_per_s,model.tie_embeddings,parametrization.init_std\n"));
+  // A non-numeric axis before a numeric one is passed over; of two numeric ones the first wins.
+  EXPECT_EQ(axis(R"(widths: [32] axes { field: "model.tie_embeddings" values: ["false", "true"] }
+                    axes { field: "parametrization.init_std" values: ["0.01", "0.02"] })"),
+            "parametrization.init_std");
+  EXPECT_EQ(axis(R"(widths: [32] axes { field: "parametrization.alpha_out" values: ["1", "2"] }
+                    axes { field: "parametrization.init_std" values: ["0.01", "0.02"] })"),
+            "parametrization.alpha_out");
+  EXPECT_EQ(axis(R"(widths: [32] learning_rates: [0.01, 0.02]
+                    axes { field: "parametrization.alpha_out" values: ["1", "2"] })"),
+            "optimizer.lr");
 }
 
 // `gdn sweep run --gpus N`: each running run's ranks get their own GPUs, round-robin over slots.
