@@ -126,9 +126,19 @@ expect 0 "6 runs: 4 done, 2 diverged" -- "$gdn" sweep status --spec sweep.textpr
 rm -f runs/sweep/*.png
 expect 0 "wrote .*lr_sweep.png.*curves.png" -- "$gdn" sweep report --spec sweep.textproto
 is_png runs/sweep/lr_sweep.png && is_png runs/sweep/curves.png && ok || fail "the report's plots are not PNGs"
-[ "$(cat runs/sweep/best_lr.csv)" = "$(printf 'group,width,best_lr,shift,val_loss\nall runs,32,0.2,0,%s\nall runs,64,0.2,0,%s' \
+[ "$(cat runs/sweep/best_lr.csv)" = "$(printf 'group,width,axis,best,shift,val_loss\nall runs,32,optimizer.lr,0.2,0,%s\nall runs,64,optimizer.lr,0.2,0,%s' \
   "$(grep '^w32_lr2e-01' runs/sweep/results.csv | cut -d, -f10)" "$(grep '^w64_lr2e-01' runs/sweep/results.csv | cut -d, -f10)")" ] &&
   ok || fail "best_lr.csv: $(cat runs/sweep/best_lr.csv)"
+# One learning rate and an init-std axis: init_std is the report's x-axis (table, CSV, plot).
+sed -e 's/learning_rates: \[[^]]*\]/learning_rates: [0.2] axes { field: "parametrization.init_std" values: ["0.01", "0.02", "0.04"] }/' \
+  -e 's|runs/sweep|runs/istd|' sweep.textproto >istd.textproto
+expect 0 "best init_std" -- "$gdn" sweep run --spec istd.textproto --parallel 2
+is_png runs/istd/init_std_sweep.png && is_png runs/istd/curves.png && [ ! -e runs/istd/lr_sweep.png ] && ok ||
+  fail "the init-std sweep's plots: $(ls runs/istd)"
+[ "$(head -1 runs/istd/results.csv | cut -d, -f12)" = parametrization.init_std ] &&
+  [ "$(grep -c ',0.04$' runs/istd/results.csv)" -eq 2 ] && ok || fail "results.csv: $(cat runs/istd/results.csv)"
+[ "$(grep -c '^all runs,[0-9]*,parametrization.init_std,0.0[124],[-+0-9]*,[0-9.]*$' runs/istd/best_lr.csv)" -eq 2 ] &&
+  ok || fail "best_lr.csv: $(cat runs/istd/best_lr.csv)"
 # A partial sweep (one more width): status and report on what is there, then 2 runs at a time.
 wider="--set sweep.widths=32,64,128"
 expect 0 "9 runs: 4 done, 2 diverged, 3 pending" -- "$gdn" sweep status --spec sweep.textproto $wider
