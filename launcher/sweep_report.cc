@@ -208,7 +208,7 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const std::string& dir,
         "# draw " << axis_figure << ".png and curves.png again (e.g. after editing).\n"
      << "set datafile missing 'NaN'\nset key top right font ',9'\nset grid\n";
   for (const std::string& figure : {axis_figure, std::string("curves")}) {
-    gp << absl::StrFormat("\nset terminal pngcairo size %d,%d font ',10'\nset output '%s.png'\n",
+    gp << absl::StrFormat("\nset terminal pngcairo noenhanced size %d,%d font ',10'\nset output '%s.png'\n",
                           std::max<size_t>(cols, 1) * 560, std::max<size_t>(rows, 1) * 400, figure)
        << absl::StrFormat("set multiplot layout %d,%d title '%s'\n", std::max<size_t>(rows, 1),
                           std::max<size_t>(cols, 1),

@@ -245,6 +245,7 @@ TEST_F(SweepReadBack, InitStdAxisWithOneLearningRate) {
   const std::string gp = Read("plots/report.gp");
   for (const std::string part :
        {"set output 'init_std_sweep.png'", "set xlabel 'log2(init_std)'",
+        "pngcairo noenhanced",  // '_' is a subscript otherwise
         "final validation loss against init_std", "title 'width 64, init_std 0.01'",
         "at the best init_std of each width"})
     EXPECT_TRUE(absl::StrContains(gp, part)) << "missing: " << part << "\n" << gp;
