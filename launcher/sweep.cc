@@ -532,8 +532,8 @@ std::string BestLrCsv(const std::vector<SweepResult>& results) {
   for (const SweepGroup& g : GroupSweep(results))
     for (const SweepWidth& w : g.widths)
       if (w.best >= 0)
-        os << absl::StrFormat("%s,%d,%s,%.9g,%d,%.6f\n", CsvField(g.name), w.width, g.axis, g.xs[w.best],
-                              w.shift, w.cells[w.best].val_loss);
+        os << absl::StrFormat("%s,%d,%s,%.9g,%d,%.6f\n", CsvField(g.name), w.width, g.axis,
+                              g.xs[w.best], w.shift, w.cells[w.best].val_loss);
   return os.str();
 }
 

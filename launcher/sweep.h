@@ -1,7 +1,8 @@
 // `gdn sweep plan|run|status|report`: expand a spec's grid into runs, run them (in turn, K at a
 // time, or each as its own MPI job), and read them back from their run directories alone: a status
 // table, the final validation loss per width and learning rate (or another swept axis, e.g. the
-// init std) with the best value per width, CSV files and plots. Everything that reads runs works on a partial sweep.
+// init std) with the best value per width, CSV files and plots. Everything that reads runs works
+// on a partial sweep.
 #pragma once
 
 #include <cstdint>

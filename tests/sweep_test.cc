@@ -241,7 +241,9 @@ TEST_F(SweepReadBack, InitStdAxisWithOneLearningRate) {
   ASSERT_TRUE(files.ok()) << files.status();
   EXPECT_EQ(Read("init_std_sweep.png").substr(0, 8), "\x89PNG\r\n\x1a\n");
   EXPECT_FALSE(std::filesystem::exists(dir_ / "lr_sweep.png"));
-  EXPECT_EQ(std::count(files->written.begin(), files->written.end(), (dir_ / "init_std_sweep.png").string()), 1);
+  EXPECT_EQ(std::count(files->written.begin(), files->written.end(),
+                       (dir_ / "init_std_sweep.png").string()),
+            1);
   const std::string gp = Read("plots/report.gp");
   for (const std::string part :
        {"set output 'init_std_sweep.png'", "set xlabel 'log2(init_std)'",
@@ -300,6 +302,21 @@ TEST_F(SweepReadBack, SweptAxisChoice) {
   EXPECT_EQ(axis(R"(widths: [32] learning_rates: [0.01, 0.02]
                     axes { field: "parametrization.alpha_out" values: ["1", "2"] })"),
             "optimizer.lr");
+}
+
+// An axis with a value <= 0 (no log2): the plot's x is the value itself.
+TEST_F(SweepReadBack, AxisWithZeroIsPlottedLinearly) {
+  if (!HaveGnuplot()) GTEST_SKIP() << "gnuplot is not installed (launcher/setup.sh installs it)";
+  const auto points = Grid(R"(widths: [32] learning_rates: [0.01]
+      axes { field: "optimizer.weight_decay" values: ["0", "0.1"] })");
+  WriteRun(points[0], "done", 10, 2.0);
+  WriteRun(points[1], "done", 10, 3.0);
+  const std::vector<SweepResult> results = ReadRuns(points);
+  ASSERT_EQ(SweptAxis(results), "optimizer.weight_decay");
+  ASSERT_TRUE(WriteSweepReport(dir_.string(), results, true).ok());
+  const std::string gp = Read("plots/report.gp");
+  EXPECT_TRUE(absl::StrContains(gp, "set xlabel 'weight_decay'")) << gp;
+  EXPECT_EQ(Read("plots/weight_decay_sweep_0_0.dat"), "# width 32\n0 2.5\n0.1 3.5\n\n\n");
 }
 
 // `gdn sweep run --gpus N`: each running run's ranks get their own GPUs, round-robin over slots.
