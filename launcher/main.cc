@@ -381,8 +381,9 @@ std::vector<Verb> Verbs() {
        SweepPlanVerb},
       {{"sweep run",
         "Run every point of the spec's sweep grid (finished ones are skipped, interrupted ones "
-        "resume), then print the final validation loss per width and learning rate and the best "
-        "learning rate per width, and write the report into sweep.dir.",
+        "resume), then print the final validation loss per width and swept value (the learning rate, "
+        "or the sweep's numeric axis when the lr is single) and the best value per width, and "
+        "write the report into sweep.dir.",
         {kSpecFlag, kSetFlag,
          {"ranks", "run each point as its own `mpirun -np N gdn train` job (0: in this process)",
           "0"},
@@ -398,7 +399,8 @@ std::vector<Verb> Verbs() {
        SweepStatus},
       {{"sweep report",
         "From the run directories (any time, finished or not): sweep.dir/results.csv, "
-        "best_lr.csv, table.txt, lr_sweep.png and curves.png (gnuplot).",
+        "best_lr.csv, table.txt, <axis>_sweep.png (lr_sweep.png for lr grids) and curves.png "
+        "(gnuplot).",
         {kSpecFlag, kSetFlag}},
        SweepReport},
       {{"sweep slurm",

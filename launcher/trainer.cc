@@ -429,9 +429,16 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   const bool writer = grid.world_rank == 0;
   absl::StatusOr<RunDirectory> dir = absl::UnknownError("not rank 0");
   absl::StatusOr<StartPlan> plan = absl::UnknownError("not rank 0");
+  std::optional<RunDirectory::Lock> lock;  // held until this run returns
   if (writer) {
     dir = RunDirectory::Open(rs.dir());
-    plan = dir.ok() ? PlanStart(*dir, spec, options.restart) : absl::StatusOr<StartPlan>(dir.status());
+    if (dir.ok()) {
+      auto l = dir->TryLock();
+      if (l.ok()) lock.emplace(std::move(*l));
+      plan = !l.ok() ? absl::StatusOr<StartPlan>(l.status()) : PlanStart(*dir, spec, options.restart);
+    } else {
+      plan = dir.status();
+    }
   }
   Tensor verdict = Tensor::Zeros({kVerdictSize}, DType::kF64);
   if (writer) EncodePlan(plan, verdict);

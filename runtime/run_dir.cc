@@ -1,9 +1,11 @@
 #include "runtime/run_dir.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <charconv>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -67,6 +69,31 @@ absl::StatusOr<double> JsonNumber(const std::string& json, std::string_view key)
   const double v = std::strtod(start, &end);
   if (end == start) return absl::InvalidArgumentError(absl::StrCat("not a number at ", needle));
   return v;
+}
+
+RunDirectory::Lock::~Lock() {
+  if (fd_ >= 0) close(fd_);  // releases the flock
+}
+
+absl::StatusOr<RunDirectory::Lock> RunDirectory::TryLock() const {
+  const std::string path = File("lock");
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char holder[32] = {0};
+    const ssize_t n = pread(fd, holder, sizeof(holder) - 1, 0);
+    close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "run.dir: ", path_, " is in use by another gdn process",
+        n > 0 ? absl::StrCat(" (pid ", std::string(holder, n), ")") : std::string(),
+        "; two runs in one directory would overwrite each other"));
+  }
+  const std::string pid = std::to_string(getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    close(fd);
+    return absl::InternalError(absl::StrCat(path, ": cannot write: ", std::strerror(errno)));
+  }
+  return Lock(fd);
 }
 
 absl::StatusOr<RunDirectory> RunDirectory::Open(const std::string& path) {

@@ -49,6 +49,25 @@ class RunDirectory {
   absl::Status SetStatus(std::string_view status) const;
   std::string Status() const;
 
+  // Holds an exclusive lock on <dir>/lock (flock, with this process's pid in the file) until the
+  // returned object dies: two trainers in one directory would interleave metrics and remove each
+  // other's checkpoint files. The kernel releases it when the process dies, even by kill -9.
+  class Lock {
+   public:
+    Lock(Lock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+    Lock(const Lock&) = delete;
+    Lock& operator=(const Lock&) = delete;
+    Lock& operator=(Lock&&) = delete;
+    ~Lock();
+
+   private:
+    friend class RunDirectory;
+    explicit Lock(int fd) : fd_(fd) {}
+    int fd_;
+  };
+  // An error naming the directory and the holder's pid when another process holds it.
+  absl::StatusOr<Lock> TryLock() const;
+
  private:
   std::string path_;
 };

@@ -125,6 +125,18 @@ signal_from_outside() {
 # A real SIGTERM from outside, at whatever step the run has reached.
 signal_from_outside TERM runs/signal MANIFEST -- "$gdn" train --spec spec.textproto
 
+# A second trainer in a directory a running one holds is refused, naming it; the first goes on.
+"$gdn" train --spec spec.textproto --set run.dir=runs/locked --set run.steps=100000 \
+  --set run.checkpoint_interval=0 >locked.log 2>&1 &
+holder=$!
+for _ in $(seq 1 300); do [ -s runs/locked/metrics.jsonl ] && break; sleep 0.1; done
+run_expect 1 locked2.log -- train runs/locked
+check "grep -q 'run.dir: runs/locked is in use by another gdn process (pid $holder)' locked2.log" \
+  "second trainer: $(tail -1 locked2.log)"
+kill -TERM $holder
+wait $holder
+check "[ $? -eq 4 ] && [ \"\$(cat runs/locked/status)\" = preempted ]" "the holder should have run on to its preemption"
+
 # A finished run's directory is not touched again; a different run there is refused.
 run_expect 0 again.log -- train runs/straight
 check 'grep -q "already done" again.log' "a finished run should be reported, not rerun"
