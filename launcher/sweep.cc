@@ -66,6 +66,8 @@ SweepResult ReadRun(const GridPoint& point) {
   const RunDirectory dir = RunDirectory::ForReading(point.spec.run().dir());
   r.status = dir.Status();
   if (r.status.empty()) r.status = "pending";
+  // "running" left behind by a process that died (kill -9, a lost node): nobody holds the lock.
+  if (r.status == "running" && dir.IsLocked() == false) r.status = "interrupted";
   if (auto metrics = dir.ReadFile("metrics.jsonl"); metrics.ok()) {
     for (absl::string_view line : absl::StrSplit(*metrics, '\n', absl::SkipEmpty())) {
       const std::string l(line);
@@ -324,10 +326,10 @@ std::string SweepStatusTable(const std::vector<SweepResult>& results) {
                           age);
   }
   std::vector<std::string> parts;
-  for (const char* state : {"done", "diverged", "running", "preempted", "failed", "pending"})
+  for (const char* state : {"done", "diverged", "running", "interrupted", "preempted", "failed", "pending"})
     if (counts.count(state)) parts.push_back(absl::StrCat(counts[state], " ", state));
   for (const auto& [state, n] : counts)  // anything unexpected in a status file
-    if (!absl::StrContains("done diverged running preempted failed pending", state))
+    if (!absl::StrContains("done diverged running interrupted preempted failed pending", state))
       parts.push_back(absl::StrCat(n, " ", state));
   os << absl::StrFormat("%d runs: %s\n", results.size(), absl::StrJoin(parts, ", "));
   return os.str();

@@ -96,6 +96,15 @@ absl::StatusOr<RunDirectory::Lock> RunDirectory::TryLock() const {
   return Lock(fd);
 }
 
+std::optional<bool> RunDirectory::IsLocked() const {
+  const int fd = open(File("lock").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  // A shared lock is refused only while a trainer holds its exclusive one.
+  const bool held = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  close(fd);  // releases the shared lock if it was taken
+  return held;
+}
+
 absl::StatusOr<RunDirectory> RunDirectory::Open(const std::string& path) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -67,6 +68,9 @@ class RunDirectory {
   };
   // An error naming the directory and the holder's pid when another process holds it.
   absl::StatusOr<Lock> TryLock() const;
+  // Whether some process holds the lock now; std::nullopt when the directory has no lock file
+  // (never trained, or by a gdn from before the lock). Changes nothing.
+  std::optional<bool> IsLocked() const;
 
  private:
   std::string path_;

@@ -91,6 +91,30 @@ class SweepReadBack : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
+// "running" is believed only while a trainer holds the run directory's lock; a dead one's run reads
+// as interrupted (and a directory without a lock file, from an older gdn, as running).
+TEST_F(SweepReadBack, RunningWithoutItsTrainerIsInterrupted) {
+  const auto points = Grid();
+  const GridPoint& p = Find(points, "SP", 64, 0.01);
+  WriteRun(p, "running", 4, 3.0);
+  EXPECT_EQ(ReadRun(p).status, "running");  // no lock file
+  auto dir = RunDirectory::Open(p.spec.run().dir());
+  ASSERT_TRUE(dir.ok());
+  {
+    auto lock = dir->TryLock();
+    ASSERT_TRUE(lock.ok()) << lock.status();
+    EXPECT_EQ(ReadRun(p).status, "running");
+    EXPECT_EQ(dir->IsLocked(), true);
+    auto second = dir->TryLock();  // a second trainer is refused, naming this process
+    ASSERT_FALSE(second.ok());
+    EXPECT_TRUE(absl::StrContains(second.status().message(), absl::StrCat("(pid ", getpid(), ")")))
+        << second.status();
+  }
+  EXPECT_EQ(dir->IsLocked(), false);
+  EXPECT_EQ(ReadRun(p).status, "interrupted");
+  EXPECT_TRUE(absl::StrContains(SweepStatusTable(ReadRuns(points)), "1 interrupted"));
+}
+
 TEST_F(SweepReadBack, StatesOfAPartialSweep) {
   const auto points = Grid();
   WriteRun(Find(points, "SP", 32, 0.01), "done", 10, 2.0);
