@@ -117,6 +117,11 @@ absl::StatusOr<ExportReport> ExportModel(const ExperimentSpec& spec,
   const ModelDims& d = *dims_or;
   const Multipliers mult = MultipliersOf(spec);
   ExportReport report;
+  if (RecurrenceScale(d.dk, d.heads_grow_in_size, mult.m) != RecurrenceScale(d.dk, false, 1.0))
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "export: muP with model.head_scaling HEAD_SIZE at width multiplier %g scales the recurrence "
+        "by (m/dk)^1/2, which fla's GatedDeltaNet (dk^-1/2) cannot express",
+        mult.m));
 
   // Check every tensor before writing anything.
   for (const auto& [name, shape] : ExpectedParameters(spec)) {

@@ -82,7 +82,7 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   o_ = b_.Empty({N, value_dim_});
   Tensor state;
   if (probes) state = b_.Empty({B, value_heads_, d.dk, d.dv});
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d.dk));
+  const double scale = RecurrenceScale(d.dk, d.heads_grow_in_size, b_.width_mult);
   ops::GatedDeltaRuleForward(qn_.View({B, T, heads_, d.dk}), kn_.View({B, T, heads_, d.dk}),
                              vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_, scale, d.chunk,
                              o_.View({B, T, value_heads_, d.dv}), state);
@@ -144,7 +144,7 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
   Tensor o = b_.Empty({B, value_dim_});
   ops::GatedDeltaRuleStep(qn.View({B, heads_, d.dk}), kn.View({B, heads_, d.dk}),
                           vc.View({B, value_heads_, d.dv}), gamma, beta,
-                          1.0 / std::sqrt(static_cast<double>(d.dk)), state.recurrent,
+                          RecurrenceScale(d.dk, d.heads_grow_in_size, b_.width_mult), state.recurrent,
                           o.View({B, value_heads_, d.dv}));
   Tensor y = b_.Empty({B, value_dim_}), rstd = b_.Empty({B * value_heads_});
   ops::GatedRmsNormForward(o, g, o_norm_->value, d.dv, d.norm_eps, y, rstd);
@@ -163,7 +163,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   Tensor dqn = b_.Empty({N, key_dim_}), dkn = b_.Empty({N, key_dim_});
   Tensor dvc = b_.Empty({N, value_dim_});
   Tensor dgamma = b_.Empty({N, value_heads_}), dbeta = b_.Empty({N, value_heads_});
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d.dk));
+  const double scale = RecurrenceScale(d.dk, d.heads_grow_in_size, b_.width_mult);
   ops::GatedDeltaRuleBackward(
       qn_.View({B, T, heads_, d.dk}), kn_.View({B, T, heads_, d.dk}),
       vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_, scale, d.chunk,

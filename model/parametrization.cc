@@ -68,4 +68,8 @@ ParamMultipliers MultipliersFor(ParamClass cls, const ParametrizationSpec& p,
   return r;
 }
 
+double RecurrenceScale(int64_t dk, bool heads_grow_in_size, double m) {
+  return std::sqrt((heads_grow_in_size ? m : 1.0) / static_cast<double>(dk));
+}
+
 }  // namespace gdn

@@ -3,6 +3,8 @@
 // Everything is computed from global (unsharded) sizes, never from a tensor-parallel shard.
 #pragma once
 
+#include <cstdint>
+
 #include "proto/gdn.pb.h"
 
 namespace gdn {
@@ -34,5 +36,11 @@ double WidthMultiplier(const ExperimentSpec& spec);
 
 ParamMultipliers MultipliersFor(ParamClass cls, const ParametrizationSpec& p,
                                 OptimizerSpec::Kind optimizer, double m);
+
+// The gated delta rule's output scale (on q). fla's dk^-1/2; under muP with heads growing in size,
+// dk_base^-1/2 = sqrt(m / dk): q and k are unit vectors, so once they align q.k is O(1) at any dk and
+// dk^-1/2 would shrink the recurrent output as the head grows (muP's 1/d attention rule, for unit
+// vectors). m is 1 under SP and when heads grow in count (dk fixed), so this is fla's scale there.
+double RecurrenceScale(int64_t dk, bool heads_grow_in_size, double m);
 
 }  // namespace gdn

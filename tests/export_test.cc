@@ -179,6 +179,28 @@ TEST_F(ExportTest, EqualMultipliersStayTied) {
   EXPECT_TRUE(back->spec.model().tie_embeddings());
 }
 
+// muP with heads growing in size scales the recurrence by (m/dk)^1/2, which fla's layer cannot
+// express: refused before anything is written. At m = 1 (and under SP) it exports.
+TEST_F(ExportTest, HeadSizeGrowthUnderMupAtWidthMultiplierIsRefused) {
+  for (auto kind : {ParametrizationSpec::MUP, ParametrizationSpec::SP}) {
+    ExperimentSpec spec = SpecFor({"head_size", kind, false});
+    spec.mutable_model()->set_head_scaling(ModelSpec::HEAD_SIZE);
+    spec.mutable_model()->set_num_heads(2);
+    LanguageModel model(spec, DType::kF32);
+    const auto full = FullParams(model, 4);
+    auto report = ExportModel(spec, full, 0, Dir());
+    if (kind == ParametrizationSpec::SP) {
+      EXPECT_TRUE(report.ok()) << report.status();
+      continue;
+    }
+    ASSERT_FALSE(report.ok());
+    EXPECT_NE(report.status().message().find("model.head_scaling HEAD_SIZE at width multiplier 2"),
+              std::string::npos)
+        << report.status();
+    EXPECT_FALSE(fs::exists(Dir() + "/model.safetensors"));
+  }
+}
+
 // Rewrites model.safetensors with `edit` applied to its tensors.
 void Rewrite(const std::string& dir,
              const std::function<void(std::vector<std::pair<std::string, Tensor>>&)>& edit) {

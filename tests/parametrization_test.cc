@@ -313,6 +313,37 @@ TEST(Parametrization, MupTableTiedAndHeadSizeScaling) {
   }
 }
 
+// Heads growing in size: muP's recurrence scale is (m/dk)^1/2, fla's dk^-1/2 times sqrt(m). With
+// one layer and equal weights, the muP model's recurrent output is exactly sqrt(m) times the SP
+// model's (the output is linear in the scale); growing in count, the two are equal.
+TEST(Parametrization, RecurrenceScaleUnderHeadSizeGrowth) {
+  EXPECT_DOUBLE_EQ(RecurrenceScale(64, false, 4.0), 1.0 / 8);  // count: fla's dk^-1/2
+  EXPECT_DOUBLE_EQ(RecurrenceScale(64, true, 4.0), 0.25);       // size: dk_base = 16
+  EXPECT_DOUBLE_EQ(RecurrenceScale(64, true, 1.0), 1.0 / 8);
+  for (bool by_size : {false, true}) {
+    SCOPED_TRACE(by_size ? "heads grow in size" : "heads grow in count");
+    ExperimentSpec mup = BaseSpec(ParametrizationSpec::MUP, 256, 64, OptimizerSpec::SGD);
+    ExperimentSpec sp = BaseSpec(ParametrizationSpec::SP, 256, 64, OptimizerSpec::SGD);
+    for (ExperimentSpec* s : {&mup, &sp}) {
+      s->mutable_model()->set_depth(1);
+      if (by_size) {
+        s->mutable_model()->set_head_scaling(ModelSpec::HEAD_SIZE);
+        s->mutable_model()->set_num_heads(2);
+      }
+    }
+    LanguageModel a(mup, DType::kF64), b(sp, DType::kF64);
+    a.Initialize(5);
+    for (size_t i = 0; i < a.params().all().size(); ++i)
+      b.params().all()[i]->value.CopyFrom(a.params().all()[i]->value);
+    const Tensor tokens = RandomTokens(2, 70, 256, 9);  // longer than a chunk
+    Probes pa, pb;
+    a.ForwardLoss(tokens, &pa);
+    b.ForwardLoss(tokens, &pb);
+    EXPECT_NEAR(pa["recurrent_out"], (by_size ? 2.0 : 1.0) * pb["recurrent_out"],
+                1e-12 * pb["recurrent_out"]);
+  }
+}
+
 // The logits are multiplied by alpha_out / m, tied or not (a tied head keeps the readout's
 // multiplier on the shared matrix), and the embedding output by alpha_in.
 TEST(Parametrization, LogitMultiplierIsAlphaOutOverM) {
