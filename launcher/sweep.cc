@@ -505,6 +505,71 @@ std::string SweepTable(const std::vector<SweepResult>& results) {
   return os.str();
 }
 
+std::vector<CurvePoint> ReadCurve(const std::string& run_dir) {
+  std::vector<CurvePoint> curve;
+  auto metrics = RunDirectory::ForReading(run_dir).ReadFile("metrics.jsonl");
+  if (!metrics.ok()) return curve;
+  for (absl::string_view line : absl::StrSplit(*metrics, '\n', absl::SkipEmpty())) {
+    const std::string l(line);
+    auto step = JsonNumber(l, "step");
+    auto train = JsonNumber(l, "train_loss");
+    if (!step.ok() || !train.ok()) continue;
+    curve.push_back({static_cast<int64_t>(*step), *train, JsonNumber(l, "val_loss").value_or(NAN)});
+  }
+  return curve;
+}
+
+std::string SettlingTable(const std::vector<SweepResult>& results) {
+  const std::string axis = SweptAxis(results);
+  struct Acc {
+    double sum = 0;
+    int n = 0;
+  };
+  // group -> width -> axis value -> step -> validation losses of the cell's done seeds
+  std::map<std::string, std::map<int, std::map<double, std::map<int64_t, Acc>>>> cells;
+  std::map<std::string, std::map<int, std::map<double, int>>> seeds, done;
+  std::map<std::string, std::set<int64_t>> steps;
+  for (const SweepResult& r : results) {
+    const std::string g = SweepGroupName(r.point, axis);
+    const int w = r.point.spec.model().width();
+    const double x = AxisValue(r.point, axis);
+    ++seeds[g][w][x];
+    if (r.status != "done") continue;
+    ++done[g][w][x];
+    for (const CurvePoint& p : ReadCurve(r.point.spec.run().dir())) {
+      if (!std::isfinite(p.val)) continue;
+      Acc& a = cells[g][w][x][p.step];
+      a.sum += p.val;
+      ++a.n;
+      steps[g].insert(p.step);
+    }
+  }
+  std::ostringstream os;
+  for (const auto& [g, widths] : cells) {
+    os << "\nbest " << AxisLeaf(axis) << " at each evaluation: " << g << "\n"
+       << absl::StrFormat("%8s", "width");
+    for (int64_t s : steps[g]) os << absl::StrFormat(" %10d", s);
+    os << "\n";
+    for (const auto& [w, xs] : widths) {
+      os << absl::StrFormat("%8d", w);
+      for (int64_t s : steps[g]) {
+        double best_loss = INFINITY, best = NAN;
+        for (const auto& [x, by_step] : xs) {
+          auto it = by_step.find(s);
+          // Only cells whose every seed finished and was evaluated at this step compete.
+          if (done[g][w][x] != seeds[g][w][x] || it == by_step.end() || it->second.n != seeds[g][w][x])
+            continue;
+          const double loss = it->second.sum / it->second.n;
+          if (loss < best_loss) best_loss = loss, best = x;
+        }
+        os << (std::isnan(best) ? absl::StrFormat(" %10s", "-") : absl::StrFormat(" %10.3g", best));
+      }
+      os << "\n";
+    }
+  }
+  return os.str();
+}
+
 std::string SweepCsv(const std::vector<SweepResult>& results) {
   auto num = [](double v, int digits) {
     return std::isnan(v) ? std::string() : absl::StrFormat("%.*f", digits, v);

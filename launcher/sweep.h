@@ -109,6 +109,18 @@ std::vector<SweepGroup> GroupSweep(const std::vector<SweepResult>& results);
 // their state), the best value per width ("best lr", "best init_std") and its shift in grid steps
 // from the smallest width's.
 std::string SweepTable(const std::vector<SweepResult>& results);
+
+// A run's metrics.jsonl as (step, train loss, val loss; NaN where not evaluated); empty if unread.
+struct CurvePoint {
+  int64_t step;
+  double train, val;
+};
+std::vector<CurvePoint> ReadCurve(const std::string& run_dir);
+
+// Per group: the best value of the swept axis per width at each evaluation step (mean validation
+// loss over seeds, among cells whose every seed finished), so one can see whether the ranking has
+// settled before the last step or is still moving. Part of table.txt.
+std::string SettlingTable(const std::vector<SweepResult>& results);
 // The results as CSV (one row a run; missing numbers are empty), then a column per sweep.axes
 // field (header: the field path) holding the run's assigned value.
 std::string SweepCsv(const std::vector<SweepResult>& results);

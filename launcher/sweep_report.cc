@@ -71,25 +71,6 @@ std::vector<std::vector<Panel>> Layout(const std::vector<SweepGroup>& groups) {
   return layout;
 }
 
-struct CurvePoint {
-  int64_t step;
-  double train, val;
-};
-
-std::vector<CurvePoint> ReadCurve(const std::string& run_dir) {
-  std::vector<CurvePoint> curve;
-  auto metrics = RunDirectory::ForReading(run_dir).ReadFile("metrics.jsonl");
-  if (!metrics.ok()) return curve;
-  for (absl::string_view line : absl::StrSplit(*metrics, '\n', absl::SkipEmpty())) {
-    const std::string l(line);
-    auto step = JsonNumber(l, "step");
-    auto train = JsonNumber(l, "train_loss");
-    if (!step.ok() || !train.ok()) continue;
-    curve.push_back({static_cast<int64_t>(*step), *train, JsonNumber(l, "val_loss").value_or(NAN)});
-  }
-  return curve;
-}
-
 std::string Num(double v) { return std::isfinite(v) ? absl::StrFormat("%.6g", v) : "NaN"; }
 
 // The plotted x of an axis value: log2 (grid values are mostly factors of 2), or the value itself
@@ -182,7 +163,8 @@ absl::StatusOr<ReportFiles> WriteSweepReport(const std::string& dir,
   ReportFiles files;
   if (auto s = Write(dir + "/results.csv", SweepCsv(results), files); !s.ok()) return s;
   if (auto s = Write(dir + "/best_lr.csv", BestLrCsv(results), files); !s.ok()) return s;
-  if (auto s = Write(dir + "/table.txt", SweepTable(results), files); !s.ok()) return s;
+  if (auto s = Write(dir + "/table.txt", SweepTable(results) + SettlingTable(results), files); !s.ok())
+    return s;
   if (!plots) return files;
 
   const std::string plot_dir = dir + "/plots";

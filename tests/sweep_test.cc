@@ -91,6 +91,39 @@ class SweepReadBack : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
+// The best value at each evaluation: which learning rate leads can change as training goes on;
+// a diverged or unfinished cell never competes, and seeds are averaged.
+TEST_F(SweepReadBack, SettlingTableFollowsTheLeaderAtEachEvaluation) {
+  const auto points = Grid("widths: [32] learning_rates: [0.01, 0.02, 0.04] seeds: [1, 2]");
+  // val at steps 2 and 4: lr 0.01 leads at step 2, lr 0.02 at step 4 (seed means).
+  auto write = [&](double lr, uint64_t seed, double v2, double v4, const std::string& status) {
+    const GridPoint* p = nullptr;
+    for (const GridPoint& q : points)
+      if (q.spec.optimizer().lr() == lr && q.spec.run().seed() == seed) p = &q;
+    ASSERT_NE(p, nullptr);
+    auto dir = RunDirectory::Open(p->spec.run().dir());
+    ASSERT_TRUE(dir.ok());
+    ASSERT_TRUE(dir->SetStatus(status).ok());
+    for (int s = 1; s <= 4; ++s) {
+      JsonLine line;
+      line.Add("step", s).Add("train_loss", 3.0);
+      if (s == 2) line.Add("val_loss", v2);
+      if (s == 4) line.Add("val_loss", v4);
+      ASSERT_TRUE(dir->AppendLine("metrics.jsonl", line.str()).ok());
+    }
+  };
+  write(0.01, 1, 2.0, 1.9, "done");
+  write(0.01, 2, 2.2, 1.9, "done");   // mean 2.1, 1.9
+  write(0.02, 1, 2.15, 1.7, "done");
+  write(0.02, 2, 2.15, 1.7, "done");  // mean 2.15, 1.7
+  write(0.04, 1, 1.0, 1.0, "done");
+  write(0.04, 2, 1.0, 1.0, "running");  // lowest, but a seed is unfinished: not a contender
+  const std::string table = SettlingTable(ReadRuns(points));
+  EXPECT_TRUE(absl::StrContains(table, "best lr at each evaluation: all runs")) << table;
+  EXPECT_TRUE(absl::StrContains(table, "   width          2          4\n")) << table;
+  EXPECT_TRUE(absl::StrContains(table, "      32       0.01       0.02\n")) << table;
+}
+
 // "running" is believed only while a trainer holds the run directory's lock; a dead one's run reads
 // as interrupted (and a directory without a lock file, from an older gdn, as running).
 TEST_F(SweepReadBack, RunningWithoutItsTrainerIsInterrupted) {
