@@ -14,14 +14,15 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBui
   value_heads_ = d.value_heads / t;
   key_dim_ = d.key_dim / t;
   value_dim_ = d.value_dim / t;
+  recurrence_scale_ = RecurrenceScale(d.dk, d.heads_grow_in_size, b_.width_mult);
   // Which dimensions grow with the width decides the muP class (model/parametrization.h):
   // per-head quantities (gates, A_log, dt_bias) are fixed in number when heads grow in size.
-  const bool per_head_fixed = d.heads_grow_in_size;
   auto col = [&](const char* n, int64_t rows, ParamClass cls = ParamClass::kHidden) {
     return b_.Add(prefix + n, {rows, d.width}, cls, InitKind::kNormal, ShardDim::kRows);
   };
-  const ParamClass gate_proj = per_head_fixed ? ParamClass::kGateReadout : ParamClass::kHidden;
-  const ParamClass per_head = per_head_fixed ? ParamClass::kFixed : ParamClass::kVector;
+  const ParamClass gate_proj =
+      d.heads_grow_in_size ? ParamClass::kGateReadout : ParamClass::kHidden;
+  const ParamClass per_head = d.heads_grow_in_size ? ParamClass::kFixed : ParamClass::kVector;
   wq_ = col("q_proj", d.key_dim);
   wk_ = col("k_proj", d.key_dim);
   wv_ = col("v_proj", d.value_dim);
@@ -36,9 +37,11 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBui
   conv_k_ = conv("k_conv", d.key_dim);
   conv_v_ = conv("v_conv", d.value_dim);
   a_log_ = b_.Add(prefix + "A_log", {d.value_heads}, per_head, InitKind::kALog, ShardDim::kRows);
-  dt_bias_ = b_.Add(prefix + "dt_bias", {d.value_heads}, per_head, InitKind::kDtBias, ShardDim::kRows);
-  o_norm_ = b_.Add(prefix + "o_norm", {d.dv}, per_head_fixed ? ParamClass::kVector : ParamClass::kFixed,
-                   InitKind::kOnes, ShardDim::kReplicated);
+  dt_bias_ =
+      b_.Add(prefix + "dt_bias", {d.value_heads}, per_head, InitKind::kDtBias, ShardDim::kRows);
+  o_norm_ = b_.Add(prefix + "o_norm", {d.dv},
+                   d.heads_grow_in_size ? ParamClass::kVector : ParamClass::kFixed, InitKind::kOnes,
+                   ShardDim::kReplicated);
   o_norm_->tp_partial_grad = true;
   wo_ = b_.Add(prefix + "o_proj", {d.width, d.value_dim}, ParamClass::kHidden, InitKind::kNormal,
                ShardDim::kCols);
@@ -82,9 +85,9 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   o_ = b_.Empty({N, value_dim_});
   Tensor state;
   if (probes) state = b_.Empty({B, value_heads_, d.dk, d.dv});
-  const double scale = RecurrenceScale(d.dk, d.heads_grow_in_size, b_.width_mult);
   ops::GatedDeltaRuleForward(qn_.View({B, T, heads_, d.dk}), kn_.View({B, T, heads_, d.dk}),
-                             vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_, scale, d.chunk,
+                             vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_,
+                             recurrence_scale_, d.chunk,
                              o_.View({B, T, value_heads_, d.dv}), state);
 
   y_ = b_.Empty({N, value_dim_});
@@ -144,7 +147,7 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
   Tensor o = b_.Empty({B, value_dim_});
   ops::GatedDeltaRuleStep(qn.View({B, heads_, d.dk}), kn.View({B, heads_, d.dk}),
                           vc.View({B, value_heads_, d.dv}), gamma, beta,
-                          RecurrenceScale(d.dk, d.heads_grow_in_size, b_.width_mult), state.recurrent,
+                          recurrence_scale_, state.recurrent,
                           o.View({B, value_heads_, d.dv}));
   Tensor y = b_.Empty({B, value_dim_}), rstd = b_.Empty({B * value_heads_});
   ops::GatedRmsNormForward(o, g, o_norm_->value, d.dv, d.norm_eps, y, rstd);
@@ -163,10 +166,9 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   Tensor dqn = b_.Empty({N, key_dim_}), dkn = b_.Empty({N, key_dim_});
   Tensor dvc = b_.Empty({N, value_dim_});
   Tensor dgamma = b_.Empty({N, value_heads_}), dbeta = b_.Empty({N, value_heads_});
-  const double scale = RecurrenceScale(d.dk, d.heads_grow_in_size, b_.width_mult);
   ops::GatedDeltaRuleBackward(
       qn_.View({B, T, heads_, d.dk}), kn_.View({B, T, heads_, d.dk}),
-      vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_, scale, d.chunk,
+      vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_, recurrence_scale_, d.chunk,
       d_o.View({B, T, value_heads_, d.dv}), dqn.View({B, T, heads_, d.dk}),
       dkn.View({B, T, heads_, d.dk}), dvc.View({B, T, value_heads_, d.dv}), dgamma, dbeta);
 

@@ -35,6 +35,7 @@ class GatedDeltaNetMixer {
  private:
   LayerBuilder b_;
   int64_t heads_, value_heads_, key_dim_, value_dim_;  // this rank's share
+  double recurrence_scale_;  // on q: RecurrenceScale (model/parametrization.h)
   Parameter *wq_, *wk_, *wv_, *wa_, *wb_, *wg_, *conv_q_, *conv_k_, *conv_v_, *a_log_, *dt_bias_,
       *o_norm_, *wo_;
   // Saved activations.
