@@ -527,7 +527,7 @@ std::string SettlingTable(const std::vector<SweepResult>& results) {
   };
   // group -> width -> axis value -> step -> validation losses of the cell's done seeds
   std::map<std::string, std::map<int, std::map<double, std::map<int64_t, Acc>>>> cells;
-  std::map<std::string, std::map<int, std::map<double, int>>> seeds, done;
+  std::map<std::string, std::map<int, std::map<double, int>>> seeds;
   std::map<std::string, std::set<int64_t>> steps;
   for (const SweepResult& r : results) {
     const std::string g = SweepGroupName(r.point, axis);
@@ -535,7 +535,6 @@ std::string SettlingTable(const std::vector<SweepResult>& results) {
     const double x = AxisValue(r.point, axis);
     ++seeds[g][w][x];
     if (r.status != "done") continue;
-    ++done[g][w][x];
     for (const CurvePoint& p : ReadCurve(r.point.spec.run().dir())) {
       if (!std::isfinite(p.val)) continue;
       Acc& a = cells[g][w][x][p.step];
@@ -556,9 +555,9 @@ std::string SettlingTable(const std::vector<SweepResult>& results) {
         double best_loss = INFINITY, best = NAN;
         for (const auto& [x, by_step] : xs) {
           auto it = by_step.find(s);
-          // Only cells whose every seed finished and was evaluated at this step compete.
-          if (done[g][w][x] != seeds[g][w][x] || it == by_step.end() || it->second.n != seeds[g][w][x])
-            continue;
+          // Only cells whose every seed finished and was evaluated at this step compete (only done
+          // runs are counted in n).
+          if (it == by_step.end() || it->second.n != seeds[g][w][x]) continue;
           const double loss = it->second.sum / it->second.n;
           if (loss < best_loss) best_loss = loss, best = x;
         }
