@@ -16,7 +16,6 @@ out=${1:-${OUT:-$PWD/gpu-logs}}
 mkdir -p "$out" && out=$(realpath "$out")
 log=$(realpath -m "${root}/runs/study-logs")
 mkdir -p "$log"
-step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 start=$(date +%s)
 source "$root/tests/gpu/gpu_build.sh"
 gdn_gpu_configure || exit 1

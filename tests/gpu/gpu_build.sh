@@ -1,13 +1,14 @@
 # Sourced by the GPU-machine scripts (run_gpu_tests.sh, multi_gpu_check.sh): describes the machine,
 # unpacks the Debian packages it lacks and configures a CUDA build, so those steps live in one place.
 #
-# Expects: root (the source tree), log (the log folder), step (prints a heading).
+# Expects: root (the source tree), log (the log folder). Defines step (prints a timed heading).
 # Environment: GDN_DEBS  folder of Debian .debs for what the machine lacks (abseil, glog, gflags,
 #                        libunwind, OpenBLAS OpenMP build, libgfortran5); default: .deps in or above
 #                        the source tree. They are unpacked with dpkg -x into GDN_DEPS_PREFIX
 #                        (default /tmp/gdn-deps), never into /.
 #              CUDA_ARCH architectures to build (default 90a); BUILD_DIR (default /tmp/gdn-build).
 # Sets prefix, build and arch, exports LD_LIBRARY_PATH and PATH for the build and its binaries.
+step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 prefix=${GDN_DEPS_PREFIX:-/tmp/gdn-deps}
 build=${BUILD_DIR:-/tmp/gdn-build}
 arch=${CUDA_ARCH:-90a}

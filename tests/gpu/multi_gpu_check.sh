@@ -15,7 +15,6 @@ log=${1:-${OUT:-$PWD/gpu-logs}}
 mkdir -p "$log"
 log=$(realpath "$log")
 status=0
-step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 source "$root/tests/gpu/gpu_build.sh"
 gdn_gpu_configure || exit 1
 

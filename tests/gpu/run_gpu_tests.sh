@@ -14,7 +14,6 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 log=${1:-${OUT:-$PWD/gpu-logs}}
 mkdir -p "$log"
 status=0
-step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 source "$root/tests/gpu/gpu_build.sh"
 gdn_gpu_configure || exit 1
