@@ -7,6 +7,7 @@
 #include "runtime/cuda_device.h"
 #endif
 #include "runtime/mpi_communicator.h"
+#include "tests/mpi_test_main.h"
 
 namespace gdn {
 namespace {
@@ -152,19 +153,6 @@ TEST(ByDeviceCommunicator, CpuTensorsGoThroughTheHostGroup) {
 }  // namespace gdn
 
 int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  // Only rank 0 prints; every rank's result decides the exit code.
-  if (!gdn::LaunchedByMpi()) {
-    std::fprintf(stderr, "communicator_tests must run under mpirun -np 4\n");
-    return 1;
-  }
-  if (gdn::Grid().world_rank != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int failed = RUN_ALL_TESTS() != 0;
-  int any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  gdn::FinalizeMpi();
-  return any;
+  return gdn::RunTestsOnEveryRank(argc, argv, "communicator_tests must run under mpirun -np 4",
+                                  [] { return gdn::Grid().world_rank; });
 }

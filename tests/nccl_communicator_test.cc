@@ -9,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "runtime/cuda_device.h"
 #include "runtime/mpi_communicator.h"
+#include "tests/mpi_test_main.h"
 #include "runtime/nccl_communicator.h"
 
 namespace gdn {
@@ -118,18 +119,6 @@ TEST(NcclTimeout, FromEnvironment) {
 }  // namespace gdn
 
 int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  if (!gdn::LaunchedByMpi()) {
-    std::fprintf(stderr, "nccl_communicator_tests must run under mpirun -np 2\n");
-    return 1;
-  }
-  if (gdn::Grid().world_rank != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  int failed = RUN_ALL_TESTS() != 0;
-  int any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  gdn::FinalizeMpi();
-  return any;
+  return gdn::RunTestsOnEveryRank(argc, argv, "nccl_communicator_tests must run under mpirun -np 2",
+                                  [] { return gdn::Grid().world_rank; });
 }
