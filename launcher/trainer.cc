@@ -158,10 +158,10 @@ std::string Duration(double seconds) {
 }
 
 // Sum over the data-parallel group of one number.
-double SumOverDp(const ProcessGrid& grid, double x) {
+double SumOverDp(Communicator& dp, double x) {
   Tensor t = Tensor::Empty({1}, DType::kF64);
   t.set(0, x);
-  grid.dp->AllReduceSum(t);
+  dp.AllReduceSum(t);
   return t.at(0);
 }
 
@@ -173,7 +173,7 @@ double Evaluate(LanguageModel& model, const BatchLoader& loader, int batches, Te
     loader.EvalBatch(i, tokens.data<int32_t>());
     sum += model.ForwardLoss(tokens);
   }
-  return SumOverDp(grid, sum / batches) / grid.dp_size;
+  return SumOverDp(*grid.dp, sum / batches) / grid.dp_size;
 }
 
 
@@ -387,6 +387,34 @@ void MaybeRaiseForTest(int64_t step, int world_rank) {
 
 }  // namespace
 
+GradientReducer::Options ReducerOptions(const ExperimentSpec& spec) {
+  GradientReducer::Options o;
+  o.bucket_bytes = static_cast<int64_t>(spec.parallel().bucket_mb() * (1 << 20));
+  o.shard_optimizer = spec.parallel().zero_stage() == 1;
+  return o;
+}
+
+StepResult TrainStep(LanguageModel& model, GradientReducer& reducer, Optimizer& optimizer,
+                     const Tensor& tokens, int micro, int global_batch, double grad_clip,
+                     double lr, int64_t step, Communicator& dp) {
+  model.params().ZeroGrads();
+  // Each micro-batch's mean loss weighs micro / global of the step's loss.
+  const double weight = static_cast<double>(micro) / global_batch;
+  const int64_t micro_batches = tokens.dim(0) / micro;
+  double local_loss = 0;
+  for (int64_t m = 0; m < micro_batches; ++m)
+    local_loss += weight * model.ForwardBackward(tokens.Rows(m * micro, (m + 1) * micro), weight,
+                                                 m + 1 == micro_batches ? &reducer : nullptr);
+  reducer.Finish();
+  StepResult r;
+  r.loss = SumOverDp(dp, local_loss);
+  r.grad_norm = reducer.GradNorm();
+  reducer.ClipGradients(r.grad_norm, grad_clip);
+  optimizer.Step(step, lr);
+  reducer.GatherValues();
+  return r;
+}
+
 absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid& job_grid,
                                   const TrainOptions& options) {
   // Everything a user can get wrong is checked before the first computation or write. Every rank
@@ -467,7 +495,9 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   LanguageModel model(spec, DType::kF32, TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get(),
                       *device);
   model.Initialize(rs.seed());
-  Optimizer optimizer(spec.optimizer(), model.params());
+  GradientReducer reducer(model.params(), TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get(),
+                          grid.dp.get(), ReducerOptions(spec));
+  Optimizer optimizer(spec.optimizer(), model.params(), &reducer);
   TrainerState state;
   const TensorParallel tp{grid.tp_rank, grid.tp_size};
   if (start_plan.resume_step >= 0) {
@@ -516,18 +546,10 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   for (int64_t step = first_step; step < steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     train_loader->TrainBatch(step, tokens.data<int32_t>());
-    model.params().ZeroGrads();
-    // Each micro-batch's mean loss weighs micro / global of the step's loss.
-    const double weight = static_cast<double>(micro) / ds.batch_size();
-    double local_loss = 0;
-    for (int m = 0; m < local_batch / micro; ++m)
-      local_loss += weight * model.ForwardBackward(tokens.Rows(m * micro, (m + 1) * micro), weight);
-    model.ReduceGradients(grid.dp.get());
-    const double loss = SumOverDp(grid, local_loss);
-    const double grad_norm = model.GradNorm();
-    ClipGradients(model.params(), grad_norm, spec.optimizer().grad_clip());
     const double lr = ScheduledLearningRate(spec.optimizer(), step, steps);
-    optimizer.Step(step + 1, lr);
+    const auto [loss, grad_norm] =
+        TrainStep(model, reducer, optimizer, tokens, micro, ds.batch_size(),
+                  spec.optimizer().grad_clip(), lr, step + 1, *grid.dp);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.train_time_s += dt;
     if (step == 0) state.first_loss = loss;

@@ -5,6 +5,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "model/gradient_reducer.h"
+#include "model/lm.h"
+#include "model/optimizer.h"
 #include "proto/gdn.pb.h"
 #include "runtime/data_loader.h"
 #include "runtime/mpi_communicator.h"
@@ -44,5 +47,20 @@ struct TrainResult {
 // rank, returned before anything is computed or written.
 absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid& grid,
                                   const TrainOptions& options);
+
+// One optimizer step of one rank (the trainer's and the benchmark's): forward and backward over
+// `tokens`, this rank's rows of the global batch, in micro-batches of `micro` rows (the last one
+// reporting to `reducer`, so the data-parallel reduction overlaps its backward); the reduction;
+// the global gradient norm and clipping; the update with base learning rate `lr` (`step` counts
+// from 1); under ZeRO-1 the values' all-gather. Returns the global batch's mean loss and the norm
+// before clipping.
+struct StepResult {
+  double loss = 0, grad_norm = 0;
+};
+StepResult TrainStep(LanguageModel& model, GradientReducer& reducer, Optimizer& optimizer,
+                     const Tensor& tokens, int micro, int global_batch, double grad_clip,
+                     double lr, int64_t step, Communicator& dp);
+// The reducer a run's spec asks for (parallel.bucket_mb, parallel.zero_stage) on `grid`.
+GradientReducer::Options ReducerOptions(const ExperimentSpec& spec);
 
 }  // namespace gdn

@@ -173,9 +173,9 @@ std::vector<std::string> StateNames(const std::string& optimizer) {
   return {};
 }
 
-std::string OptimizerName(const Optimizer* optimizer, const ParameterSet& params) {
+std::string OptimizerName(const Optimizer* optimizer) {
   if (optimizer == nullptr) return "none";
-  return optimizer->state().size() == 2 * params.all().size() ? "adamw" : "sgd";
+  return optimizer->per_param() == 2 ? "adamw" : "sgd";
 }
 
 // The shard files of a checkpoint reassembled into full tensors, by their stored name.
@@ -354,9 +354,12 @@ absl::Status SaveCheckpoint(const std::string& run_dir, const TrainerState& stat
   }
   if (auto s = agree(made); !s.ok()) return s;
 
-  // Data-parallel rank 0 of each tensor-parallel rank writes that rank's slices.
+  // Data-parallel rank 0 of each tensor-parallel rank writes that rank's slices. Sharded (ZeRO-1)
+  // optimizer state is gathered first, by every rank: checkpoints do not depend on the sharding.
   const bool writer = layout.dp_rank == 0;
-  const std::string optimizer_name = OptimizerName(optimizer, params);
+  const std::string optimizer_name = OptimizerName(optimizer);
+  const std::vector<Tensor> optimizer_state =
+      optimizer != nullptr ? optimizer->FullState() : std::vector<Tensor>{};
   FileSum sum;
   absl::Status written;
   if (writer) {
@@ -375,7 +378,7 @@ absl::Status SaveCheckpoint(const std::string& run_dir, const TrainerState& stat
       metadata["shard/" + all[i]->name] = ShardDimName(all[i]->shard);
       for (size_t k = 0; k < state_names.size(); ++k)
         tensors.emplace_back(state_names[k] + "/" + all[i]->name,
-                             optimizer->state()[state_names.size() * i + k].To(Device::kCPU));
+                             optimizer_state[state_names.size() * i + k].To(Device::kCPU));
     }
     const std::string path = tmp + "/" + ShardName(layout.tp.rank, layout.tp.size);
     written = WriteSafetensors(path, tensors, metadata);
@@ -418,7 +421,7 @@ absl::StatusOr<TrainerState> LoadCheckpoint(const CheckpointRef& checkpoint, Par
                                             Optimizer* optimizer, const TensorParallel& tp) {
   auto full = ReadFull(checkpoint);
   if (!full.ok()) return full.status();
-  const std::string want_optimizer = OptimizerName(optimizer, params);
+  const std::string want_optimizer = OptimizerName(optimizer);
   // A parameters-only checkpoint (an import) leaves the optimizer state at zero; state of another
   // optimizer cannot be used.
   const bool load_state = optimizer != nullptr && full->optimizer != "none";
@@ -429,12 +432,18 @@ absl::StatusOr<TrainerState> LoadCheckpoint(const CheckpointRef& checkpoint, Par
   const std::vector<std::string> state_names = load_state ? StateNames(want_optimizer)
                                                           : std::vector<std::string>{};
   const auto& all = params.all();
+  // The optimizer state is read into full per-parameter tensors, then handed over (a sharded
+  // optimizer keeps its own pieces).
+  std::vector<Tensor> state;
+  for (size_t i = 0; i < all.size(); ++i)
+    for (size_t k = 0; k < state_names.size(); ++k)
+      state.push_back(Tensor::Zeros(all[i]->value.shape(), all[i]->value.dtype(),
+                                    all[i]->value.device()));
   for (size_t i = 0; i < all.size(); ++i) {
     const Parameter& p = *all[i];
     std::vector<std::pair<std::string, Tensor>> targets = {{"param/" + p.name, p.value}};
     for (size_t k = 0; k < state_names.size(); ++k)
-      targets.emplace_back(state_names[k] + "/" + p.name,
-                           optimizer->state()[state_names.size() * i + k]);
+      targets.emplace_back(state_names[k] + "/" + p.name, state[state_names.size() * i + k]);
     for (const auto& [name, local] : targets) {
       auto it = full->tensors.find(name);
       if (it == full->tensors.end())
@@ -447,6 +456,7 @@ absl::StatusOr<TrainerState> LoadCheckpoint(const CheckpointRef& checkpoint, Par
       p.CopySlice(it->second, tp, local);
     }
   }
+  if (load_state) optimizer->SetFullState(state);
   return full->state;
 }
 

@@ -4,7 +4,6 @@
 #include <cstring>
 
 #include "kernels/ops.h"
-#include "model/optimizer.h"
 
 namespace gdn {
 
@@ -30,12 +29,14 @@ LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorPara
   for (int64_t l = 0; l < d.depth; ++l) {
     const std::string prefix = "layers." + std::to_string(l) + ".";
     Block& blk = blocks_[l];
+    blk.first_param = params_.all().size();
     blk.mixer_norm = builder_.Add(prefix + "attn_norm", {d.width}, ParamClass::kVector,
                                   InitKind::kOnes, ShardDim::kReplicated);
     blk.mixer = std::make_unique<GatedDeltaNetMixer>(prefix + "attn.", builder_);
     blk.mlp_norm = builder_.Add(prefix + "mlp_norm", {d.width}, ParamClass::kVector,
                                 InitKind::kOnes, ShardDim::kReplicated);
     blk.mlp = std::make_unique<SwiGluMlp>(prefix + "mlp.", builder_);
+    blk.end_param = params_.all().size();
   }
   final_norm_ = builder_.Add("norm", {d.width}, ParamClass::kVector, InitKind::kOnes,
                              ShardDim::kReplicated);
@@ -172,35 +173,30 @@ double LanguageModel::ForwardLoss(const Tensor& tokens, Probes* probes) {
   return Loss(Tensor(), 1.0);
 }
 
-double LanguageModel::ForwardBackward(const Tensor& tokens, double grad_scale) {
+double LanguageModel::ForwardBackward(const Tensor& tokens, double grad_scale,
+                                      GradientReducer* reducer) {
   Forward(tokens, nullptr);
   // The loss gradient overwrites the logits in place: full-size probabilities are never kept.
   const double loss = Loss(logits_, grad_scale);
-  Backward();
+  Backward(reducer);
   return loss;
 }
 
-void LanguageModel::ReduceGradients(Communicator* dp) {
-  for (const auto& p : params_.all()) {
-    if (p->tp_partial_grad) builder_.AllReduceTp(p->grad);
-    if (dp != nullptr && dp->size() > 1) dp->AllReduceSum(p->grad);
-  }
-}
-
-double LanguageModel::GradNorm() const {
-  return gdn::GradNorm(params_, builder_.tp, builder_.tp_comm);
-}
-
-void LanguageModel::Backward() {
+void LanguageModel::Backward(GradientReducer* reducer) {
   const ModelDims& d = builder_.dims;
   const int64_t N = xf_.dim(0);
   const Tensor& dlogits = logits_;
+  auto final_grad = [&](const Parameter* p) {
+    if (reducer != nullptr) reducer->GradReady(p);
+  };
   ops::Matmul(dlogits, true, xf_, false, head_->grad, out_mult_, 1.0);
+  if (head_ != embedding_) final_grad(head_);
   Tensor dxf = builder_.Empty({N, d.width});
   ops::Matmul(dlogits, false, head_->value, false, dxf, out_mult_, 0.0);
   builder_.AllReduceTp(dxf);
   Tensor dx = builder_.Empty({N, d.width});
   ops::RmsNormBackward(xf_in_, final_norm_->value, rf_, dxf, dx, final_norm_->grad);
+  final_grad(final_norm_);
 
   Tensor tmp = builder_.Empty({N, d.width});
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
@@ -215,8 +211,10 @@ void LanguageModel::Backward() {
     builder_.AllReduceTp(dn1);
     ops::RmsNormBackward(blk.x, blk.mixer_norm->value, blk.r1, dn1, tmp, blk.mixer_norm->grad);
     ops::Axpy(1.0, tmp, dx);
+    for (size_t i = blk.end_param; i-- > blk.first_param;) final_grad(params_.all()[i].get());
   }
   ops::EmbeddingBackward(inputs_, dx, embedding_->mult.forward, embedding_->grad, VocabOffset());
+  final_grad(embedding_);
 }
 
 }  // namespace gdn

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/gated_deltanet.h"
+#include "model/gradient_reducer.h"
 #include "model/mlp.h"
 
 namespace gdn {
@@ -23,8 +24,11 @@ class LanguageModel {
   void Initialize(uint64_t seed);
 
   // tokens: int32 [B, T + 1]; inputs are tokens[:, :-1], targets tokens[:, 1:]. Returns the mean
-  // next-token loss; parameter gradients accumulate grad_scale * d(loss).
-  double ForwardBackward(const Tensor& tokens, double grad_scale = 1.0);
+  // next-token loss; parameter gradients accumulate grad_scale * d(loss). With `reducer` (the
+  // step's last micro-batch) each parameter is reported to it as soon as its gradient is final, so
+  // the reduction overlaps the rest of the backward; GradientReducer::Finish completes it.
+  double ForwardBackward(const Tensor& tokens, double grad_scale = 1.0,
+                         GradientReducer* reducer = nullptr);
   // The mean loss only (no gradients). probes, when given, receive mean |coordinate| of each
   // module's output (summed over layers for per-layer modules) and the recurrent state size.
   double ForwardLoss(const Tensor& tokens, Probes* probes = nullptr);
@@ -43,12 +47,6 @@ class LanguageModel {
   // tokens: int32 [B], the next token of each sequence -> logits [B, vocab] for the token after.
   Tensor ForwardStep(const Tensor& tokens, DecodeState& state);
 
-  // After the last micro-batch of a step: sums the tensor-parallel partial gradients over the
-  // group, then sums every gradient over the data-parallel group (dp may be null: one rank).
-  void ReduceGradients(Communicator* dp);
-  // The global gradient norm: each shard counted once, each replicated parameter once.
-  double GradNorm() const;
-
   // Matrix-product FLOPs of one forward+backward token (6 x matrix parameters touched per token,
   // embedding lookup excluded), for throughput figures.
   double MatmulFlopsPerToken() const;
@@ -60,12 +58,13 @@ class LanguageModel {
     Parameter* mlp_norm;
     std::unique_ptr<SwiGluMlp> mlp;
     Tensor x, n1, r1, h, n2, r2;  // saved activations
+    size_t first_param = 0, end_param = 0;  // the block's parameters in params_.all()
   };
   // Runs the model up to the logits (kept in logits_) and saves what the backward needs.
   void Forward(const Tensor& tokens, Probes* probes);
   // The mean loss of the saved logits; with dlogits (may alias logits) also its gradient.
   double Loss(const Tensor& dlogits, double grad_scale);
-  void Backward();
+  void Backward(GradientReducer* reducer);
   int64_t VocabOffset() const { return builder_.tp.rank * (builder_.dims.vocab / builder_.tp.size); }
 
   ParameterSet params_;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/ops.h"
+#include "model/gradient_reducer.h"
 
 namespace gdn {
 
@@ -39,26 +40,70 @@ void ClipGradients(const ParameterSet& params, double norm, double max_norm) {
   for (const auto& p : params.all()) ops::Scale(p->grad, s);
 }
 
-Optimizer::Optimizer(const OptimizerSpec& spec, const ParameterSet& params)
-    : spec_(spec), params_(params) {
-  const int per_param = spec.kind() == OptimizerSpec::ADAMW ? 2 : 1;
+Optimizer::Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
+                     const GradientReducer* shards)
+    : spec_(spec), params_(params), shards_(shards != nullptr && shards->sharded() ? shards : nullptr),
+      per_param_(spec.kind() == OptimizerSpec::ADAMW ? 2 : 1) {
+  if (shards_ != nullptr) {
+    const Tensor& v = params.all().at(0)->value;
+    for (int k = 0; k < per_param_; ++k)
+      state_.push_back(Tensor::Zeros({shards_->shard_size()}, v.dtype(), v.device()));
+    return;
+  }
   for (const auto& p : params.all())
-    for (int i = 0; i < per_param; ++i)
+    for (int k = 0; k < per_param_; ++k)
       state_.push_back(Tensor::Zeros(p->value.shape(), p->value.dtype(), p->value.device()));
 }
 
 void Optimizer::Step(int64_t step, double lr) {
-  const auto& all = params_.all();
-  for (size_t i = 0; i < all.size(); ++i) {
-    const Parameter& p = *all[i];
+  // One update of value, gradient and state pieces of one parameter.
+  auto update = [&](const Parameter& p, const Tensor& value, const Tensor& grad,
+                    const Tensor* state) {
     const double plr = lr * p.mult.lr;
     const double wd = spec_.weight_decay() * p.mult.weight_decay;
-    if (spec_.kind() == OptimizerSpec::ADAMW) {
-      ops::AdamWUpdate(p.value, p.grad, state_[2 * i], state_[2 * i + 1], plr, spec_.beta1(),
-                       spec_.beta2(), spec_.eps(), wd, step);
-    } else {
-      ops::SgdUpdate(p.value, p.grad, state_[i], plr, spec_.momentum(), wd);
-    }
+    if (spec_.kind() == OptimizerSpec::ADAMW)
+      ops::AdamWUpdate(value, grad, state[0], state[1], plr, spec_.beta1(), spec_.beta2(),
+                       spec_.eps(), wd, step);
+    else
+      ops::SgdUpdate(value, grad, state[0], plr, spec_.momentum(), wd);
+  };
+  const auto& all = params_.all();
+  if (shards_ == nullptr) {
+    for (size_t i = 0; i < all.size(); ++i)
+      update(*all[i], all[i]->value, all[i]->grad, &state_[per_param_ * i]);
+    return;
+  }
+  // ZeRO-1: this rank's segments only; the elementwise updates do not care where a piece is cut.
+  for (const GradientReducer::Segment& s : shards_->segments()) {
+    const Parameter& p = *all[s.param];
+    const int64_t end = s.shard_offset + s.length;
+    Tensor state[2];
+    for (int k = 0; k < per_param_; ++k) state[k] = state_[k].Rows(s.shard_offset, end);
+    update(p, p.value.View({p.value.numel()}).Rows(s.offset, s.offset + s.length),
+           shards_->shard_grad().Rows(s.shard_offset, end), state);
+  }
+}
+
+std::vector<Tensor> Optimizer::FullState() const {
+  if (shards_ == nullptr) return state_;
+  std::vector<std::vector<Tensor>> by_kind;
+  for (int k = 0; k < per_param_; ++k) by_kind.push_back(shards_->GatherShards(state_[k]));
+  std::vector<Tensor> full;
+  for (size_t i = 0; i < params_.all().size(); ++i)
+    for (int k = 0; k < per_param_; ++k) full.push_back(by_kind[k][i]);
+  return full;
+}
+
+void Optimizer::SetFullState(const std::vector<Tensor>& full) {
+  CHECK_EQ(full.size(), per_param_ * params_.all().size());
+  if (shards_ == nullptr) {
+    for (size_t i = 0; i < full.size(); ++i) state_[i].CopyFrom(full[i]);
+    return;
+  }
+  for (int k = 0; k < per_param_; ++k) {
+    std::vector<Tensor> kind;
+    for (size_t i = 0; i < params_.all().size(); ++i) kind.push_back(full[per_param_ * i + k]);
+    shards_->CopyToShard(kind, state_[k]);
   }
 }
 

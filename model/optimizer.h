@@ -22,18 +22,32 @@ double GradNorm(const ParameterSet& params, const TensorParallel& tp = {},
 // Scales every gradient by max_norm / norm when norm > max_norm > 0.
 void ClipGradients(const ParameterSet& params, double norm, double max_norm);
 
+class GradientReducer;
+
 class Optimizer {
  public:
-  Optimizer(const OptimizerSpec& spec, const ParameterSet& params);
+  // With a sharding reducer (ZeRO-1, GradientReducer::sharded()) the state covers only this rank's
+  // segments and Step updates only those, from the reducer's gradient shard; the reducer then
+  // gathers the values (GradientReducer::GatherValues).
+  Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
+            const GradientReducer* shards = nullptr);
   // One update with base learning rate `lr`; `step` counts updates from 1 (Adam's bias correction).
   void Step(int64_t step, double lr);
-  // The state tensors, in parameter order (m and v for AdamW, the momentum buffer for SGD).
-  std::vector<Tensor>& state() { return state_; }
-  const std::vector<Tensor>& state() const { return state_; }
+  // The state as full per-parameter tensors (this rank's tensor-parallel slices), in parameter
+  // order, m and v for AdamW, the momentum buffer for SGD: the state itself when unsharded, else
+  // gathered over the data-parallel group (collective: every rank of it calls this).
+  std::vector<Tensor> FullState() const;
+  // Sets the state from such tensors (a sharded optimizer keeps its segments).
+  void SetFullState(const std::vector<Tensor>& full);
+  // How many state tensors each parameter has (2 for AdamW, 1 for SGD).
+  int per_param() const { return per_param_; }
 
  private:
   OptimizerSpec spec_;
   const ParameterSet& params_;
+  const GradientReducer* shards_;
+  int per_param_;
+  // Unsharded: per_param_ tensors per parameter. Sharded: per_param_ shard-layout tensors.
   std::vector<Tensor> state_;
 };
 

@@ -31,6 +31,19 @@ class ByDevice : public Communicator {
   }
   void Broadcast(const Tensor& t, int root) override { For(t).Broadcast(t, root); }
   void Barrier() override { host_->Barrier(); }
+  void StartAllReduceSum(const Tensor& t) override { For(t).StartAllReduceSum(t); }
+  void StartReduceScatterSum(const Tensor& in, const Tensor& out) override {
+    For(in, out).StartReduceScatterSum(in, out);
+  }
+  void StartAllGather(const Tensor& in, const Tensor& out) override {
+    For(in, out).StartAllGather(in, out);
+  }
+  void WaitAsync() override {
+    host_->WaitAsync();
+    device_->WaitAsync();
+  }
+  void SetAsyncTiming(bool on) override { device_->SetAsyncTiming(on); }
+  std::vector<double> TakeAsyncTimes() override { return device_->TakeAsyncTimes(); }
 
  private:
   Communicator& For(const Tensor& t) { return t.device() == Device::kCPU ? *host_ : *device_; }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "runtime/tensor.h"
 
@@ -25,6 +26,23 @@ class Communicator {
   // t <- root's t.
   virtual void Broadcast(const Tensor& t, int root) = 0;
   virtual void Barrier() = 0;
+
+  // Non-blocking forms, to overlap communication with computation (the data-parallel gradient
+  // buckets). The collective starts after everything already queued that writes its tensors; its
+  // result may be used only after WaitAsync() (CPU: when it returns; CUDA: by work queued after
+  // it), and its tensors must stay alive and untouched until then. Collectives started on one
+  // communicator run in the order they were started. The defaults are the blocking forms.
+  virtual void StartAllReduceSum(const Tensor& t) { AllReduceSum(t); }
+  virtual void StartReduceScatterSum(const Tensor& in, const Tensor& out) {
+    ReduceScatterSum(in, out);
+  }
+  virtual void StartAllGather(const Tensor& in, const Tensor& out) { AllGather(in, out); }
+  virtual void WaitAsync() {}
+  // Measuring the started collectives (benchmarks): with timing on, TakeAsyncTimes() returns the
+  // seconds each collective started since the last call took on its own stream (CUDA; empty where
+  // not measured), in start order, after waiting for them.
+  virtual void SetAsyncTiming(bool on) { (void)on; }
+  virtual std::vector<double> TakeAsyncTimes() { return {}; }
 };
 
 // A group of one rank, where every collective is the identity (a single-process run).

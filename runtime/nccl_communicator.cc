@@ -46,6 +46,9 @@ class NcclCommunicator : public Communicator {
   NcclCommunicator(ncclComm_t comm, int rank, int size, double timeout_s)
       : comm_(comm), rank_(rank), size_(size), device_(cuda::CurrentDevice()),
         timeout_s_(timeout_s) {
+    CUDA_CHECK(cudaStreamCreateWithFlags(&async_stream_, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&async_done_, cudaEventDisableTiming));
     watchdog_ = std::thread([this] { Watch(); });
   }
   ~NcclCommunicator() override {
@@ -56,49 +59,110 @@ class NcclCommunicator : public Communicator {
     }
     stop_cv_.notify_all();
     watchdog_.join();
+    cudaStreamSynchronize(async_stream_);
     for (const Pending& p : pending_) cudaEventDestroy(p.done);
     for (cudaEvent_t e : idle_events_) cudaEventDestroy(e);
+    for (const auto& [begin, end] : timed_) {
+      cudaEventDestroy(begin);
+      cudaEventDestroy(end);
+    }
+    cudaEventDestroy(inputs_ready_);
+    cudaEventDestroy(async_done_);
+    cudaStreamDestroy(async_stream_);
     ncclCommDestroy(comm_);
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  void AllReduceSum(const Tensor& t) override { AllReduce(t, ncclSum); }
-  void AllReduceMax(const Tensor& t) override { AllReduce(t, ncclMax); }
+  void AllReduceSum(const Tensor& t) override { AllReduce(t, ncclSum, cuda::Stream()); }
+  void AllReduceMax(const Tensor& t) override { AllReduce(t, ncclMax, cuda::Stream()); }
   void AllGather(const Tensor& in, const Tensor& out) override {
-    OnCuda(in, "AllGather");
-    OnCuda(out, "AllGather");
-    CHECK(in.dtype() == out.dtype() && out.numel() == in.numel() * size_);
-    NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), in.numel(), NcclType(in.dtype()), comm_,
-                             cuda::Stream()));
-    Track("AllGather");
+    Gather(in, out, cuda::Stream());
   }
   void ReduceScatterSum(const Tensor& in, const Tensor& out) override {
-    OnCuda(in, "ReduceScatterSum");
-    OnCuda(out, "ReduceScatterSum");
-    CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * size_);
-    NCCL_CHECK(ncclReduceScatter(in.raw(), out.raw(), out.numel(), NcclType(in.dtype()), ncclSum,
-                                 comm_, cuda::Stream()));
-    Track("ReduceScatter");
+    ReduceScatter(in, out, cuda::Stream());
+  }
+
+  // The started collectives run on their own stream, after the process stream's work queued so
+  // far (which writes their inputs); WaitAsync makes the process stream wait for them.
+  void StartAllReduceSum(const Tensor& t) override {
+    BeginAsync();
+    AllReduce(t, ncclSum, async_stream_);
+    EndAsync();
+  }
+  void StartReduceScatterSum(const Tensor& in, const Tensor& out) override {
+    BeginAsync();
+    ReduceScatter(in, out, async_stream_);
+    EndAsync();
+  }
+  void StartAllGather(const Tensor& in, const Tensor& out) override {
+    BeginAsync();
+    Gather(in, out, async_stream_);
+    EndAsync();
+  }
+  void WaitAsync() override {
+    CUDA_CHECK(cudaEventRecord(async_done_, async_stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(cuda::Stream(), async_done_, 0));
+  }
+  void SetAsyncTiming(bool on) override { timing_ = on; }
+  std::vector<double> TakeAsyncTimes() override {
+    std::vector<double> seconds;
+    CUDA_CHECK(cudaStreamSynchronize(async_stream_));
+    for (const auto& [begin, end] : timed_) {
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, begin, end));
+      seconds.push_back(ms / 1e3);
+      cudaEventDestroy(begin);
+      cudaEventDestroy(end);
+    }
+    timed_.clear();
+    return seconds;
   }
   void Broadcast(const Tensor& t, int root) override {
     OnCuda(t, "Broadcast");
     NCCL_CHECK(ncclBroadcast(t.raw(), t.raw(), t.numel(), NcclType(t.dtype()), root, comm_,
                              cuda::Stream()));
-    Track("Broadcast");
+    Track("Broadcast", cuda::Stream());
   }
   // NCCL has no barrier: a one-element all-reduce, waited for.
   void Barrier() override {
     Tensor t = Tensor::Zeros({1}, DType::kI32, Device::kCUDA);
-    AllReduce(t, ncclSum);
+    AllReduce(t, ncclSum, cuda::Stream());
     cuda::Synchronize();
   }
 
  private:
-  void AllReduce(const Tensor& t, ncclRedOp_t op) {
+  void AllReduce(const Tensor& t, ncclRedOp_t op, cudaStream_t stream) {
     OnCuda(t, "AllReduce");
-    NCCL_CHECK(ncclAllReduce(t.raw(), t.raw(), t.numel(), NcclType(t.dtype()), op, comm_,
-                             cuda::Stream()));
-    Track("AllReduce");
+    NCCL_CHECK(ncclAllReduce(t.raw(), t.raw(), t.numel(), NcclType(t.dtype()), op, comm_, stream));
+    Track("AllReduce", stream);
+  }
+  void Gather(const Tensor& in, const Tensor& out, cudaStream_t stream) {
+    OnCuda(in, "AllGather");
+    OnCuda(out, "AllGather");
+    CHECK(in.dtype() == out.dtype() && out.numel() == in.numel() * size_);
+    NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), in.numel(), NcclType(in.dtype()), comm_, stream));
+    Track("AllGather", stream);
+  }
+  void ReduceScatter(const Tensor& in, const Tensor& out, cudaStream_t stream) {
+    OnCuda(in, "ReduceScatterSum");
+    OnCuda(out, "ReduceScatterSum");
+    CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * size_);
+    NCCL_CHECK(ncclReduceScatter(in.raw(), out.raw(), out.numel(), NcclType(in.dtype()), ncclSum,
+                                 comm_, stream));
+    Track("ReduceScatter", stream);
+  }
+
+  void BeginAsync() {
+    CUDA_CHECK(cudaEventRecord(inputs_ready_, cuda::Stream()));
+    CUDA_CHECK(cudaStreamWaitEvent(async_stream_, inputs_ready_, 0));
+    if (!timing_) return;
+    timed_.emplace_back();
+    CUDA_CHECK(cudaEventCreate(&timed_.back().first));
+    CUDA_CHECK(cudaEventCreate(&timed_.back().second));
+    CUDA_CHECK(cudaEventRecord(timed_.back().first, async_stream_));
+  }
+  void EndAsync() {
+    if (timing_) CUDA_CHECK(cudaEventRecord(timed_.back().second, async_stream_));
   }
 
   // A queued collective: an event recorded after it on the stream, and when it was queued.
@@ -108,7 +172,7 @@ class NcclCommunicator : public Communicator {
     std::chrono::steady_clock::time_point queued;
   };
 
-  void Track(const char* what) {
+  void Track(const char* what, cudaStream_t stream) {
     cudaEvent_t e = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -118,7 +182,7 @@ class NcclCommunicator : public Communicator {
       }
     }
     if (e == nullptr) CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventRecord(e, cuda::Stream()));
+    CUDA_CHECK(cudaEventRecord(e, stream));
     std::lock_guard<std::mutex> lock(mu_);
     pending_.push_back({e, what, std::chrono::steady_clock::now()});
   }
@@ -162,6 +226,10 @@ class NcclCommunicator : public Communicator {
   int rank_, size_;
   const int device_;
   const double timeout_s_;
+  cudaStream_t async_stream_ = nullptr;  // the started (Start*) collectives
+  cudaEvent_t inputs_ready_ = nullptr, async_done_ = nullptr;
+  bool timing_ = false;
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> timed_;  // (begin, end) per timed collective
   std::mutex mu_;  // guards what follows, shared with the watchdog
   std::deque<Pending> pending_;
   std::vector<cudaEvent_t> idle_events_;

@@ -377,6 +377,9 @@ absl::Status ValidateSpec(const ExperimentSpec& spec) {
   c.Positive("run.log_interval", int64_t{r.log_interval()});
 
   c.AtLeast("parallel.tensor_parallel", spec.parallel().tensor_parallel(), 1);
+  if (const int z = spec.parallel().zero_stage(); z != 0 && z != 1)
+    c.Error("parallel.zero_stage", absl::StrCat("must be 0 or 1 (ZeRO stage 1), got ", z));
+  c.Positive("parallel.bucket_mb", spec.parallel().bucket_mb());
 
   // The slurm block becomes lines of a batch script: one value, one line.
   const SlurmSpec& sl = spec.slurm();

@@ -101,9 +101,9 @@ TEST_F(CheckpointTest, RoundTripRestoresEverythingBitForBit) {
     for (size_t i = 0; i < fresh.params().all().size(); ++i)
       ExpectBitwiseEqual(fresh.params().all()[i]->value, a.model->params().all()[i]->value,
                          fresh.params().all()[i]->name);
-    ASSERT_EQ(opt.state().size(), a.optimizer->state().size());
-    for (size_t i = 0; i < opt.state().size(); ++i)
-      ExpectBitwiseEqual(opt.state()[i], a.optimizer->state()[i], "optimizer state");
+    ASSERT_EQ(opt.FullState().size(), a.optimizer->FullState().size());
+    for (size_t i = 0; i < opt.FullState().size(); ++i)
+      ExpectBitwiseEqual(opt.FullState()[i], a.optimizer->FullState()[i], "optimizer state");
     fs::remove_all(dir_ + "/checkpoints");
   }
 }
@@ -127,8 +127,8 @@ TEST_F(CheckpointTest, LoadsTensorParallelSlices) {
       p.CopySlice(a.model->params().all()[i]->value, tp, expected);
       ExpectBitwiseEqual(p.value, expected, p.name);
       Tensor expected_v = Tensor::Empty(p.value.shape(), DType::kF32);
-      p.CopySlice(a.optimizer->state()[2 * i + 1], tp, expected_v);
-      ExpectBitwiseEqual(opt.state()[2 * i + 1], expected_v, p.name + " adam_v");
+      p.CopySlice(a.optimizer->FullState()[2 * i + 1], tp, expected_v);
+      ExpectBitwiseEqual(opt.FullState()[2 * i + 1], expected_v, p.name + " adam_v");
       sharded += p.shard != ShardDim::kReplicated && r == 0;
     }
   }
@@ -229,7 +229,7 @@ TEST_F(CheckpointTest, ParametersOnlyCheckpoint) {
   EXPECT_EQ(state->step, 0);
   for (size_t i = 0; i < full.size(); ++i)
     ExpectBitwiseEqual(m.params().all()[i]->value, full[i].second, full[i].first);
-  for (const Tensor& t : opt.state()) EXPECT_EQ(ops::SumSquares(t), 0.0);
+  for (const Tensor& t : opt.FullState()) EXPECT_EQ(ops::SumSquares(t), 0.0);
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Distributed runs on the CPU with OpenMPI: tensor-parallel, data-parallel and both together must
-# reproduce the single-rank losses (20 steps, within 1e-5 relative, fp32) for SP and muP, AdamW and
-# SGD; bad layouts fail on rank 0 with a non-zero exit of the whole job; a rank that dies ends the
-# job. Usage: tests/distributed_test.sh path/to/gdn
+# Distributed runs on the CPU with OpenMPI: tensor-parallel, data-parallel and both together, with
+# and without ZeRO-1 and with many gradient buckets, must reproduce the single-rank losses (20
+# steps, within 1e-5 relative, fp32) for SP and muP, AdamW and SGD; bad layouts fail on rank 0
+# with a non-zero exit of the whole job; a rank that dies ends the job. Usage: tests/distributed_test.sh path/to/gdn
 source "$(dirname "$0")/lib.sh" "$1"
 pangram_data
 
@@ -42,9 +42,11 @@ for par in MUP SP; do
     ref=runs/$par-$opt-single
     "$gdn" train "${common[@]}" --set run.dir=$ref || { fail "$par $opt single rank"; continue; }
     # ranks, tensor_parallel, extra settings
-    for layout in "2 2" "4 4" "2 1" "4 2" "2 1 data.micro_batch_size=2"; do
+    # ZeRO-1 shards the optimizer state over the data-parallel ranks; tiny buckets make many.
+    for layout in "2 2" "4 4" "2 1" "4 2" "2 1 data.micro_batch_size=2" "2 1 parallel.zero_stage=1" \
+        "4 1 parallel.zero_stage=1" "4 2 parallel.zero_stage=1" "4 1 parallel.bucket_mb=0.002"; do
       read -r np tp extra <<<"$layout"
-      dir=runs/$par-$opt-np$np-tp$tp${extra:+-micro}
+      dir=runs/$par-$opt-np$np-tp$tp${extra:+-${extra//[^a-z0-9]/_}}
       args=("${common[@]}" --set run.dir=$dir --set parallel.tensor_parallel=$tp)
       [ -n "$extra" ] && args+=(--set "$extra")
       if mpi "$np" "$gdn" train "${args[@]}" >"$dir.log" 2>&1; then
@@ -80,6 +82,8 @@ bad_layout 4 "parallel.tensor_parallel: 8 does not divide the number of key head
 bad_layout 2 "parallel.tensor_parallel: 2 does not divide the vocabulary size \(127\)" --set parallel.tensor_parallel=2 --set model.vocab_size=127
 bad_layout 3 "data.batch_size: 8 is not divisible by the data-parallel size 3"
 bad_layout 2 "data.micro_batch_size: 3 does not divide the 4 sequences" --set data.micro_batch_size=3
+bad_layout 2 "parallel.zero_stage: must be 0 or 1" --set parallel.zero_stage=2
+bad_layout 2 "parallel.bucket_mb: must be > 0" --set parallel.bucket_mb=0
 out=$("$gdn" train --spec base.textproto --set parallel.tensor_parallel=2 --set run.dir=runs/bad 2>&1)
 [ $? -eq 2 ] && grep -q "needs 2 ranks" <<<"$out" && ok || fail "tp=2 without mpirun: $out"
 

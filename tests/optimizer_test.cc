@@ -170,7 +170,7 @@ TEST(Optimizer, AdamWMatchesReference) {
     v.emplace_back(p->value.numel(), 0.0);
   }
   Optimizer opt(o, ps);
-  EXPECT_EQ(opt.state().size(), 2 * ps.all().size());
+  EXPECT_EQ(opt.FullState().size(), 2 * ps.all().size());
   std::mt19937_64 gen(5);
   std::normal_distribution<double> normal;
   const double lrs[] = {1e-2, 3e-2, 5e-3, 2e-2};
@@ -219,7 +219,7 @@ TEST(Optimizer, SgdMomentumMatchesReference) {
     buf.emplace_back(p->value.numel(), 0.0);
   }
   Optimizer opt(o, ps);
-  EXPECT_EQ(opt.state().size(), ps.all().size());
+  EXPECT_EQ(opt.FullState().size(), ps.all().size());
   std::mt19937_64 gen(6);
   std::normal_distribution<double> normal;
   const double lrs[] = {0.1, 0.3, 0.05, 0.2};

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoints and resume, end to end: a run killed (kill -9, in the middle of a checkpoint, with
 # its newest checkpoint corrupted) or preempted (SIGTERM, SIGUSR2 on any rank) and run again must
-# give exactly the metrics of a run that was never interrupted, on one rank and on DP 2 x TP 2.
+# give exactly the metrics of a run that was never interrupted, on one rank and on DP 2 x TP 2
+# (with and without ZeRO-1).
 # Usage: tests/resume_test.sh path/to/gdn
 source "$(dirname "$0")/lib.sh" "$1"
 export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -163,6 +164,24 @@ same_run runs/mpi_preempt runs/mpi
 # A real SIGUSR2 sent to mpirun reaches every rank: checkpoint and exit 4.
 signal_from_outside USR2 runs/mpi_signal shard-1-of-2.safetensors -- \
   "${mpirun[@]}" -np 4 "$gdn" train --spec spec.textproto --set parallel.tensor_parallel=2
+
+# ZeRO-1 (optimizer state sharded over the 2 data-parallel ranks): a run killed after step 9 and
+# run again is exactly the uninterrupted one; its checkpoints hold the whole state, so one of them
+# also resumes with the sharding off.
+zerotrain() { mpitrain "$@" --set parallel.zero_stage=1; }
+run_expect 0 zero.log -- zerotrain runs/zero
+GDN_TEST_RAISE_AFTER_STEP=9:KILL "${mpirun[@]}" -np 4 "$gdn" train --spec spec.textproto \
+  --set parallel.tensor_parallel=2 --set parallel.zero_stage=1 --set run.dir=runs/zero_killed >zero_killed.log 2>&1
+check '[ "$(wc -l <runs/zero_killed/metrics.jsonl)" -eq 9 ]' "the ZeRO-1 job should end after step 9"
+cp -r runs/zero_killed runs/zero_to_plain
+run_expect 0 zero_resumed.log -- zerotrain runs/zero_killed
+check 'grep -q "resuming from step 6" zero_resumed.log' "ZeRO-1 run should resume from step 6"
+same_run runs/zero_killed runs/zero
+run_expect 0 zero_to_plain.log -- mpitrain runs/zero_to_plain
+a=$(grep -o '"train_loss":[^,]*' runs/zero_to_plain/summary.json | cut -d: -f2)
+b=$(grep -o '"train_loss":[^,]*' runs/zero/summary.json | cut -d: -f2)
+check "awk -v a=$a -v b=$b 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-6 * b) }'" \
+  "a ZeRO-1 checkpoint resumed without sharding: final loss $a vs $b"
 
 # Another layout: the one-rank checkpoint of step 6 resumed on TP 2 (and DP 2) reshards. Sums run
 # in another order, so the losses agree to float32 rounding rather than bit for bit.
