@@ -11,10 +11,18 @@ struct BenchOptions {
   bool sequential = false;  // time the sequential recurrence instead of the chunked one
   bool cuda = false;        // on the GPU (float32) instead of the CPU
   bool bf16 = false;        // GPU matrix products on bf16 tensor cores (ops::MatmulPrecision)
+  // Under mpirun/srun: ranks form the trainer's grid (tensor_parallel fastest) and every
+  // data-parallel rank runs `batch` sequences (weak scaling), through the trainer's own step.
+  int tensor_parallel = 1;
+  bool zero = false;        // ZeRO-1 (parallel.zero_stage = 1)
+  double bucket_mb = 25;    // parallel.bucket_mb
 };
-// Prints tokens/s, achieved GFLOP/s against the device's reference rate (OpenBLAS sgemm on the
-// CPU; on the GPU the H100's 989 TFLOP/s dense bf16 peak, the customary MFU denominator, and
-// the device memory held) and a per-op time breakdown.
+// Times `iters` training steps (after a warm-up step) and prints tokens/s (in all and per rank),
+// achieved GFLOP/s against the device's reference rate (OpenBLAS sgemm on the CPU; on the GPU the
+// H100's 989 TFLOP/s dense bf16 peak, the customary MFU denominator, and the device memory held)
+// and, with several data-parallel ranks on GPUs, the gradient buckets' time and bus bandwidth on
+// the communication stream inside the step. Then one more step with every op timed on its own
+// (waiting for the device around each) gives the per-op breakdown.
 absl::Status RunBench(const BenchOptions& options);
 
 }  // namespace gdn

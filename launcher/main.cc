@@ -258,6 +258,14 @@ int Bench(const ParsedArgs& args) {
   if (precision != "fp32" && precision != "bf16")
     return Fail(absl::InvalidArgumentError("--precision: '" + precision + "' (use fp32 or bf16)"));
   o.bf16 = precision == "bf16";
+  auto tp = args.GetInt("tp");
+  if (!tp.ok()) return Fail(tp.status());
+  if (*tp <= 0) return Fail(absl::InvalidArgumentError("--tp must be > 0"));
+  o.tensor_parallel = static_cast<int>(*tp);
+  o.zero = args.GetBool("zero");
+  if (!absl::SimpleAtod(args.Get("bucket-mb"), &o.bucket_mb) || !(o.bucket_mb > 0))
+    return Fail(absl::InvalidArgumentError("--bucket-mb: '" + args.Get("bucket-mb") +
+                                           "' (use a number of MiB > 0)"));
   if (auto s = RunBench(o); !s.ok()) return Fail(s);
   return kExitOk;
 }
@@ -437,7 +445,9 @@ std::vector<Verb> Verbs() {
          {"sgd-lr", "SGD learning rate (default: optimizer.lr)", ""},
          {"out", "output folder", "runs/coord_check"}}},
        CoordCheck},
-      {{"bench", "Measure training throughput (CPU or GPU) with a per-op time breakdown.",
+      {{"bench",
+        "Measure training throughput (CPU or GPU, one rank or an mpirun/srun job) with a per-op "
+        "time breakdown.",
         {{"width", "model width", "512"},
          {"depth", "layers", "4"},
          {"seq", "sequence length", "512"},
@@ -447,7 +457,12 @@ std::vector<Verb> Verbs() {
          {"vocab", "vocabulary size", "256"},
          {"device", "cpu or cuda", "cpu"},
          {"precision", "fp32, or bf16 (GPU matrix products on bf16 tensor cores)", "fp32"},
-         {"sequential", "time the sequential recurrence", "", false, false, true}}},
+         {"sequential", "time the sequential recurrence", "", false, false, true},
+         {"tp", "tensor-parallel size under mpirun/srun (ranks / tp data-parallel ranks, each "
+                "running --batch sequences)", "1"},
+         {"zero", "ZeRO-1: shard the optimizer state over the data-parallel ranks", "", false,
+          false, true},
+         {"bucket-mb", "data-parallel gradient bucket size in MiB", "25"}}},
        Bench},
       {{"export",
         "Write a run's checkpoint as config.json + model.safetensors in the layout of fla's "

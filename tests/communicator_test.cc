@@ -90,6 +90,35 @@ TEST(Communicator, BroadcastAndBarrier) {
   g.world->Barrier();
 }
 
+// The non-blocking forms, several in flight at once, give the blocking forms' values after
+// WaitAsync (Open MPI's non-blocking collectives on the data-parallel group).
+TEST(Communicator, StartedCollectivesEqualBlockingOnes) {
+  const ProcessGrid& g = Grid();
+  const int64_t n = 1000;
+  auto filled = [&](int64_t size, int salt) {
+    Tensor t = Tensor::Empty({size}, DType::kF32);
+    for (int64_t i = 0; i < size; ++i) t.set(i, (i % 13) * 0.5 + 3 * g.world_rank + salt);
+    return t;
+  };
+  const Tensor a = filled(n, 1), a_ref = a.Clone();
+  const Tensor rs_in = filled(2 * n, 2), rs_out = Tensor::Empty({n}, DType::kF32);
+  const Tensor rs_ref = Tensor::Empty({n}, DType::kF32);
+  const Tensor ag_in = filled(n, 3), ag_out = Tensor::Empty({2 * n}, DType::kF32);
+  const Tensor ag_ref = Tensor::Empty({2 * n}, DType::kF32);
+  g.dp->StartAllReduceSum(a);
+  g.dp->StartReduceScatterSum(rs_in, rs_out);
+  g.dp->StartAllGather(ag_in, ag_out);
+  g.dp->WaitAsync();
+  g.dp->AllReduceSum(a_ref);
+  g.dp->ReduceScatterSum(rs_in, rs_ref);
+  g.dp->AllGather(ag_in, ag_ref);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(a.at(i), a_ref.at(i)) << i;
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(rs_out.at(i), rs_ref.at(i)) << i;
+  for (int64_t i = 0; i < 2 * n; ++i) ASSERT_EQ(ag_out.at(i), ag_ref.at(i)) << i;
+  // And really summed: element 0 over the two data-parallel ranks.
+  EXPECT_EQ(a.at(0), 1 + 3 * g.tp_rank + 1 + 3 * (g.tp_rank + 2));
+}
+
 // Stands in for NCCL: counts the calls that reach it.
 class CountingCommunicator : public Communicator {
  public:

@@ -87,6 +87,17 @@ bad_layout 2 "parallel.bucket_mb: must be > 0" --set parallel.bucket_mb=0
 out=$("$gdn" train --spec base.textproto --set parallel.tensor_parallel=2 --set run.dir=runs/bad 2>&1)
 [ $? -eq 2 ] && grep -q "needs 2 ranks" <<<"$out" && ok || fail "tp=2 without mpirun: $out"
 
+# The benchmark runs the trainer's step on a grid too: DP 2 with ZeRO-1 and TP 2 print their layout
+# and a throughput; a layout that does not fit fails with the field named.
+for args in "--zero:data parallel 2 x tensor parallel 1, ZeRO-1" "--tp 2:data parallel 1 x tensor parallel 2"; do
+  flags=${args%%:*} want=${args#*:}
+  out=$(mpi 2 "$gdn" bench --width 64 --head-dim 16 --depth 1 --seq 32 --batch 2 --iters 2 $flags 2>&1)
+  grep -q "ranks: 2 ($want)" <<<"$out" && grep -qE "tokens/s \| [0-9]+ tokens/s per rank" <<<"$out" && ok \
+    || fail "bench $flags: $out"
+done
+out=$(mpi 2 "$gdn" bench --width 64 --head-dim 16 --depth 1 --tp 4 2>&1)
+[ $? -ne 0 ] && grep -q "parallel.tensor_parallel: 4" <<<"$out" && ok || fail "bench --tp 4 on 2 ranks: $out"
+
 # A rank that dies ends the job (no hang): kill -9 one rank of a long run.
 mpi 2 "$gdn" train --spec base.textproto --quiet --set run.steps=1000000 --set run.dir=runs/long \
   >long.log 2>&1 &

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # On a machine with 2 GPUs: builds gdn with CUDA and NCCL, runs the NCCL communicator test, then
-# trains one model for 50 steps (float32) on one GPU and on 2 GPUs as tensor-parallel 2 and as
-# data-parallel 2; every step's train loss (and each val loss) of the 2-GPU runs must be within 1e-4
-# relative of the one-GPU run's. Then: a tensor-parallel run whose rank 1 is killed (kill -9) at
-# step 25 resumes from its step-20 checkpoint to the same losses; 4 ranks on 2 GPUs fail with the
-# one-GPU-per-rank error before computing.
+# trains one model for 50 steps (float32) on one GPU and on 2 GPUs as tensor-parallel 2, as
+# data-parallel 2 (with and without ZeRO-1, and with many small gradient buckets); every step's
+# train loss (and each val loss) of the 2-GPU runs must be within 1e-4 relative of the one-GPU
+# run's. The same in bf16 mode, within 2e-2 of the one-GPU bf16 run. Then: a ZeRO-1 run and a
+# tensor-parallel run killed (kill -9) at step 25 resume from their step-20 checkpoints to the
+# same losses; 4 ranks on 2 GPUs fail with the one-GPU-per-rank error before computing.
 #
 # Usage: tests/gpu/multi_gpu_check.sh [LOG_DIR]     (default: $OUT when set, else ./gpu-logs)
 # Environment: see tests/gpu/gpu_build.sh. Exit status: non-zero when anything failed.
@@ -49,26 +50,27 @@ data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 128 batch_
 run { steps: 50 eval_interval: 25 eval_batches: 2 log_interval: 25 device: CUDA }
 SPEC
 
-# compare NAME DIR: every step of DIR against runs/one-gpu, per-step differences to compare.log.
+# compare NAME DIR [REF [TOLERANCE]]: every step of DIR against REF (default runs/one-gpu) within
+# TOLERANCE relative (default 1e-4); per-step differences to compare.log.
 compare() {
-  python3 - "$1" runs/one-gpu/metrics.jsonl "$2/metrics.jsonl" "$log/compare.log" <<'PY' | tee -a "$log/summary.txt"
+  python3 - "$1" "${3:-runs/one-gpu}/metrics.jsonl" "$2/metrics.jsonl" "$log/compare.log" "${4:-1e-4}" <<'PY' | tee -a "$log/summary.txt"
 import json, sys
-name, ref_path, run_path, out = sys.argv[1:]
+name, ref_path, run_path, out, tol = sys.argv[1:]
 ref = [json.loads(l) for l in open(ref_path)]
 run = [json.loads(l) for l in open(run_path)]
 worst = {"train_loss": (0.0, 0), "val_loss": (0.0, 0)}
 with open(out, "a") as f:
-    f.write(f"{name}: step, one-GPU train loss, {name} train loss, relative difference\n")
+    f.write(f"{name}: step, reference train loss, {name} train loss, relative difference\n")
     for a, b in zip(ref, run):
         for key in worst:
             if key in a or key in b:
                 d = abs(a[key] - b[key]) / abs(a[key])
                 if d >= worst[key][0]: worst[key] = (d, a["step"])
         f.write(f"{a['step']} {a['train_loss']:.9g} {b['train_loss']:.9g} {abs(a['train_loss'] - b['train_loss']) / a['train_loss']:.3e}\n")
-ok = len(ref) == len(run) == 50 and max(w for w, _ in worst.values()) <= 1e-4
-print(f"{name}: {len(run)} steps, worst relative difference to one GPU: train loss "
+ok = len(ref) == len(run) == 50 and max(w for w, _ in worst.values()) <= float(tol)
+print(f"{name}: {len(run)} steps, worst relative difference to {ref_path.split('/')[1]}: train loss "
       f"{worst['train_loss'][0]:.2e} (step {worst['train_loss'][1]}), val loss "
-      f"{worst['val_loss'][0]:.2e} (step {worst['val_loss'][1]}): {'PASS' if ok else 'FAIL'}")
+      f"{worst['val_loss'][0]:.2e} (step {worst['val_loss'][1]}), tolerance {tol}: {'PASS' if ok else 'FAIL'}")
 sys.exit(0 if ok else 1)
 PY
 }
@@ -86,6 +88,31 @@ compare "TP 2 on 2 GPUs" runs/tp2 || status=1
 step "2 GPUs, data-parallel 2" | tee -a "$log/runs.log"
 train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/dp2 || fail "DP 2 run"
 compare "DP 2 on 2 GPUs" runs/dp2 || status=1
+
+step "2 GPUs, data-parallel 2, ZeRO-1" | tee -a "$log/runs.log"
+train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/dp2-zero1 --set parallel.zero_stage=1 || fail "DP 2 ZeRO-1 run"
+compare "DP 2 ZeRO-1 on 2 GPUs" runs/dp2-zero1 || status=1
+step "2 GPUs, data-parallel 2, 64 KiB buckets (many buckets overlapping the backward)" | tee -a "$log/runs.log"
+train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/dp2-buckets --set parallel.bucket_mb=0.0625 || fail "DP 2 small-bucket run"
+compare "DP 2 with 64 KiB buckets on 2 GPUs" runs/dp2-buckets || status=1
+
+# bf16 matrix products: each layout against the one-GPU bf16 run, within the bf16 band.
+step "bf16: one GPU, TP 2, DP 2, DP 2 ZeRO-1" | tee -a "$log/runs.log"
+bf16=(--set run.precision=BF16)
+train "$gdn" train --set run.dir=runs/one-gpu-bf16 "${bf16[@]}" || fail "one-GPU bf16 run"
+compare "one GPU bf16 against fp32 (the bf16 band)" runs/one-gpu-bf16 runs/one-gpu 2e-2 || status=1
+for layout in "tp2 --set parallel.tensor_parallel=2" "dp2 --set parallel.zero_stage=0" "dp2-zero1 --set parallel.zero_stage=1"; do
+  read -r name args <<<"$layout"
+  train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/$name-bf16 "${bf16[@]}" $args || fail "$name bf16 run"
+  compare "$name bf16 on 2 GPUs" runs/$name-bf16 runs/one-gpu-bf16 2e-2 || status=1
+done
+
+step "2 GPUs, data-parallel 2, ZeRO-1, rank 0 killed (-9) at step 25, resumed" | tee -a "$log/runs.log"
+zresume=(--set run.dir=runs/zero1-resume --set parallel.zero_stage=1 --set run.checkpoint_interval=10)
+GDN_TEST_RAISE_AFTER_STEP=25:KILL:0 train "${mpi[@]}" -np 2 "$gdn" train "${zresume[@]}" \
+  && fail "the killed ZeRO-1 run exited 0"
+train "${mpi[@]}" -np 2 "$gdn" train "${zresume[@]}" || fail "resumed ZeRO-1 run"
+compare "DP 2 ZeRO-1, killed at 25 and resumed, against the uninterrupted ZeRO-1 run" runs/zero1-resume runs/dp2-zero1 1e-7 || status=1
 
 step "2 GPUs, tensor-parallel 2, rank 1 killed (-9) at step 25, resumed" | tee -a "$log/runs.log"
 resume=(--set run.dir=runs/tp2-resume --set parallel.tensor_parallel=2 --set run.checkpoint_interval=10)
