@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -192,6 +193,41 @@ TEST(CudaOpsTest, Matmul) {
         }
 }
 
+// float32 -> bf16, round to nearest even (finite inputs), as the GPU's operands are rounded.
+float RoundBf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// bf16 matrix products (ops::MatmulPrecision::kBfloat16): the product of the bf16-rounded
+// operands with float32 accumulation, so the CPU's float32 product of the same rounded operands
+// is the reference (float32 band); against the unrounded product only the bf16 band holds.
+TEST(CudaOpsTest, MatmulBf16) {
+  GDN_REQUIRE_GPU();
+  struct Mkn { int64_t m, k, n; };
+  for (const Mkn s : {Mkn{1, 1, 1}, Mkn{37, 65, 19}, Mkn{300, 512, 96}})
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        const Tensor a = ta ? Rand({s.k, s.m}) : Rand({s.m, s.k});
+        const Tensor b = tb ? Rand({s.n, s.k}) : Rand({s.k, s.n});
+        const Tensor c = Rand({s.m, s.n}), exact = c.Clone(), dc = Dev(c);
+        const Tensor ar = a.Clone(), br = b.Clone();
+        for (const Tensor* t : {&ar, &br})
+          for (int64_t i = 0; i < t->numel(); ++i) t->data<float>()[i] = RoundBf16(t->data<float>()[i]);
+        ops::Matmul(ar, ta, br, tb, c, 0.7, 0.3);
+        ops::Matmul(a, ta, b, tb, exact, 0.7, 0.3);
+        ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+        ops::Matmul(Dev(a), ta, Dev(b), tb, dc, 0.7, 0.3);
+        ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
+        const std::string what = "c_ta" + std::to_string(ta) + "_tb" + std::to_string(tb);
+        Compare("MatmulBf16", what + "_vs_rounded", dc, c, kTol);
+        Compare("MatmulBf16", what + "_vs_fp32", dc, exact, 1e-2);
+      }
+}
+
 TEST(CudaOpsTest, ElementwiseAndReductions) {
   GDN_REQUIRE_GPU();
   for (const int64_t n : {int64_t{1}, int64_t{1000}, int64_t{(1 << 20) + 7}}) {
@@ -337,8 +373,10 @@ TEST(CudaOpsTest, GatedRmsNorm) {
 
 TEST(CudaOpsTest, CausalConvSilu) {
   GDN_REQUIRE_GPU();
-  for (const Shape shape : {Shape{1, 1, 8}, Shape{2, 5, 96}, Shape{3, 70, 256}})
-    for (const int64_t K : {int64_t{4}, int64_t{1}}) {
+  // Sequences shorter than, equal to and spanning several of the backward's 64-position segments.
+  for (const Shape shape : {Shape{1, 1, 8}, Shape{2, 5, 96}, Shape{3, 70, 256}, Shape{1, 64, 130},
+                            Shape{2, 130, 200}})
+    for (const int64_t K : {int64_t{4}, int64_t{1}, int64_t{3}}) {
       const int64_t C = shape[2];
       const Tensor x = Rand(shape), w = Rand({C, K}), dy = Rand(shape);
       const Tensor pre = Tensor::Empty(shape, DType::kF32), y = Tensor::Empty(shape, DType::kF32);

@@ -36,6 +36,72 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& pre, 
   });
 }
 
+// The backward in one pass: each thread owns one channel of one segment of kSegment positions of
+// one sequence, reads dy, pre and x there once (plus K-1 positions of halo), keeps the last K
+// values of dpre = dy silu'(pre) and of x in registers, writes dx and its K partial sums of dw.
+constexpr int kConvSegment = 64;
+constexpr int kConvMaxTaps = 8;
+
+template <int K>
+__global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float* __restrict__ w,
+                                       const float* __restrict__ pre, const float* __restrict__ dy,
+                                       float* __restrict__ dx, float* __restrict__ dw_partial,
+                                       int64_t T, int64_t C, int64_t segments) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= C) return;
+  const int64_t b = blockIdx.y / segments, s0 = (blockIdx.y % segments) * kConvSegment;
+  const int64_t s1 = s0 + kConvSegment < T ? s0 + kConvSegment : T;  // this segment: [s0, s1)
+  const int64_t base = b * T * C + c;
+  float wt[K], g[K], xs[K], dw[K];
+  for (int j = 0; j < K; ++j) {
+    wt[j] = w[c * K + j];
+    g[j] = 0;
+    dw[j] = 0;
+    // xs[j] = x[t - (K-1) + j] for the first t = s0 (zeros before the sequence starts).
+    const int64_t p = s0 - (K - 1) + j;
+    xs[j] = j < K - 1 && p >= 0 ? x[base + p * C] : 0;
+  }
+  for (int64_t t = s0; t < s1 + (K - 1) && t < T; ++t) {
+    // g[j] = dpre[t - j]
+    for (int j = K - 1; j > 0; --j) g[j] = g[j - 1];
+    const float pt = pre[base + t * C];
+    g[0] = dy[base + t * C] * SiluGrad(pt);
+    if (t < s1) {
+      // dw[c, j] += dpre[t] x[t - (K-1) + j]
+      xs[K - 1] = x[base + t * C];
+      for (int j = 0; j < K; ++j) dw[j] += g[0] * xs[j];
+      for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
+    }
+    // dx[s] = sum_j w[c, j] dpre[s + K-1-j] for s = t - (K-1), once all its taps are in.
+    const int64_t sx = t - (K - 1);
+    if (sx >= s0) {
+      float acc = 0;
+      for (int j = 0; j < K; ++j) acc += wt[j] * g[j];
+      dx[base + sx * C] = acc;
+    }
+  }
+  // Positions whose later taps fall past the sequence's end (the last K-1 of it).
+  for (int64_t sx = (T - (K - 1) > s0 ? T - (K - 1) : s0); sx < s1; ++sx) {
+    float acc = 0;
+    for (int j = 0; j < K; ++j) {
+      const int64_t t = sx + (K - 1) - j;
+      if (t < T) acc += wt[j] * dy[base + t * C] * SiluGrad(pre[base + t * C]);
+    }
+    dx[base + sx * C] = acc;
+  }
+  float* out = dw_partial + blockIdx.y * C * K + c * K;
+  for (int j = 0; j < K; ++j) out[j] = dw[j];
+}
+
+template <int K>
+void LaunchConvSiluBackward(const float* x, const float* w, const float* pre, const float* dy,
+                            float* dx, float* dw_partial, int64_t B, int64_t T, int64_t C,
+                            int64_t segments) {
+  const dim3 grid(static_cast<unsigned>((C + 127) / 128), static_cast<unsigned>(B * segments));
+  ConvSiluBackwardKernel<K><<<grid, 128, 0, Stream()>>>(x, w, pre, dy, dx, dw_partial, T, C, segments);
+  CUDA_CHECK_LAUNCH();
+}
+
 void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& dy,
                             const Tensor& dx, const Tensor& dw) {
   CheckF32(x, "CausalConvSiluBackward");
@@ -45,30 +111,27 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& pre,
   CheckSame(x, dx, "CausalConvSiluBackward");
   CheckSame(x, pre, "CausalConvSiluBackward");
   CheckSame(w, dw, "CausalConvSiluBackward");
+  CHECK(K >= 1 && K <= kConvMaxTaps) << "CausalConvSiluBackward on CUDA: at most " << kConvMaxTaps
+                                     << " taps, got " << K;
+  if (B * T * C == 0) return;
+  const int64_t segments = (T + kConvSegment - 1) / kConvSegment;
+  // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
+  Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
   const float *px = F32(x), *pw = F32(w), *pp = F32(pre), *pdy = F32(dy);
-  float* pdx = F32(dx);
-  // x[b,s] feeds pre[b, s + (K-1) - j] through tap j.
-  ForEach(B * T * C, [=] __device__(int64_t i) {
-    const int64_t c = i % C, bs = i / C, s = bs % T, row0 = bs - s;
-    float acc = 0;
-    for (int64_t j = 0; j < K; ++j) {
-      const int64_t t = s + (K - 1) - j;
-      if (t < T) {
-        const int64_t k = (row0 + t) * C + c;
-        acc += pw[c * K + j] * (pdy[k] * SiluGrad(pp[k]));
-      }
-    }
-    pdx[i] = acc;
-  });
-  // dw[c, j] += sum over (b, s) of dpre[b, s + K-1-j, c] * x[b, s, c]
-  AccumulateColumnSums(
-      [=] __device__(int64_t row, int64_t col) {
-        const int64_t c = col / K, j = col % K, s = row % T, t = s + (K - 1) - j;
-        if (t >= T) return 0.0f;
-        const int64_t k = (row - s + t) * C + c;
-        return (pdy[k] * SiluGrad(pp[k])) * px[row * C + c];
-      },
-      B * T, C * K, F32(dw));
+  float *pdx = F32(dx), *ppart = F32(partial);
+  switch (K) {
+    case 1: LaunchConvSiluBackward<1>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+    case 2: LaunchConvSiluBackward<2>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+    case 3: LaunchConvSiluBackward<3>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+    case 4: LaunchConvSiluBackward<4>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+    case 5: LaunchConvSiluBackward<5>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+    case 6: LaunchConvSiluBackward<6>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+    case 7: LaunchConvSiluBackward<7>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+    case 8: LaunchConvSiluBackward<8>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+  }
+  AddColumnSumsKernel<<<GridFor(C * K), kThreads, 0, Stream()>>>(
+      ppart, static_cast<int>(B * segments), C * K, F32(dw));
+  CUDA_CHECK_LAUNCH();
 }
 
 void GatesForward(const Tensor& a, const Tensor& b, const Tensor& a_log, const Tensor& dt_bias,

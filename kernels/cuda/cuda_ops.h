@@ -7,4 +7,8 @@
 
 namespace gdn::cuda {
 #include "kernels/op_set.inc"
+
+// n float32 values rounded to bf16 (round to nearest even), into raw device memory of 2n bytes:
+// the bf16 matrix products' operands.
+void RoundToBf16(const float* in, void* out, int64_t n);
 }  // namespace gdn::cuda

@@ -1,5 +1,7 @@
 // Elementwise ops, reductions and the optimizer updates on CUDA (twins of kernels/cpu/elementwise.cc
 // and kernels/cpu/optimizer_updates.cc, same arithmetic in float32; reductions in double).
+#include <cuda_bf16.h>
+
 #include <cmath>
 
 #include "kernels/cuda/common.cuh"
@@ -14,6 +16,11 @@ __global__ void AddColumnSumsKernel(const float* partial, int parts, int64_t col
     for (int p = 0; p < parts; ++p) s += partial[p * cols + c];
     out[c] += s;
   }
+}
+
+void RoundToBf16(const float* in, void* out, int64_t n) {
+  __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out);
+  ForEach(n, [=] __device__(int64_t i) { o[i] = __float2bfloat16_rn(in[i]); });
 }
 
 void Fill(const Tensor& x, double value) {

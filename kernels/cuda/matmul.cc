@@ -10,6 +10,7 @@
 #include "kernels/matmul_shape.h"
 #include "kernels/ops.h"
 #include "runtime/cuda_check.h"
+#include "runtime/cuda_device.h"
 
 namespace gdn::cuda {
 
@@ -51,13 +52,23 @@ void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
   const int lda = static_cast<int>(std::max<int64_t>(1, a.dim(1)));
   const int ldb = static_cast<int>(std::max<int64_t>(1, b.dim(1)));
   if (ops::GetMatmulPrecision() == ops::MatmulPrecision::kBfloat16) {
-    // float32 in and out, bf16 tensor-core products with float32 accumulation.
+    // bf16 tensor-core products with float32 accumulation, float32 out. The operands are rounded
+    // to bf16 first, into stream-ordered scratch memory, so cuBLAS runs its bf16 kernels
+    // (kernels/cuda/gemm_bench.cu compares this with cuBLAS's float32-in form,
+    // CUBLAS_COMPUTE_32F_FAST_16BF).
+    const size_t a_bytes = a.numel() * 2, b_bytes = b.numel() * 2;
+    void* a16 = DeviceAlloc(a_bytes);
+    void* b16 = DeviceAlloc(b_bytes);
+    RoundToBf16(a.data<float>(), a16, a.numel());
+    RoundToBf16(b.data<float>(), b16, b.numel());
     CUBLAS_CHECK(cublasGemmEx(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                               trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
-                              static_cast<int>(m), static_cast<int>(k), &al, b.data<float>(),
-                              CUDA_R_32F, ldb, a.data<float>(), CUDA_R_32F, lda, &be,
-                              c.data<float>(), CUDA_R_32F, static_cast<int>(n),
-                              CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+                              static_cast<int>(m), static_cast<int>(k), &al, b16, CUDA_R_16BF, ldb,
+                              a16, CUDA_R_16BF, lda, &be, c.data<float>(), CUDA_R_32F,
+                              static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    // Later work on this stream may reuse the blocks only after the product has read them.
+    DeviceFree(a16, a_bytes);
+    DeviceFree(b16, b_bytes);
     return;
   }
   CUBLAS_CHECK(cublasSgemm(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,

@@ -19,7 +19,7 @@ source "$root/tests/gpu/gpu_build.sh"
 gdn_gpu_configure || exit 1
 
 step "build"
-cmake --build "$build" -j "$(nproc)" --target cuda_tests cuda_gdr_tests kernel_tests gdn gdr_cuda_bench 2>&1 | tee -a "$log/build.log" \
+cmake --build "$build" -j "$(nproc)" --target cuda_tests cuda_gdr_tests kernel_tests gdn gdr_cuda_bench gemm_bench 2>&1 | tee -a "$log/build.log" \
   || { echo "build failed"; exit 1; }
 
 step "CUDA ops vs CPU"
@@ -49,6 +49,7 @@ step "training on CUDA vs the CPU, 50 steps (float32)" | tee "$log/train.log"
 timeout 240 bash "$root/tests/gpu/train_check.sh" "$build/gdn" /tmp/gdn-train-check 2>&1 | tee -a "$log/train.log" || status=1
 step "benchmarks" | tee -a "$log/train.log"
 timeout 60 "$build/kernels/gdr_cuda_bench" 2>&1 | tee -a "$log/train.log"
+timeout 60 "$build/kernels/gemm_bench" 2>&1 | tee -a "$log/train.log"
 # The reference model of shared/docs/gpu-machine.md (hidden 1024, 12 layers, 6 heads of dk 128,
 # dv 256, vocabulary 32000, batch 8 x 2048), float32.
 timeout 150 "$build/gdn" bench --device cuda --width 1024 --depth 12 --head-dim 128 --vocab 32000 \
@@ -64,7 +65,7 @@ step "summary"
   grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/cuda_tests.log"
   echo "memcheck:  $(grep -E 'ERROR SUMMARY' "$log/memcheck.log" | tail -1)"
   echo "racecheck: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log/racecheck.log" | tail -1)"
-  grep -E 'worst relative train-loss|gdn bench|tokens/s|MFU|device memory' "$log/train.log"
+  grep -E 'worst relative train-loss|gdn bench|tokens/s|MFU|device memory|one step.s matrix' "$log/train.log"
   echo "exit status $status"
 } 2>&1 | tee "$log/summary.txt"
 exit $status
