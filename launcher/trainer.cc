@@ -51,7 +51,7 @@ absl::Status ValidateCheckpointing(const RunSpec& r) {
                                      {"run.checkpoint_signals", r.checkpoint_signals()}})
     for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty())) {
       name = absl::StripAsciiWhitespace(name);
-      if (!SignalNumber(name).has_value() || name == "KILL")
+      if (!SignalNumber(name).has_value() || name == "KILL" || name == "STOP")
         return absl::InvalidArgumentError(absl::StrCat(
             field, ": unknown signal '", name, "' (use TERM, INT, USR1, USR2)"));
       if (std::find(seen.begin(), seen.end(), name) != seen.end())
@@ -320,7 +320,8 @@ extern "C" void OnPreemptSignal(int) { preempt_requested = 1; }
 extern "C" void OnCheckpointSignal(int) { checkpoint_requested = 1; }
 
 constexpr std::pair<const char*, int> kSignals[] = {
-    {"TERM", SIGTERM}, {"INT", SIGINT}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL}};
+    {"TERM", SIGTERM}, {"INT", SIGINT}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL},
+    {"STOP", SIGSTOP}};
 
 std::optional<int> SignalNumber(absl::string_view name) {
   for (const auto& [n, number] : kSignals)
@@ -397,7 +398,7 @@ GradientReducer::Options ReducerOptions(const ExperimentSpec& spec) {
 StepResult TrainStep(LanguageModel& model, GradientReducer& reducer, Optimizer& optimizer,
                      const Tensor& tokens, int micro, int global_batch, double grad_clip,
                      double lr, int64_t step, Communicator& dp) {
-  model.params().ZeroGrads();
+  reducer.ZeroGrads();
   // Each micro-batch's mean loss weighs micro / global of the step's loss.
   const double weight = static_cast<double>(micro) / global_batch;
   const int64_t micro_batches = tokens.dim(0) / micro;

@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "kernels/ops.h"
-#include "model/optimizer.h"
 
 namespace gdn {
 
@@ -20,8 +19,6 @@ GradientReducer::GradientReducer(ParameterSet& params, const TensorParallel& tp,
   const auto& all = params_.all();
   bucket_of_.assign(all.size(), -1);
   flat_offset_.assign(all.size(), 0);
-  // With one data-parallel rank and no sharding there is nothing to reduce: no buckets.
-  if (dp_->size() == 1 && !options_.shard_optimizer) return;
   CHECK(!all.empty());
   const DType dtype = all[0]->value.dtype();
   const Device device = all[0]->value.device();
@@ -79,11 +76,10 @@ GradientReducer::GradientReducer(ParameterSet& params, const TensorParallel& tp,
     for (int i : b.params) {
       const int64_t p_begin = flat_offset_[i], p_end = p_begin + all[i]->value.numel();
       const int64_t lo = std::max(own_begin, p_begin), hi = std::min(own_end, p_end);
-      if (lo < hi) segments_.push_back({i, lo - p_begin, hi - lo, b.shard_offset + lo - own_begin});
+      if (lo < hi)
+        segments_.push_back({i, lo - p_begin, hi - lo, lo, b.shard_offset + lo - own_begin});
     }
   }
-  shard_grad_ = Tensor::Zeros({shard_size_}, dtype, device);
-  value_shard_ = Tensor::Zeros({shard_size_}, dtype, device);
 }
 
 void GradientReducer::GradReady(const Parameter* p) {
@@ -94,7 +90,6 @@ void GradientReducer::GradReady(const Parameter* p) {
   reported_ = true;
   // A replicated parameter inside the tensor-parallel region holds only its heads' part.
   if (p->tp_partial_grad && tp_comm_ != nullptr && tp_.size > 1) tp_comm_->AllReduceSum(p->grad);
-  if (bucket_of_[i] < 0) return;
   Bucket& b = buckets_[bucket_of_[i]];
   CHECK_GT(b.waiting, 0) << p->name << ": reported twice in one step";
   --b.waiting;
@@ -103,9 +98,10 @@ void GradientReducer::GradReady(const Parameter* p) {
 }
 
 void GradientReducer::Start(Bucket& b) {
+  if (!communicates()) return;
   const Tensor whole = flat_grad_.Rows(b.begin, b.begin + b.size);
   if (options_.shard_optimizer)
-    dp_->StartReduceScatterSum(whole, shard_grad_.Rows(b.shard_offset, b.shard_offset + Chunk(b)));
+    dp_->StartReduceScatterSum(whole, OwnChunk(flat_grad_, b));  // in place
   else
     dp_->StartAllReduceSum(whole);
 }
@@ -119,7 +115,7 @@ void GradientReducer::Finish() {
     for (Bucket& b : buckets_) CHECK_EQ(b.waiting, 0) << "a parameter's gradient was never reported";
   }
   CHECK_EQ(next_start_, buckets_.size());
-  dp_->WaitAsync();
+  if (communicates()) dp_->WaitAsync();
   for (Bucket& b : buckets_) b.waiting = static_cast<int>(b.params.size());
   next_start_ = 0;
   reported_ = false;
@@ -130,33 +126,36 @@ bool GradientReducer::Counted(const Parameter& p) const {
 }
 
 double GradientReducer::GradNorm() const {
-  if (!options_.shard_optimizer) return gdn::GradNorm(params_, tp_, tp_comm_);
-  // Each rank's segments once; replicated parameters on tensor-parallel rank 0 only.
-  Tensor ss = Tensor::Zeros({1}, DType::kF64);
+  // The reduced gradients this rank holds (all of them, or under ZeRO-1 its chunks), without the
+  // replicated parameters that another tensor-parallel rank counts; padding adds zeros.
   double sum = 0;
-  for (const Segment& s : segments_)
-    if (Counted(*params_.all()[s.param]))
-      sum += ops::SumSquares(shard_grad_.Rows(s.shard_offset, s.shard_offset + s.length));
-  ss.set(0, sum);
-  dp_->AllReduceSum(ss);
+  if (options_.shard_optimizer) {
+    for (const Bucket& b : buckets_) sum += ops::SumSquares(OwnChunk(flat_grad_, b));
+    for (const Segment& s : segments_)
+      if (!Counted(*params_.all()[s.param])) sum -= ops::SumSquares(SegmentGrad(s));
+  } else {
+    sum = ops::SumSquares(flat_grad_);
+    for (const auto& p : params_.all())
+      if (!Counted(*p)) sum -= ops::SumSquares(p->grad);
+  }
+  Tensor ss = Tensor::Zeros({1}, DType::kF64);
+  ss.set(0, std::max(0.0, sum));
+  if (options_.shard_optimizer) dp_->AllReduceSum(ss);
   if (tp_comm_ != nullptr && tp_.size > 1) tp_comm_->AllReduceSum(ss);
   return std::sqrt(ss.at(0));
 }
 
 void GradientReducer::ClipGradients(double norm, double max_norm) const {
-  if (!options_.shard_optimizer) return gdn::ClipGradients(params_, norm, max_norm);
   if (max_norm <= 0 || !(norm > max_norm)) return;
-  ops::Scale(shard_grad_, max_norm / norm);
+  const double scale = max_norm / norm;
+  if (!options_.shard_optimizer) return ops::Scale(flat_grad_, scale);
+  for (const Bucket& b : buckets_) ops::Scale(OwnChunk(flat_grad_, b), scale);
 }
 
 void GradientReducer::GatherValues() {
   if (!options_.shard_optimizer) return;
-  for (const Bucket& b : buckets_) {
-    const int64_t own = b.begin + dp_->rank() * Chunk(b);
-    const Tensor chunk = value_shard_.Rows(b.shard_offset, b.shard_offset + Chunk(b));
-    chunk.CopyFrom(flat_value_.Rows(own, own + Chunk(b)));
-    dp_->StartAllGather(chunk, flat_value_.Rows(b.begin, b.begin + b.size));
-  }
+  for (const Bucket& b : buckets_)  // in place: this rank's chunk is its part of the result
+    dp_->StartAllGather(OwnChunk(flat_value_, b), flat_value_.Rows(b.begin, b.begin + b.size));
   dp_->WaitAsync();
 }
 

@@ -9,7 +9,10 @@
 // with the parameters in reverse order (the order the backward finishes them), cut into buckets of
 // about `bucket_bytes` (a parameter never spans two buckets; one larger than that is a bucket of
 // its own). Each bucket is padded to a multiple of the group size and split into equal contiguous
-// chunks, chunk r owned by data-parallel rank r. Parameter gradients are views into the buffer.
+// chunks, chunk r owned by data-parallel rank r. Parameter gradients are views into the buffer, so
+// zeroing, the norm and clipping are a few calls over it. Under ZeRO-1 the reduce-scatter leaves
+// each rank's sums in place in its chunks and the all-gather fills the other chunks in place: the
+// only per-rank memory is the optimizer state of the chunks (1/dp of it).
 #pragma once
 
 #include <cstdint>
@@ -36,25 +39,28 @@ class GradientReducer {
   // micro-batch). Buckets whose parameters are all final start, in bucket order.
   void GradReady(const Parameter* p);
   // Starts the buckets not yet started (parameters never reported count as final) and waits for
-  // all. Then every gradient holds the sum over both groups; under ZeRO-1 only this rank's shard
-  // (shard_grad()) does.
+  // all. Then every gradient holds the sum over both groups; under ZeRO-1 only this rank's chunks
+  // (its segments, SegmentGrad) do.
   void Finish();
 
+  // All gradients to zero (the start of a step).
+  void ZeroGrads() const { flat_grad_.SetZero(); }
   // The global gradient norm over the reduced gradients (each element once) and clipping by it.
   double GradNorm() const;
   void ClipGradients(double norm, double max_norm) const;
 
   // ZeRO-1. A piece of a parameter that this rank owns: elements [offset, offset + length) of the
-  // parameter's flat value, at shard_offset in the shard tensors.
+  // parameter's flat value, at `flat` in the flat buffers and at shard_offset in the shard tensors
+  // (this rank's chunks of every bucket, packed: the optimizer state's layout).
   struct Segment {
     int param = 0;  // index in params.all()
-    int64_t offset = 0, length = 0, shard_offset = 0;
+    int64_t offset = 0, length = 0, flat = 0, shard_offset = 0;
   };
   bool sharded() const { return options_.shard_optimizer; }
   const std::vector<Segment>& segments() const { return segments_; }
   int64_t shard_size() const { return shard_size_; }
-  // This rank's reduced gradient shard (valid after Finish, under ZeRO-1).
-  const Tensor& shard_grad() const { return shard_grad_; }
+  // A segment's reduced gradient (valid after Finish).
+  Tensor SegmentGrad(const Segment& s) const { return flat_grad_.Rows(s.flat, s.flat + s.length); }
   // After the optimizer updated this rank's segments of the values: every rank gets every value.
   void GatherValues();
   // A shard-layout tensor of every rank, gathered into full per-parameter tensors (this rank's
@@ -74,21 +80,27 @@ class GradientReducer {
   };
   void Start(Bucket& b);
   int64_t Chunk(const Bucket& b) const { return b.size / dp_->size(); }
+  // This rank's chunk of a bucket in a flat buffer.
+  Tensor OwnChunk(const Tensor& flat, const Bucket& b) const {
+    const int64_t begin = b.begin + dp_->rank() * Chunk(b);
+    return flat.Rows(begin, begin + Chunk(b));
+  }
   bool Counted(const Parameter& p) const;
+  // Whether collectives run at all (several data-parallel ranks, or sharding).
+  bool communicates() const { return dp_->size() > 1 || options_.shard_optimizer; }
 
   ParameterSet& params_;
   TensorParallel tp_;
   Communicator *tp_comm_, *dp_;
   Options options_;
   std::vector<Bucket> buckets_;
-  std::vector<int> bucket_of_;      // per parameter (-1: not in a bucket, data parallel of 1)
+  std::vector<int> bucket_of_;      // per parameter
   std::vector<int64_t> flat_offset_;  // per parameter, in the flat buffers
   size_t next_start_ = 0;           // the next bucket to start
   bool reported_ = false;           // GradReady seen this step
   Tensor flat_grad_, flat_value_;
   std::vector<Segment> segments_;
   int64_t shard_size_ = 0;
-  Tensor shard_grad_, value_shard_;
 };
 
 }  // namespace gdn

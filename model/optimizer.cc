@@ -80,7 +80,7 @@ void Optimizer::Step(int64_t step, double lr) {
     Tensor state[2];
     for (int k = 0; k < per_param_; ++k) state[k] = state_[k].Rows(s.shard_offset, end);
     update(p, p.value.View({p.value.numel()}).Rows(s.offset, s.offset + s.length),
-           shards_->shard_grad().Rows(s.shard_offset, end), state);
+           shards_->SegmentGrad(s), state);
   }
 }
 

@@ -1,5 +1,9 @@
 #include "runtime/communicator.h"
 
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+
 namespace gdn {
 
 namespace {
@@ -9,8 +13,13 @@ class SingleRank : public Communicator {
   int size() const override { return 1; }
   void AllReduceSum(const Tensor&) override {}
   void AllReduceMax(const Tensor&) override {}
-  void AllGather(const Tensor& in, const Tensor& out) override { out.CopyFrom(in); }
-  void ReduceScatterSum(const Tensor& in, const Tensor& out) override { out.CopyFrom(in); }
+  void AllGather(const Tensor& in, const Tensor& out) override { CopyUnlessSame(in, out); }
+  void ReduceScatterSum(const Tensor& in, const Tensor& out) override { CopyUnlessSame(in, out); }
+
+ private:
+  static void CopyUnlessSame(const Tensor& from, const Tensor& to) {
+    if (from.raw() != to.raw()) to.CopyFrom(from);
+  }
   void Broadcast(const Tensor&, int root) override { CHECK_EQ(root, 0); }
   void Barrier() override {}
 };
@@ -57,6 +66,14 @@ class ByDevice : public Communicator {
 };
 
 }  // namespace
+
+std::optional<double> CollectiveTimeoutFromEnv() {
+  const char* v = std::getenv("GDN_COLLECTIVE_TIMEOUT_S");
+  if (v == nullptr || *v == '\0') return kDefaultCollectiveTimeoutS;
+  double s = 0;
+  if (!absl::SimpleAtod(v, &s) || !(s > 0)) return std::nullopt;
+  return s;
+}
 
 std::unique_ptr<Communicator> MakeSingleRankCommunicator() { return std::make_unique<SingleRank>(); }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "runtime/tensor.h"
@@ -20,8 +21,10 @@ class Communicator {
   // t <- elementwise max over ranks of t, in place.
   virtual void AllReduceMax(const Tensor& t) = 0;
   // out [size * n, ...] <- the ranks' in [n, ...] stacked in rank order along dimension 0.
+  // In place: `in` may be out's rows [rank * n, (rank + 1) * n).
   virtual void AllGather(const Tensor& in, const Tensor& out) = 0;
   // out [n, ...] <- rows [rank * n, (rank + 1) * n) of the sum over ranks of in [size * n, ...].
+  // In place: `out` may be those rows of `in` (the other rows are then left undefined).
   virtual void ReduceScatterSum(const Tensor& in, const Tensor& out) = 0;
   // t <- root's t.
   virtual void Broadcast(const Tensor& t, int root) = 0;
@@ -44,6 +47,14 @@ class Communicator {
   virtual void SetAsyncTiming(bool on) { (void)on; }
   virtual std::vector<double> TakeAsyncTimes() { return {}; }
 };
+
+// How long a collective may wait for the other ranks before the process ends the job with a
+// message naming it (a rank that stopped or hangs would otherwise leave the others waiting
+// forever): GDN_COLLECTIVE_TIMEOUT_S seconds (> 0, `inf` for never; unset or empty: the default),
+// for MPI's collectives and NCCL's watchdog alike. nullopt when the variable is set to anything
+// else.
+constexpr double kDefaultCollectiveTimeoutS = 600;
+std::optional<double> CollectiveTimeoutFromEnv();
 
 // A group of one rank, where every collective is the identity (a single-process run).
 std::unique_ptr<Communicator> MakeSingleRankCommunicator();

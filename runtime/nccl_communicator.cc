@@ -210,7 +210,7 @@ class NcclCommunicator : public Communicator {
       if (waited > timeout_s_)
         Fail(absl::StrFormat(
             "NCCL %s in a group of %d ranks (rank %d, GPU %d) not finished after %.0f s "
-            "(GDN_NCCL_TIMEOUT_S): another rank stopped or hangs",
+            "(GDN_COLLECTIVE_TIMEOUT_S): another rank stopped or hangs",
             pending_.front().what, size_, rank_, device_, waited));
     }
   }
@@ -239,14 +239,6 @@ class NcclCommunicator : public Communicator {
 };
 
 }  // namespace
-
-std::optional<double> NcclTimeoutFromEnv() {
-  const char* v = std::getenv("GDN_NCCL_TIMEOUT_S");
-  if (v == nullptr || *v == '\0') return kDefaultNcclTimeoutS;
-  double s = 0;
-  if (!absl::SimpleAtod(v, &s) || !(s > 0)) return std::nullopt;
-  return s;
-}
 
 absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator& bootstrap,
                                                                    double timeout_s) {
@@ -286,7 +278,7 @@ absl::StatusOr<ProcessGrid> WithNcclForCudaTensors(const ProcessGrid& grid) {
   cudaDeviceProp prop;
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   // The watchdog's timeout: a bad value on any rank fails all of them alike.
-  const std::optional<double> timeout_s = NcclTimeoutFromEnv();
+  const std::optional<double> timeout_s = CollectiveTimeoutFromEnv();
   constexpr int kRow = 7;  // UUID (16 bytes), device index, visible devices, timeout valid
   static_assert(sizeof(prop.uuid.bytes) == 4 * sizeof(int32_t));
   Tensor mine = Tensor::Empty({1, kRow}, DType::kI32);
@@ -300,7 +292,7 @@ absl::StatusOr<ProcessGrid> WithNcclForCudaTensors(const ProcessGrid& grid) {
   for (int a = 0; a < world.size(); ++a)
     if (r[a * kRow + 6] == 0)
       return absl::InvalidArgumentError(absl::StrFormat(
-          "GDN_NCCL_TIMEOUT_S (world rank %d): not a number of seconds > 0", a));
+          "GDN_COLLECTIVE_TIMEOUT_S (world rank %d): not a number of seconds > 0", a));
   for (int a = 0; a < world.size(); ++a)
     for (int b = a + 1; b < world.size(); ++b)
       if (std::memcmp(r + a * kRow, r + b * kRow, sizeof(prop.uuid.bytes)) == 0)

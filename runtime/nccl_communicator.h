@@ -22,17 +22,13 @@ namespace gdn {
 // the reason, so the launcher (mpirun, srun) ends the other ranks instead of leaving them waiting.
 // It also ends the process when a queued collective has not finished after `timeout_s` seconds:
 // a rank that stopped mid-collective would otherwise hang the others.
-constexpr double kDefaultNcclTimeoutS = 600;
 absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(
-    Communicator& bootstrap, double timeout_s = kDefaultNcclTimeoutS);
-
-// GDN_NCCL_TIMEOUT_S (seconds > 0; unset or empty: the default), or nullopt when it is not that.
-std::optional<double> NcclTimeoutFromEnv();
+    Communicator& bootstrap, double timeout_s = kDefaultCollectiveTimeoutS);
 
 // The grid's groups carrying both kinds of tensor: CPU tensors through the grid's own (MPI)
 // communicators, CUDA tensors through NCCL communicators over the same ranks (groups of one rank
-// need none), with the watchdog timeout of GDN_NCCL_TIMEOUT_S. Collective over the world. First
-// checks that no two ranks use the same GPU and that every rank's GDN_NCCL_TIMEOUT_S is valid
+// need none), with the watchdog timeout of GDN_COLLECTIVE_TIMEOUT_S. Collective over the world. First
+// checks that no two ranks use the same GPU and that every rank's GDN_COLLECTIVE_TIMEOUT_S is valid
 // (InvalidArgument naming run.device or the variable, the same on every rank). `grid` must
 // outlive the result.
 absl::StatusOr<ProcessGrid> WithNcclForCudaTensors(const ProcessGrid& grid);

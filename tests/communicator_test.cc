@@ -2,6 +2,9 @@
 // every test, and a failure on any rank fails the job. The grid is DP 2 x TP 2.
 #include <mpi.h>
 
+#include <cstdlib>
+#include <limits>
+
 #include "gtest/gtest.h"
 #ifdef GDN_WITH_CUDA
 #include "runtime/cuda_device.h"
@@ -117,6 +120,24 @@ TEST(Communicator, StartedCollectivesEqualBlockingOnes) {
   for (int64_t i = 0; i < 2 * n; ++i) ASSERT_EQ(ag_out.at(i), ag_ref.at(i)) << i;
   // And really summed: element 0 over the two data-parallel ranks.
   EXPECT_EQ(a.at(0), 1 + 3 * g.tp_rank + 1 + 3 * (g.tp_rank + 2));
+
+  // In place (ZeRO-1's buckets): the reduce-scatter's result in this rank's rows of its input,
+  // the all-gather's input in this rank's rows of its output; blocking and started.
+  const int64_t r = g.dp_rank;
+  for (const bool started : {false, true}) {
+    const Tensor rs = rs_in.Clone(), ag = Tensor::Zeros({2 * n}, DType::kF32);
+    ag.Rows(r * n, (r + 1) * n).CopyFrom(ag_in);
+    if (started) {
+      g.dp->StartReduceScatterSum(rs, rs.Rows(r * n, (r + 1) * n));
+      g.dp->StartAllGather(ag.Rows(r * n, (r + 1) * n), ag);
+      g.dp->WaitAsync();
+    } else {
+      g.dp->ReduceScatterSum(rs, rs.Rows(r * n, (r + 1) * n));
+      g.dp->AllGather(ag.Rows(r * n, (r + 1) * n), ag);
+    }
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(rs.at(r * n + i), rs_ref.at(i)) << i << " " << started;
+    for (int64_t i = 0; i < 2 * n; ++i) ASSERT_EQ(ag.at(i), ag_ref.at(i)) << i << " " << started;
+  }
 }
 
 // Stands in for NCCL: counts the calls that reach it.
@@ -176,6 +197,23 @@ TEST(ByDeviceCommunicator, CpuTensorsGoThroughTheHostGroup) {
     EXPECT_EQ(device->calls, 2);
   }
 #endif
+}
+
+// The collectives' timeout: a bad value must be refused, not replaced by the default.
+TEST(CollectiveTimeout, FromEnvironment) {
+  unsetenv("GDN_COLLECTIVE_TIMEOUT_S");
+  EXPECT_EQ(CollectiveTimeoutFromEnv(), kDefaultCollectiveTimeoutS);
+  setenv("GDN_COLLECTIVE_TIMEOUT_S", "", 1);
+  EXPECT_EQ(CollectiveTimeoutFromEnv(), kDefaultCollectiveTimeoutS);
+  setenv("GDN_COLLECTIVE_TIMEOUT_S", "2.5", 1);
+  EXPECT_EQ(CollectiveTimeoutFromEnv(), 2.5);
+  setenv("GDN_COLLECTIVE_TIMEOUT_S", "inf", 1);
+  EXPECT_EQ(CollectiveTimeoutFromEnv(), std::numeric_limits<double>::infinity());
+  for (const char* bad : {"abc", "0", "-3", "10s", "nan"}) {
+    setenv("GDN_COLLECTIVE_TIMEOUT_S", bad, 1);
+    EXPECT_EQ(CollectiveTimeoutFromEnv(), std::nullopt) << bad;
+  }
+  unsetenv("GDN_COLLECTIVE_TIMEOUT_S");
 }
 
 }  // namespace

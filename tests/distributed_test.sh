@@ -91,11 +91,11 @@ out=$("$gdn" train --spec base.textproto --set parallel.tensor_parallel=2 --set 
 # and a throughput; a layout that does not fit fails with the field named.
 for args in "--zero:data parallel 2 x tensor parallel 1, ZeRO-1" "--tp 2:data parallel 1 x tensor parallel 2"; do
   flags=${args%%:*} want=${args#*:}
-  out=$(mpi 2 "$gdn" bench --width 64 --head-dim 16 --depth 1 --seq 32 --batch 2 --iters 2 $flags 2>&1)
+  out=$(mpi 2 "$gdn" bench --width 128 --head-dim 16 --depth 1 --seq 32 --batch 2 --iters 2 $flags 2>&1)
   grep -q "ranks: 2 ($want)" <<<"$out" && grep -qE "tokens/s \| [0-9]+ tokens/s per rank" <<<"$out" && ok \
     || fail "bench $flags: $out"
 done
-out=$(mpi 2 "$gdn" bench --width 64 --head-dim 16 --depth 1 --tp 4 2>&1)
+out=$(mpi 2 "$gdn" bench --width 128 --head-dim 16 --depth 1 --tp 4 2>&1)
 [ $? -ne 0 ] && grep -q "parallel.tensor_parallel: 4" <<<"$out" && ok || fail "bench --tp 4 on 2 ranks: $out"
 
 # A rank that dies ends the job (no hang): kill -9 one rank of a long run.
@@ -119,6 +119,23 @@ else
     [ "$rc" -ne 0 ] && ok || fail "job exited 0 after a rank died"
   fi
 fi
+
+# A rank that hangs (SIGSTOP after step 3) ends the job within GDN_COLLECTIVE_TIMEOUT_S, the rank
+# waiting for it naming the collective; a bad timeout is refused before anything runs.
+start=$SECONDS
+out=$(GDN_COLLECTIVE_TIMEOUT_S=3 GDN_TEST_RAISE_AFTER_STEP=3:STOP:1 timeout 120 mpirun --oversubscribe \
+  -x OMP_NUM_THREADS=1 -x GDN_COLLECTIVE_TIMEOUT_S -x GDN_TEST_RAISE_AFTER_STEP -np 2 "$gdn" train \
+  --spec base.textproto --quiet --set run.steps=1000 --set run.dir=runs/hang 2>&1)
+rc=$?
+pkill -9 -f "run.dir=runs/hang" 2>/dev/null
+[ $rc -ne 0 ] && [ $rc -ne 124 ] && ok || fail "hung rank: exit $rc (124: the job hung)"
+grep -q "not finished after 3 s (GDN_COLLECTIVE_TIMEOUT_S): another rank stopped or hangs" <<<"$out" && ok \
+  || fail "hung rank: no timeout message: $(tail -5 <<<"$out")"
+[ $((SECONDS - start)) -lt 60 ] && ok || fail "hung rank: the job took $((SECONDS - start)) s to end"
+out=$(GDN_COLLECTIVE_TIMEOUT_S=soon mpirun --oversubscribe -x GDN_COLLECTIVE_TIMEOUT_S -np 2 "$gdn" train \
+  --spec base.textproto --set run.dir=runs/bad 2>&1)
+[ $? -eq 2 ] && grep -q "^error: GDN_COLLECTIVE_TIMEOUT_S: 'soon' is not a number" <<<"$out" && [ ! -e runs/bad ] \
+  && ok || fail "bad GDN_COLLECTIVE_TIMEOUT_S: $out"
 
 # A sweep whose points run as their own 2-rank jobs, one of them tensor parallel: same losses.
 cat >sweep.textproto <<'SPEC'

@@ -25,7 +25,7 @@ cmake --build "$build" -j "$(nproc)" --target gdn 2>&1 | tail -1
 gdn=$build/gdn
 gpus=$(nvidia-smi -L | wc -l)
 export NCCL_NVLS_ENABLE=0 OMP_NUM_THREADS=4
-mpi() { mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -x OMP_NUM_THREADS -np "$@"; }
+mpi=(mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -x OMP_NUM_THREADS -np)
 ref=(--device cuda --precision bf16 --depth 12 --head-dim 128 --vocab 32000 --seq 2048 --batch 8 --iters 5)
 out=$log/scaling.txt
 # bench NAME COMMAND...: runs it (4 minutes at most), full output in bench-NAME.log.
@@ -40,18 +40,19 @@ bench() {
 
 bench dp1 "$gdn" bench "${ref[@]}" --width 1024
 for ((n = 2; n <= gpus; n *= 2)); do
-  bench dp$n mpi $n "$gdn" bench "${ref[@]}" --width 1024
-  bench dp$n-zero1 mpi $n "$gdn" bench "${ref[@]}" --width 1024 --zero
+  bench dp$n "${mpi[@]}" $n "$gdn" bench "${ref[@]}" --width 1024
+  bench dp$n-zero1 "${mpi[@]}" $n "$gdn" bench "${ref[@]}" --width 1024 --zero
 done
 for ((t = 2; t <= gpus; t *= 2)); do
   bench wide$t-1gpu "$gdn" bench "${ref[@]}" --width $((1024 * t))
-  bench tp$t mpi $t "$gdn" bench "${ref[@]}" --width $((1024 * t)) --tp $t
+  bench tp$t "${mpi[@]}" $t "$gdn" bench "${ref[@]}" --width $((1024 * t)) --tp $t
 done
-# Standalone all-reduce over every GPU at the bucket sizes the data-parallel runs used.
-sizes=$(grep -h 'bucket sizes' "$log"/bench-dp*.log | head -1 | sed 's/.*://' | awk '{
+# Standalone all-reduce over every GPU at the bucket sizes the data-parallel runs used (MiB).
+sizes=$(grep -h 'bucket sizes' "$log"/bench-dp2.log | head -1 | sed 's/.*://' | awk '{
   for (i = 1; i <= NF; i++) printf "%s%.3f", (i > 1 ? "," : ""), $i * 1e6 / 1048576 }')
-if "$gdn" bench allreduce --help >/dev/null 2>&1; then
-  bench allreduce mpi "$gdn_gpus_all" true 2>/dev/null || true
+if "$gdn" help 2>&1 | grep -q 'allreduce'; then
+  bench allreduce "${mpi[@]}" "$gpus" "$gdn" bench allreduce --device cuda --sizes "$sizes"
+  grep -iE 'bus|GB/s' "$log/bench-allreduce.log" | tee -a "$out"
 fi
 
 step "summary" | tee -a "$out"
