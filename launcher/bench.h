@@ -16,6 +16,7 @@ struct BenchOptions {
   int tensor_parallel = 1;
   bool zero = false;        // ZeRO-1 (parallel.zero_stage = 1)
   double bucket_mb = 25;    // parallel.bucket_mb
+  bool recompute = false;   // run.recompute (activation recomputation)
 };
 // Times `iters` training steps (after a warm-up step) and prints tokens/s (in all and per rank),
 // achieved GFLOP/s against the device's reference rate (OpenBLAS sgemm on the CPU; on the GPU the

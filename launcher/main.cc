@@ -263,6 +263,7 @@ int Bench(const ParsedArgs& args) {
   if (*tp <= 0) return Fail(absl::InvalidArgumentError("--tp must be > 0"));
   o.tensor_parallel = static_cast<int>(*tp);
   o.zero = args.GetBool("zero");
+  o.recompute = args.GetBool("recompute");
   if (!absl::SimpleAtod(args.Get("bucket-mb"), &o.bucket_mb) || !(o.bucket_mb > 0))
     return Fail(absl::InvalidArgumentError("--bucket-mb: '" + args.Get("bucket-mb") +
                                            "' (use a number of MiB > 0)"));
@@ -462,7 +463,9 @@ std::vector<Verb> Verbs() {
                 "running --batch sequences)", "1"},
          {"zero", "ZeRO-1: shard the optimizer state over the data-parallel ranks", "", false,
           false, true},
-         {"bucket-mb", "data-parallel gradient bucket size in MiB", "25"}}},
+         {"bucket-mb", "data-parallel gradient bucket size in MiB", "25"},
+         {"recompute", "recompute each layer's activations in the backward (less memory)", "",
+          false, false, true}}},
        Bench},
       {{"export",
         "Write a run's checkpoint as config.json + model.safetensors in the layout of fla's "

@@ -185,6 +185,7 @@ std::string RunIdentity(ExperimentSpec spec) {
   FillDefaults(&spec);
   ClearBookkeeping(&spec);
   spec.mutable_run()->clear_log_interval();
+  spec.mutable_run()->clear_recompute();
   spec.clear_parallel();
   spec.clear_sweep();
   return SpecToText(spec);
@@ -496,6 +497,7 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   LanguageModel model(spec, DType::kF32, TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get(),
                       *device);
   model.Initialize(rs.seed());
+  model.set_recompute(rs.recompute());
   GradientReducer reducer(model.params(), TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get(),
                           grid.dp.get(), ReducerOptions(spec));
   Optimizer optimizer(spec.optimizer(), model.params(), &reducer);

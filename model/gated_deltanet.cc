@@ -154,6 +154,12 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
   return LinearForward(b_, y, *wo_);
 }
 
+void GatedDeltaNetMixer::ReleaseSaved() {
+  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &q_pre_, &k_pre_, &v_pre_, &qc_, &kc_,
+                    &vc_, &qn_, &kn_, &q_rn_, &k_rn_, &gamma_, &beta_, &o_, &o_rstd_, &y_})
+    *t = Tensor();
+}
+
 Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const ModelDims& d = b_.dims;
   const int64_t B = B_, T = T_, N = B * T;

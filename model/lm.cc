@@ -65,6 +65,8 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
   const ModelDims& d = builder_.dims;
   CHECK_EQ(tokens.rank(), 2);
   const int64_t B = tokens.dim(0), T = tokens.dim(1) - 1, N = B * T;
+  batch_ = B;
+  seq_ = T;
   // Inputs and targets are cut on the host (tokens come from the loader there), then moved.
   Tensor inputs = Tensor::Empty({N}, DType::kI32), targets = Tensor::Empty({N}, DType::kI32);
   const Tensor host_tokens = tokens.To(Device::kCPU);
@@ -82,21 +84,8 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
 
   for (Block& blk : blocks_) {
     blk.x = x;
-    blk.n1 = builder_.Empty({N, d.width});
-    blk.r1 = builder_.Empty({N});
-    ops::RmsNormForward(x, blk.mixer_norm->value, d.norm_eps, blk.n1, blk.r1);
-    Tensor m = blk.mixer->Forward(blk.n1, B, T, probes);
-    builder_.AllReduceTp(m);
-    blk.h = builder_.Empty({N, d.width});
-    ops::Add(x, m, blk.h);
-    blk.n2 = builder_.Empty({N, d.width});
-    blk.r2 = builder_.Empty({N});
-    ops::RmsNormForward(blk.h, blk.mlp_norm->value, d.norm_eps, blk.n2, blk.r2);
-    Tensor f = blk.mlp->Forward(blk.n2);
-    builder_.AllReduceTp(f);
-    if (probes) (*probes)["mlp_out"] += ops::MeanAbs(f);
-    x = builder_.Empty({N, d.width});
-    ops::Add(blk.h, f, x);
+    x = BlockForward(blk, B, T, probes);
+    if (recompute_) ReleaseBlock(blk);
   }
   xf_in_ = x;
   xf_ = builder_.Empty({N, d.width});
@@ -105,6 +94,34 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
   logits_ = builder_.Empty({N, d.vocab / builder_.tp.size});
   ops::Matmul(xf_, false, head_->value, true, logits_, out_mult_);
   if (probes) (*probes)["logits"] += ops::MeanAbs(logits_);
+}
+
+Tensor LanguageModel::BlockForward(Block& blk, int64_t B, int64_t T, Probes* probes) {
+  const ModelDims& d = builder_.dims;
+  const int64_t N = B * T;
+  const Tensor& x = blk.x;
+  blk.n1 = builder_.Empty({N, d.width});
+  blk.r1 = builder_.Empty({N});
+  ops::RmsNormForward(x, blk.mixer_norm->value, d.norm_eps, blk.n1, blk.r1);
+  Tensor m = blk.mixer->Forward(blk.n1, B, T, probes);
+  builder_.AllReduceTp(m);
+  blk.h = builder_.Empty({N, d.width});
+  ops::Add(x, m, blk.h);
+  blk.n2 = builder_.Empty({N, d.width});
+  blk.r2 = builder_.Empty({N});
+  ops::RmsNormForward(blk.h, blk.mlp_norm->value, d.norm_eps, blk.n2, blk.r2);
+  Tensor f = blk.mlp->Forward(blk.n2);
+  builder_.AllReduceTp(f);
+  if (probes) (*probes)["mlp_out"] += ops::MeanAbs(f);
+  Tensor out = builder_.Empty({N, d.width});
+  ops::Add(blk.h, f, out);
+  return out;
+}
+
+void LanguageModel::ReleaseBlock(Block& blk) {
+  blk.n1 = blk.r1 = blk.h = blk.n2 = blk.r2 = Tensor();
+  blk.mixer->ReleaseSaved();
+  blk.mlp->ReleaseSaved();
 }
 
 Tensor LanguageModel::ForwardLogits(const Tensor& tokens) {
@@ -201,6 +218,7 @@ void LanguageModel::Backward(GradientReducer* reducer) {
   Tensor tmp = builder_.Empty({N, d.width});
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
     Block& blk = *it;
+    if (recompute_) BlockForward(blk, batch_, seq_, nullptr);
     // out = h + mlp(norm(h)): dh = dout + norm'(mlp'(dout)).
     Tensor dn2 = blk.mlp->Backward(dx);
     builder_.AllReduceTp(dn2);
@@ -212,6 +230,7 @@ void LanguageModel::Backward(GradientReducer* reducer) {
     ops::RmsNormBackward(blk.x, blk.mixer_norm->value, blk.r1, dn1, tmp, blk.mixer_norm->grad);
     ops::Axpy(1.0, tmp, dx);
     for (size_t i = blk.end_param; i-- > blk.first_param;) final_grad(params_.all()[i].get());
+    if (recompute_) ReleaseBlock(blk);
   }
   ops::EmbeddingBackward(inputs_, dx, embedding_->mult.forward, embedding_->grad, VocabOffset());
   final_grad(embedding_);

@@ -42,9 +42,11 @@ for par in MUP SP; do
     ref=runs/$par-$opt-single
     "$gdn" train "${common[@]}" --set run.dir=$ref || { fail "$par $opt single rank"; continue; }
     # ranks, tensor_parallel, extra settings
-    # ZeRO-1 shards the optimizer state over the data-parallel ranks; tiny buckets make many.
+    # ZeRO-1 shards the optimizer state over the data-parallel ranks; tiny buckets make many;
+    # recomputed activations must change nothing.
     for layout in "2 2" "4 4" "2 1" "4 2" "2 1 data.micro_batch_size=2" "2 1 parallel.zero_stage=1" \
-        "4 1 parallel.zero_stage=1" "4 2 parallel.zero_stage=1" "4 1 parallel.bucket_mb=0.002"; do
+        "4 1 parallel.zero_stage=1" "4 2 parallel.zero_stage=1" "4 1 parallel.bucket_mb=0.002" \
+        "2 2 run.recompute=true"; do
       read -r np tp extra <<<"$layout"
       dir=runs/$par-$opt-np$np-tp$tp${extra:+-${extra//[^a-z0-9]/_}}
       args=("${common[@]}" --set run.dir=$dir --set parallel.tensor_parallel=$tp)

@@ -5,7 +5,8 @@
 # train loss (and each val loss) of the 2-GPU runs must be within 1e-4 relative of the one-GPU
 # run's. The same in bf16 mode, within 2e-2 of the one-GPU bf16 run. Then: a ZeRO-1 run and a
 # tensor-parallel run killed (kill -9) at step 25 resume from their step-20 checkpoints to the
-# same losses; 4 ranks on 2 GPUs fail with the one-GPU-per-rank error before computing.
+# same losses; a rank stopped with SIGSTOP ends the job within GDN_COLLECTIVE_TIMEOUT_S; 4 ranks on
+# 2 GPUs fail with the one-GPU-per-rank error before computing.
 #
 # Usage: tests/gpu/multi_gpu_check.sh [LOG_DIR]     (default: $OUT when set, else ./gpu-logs)
 # Environment: see tests/gpu/gpu_build.sh. Exit status: non-zero when anything failed.
@@ -123,6 +124,19 @@ ls runs/tp2-resume | tee -a "$log/runs.log"
 train "${mpi[@]}" -np 2 "$gdn" train "${resume[@]}" || fail "resumed run"
 grep -q 'resuming from step 20' "$log/runs.log" || fail "no resume from step 20"
 compare "TP 2 on 2 GPUs, killed at 25 and resumed" runs/tp2-resume || status=1
+
+step "2 GPUs, data-parallel 2, rank 1 stopped (SIGSTOP) after step 5: the job ends within the timeout" | tee -a "$log/runs.log"
+start=$SECONDS
+GDN_COLLECTIVE_TIMEOUT_S=10 GDN_TEST_RAISE_AFTER_STEP=5:STOP:1 timeout 120 "${mpi[@]}" -x GDN_COLLECTIVE_TIMEOUT_S \
+  -np 2 "$gdn" train --spec spec.textproto --set run.dir=runs/hang --set run.steps=100000 >"$work/hang.out" 2>&1
+code=$?
+pkill -9 -f "run.dir=runs/hang"
+cat "$work/hang.out" >>"$log/runs.log"
+grep -m1 'not finished after' "$work/hang.out" | tee -a "$log/summary.txt"
+echo "stopped rank: the job ended with status $code after $((SECONDS - start)) s" | tee -a "$log/summary.txt"
+if [[ $code -eq 0 || $code -eq 124 ]] || ! grep -q 'not finished after 10 s' "$work/hang.out"; then
+  fail "a stopped rank should end the job within GDN_COLLECTIVE_TIMEOUT_S (exit $code)"
+fi
 
 step "4 ranks on 2 GPUs" | tee -a "$log/runs.log"
 timeout 60 mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -np 4 \
