@@ -56,6 +56,9 @@ timeout 150 "$build/gdn" bench --device cuda --width 1024 --depth 12 --head-dim 
   --seq 2048 --batch 8 --iters 3 2>&1 | tee -a "$log/train.log"
 timeout 150 "$build/gdn" bench --device cuda --precision bf16 --width 1024 --depth 12 --head-dim 128 \
   --vocab 32000 --seq 2048 --batch 8 --iters 3 2>&1 | tee -a "$log/train.log"
+# The same with activation recomputation: the memory of one layer's activations instead of all.
+timeout 150 "$build/gdn" bench --device cuda --precision bf16 --width 1024 --depth 12 --head-dim 128 \
+  --vocab 32000 --seq 2048 --batch 8 --iters 3 --recompute 2>&1 | tee -a "$log/train.log"
 
 step "summary"
 {
