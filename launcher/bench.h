@@ -1,5 +1,9 @@
-// `gdn bench`: CPU training throughput of a model beside the machine's sgemm rate.
+// `gdn bench`: CPU training throughput of a model beside the machine's sgemm rate; `gdn bench
+// allreduce`: the bandwidth of one collective alone.
 #pragma once
+
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -25,5 +29,25 @@ struct BenchOptions {
 // the communication stream inside the step. Then one more step with every op timed on its own
 // (waiting for the device around each) gives the per-op breakdown.
 absl::Status RunBench(const BenchOptions& options);
+
+// `gdn bench allreduce`: one collective alone, timed over this job's ranks (mpirun/srun), to set
+// beside the all-reduce bandwidth a training step achieves and to check a machine's fabric.
+enum class Collective { kAllReduce, kReduceScatter, kAllGather };
+struct CollectiveBenchOptions {
+  bool cuda = false;  // GPU buffers through NCCL (one GPU per rank) instead of CPU ones through MPI
+  Collective op = Collective::kAllReduce;
+  std::vector<double> sizes_mib = {1, 4, 16, 64, 256};  // the full buffer, float32
+  int iters = 20, warmup = 5;
+};
+// Parses --sizes ("1,4,16": MiB each, > 0 and at most kMaxCollectiveMib); InvalidArgument naming
+// the flag otherwise.
+inline constexpr double kMaxCollectiveMib = 4096;
+absl::Status ParseCollectiveSizes(const std::string& text, std::vector<double>* sizes_mib);
+// Per size, rank 0 prints bytes, the median and minimum time of the slowest rank per iteration,
+// and the algorithm and bus bandwidth (nccl-tests' convention). Each size's result is checked once
+// first (rank r contributes r + 1): a wrong one is an Internal error naming the ranks that saw it.
+// With one rank every collective is the identity: says so and measures nothing. Collective over
+// the job's ranks.
+absl::Status RunCollectiveBench(const CollectiveBenchOptions& options);
 
 }  // namespace gdn

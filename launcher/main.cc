@@ -5,6 +5,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -271,6 +272,33 @@ int Bench(const ParsedArgs& args) {
   return kExitOk;
 }
 
+int BenchCollective(const ParsedArgs& args) {
+  CollectiveBenchOptions o;
+  for (auto [flag, slot, least] : {std::tuple{"iters", &o.iters, 1}, {"warmup", &o.warmup, 0}}) {
+    auto v = args.GetInt(flag);
+    if (!v.ok()) return Fail(v.status());
+    if (*v < least || *v > 1000000)
+      return Fail(absl::InvalidArgumentError(
+          absl::StrFormat("--%s: %d is not a count from %d to 1000000", flag, *v, least)));
+    *slot = static_cast<int>(*v);
+  }
+  const std::string device = args.Get("device");
+  if (device != "cpu" && device != "cuda")
+    return Fail(absl::InvalidArgumentError("--device: '" + device + "' (use cpu or cuda)"));
+  o.cuda = device == "cuda";
+  const std::string op = args.Get("op");
+  if (op == "allreduce") o.op = Collective::kAllReduce;
+  else if (op == "reducescatter") o.op = Collective::kReduceScatter;
+  else if (op == "allgather") o.op = Collective::kAllGather;
+  else
+    return Fail(absl::InvalidArgumentError(
+        "--op: '" + op + "' (use allreduce, reducescatter or allgather)"));
+  if (auto s = ParseCollectiveSizes(args.Get("sizes"), &o.sizes_mib); !s.ok()) return Fail(s);
+  if (auto s = RunCollectiveBench(o); !s.ok())
+    return Fail(s, s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure);
+  return kExitOk;
+}
+
 int CoordCheck(const ParsedArgs& args) {
   auto spec = ResolveSpec(args.Get("spec"), args.GetAll("set"));
   if (!spec.ok()) return Fail(spec.status());
@@ -446,6 +474,18 @@ std::vector<Verb> Verbs() {
          {"sgd-lr", "SGD learning rate (default: optimizer.lr)", ""},
          {"out", "output folder", "runs/coord_check"}}},
        CoordCheck},
+      // Before "bench": the first verb whose words lead the arguments runs.
+      {{"bench allreduce",
+        "Time one collective alone over this job's ranks (start it with mpirun or srun): per "
+        "message size the median and minimum time, algorithm and bus bandwidth (nccl-tests' "
+        "convention), each size's result checked first.",
+        {{"device", "cpu (MPI) or cuda (NCCL, one GPU per rank)", "cpu"},
+         {"sizes", "message sizes in MiB (the full float32 buffer), comma-separated",
+          "1,4,16,64,256"},
+         {"iters", "timed iterations per size", "20"},
+         {"warmup", "untimed iterations per size before them", "5"},
+         {"op", "allreduce, reducescatter or allgather", "allreduce"}}},
+       BenchCollective},
       {{"bench",
         "Measure training throughput (CPU or GPU, one rank or an mpirun/srun job) with a per-op "
         "time breakdown.",
@@ -506,7 +546,7 @@ std::vector<Verb> Verbs() {
 void PrintHelp() {
   std::printf("gdn: width-scaling experiments on Gated DeltaNet language models\n\nverbs:\n");
   for (const Verb& v : Verbs())
-    std::printf("  gdn %-14s %s\n", v.command.name.c_str(), v.command.summary.c_str());
+    std::printf("  gdn %-15s %s\n", v.command.name.c_str(), v.command.summary.c_str());
   std::printf("\n`gdn VERB --help` shows a verb's flags.\n");
 }
 
