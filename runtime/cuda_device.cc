@@ -161,6 +161,13 @@ size_t ReleaseDeviceCache() { return Cache().Release(); }
 size_t DeviceCachedBytes() { return Cache().cached(); }
 size_t DeviceAllocatedBytes() { return Cache().allocated(); }
 
+size_t DeviceBytesInUseByAll() {
+  Stream();  // the device is chosen first
+  size_t free = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return total - free;
+}
+
 void CopyHostToDevice(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, Stream()));

@@ -35,6 +35,10 @@ size_t ReleaseDeviceCache();
 // Bytes currently held in the cache and bytes handed out (for tests and memory reports).
 size_t DeviceCachedBytes();
 size_t DeviceAllocatedBytes();
+// The GPU's memory in use by everything (total minus free, as nvidia-smi shows it): this process's
+// cache and CUDA context, cuBLAS's workspaces, the gated delta rule's scratch pool, other
+// processes on the same GPU.
+size_t DeviceBytesInUseByAll();
 
 // Copies and memset on the process's stream. Copies that touch host memory wait for completion,
 // so the host buffer may be reused or freed at once.
