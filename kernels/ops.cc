@@ -233,4 +233,16 @@ void SgdUpdate(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, d
   GDN_DISPATCH(p, SgdUpdate, p, g, buf, lr, momentum, weight_decay);
 }
 
+void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step) {
+  ScopedOpTimer timer("AdamWUpdatePieces", p);
+  GDN_DISPATCH(p, AdamWUpdatePieces, p, g, m, v, pieces, beta1, beta2, eps, step);
+}
+
+void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const Tensor& pieces,
+                     double momentum) {
+  ScopedOpTimer timer("SgdUpdatePieces", p);
+  GDN_DISPATCH(p, SgdUpdatePieces, p, g, buf, pieces, momentum);
+}
+
 }  // namespace gdn::ops

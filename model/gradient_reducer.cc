@@ -25,6 +25,8 @@ GradientReducer::GradientReducer(ParameterSet& params, const TensorParallel& tp,
   const int64_t elem = static_cast<int64_t>(DTypeSize(dtype));
   const int64_t bucket_elems = std::max<int64_t>(1, options_.bucket_bytes / elem);
   const int64_t group = dp_->size();
+  shard_group_ = options_.shard_optimizer ? dp_->size() : 1;
+  shard_rank_ = options_.shard_optimizer ? dp_->rank() : 0;
 
   // Buckets in the backward's order: the parameters reversed, a bucket closed before it overflows.
   int64_t filled = 0;
@@ -49,30 +51,27 @@ GradientReducer::GradientReducer(ParameterSet& params, const TensorParallel& tp,
     }
     b.size = (at - begin + group - 1) / group * group;
     b.shard_offset = shard_size_;
-    shard_size_ += b.size / group;
+    shard_size_ += b.size / shard_group_;
     b.waiting = static_cast<int>(b.params.size());
     begin += b.size;
   }
 
   // The flat buffers; the parameters' tensors become views into them, keeping their contents.
   flat_grad_ = Tensor::Zeros({begin}, dtype, device);
-  if (options_.shard_optimizer) flat_value_ = Tensor::Zeros({begin}, dtype, device);
+  flat_value_ = Tensor::Zeros({begin}, dtype, device);
   for (size_t i = 0; i < all.size(); ++i) {
     Parameter& p = *all[i];
     const int64_t n = p.value.numel();
-    Tensor g = flat_grad_.Rows(flat_offset_[i], flat_offset_[i] + n).View(p.grad.shape());
-    g.CopyFrom(p.grad);
-    p.grad = g;
-    if (!options_.shard_optimizer) continue;
-    Tensor v = flat_value_.Rows(flat_offset_[i], flat_offset_[i] + n).View(p.value.shape());
-    v.CopyFrom(p.value);
-    p.value = v;
+    for (auto [flat, t] : {std::pair{&flat_grad_, &p.grad}, {&flat_value_, &p.value}}) {
+      Tensor view = flat->Rows(flat_offset_[i], flat_offset_[i] + n).View(t->shape());
+      view.CopyFrom(*t);
+      *t = view;
+    }
   }
-  if (!options_.shard_optimizer) return;
 
-  // This rank's chunk of each bucket, cut at parameter boundaries.
+  // This rank's chunk of each bucket (unsharded: the whole bucket), cut at parameter boundaries.
   for (const Bucket& b : buckets_) {
-    const int64_t own_begin = b.begin + dp_->rank() * Chunk(b), own_end = own_begin + Chunk(b);
+    const int64_t own_begin = b.begin + shard_rank_ * Chunk(b), own_end = own_begin + Chunk(b);
     for (int i : b.params) {
       const int64_t p_begin = flat_offset_[i], p_end = p_begin + all[i]->value.numel();
       const int64_t lo = std::max(own_begin, p_begin), hi = std::min(own_end, p_end);
@@ -160,12 +159,15 @@ void GradientReducer::GatherValues() {
 }
 
 std::vector<Tensor> GradientReducer::GatherShards(const Tensor& shard) const {
-  CHECK(options_.shard_optimizer);
   CHECK_EQ(shard.numel(), shard_size_);
-  const Tensor flat = Tensor::Zeros({flat_grad_.numel()}, shard.dtype(), shard.device());
-  for (const Bucket& b : buckets_)
-    dp_->AllGather(shard.Rows(b.shard_offset, b.shard_offset + Chunk(b)),
-                   flat.Rows(b.begin, b.begin + b.size));
+  // Unsharded, the shard layout is the flat layout: nothing to gather.
+  Tensor flat = shard;
+  if (options_.shard_optimizer) {
+    flat = Tensor::Zeros({flat_grad_.numel()}, shard.dtype(), shard.device());
+    for (const Bucket& b : buckets_)
+      dp_->AllGather(shard.Rows(b.shard_offset, b.shard_offset + Chunk(b)),
+                     flat.Rows(b.begin, b.begin + b.size));
+  }
   std::vector<Tensor> full;
   for (size_t i = 0; i < params_.all().size(); ++i) {
     const Tensor& v = params_.all()[i]->value;
@@ -175,7 +177,6 @@ std::vector<Tensor> GradientReducer::GatherShards(const Tensor& shard) const {
 }
 
 void GradientReducer::CopyToShard(const std::vector<Tensor>& full, const Tensor& shard) const {
-  CHECK(options_.shard_optimizer);
   CHECK_EQ(full.size(), params_.all().size());
   for (const Segment& s : segments_)
     shard.Rows(s.shard_offset, s.shard_offset + s.length)

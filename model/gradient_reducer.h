@@ -5,7 +5,7 @@
 // are reduce-scattered instead of all-reduced, each rank updates only its shard of every bucket,
 // and the updated values are all-gathered.
 //
-// Layout: the gradients (and, under ZeRO-1, the values) of all parameters live in one flat buffer
+// Layout: the gradients and the values of all parameters live in flat buffers
 // with the parameters in reverse order (the order the backward finishes them), cut into buckets of
 // about `bucket_bytes` (a parameter never spans two buckets; one larger than that is a bucket of
 // its own). Each bucket is padded to a multiple of the group size and split into equal contiguous
@@ -29,8 +29,8 @@ class GradientReducer {
     int64_t bucket_bytes = 25 << 20;
     bool shard_optimizer = false;  // ZeRO stage 1
   };
-  // Rebinds the gradients (and under ZeRO-1 the values, keeping them) of `params` to views into
-  // the flat buffers. tp/tp_comm: this rank's tensor-parallel place and group (partial gradients,
+  // Rebinds the gradients and values of `params` (keeping their contents) to views into the flat
+  // buffers. tp/tp_comm: this rank's tensor-parallel place and group (partial gradients,
   // the norm); dp: the data-parallel group. Borrowed; they must outlive the reducer.
   GradientReducer(ParameterSet& params, const TensorParallel& tp, Communicator* tp_comm,
                   Communicator* dp, const Options& options);
@@ -49,9 +49,10 @@ class GradientReducer {
   double GradNorm() const;
   void ClipGradients(double norm, double max_norm) const;
 
-  // ZeRO-1. A piece of a parameter that this rank owns: elements [offset, offset + length) of the
-  // parameter's flat value, at `flat` in the flat buffers and at shard_offset in the shard tensors
-  // (this rank's chunks of every bucket, packed: the optimizer state's layout).
+  // The optimizer's view. A piece of a parameter that this rank updates: elements [offset,
+  // offset + length) of the parameter's flat value, at `flat` in the flat buffers and at
+  // shard_offset in the shard tensors (the optimizer state: under ZeRO-1 this rank's chunks of
+  // every bucket, packed; else the flat layout itself, every parameter one segment).
   struct Segment {
     int param = 0;  // index in params.all()
     int64_t offset = 0, length = 0, flat = 0, shard_offset = 0;
@@ -59,12 +60,15 @@ class GradientReducer {
   bool sharded() const { return options_.shard_optimizer; }
   const std::vector<Segment>& segments() const { return segments_; }
   int64_t shard_size() const { return shard_size_; }
+  // The flat buffers (every parameter's value and gradient are views into them).
+  const Tensor& flat_values() const { return flat_value_; }
+  const Tensor& flat_grads() const { return flat_grad_; }
   // A segment's reduced gradient (valid after Finish).
   Tensor SegmentGrad(const Segment& s) const { return flat_grad_.Rows(s.flat, s.flat + s.length); }
   // After the optimizer updated this rank's segments of the values: every rank gets every value.
   void GatherValues();
   // A shard-layout tensor of every rank, gathered into full per-parameter tensors (this rank's
-  // local shapes; collective over the data-parallel group), and the reverse cut.
+  // local shapes; under ZeRO-1 collective over the data-parallel group), and the reverse cut.
   std::vector<Tensor> GatherShards(const Tensor& shard) const;
   void CopyToShard(const std::vector<Tensor>& full, const Tensor& shard) const;
 
@@ -79,10 +83,10 @@ class GradientReducer {
     int waiting = 0;                 // parameters not yet final this step
   };
   void Start(Bucket& b);
-  int64_t Chunk(const Bucket& b) const { return b.size / dp_->size(); }
+  int64_t Chunk(const Bucket& b) const { return b.size / shard_group_; }
   // This rank's chunk of a bucket in a flat buffer.
   Tensor OwnChunk(const Tensor& flat, const Bucket& b) const {
-    const int64_t begin = b.begin + dp_->rank() * Chunk(b);
+    const int64_t begin = b.begin + shard_rank_ * Chunk(b);
     return flat.Rows(begin, begin + Chunk(b));
   }
   bool Counted(const Parameter& p) const;
@@ -99,6 +103,10 @@ class GradientReducer {
   size_t next_start_ = 0;           // the next bucket to start
   bool reported_ = false;           // GradReady seen this step
   Tensor flat_grad_, flat_value_;
+  // The optimizer state's layout: each bucket in shard_group_ chunks, this rank owning chunk
+  // shard_rank_ (ZeRO-1: the data-parallel group; else a group of one, so the state's layout is
+  // the flat buffers').
+  int shard_group_ = 1, shard_rank_ = 0;
   std::vector<Segment> segments_;
   int64_t shard_size_ = 0;
 };

@@ -41,13 +41,13 @@ void ClipGradients(const ParameterSet& params, double norm, double max_norm) {
 }
 
 Optimizer::Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
-                     const GradientReducer* shards)
-    : spec_(spec), params_(params), shards_(shards != nullptr && shards->sharded() ? shards : nullptr),
+                     const GradientReducer* layout)
+    : spec_(spec), params_(params), layout_(layout),
       per_param_(spec.kind() == OptimizerSpec::ADAMW ? 2 : 1) {
-  if (shards_ != nullptr) {
-    const Tensor& v = params.all().at(0)->value;
+  if (layout_ != nullptr) {
+    const Tensor& v = layout_->flat_values();
     for (int k = 0; k < per_param_; ++k)
-      state_.push_back(Tensor::Zeros({shards_->shard_size()}, v.dtype(), v.device()));
+      state_.push_back(Tensor::Zeros({layout_->shard_size()}, v.dtype(), v.device()));
     return;
   }
   for (const auto& p : params.all())
@@ -56,38 +56,46 @@ Optimizer::Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
 }
 
 void Optimizer::Step(int64_t step, double lr) {
-  // One update of value, gradient and state pieces of one parameter.
-  auto update = [&](const Parameter& p, const Tensor& value, const Tensor& grad,
-                    const Tensor* state) {
-    const double plr = lr * p.mult.lr;
-    const double wd = spec_.weight_decay() * p.mult.weight_decay;
-    if (spec_.kind() == OptimizerSpec::ADAMW)
-      ops::AdamWUpdate(value, grad, state[0], state[1], plr, spec_.beta1(), spec_.beta2(),
-                       spec_.eps(), wd, step);
-    else
-      ops::SgdUpdate(value, grad, state[0], plr, spec_.momentum(), wd);
-  };
   const auto& all = params_.all();
-  if (shards_ == nullptr) {
-    for (size_t i = 0; i < all.size(); ++i)
-      update(*all[i], all[i]->value, all[i]->grad, &state_[per_param_ * i]);
+  const bool adamw = spec_.kind() == OptimizerSpec::ADAMW;
+  if (layout_ == nullptr) {
+    for (size_t i = 0; i < all.size(); ++i) {
+      const Parameter& p = *all[i];
+      const double plr = lr * p.mult.lr, wd = spec_.weight_decay() * p.mult.weight_decay;
+      const Tensor* state = &state_[per_param_ * i];
+      if (adamw)
+        ops::AdamWUpdate(p.value, p.grad, state[0], state[1], plr, spec_.beta1(), spec_.beta2(),
+                         spec_.eps(), wd, step);
+      else
+        ops::SgdUpdate(p.value, p.grad, state[0], plr, spec_.momentum(), wd);
+    }
     return;
   }
-  // ZeRO-1: this rank's segments only; the elementwise updates do not care where a piece is cut.
-  for (const GradientReducer::Segment& s : shards_->segments()) {
+  // Over the flat buffers: every segment this rank updates (under ZeRO-1 its chunks only) with
+  // its parameter's rate and decay, in one multi-tensor call.
+  const auto& segments = layout_->segments();
+  Tensor pieces = Tensor::Empty({static_cast<int64_t>(segments.size()), 5}, DType::kF64);
+  double* row = pieces.data<double>();
+  for (const GradientReducer::Segment& s : segments) {
     const Parameter& p = *all[s.param];
-    const int64_t end = s.shard_offset + s.length;
-    Tensor state[2];
-    for (int k = 0; k < per_param_; ++k) state[k] = state_[k].Rows(s.shard_offset, end);
-    update(p, p.value.View({p.value.numel()}).Rows(s.offset, s.offset + s.length),
-           shards_->SegmentGrad(s), state);
+    *row++ = static_cast<double>(s.flat);
+    *row++ = static_cast<double>(s.shard_offset);
+    *row++ = static_cast<double>(s.length);
+    *row++ = lr * p.mult.lr;
+    *row++ = spec_.weight_decay() * p.mult.weight_decay;
   }
+  if (adamw)
+    ops::AdamWUpdatePieces(layout_->flat_values(), layout_->flat_grads(), state_[0], state_[1],
+                           pieces, spec_.beta1(), spec_.beta2(), spec_.eps(), step);
+  else
+    ops::SgdUpdatePieces(layout_->flat_values(), layout_->flat_grads(), state_[0], pieces,
+                         spec_.momentum());
 }
 
 std::vector<Tensor> Optimizer::FullState() const {
-  if (shards_ == nullptr) return state_;
+  if (layout_ == nullptr) return state_;
   std::vector<std::vector<Tensor>> by_kind;
-  for (int k = 0; k < per_param_; ++k) by_kind.push_back(shards_->GatherShards(state_[k]));
+  for (int k = 0; k < per_param_; ++k) by_kind.push_back(layout_->GatherShards(state_[k]));
   std::vector<Tensor> full;
   for (size_t i = 0; i < params_.all().size(); ++i)
     for (int k = 0; k < per_param_; ++k) full.push_back(by_kind[k][i]);
@@ -96,14 +104,14 @@ std::vector<Tensor> Optimizer::FullState() const {
 
 void Optimizer::SetFullState(const std::vector<Tensor>& full) {
   CHECK_EQ(full.size(), per_param_ * params_.all().size());
-  if (shards_ == nullptr) {
+  if (layout_ == nullptr) {
     for (size_t i = 0; i < full.size(); ++i) state_[i].CopyFrom(full[i]);
     return;
   }
   for (int k = 0; k < per_param_; ++k) {
     std::vector<Tensor> kind;
     for (size_t i = 0; i < params_.all().size(); ++i) kind.push_back(full[per_param_ * i + k]);
-    shards_->CopyToShard(kind, state_[k]);
+    layout_->CopyToShard(kind, state_[k]);
   }
 }
 

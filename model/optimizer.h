@@ -26,16 +26,17 @@ class GradientReducer;
 
 class Optimizer {
  public:
-  // With a sharding reducer (ZeRO-1, GradientReducer::sharded()) the state covers only this rank's
-  // segments and Step updates only those, from the reducer's gradient shard; the reducer then
-  // gathers the values (GradientReducer::GatherValues).
+  // With a reducer (the trainer's case) the state lives in the reducer's shard layout and Step
+  // updates the flat buffers in one multi-tensor call: under ZeRO-1 (GradientReducer::sharded())
+  // only this rank's segments, from its reduced chunks, the reducer then gathering the values
+  // (GradientReducer::GatherValues). Without one, each parameter is updated on its own.
   Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
-            const GradientReducer* shards = nullptr);
+            const GradientReducer* layout = nullptr);
   // One update with base learning rate `lr`; `step` counts updates from 1 (Adam's bias correction).
   void Step(int64_t step, double lr);
   // The state as full per-parameter tensors (this rank's tensor-parallel slices), in parameter
-  // order, m and v for AdamW, the momentum buffer for SGD: the state itself when unsharded, else
-  // gathered over the data-parallel group (collective: every rank of it calls this).
+  // order, m and v for AdamW, the momentum buffer for SGD: under ZeRO-1 gathered over the
+  // data-parallel group (collective: every rank of it calls this), else views of the state.
   std::vector<Tensor> FullState() const;
   // Sets the state from such tensors (a sharded optimizer keeps its segments).
   void SetFullState(const std::vector<Tensor>& full);
@@ -45,9 +46,9 @@ class Optimizer {
  private:
   OptimizerSpec spec_;
   const ParameterSet& params_;
-  const GradientReducer* shards_;
+  const GradientReducer* layout_;
   int per_param_;
-  // Unsharded: per_param_ tensors per parameter. Sharded: per_param_ shard-layout tensors.
+  // Without a reducer: per_param_ tensors per parameter. With one: per_param_ shard-layout tensors.
   std::vector<Tensor> state_;
 };
 

@@ -228,6 +228,40 @@ TEST(CudaOpsTest, MatmulBf16) {
       }
 }
 
+// The multi-tensor updates: pieces of many sizes (one spanning several 4096-element work items, an
+// empty one) with gaps between them, each with its own rate and decay, against the CPU; the
+// elements outside every piece must stay as they were.
+TEST(CudaOpsTest, UpdatePieces) {
+  GDN_REQUIRE_GPU();
+  const int64_t n = 20000, s = 21000;
+  const double rows[][5] = {{0, 100, 1, 1e-2, 0.1},      {5, 200, 4000, 3e-3, 0},
+                            {4100, 4300, 9000, 1e-3, 0.5}, {13200, 13400, 0, 1e-2, 0.1},
+                            {13300, 13500, 6600, 2e-2, 0.01}};
+  Tensor pieces = Tensor::Empty({5, 5}, DType::kF64);
+  for (int r = 0; r < 5; ++r)
+    for (int c = 0; c < 5; ++c) pieces.set(r * 5 + c, rows[r][c]);
+  for (int step : {1, 7}) {
+    const Tensor p = Rand({n}), g = Rand({n}), m = Rand({s}), v = Rand({s}, 0, 1);
+    const Tensor dp = Dev(p), dm = Dev(m), dv = Dev(v);
+    ops::AdamWUpdatePieces(p, g, m, v, pieces, 0.9, 0.95, 1e-8, step);
+    ops::AdamWUpdatePieces(dp, Dev(g), dm, dv, pieces, 0.9, 0.95, 1e-8, step);
+    Compare("AdamWUpdatePieces", "p", dp, p, kTol);
+    Compare("AdamWUpdatePieces", "m", dm, m, kTol);
+    Compare("AdamWUpdatePieces", "v", dv, v, kTol);
+    const Tensor p0 = Rand({n}), buf = Rand({s});
+    const Tensor sp = p0.Clone(), dsp = Dev(p0), dbuf = Dev(buf);
+    ops::SgdUpdatePieces(sp, g, buf, pieces, 0.9);
+    ops::SgdUpdatePieces(dsp, Dev(g), dbuf, pieces, 0.9);
+    Compare("SgdUpdatePieces", "p", dsp, sp, kTol);
+    Compare("SgdUpdatePieces", "buf", dbuf, buf, kTol);
+    // Element 4 lies between the first two pieces, 13150 between the third and the last.
+    const Tensor back = dsp.To(kCpu);
+    EXPECT_EQ(back.at(4), p0.at(4));
+    EXPECT_EQ(back.at(13150), p0.at(13150));
+    EXPECT_NE(back.at(5), p0.at(5));
+  }
+}
+
 TEST(CudaOpsTest, ElementwiseAndReductions) {
   GDN_REQUIRE_GPU();
   for (const int64_t n : {int64_t{1}, int64_t{1000}, int64_t{(1 << 20) + 7}}) {

@@ -1,8 +1,9 @@
-// Optimizer updates, in place, one parameter tensor at a time.
+// Optimizer updates, in place: one parameter tensor, or many pieces of flat buffers.
 #include <cmath>
 
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/update_pieces.h"
 
 namespace gdn::cpu {
 
@@ -45,6 +46,26 @@ void SgdUpdate(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, d
       pp[i] -= l * pb[i];
     }
   });
+}
+
+// The pieces one after the other, each through the one-tensor update (the reference).
+void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step) {
+  CheckSame(m, v, "AdamWUpdatePieces");
+  for (const UpdatePiece& u : ReadUpdatePieces(pieces, p, g, m, "AdamWUpdatePieces")) {
+    const int64_t a = u.p_offset, s = u.state_offset, n = u.length;
+    AdamWUpdate(p.Rows(a, a + n), g.Rows(a, a + n), m.Rows(s, s + n), v.Rows(s, s + n), u.lr,
+                beta1, beta2, eps, u.weight_decay, step);
+  }
+}
+
+void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const Tensor& pieces,
+                     double momentum) {
+  for (const UpdatePiece& u : ReadUpdatePieces(pieces, p, g, buf, "SgdUpdatePieces")) {
+    const int64_t a = u.p_offset, s = u.state_offset, n = u.length;
+    SgdUpdate(p.Rows(a, a + n), g.Rows(a, a + n), buf.Rows(s, s + n), u.lr, momentum,
+              u.weight_decay);
+  }
 }
 
 }  // namespace gdn::cpu

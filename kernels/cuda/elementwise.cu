@@ -3,9 +3,13 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/update_pieces.h"
+#include "runtime/cuda_device.h"
 
 namespace gdn::cuda {
 
@@ -124,6 +128,111 @@ void AdamWUpdate(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor
     pv[i] = vi;
     pp[i] -= l * (mi * c1 / (sqrtf(vi * c2) + e) + wd * pp[i]);
   });
+}
+
+// --- The multi-tensor updates: one launch, one block per work item of up to kPieceChunk
+// elements of one piece; the arithmetic is AdamWUpdate's and SgdUpdate's, element for element.
+namespace {
+constexpr int64_t kPieceChunk = 4096;
+struct DevicePiece {
+  int64_t p, s, n;
+  float lr, wd;
+};
+struct PieceItem {
+  int64_t piece, start;
+};
+
+// The pieces and their work items in one device block (freed in stream order by the caller).
+struct PieceTable {
+  void* block = nullptr;
+  size_t bytes = 0;
+  const DevicePiece* pieces = nullptr;
+  const PieceItem* items = nullptr;
+  int64_t item_count = 0;
+};
+PieceTable UploadPieces(const std::vector<UpdatePiece>& pieces) {
+  std::vector<DevicePiece> dp;
+  std::vector<PieceItem> items;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const UpdatePiece& u = pieces[i];
+    dp.push_back({u.p_offset, u.state_offset, u.length, static_cast<float>(u.lr),
+                  static_cast<float>(u.weight_decay)});
+    for (int64_t start = 0; start < u.length; start += kPieceChunk)
+      items.push_back({static_cast<int64_t>(i), start});
+  }
+  PieceTable t;
+  t.item_count = static_cast<int64_t>(items.size());
+  const size_t piece_bytes = dp.size() * sizeof(DevicePiece);
+  t.bytes = piece_bytes + items.size() * sizeof(PieceItem);
+  if (t.bytes == 0) return t;
+  std::vector<char> host(t.bytes);
+  std::memcpy(host.data(), dp.data(), piece_bytes);
+  std::memcpy(host.data() + piece_bytes, items.data(), items.size() * sizeof(PieceItem));
+  t.block = DeviceAlloc(t.bytes);
+  CopyHostToDevice(t.block, host.data(), t.bytes);
+  t.pieces = static_cast<const DevicePiece*>(t.block);
+  t.items = reinterpret_cast<const PieceItem*>(static_cast<const char*>(t.block) + piece_bytes);
+  return t;
+}
+
+__global__ void AdamWPiecesKernel(const DevicePiece* pieces, const PieceItem* items, float* p,
+                                  const float* g, float* m, float* v, float b1, float b2, float e,
+                                  float c1, float c2) {
+  const PieceItem it = items[blockIdx.x];
+  const DevicePiece pc = pieces[it.piece];
+  const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
+  for (int64_t j = it.start + threadIdx.x; j < end; j += blockDim.x) {
+    const int64_t i = pc.p + j, k = pc.s + j;
+    const float mi = b1 * m[k] + (1.0f - b1) * g[i];
+    const float vi = b2 * v[k] + (1.0f - b2) * g[i] * g[i];
+    m[k] = mi;
+    v[k] = vi;
+    p[i] -= pc.lr * (mi * c1 / (sqrtf(vi * c2) + e) + pc.wd * p[i]);
+  }
+}
+
+__global__ void SgdPiecesKernel(const DevicePiece* pieces, const PieceItem* items, float* p,
+                                const float* g, float* buf, float mu) {
+  const PieceItem it = items[blockIdx.x];
+  const DevicePiece pc = pieces[it.piece];
+  const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
+  for (int64_t j = it.start + threadIdx.x; j < end; j += blockDim.x) {
+    const int64_t i = pc.p + j, k = pc.s + j;
+    buf[k] = mu * buf[k] + g[i] + pc.wd * p[i];
+    p[i] -= pc.lr * buf[k];
+  }
+}
+}  // namespace
+
+void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
+                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step) {
+  CheckF32(p, "AdamWUpdatePieces");
+  CheckF32(g, "AdamWUpdatePieces");
+  CheckF32(m, "AdamWUpdatePieces");
+  CheckSame(m, v, "AdamWUpdatePieces");
+  CHECK_GE(step, 1);
+  const PieceTable t = UploadPieces(ReadUpdatePieces(pieces, p, g, m, "AdamWUpdatePieces"));
+  if (t.item_count == 0) return;
+  const float b1 = beta1, b2 = beta2, e = eps;
+  const float c1 = 1.0f / (1.0f - std::pow(b1, static_cast<float>(step)));
+  const float c2 = 1.0f / (1.0f - std::pow(b2, static_cast<float>(step)));
+  AdamWPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
+      t.pieces, t.items, F32(p), F32(g), F32(m), F32(v), b1, b2, e, c1, c2);
+  CUDA_CHECK_LAUNCH();
+  DeviceFree(t.block, t.bytes);
+}
+
+void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const Tensor& pieces,
+                     double momentum) {
+  CheckF32(p, "SgdUpdatePieces");
+  CheckF32(g, "SgdUpdatePieces");
+  CheckF32(buf, "SgdUpdatePieces");
+  const PieceTable t = UploadPieces(ReadUpdatePieces(pieces, p, g, buf, "SgdUpdatePieces"));
+  if (t.item_count == 0) return;
+  SgdPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
+      t.pieces, t.items, F32(p), F32(g), F32(buf), static_cast<float>(momentum));
+  CUDA_CHECK_LAUNCH();
+  DeviceFree(t.block, t.bytes);
 }
 
 void SgdUpdate(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
