@@ -52,7 +52,7 @@ sizes=$(grep -h 'bucket sizes' "$log"/bench-dp2.log | head -1 | sed 's/.*://' | 
   for (i = 1; i <= NF; i++) printf "%s%.3f", (i > 1 ? "," : ""), $i * 1e6 / 1048576 }')
 if "$gdn" help 2>&1 | grep -q 'allreduce'; then
   bench allreduce "${mpi[@]}" "$gpus" "$gdn" bench allreduce --device cuda --sizes "$sizes"
-  grep -iE 'bus|GB/s' "$log/bench-allreduce.log" | tee -a "$out"
+  grep -E '^ +[0-9]' "$log/bench-allreduce.log" | tee -a "$out"
 fi
 
 step "summary" | tee -a "$out"
@@ -74,6 +74,20 @@ while n <= gpus:
         if one and r:
             print(f"data parallel {n}{suffix or ''}: {r[1]:.0f} tokens/s per GPU, "
                   f"weak-scaling efficiency {100 * r[1] / one[1]:.1f}% of one GPU's {one[1]:.0f}")
+    # The buckets' time inside the step against the same all-reduces alone (gdn bench allreduce
+    # ran over every GPU of the machine at the 2-GPU run's bucket sizes).
+    if n == 2 and os.path.exists(os.path.join(log, "bench-allreduce.log")):
+        rows = [l.split() for l in open(os.path.join(log, "bench-allreduce.log"))
+                if re.match(r"^ +[0-9]", l)]
+        alone_ms = sum(float(r[1]) for r in rows) / 1e3
+        bus_bytes = sum(float(r[0]) for r in rows) * 2 * (n - 1) / n
+        m = re.search(r"([0-9.]+) ms per step on the communication stream",
+                      open(os.path.join(log, "bench-dp2.log")).read())
+        if m and rows:
+            inside = float(m.group(1))
+            print(f"data parallel 2: the {len(rows)} bucket all-reduces take {inside:.2f} ms inside "
+                  f"the step ({bus_bytes / inside / 1e6:.0f} GB/s bus bandwidth) and {alone_ms:.2f} ms "
+                  f"alone ({bus_bytes / alone_ms / 1e6:.0f} GB/s)")
     w, t = rate(f"wide{n}-1gpu"), rate(f"tp{n}")
     if w and t:
         print(f"tensor parallel {n} on width {1024 * n}: {t[0]:.0f} tokens/s, "
