@@ -1,6 +1,8 @@
 #include "model/lm.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "kernels/ops.h"
@@ -44,6 +46,9 @@ LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorPara
   out_mult_ = MultipliersFor(ParamClass::kOutput, builder_.parametrization, builder_.optimizer,
                              builder_.width_mult)
                   .forward;
+  // A test hook: a small limit makes even tiny models take the chunked head path.
+  if (const char* env = std::getenv("GDN_TEST_MAX_LOGITS_ELEMENTS"))
+    max_logits_elements_ = std::max<int64_t>(1, std::atoll(env));
   head_ = d.tied ? embedding_
                  : builder_.Add("lm_head", {d.vocab, d.width}, ParamClass::kOutput,
                                 InitKind::kNormal, ShardDim::kRows);
@@ -61,7 +66,7 @@ double LanguageModel::MatmulFlopsPerToken() const {
   return 6.0 * n;
 }
 
-void LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
+void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logits) {
   const ModelDims& d = builder_.dims;
   CHECK_EQ(tokens.rank(), 2);
   const int64_t B = tokens.dim(0), T = tokens.dim(1) - 1, N = B * T;
@@ -91,9 +96,9 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes) {
   xf_ = builder_.Empty({N, d.width});
   rf_ = builder_.Empty({N});
   ops::RmsNormForward(x, final_norm_->value, d.norm_eps, xf_, rf_);
+  if (!full_logits) return;
   logits_ = builder_.Empty({N, d.vocab / builder_.tp.size});
   ops::Matmul(xf_, false, head_->value, true, logits_, out_mult_);
-  if (probes) (*probes)["logits"] += ops::MeanAbs(logits_);
 }
 
 Tensor LanguageModel::BlockForward(Block& blk, int64_t B, int64_t T, Probes* probes) {
@@ -133,7 +138,7 @@ Tensor LanguageModel::ForwardLogits(const Tensor& tokens) {
   for (int64_t b = 0; b < B; ++b)
     std::memcpy(padded.data<int32_t>() + b * (T + 1), tokens.data<int32_t>() + b * T,
                 T * sizeof(int32_t));
-  Forward(padded, nullptr);
+  Forward(padded, nullptr, true);
   return logits_;
 }
 
@@ -169,47 +174,67 @@ Tensor LanguageModel::ForwardStep(const Tensor& tokens, DecodeState& state) {
   return logits;
 }
 
-double LanguageModel::Loss(const Tensor& dlogits, double grad_scale) {
-  if (builder_.tp.size == 1) return ops::CrossEntropy(logits_, targets_, dlogits, grad_scale);
+double LanguageModel::Loss(const Tensor& logits, const Tensor& targets, const Tensor& dlogits,
+                           double grad_scale) {
+  if (builder_.tp.size == 1) return ops::CrossEntropy(logits, targets, dlogits, grad_scale);
   // Vocabulary parallel: the softmax's max and normaliser and the target logit are reduced over
   // the group, so no rank ever holds the full logits.
-  const int64_t N = targets_.numel();
+  const int64_t N = targets.numel();
   Tensor row_max = builder_.Empty({N}), sum_exp = builder_.Empty({N});
   Tensor target_logit = builder_.Empty({N});
-  ops::RowMax(logits_, row_max);
+  ops::RowMax(logits, row_max);
   builder_.tp_comm->AllReduceMax(row_max);
-  ops::SoftmaxRowStats(logits_, targets_, VocabOffset(), row_max, sum_exp, target_logit);
+  ops::SoftmaxRowStats(logits, targets, VocabOffset(), row_max, sum_exp, target_logit);
   builder_.AllReduceTp(sum_exp);
   builder_.AllReduceTp(target_logit);
-  return ops::CrossEntropyFromStats(logits_, targets_, VocabOffset(), row_max, sum_exp,
-                                    target_logit, dlogits, grad_scale);
+  return ops::CrossEntropyFromStats(logits, targets, VocabOffset(), row_max, sum_exp, target_logit,
+                                    dlogits, grad_scale);
+}
+
+double LanguageModel::HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* probes) {
+  const int64_t N = xf_.dim(0), V = builder_.dims.vocab / builder_.tp.size;
+  const int64_t rows = std::clamp<int64_t>(max_logits_elements_ / V, 1, N);
+  const bool backward = dxf.defined();
+  double loss = 0;
+  for (int64_t r0 = 0; r0 < N; r0 += rows) {
+    const int64_t r1 = std::min(N, r0 + rows);
+    // Each chunk's mean weighs its share of the rows (exactly 1 for a single chunk).
+    const double share = static_cast<double>(r1 - r0) / N;
+    const Tensor x = xf_.Rows(r0, r1);
+    Tensor logits = builder_.Empty({r1 - r0, V});
+    ops::Matmul(x, false, head_->value, true, logits, out_mult_);
+    if (probes) (*probes)["logits"] += share * ops::MeanAbs(logits);
+    // The loss gradient overwrites the chunk's logits in place.
+    loss += share * Loss(logits, targets_.Rows(r0, r1), backward ? logits : Tensor(),
+                         share * grad_scale);
+    if (!backward) continue;
+    ops::Matmul(logits, true, x, false, head_->grad, out_mult_, 1.0);
+    ops::Matmul(logits, false, head_->value, false, dxf.Rows(r0, r1), out_mult_, 0.0);
+  }
+  return loss;
 }
 
 double LanguageModel::ForwardLoss(const Tensor& tokens, Probes* probes) {
-  Forward(tokens, probes);
-  return Loss(Tensor(), 1.0);
+  Forward(tokens, probes, false);
+  return HeadAndLoss(1.0, Tensor(), probes);
 }
 
 double LanguageModel::ForwardBackward(const Tensor& tokens, double grad_scale,
                                       GradientReducer* reducer) {
-  Forward(tokens, nullptr);
-  // The loss gradient overwrites the logits in place: full-size probabilities are never kept.
-  const double loss = Loss(logits_, grad_scale);
-  Backward(reducer);
+  Forward(tokens, nullptr, false);
+  Tensor dxf = builder_.Empty({xf_.dim(0), builder_.dims.width});
+  const double loss = HeadAndLoss(grad_scale, dxf, nullptr);
+  Backward(dxf, reducer);
   return loss;
 }
 
-void LanguageModel::Backward(GradientReducer* reducer) {
+void LanguageModel::Backward(const Tensor& dxf, GradientReducer* reducer) {
   const ModelDims& d = builder_.dims;
   const int64_t N = xf_.dim(0);
-  const Tensor& dlogits = logits_;
   auto final_grad = [&](const Parameter* p) {
     if (reducer != nullptr) reducer->GradReady(p);
   };
-  ops::Matmul(dlogits, true, xf_, false, head_->grad, out_mult_, 1.0);
   if (head_ != embedding_) final_grad(head_);
-  Tensor dxf = builder_.Empty({N, d.width});
-  ops::Matmul(dlogits, false, head_->value, false, dxf, out_mult_, 0.0);
   builder_.AllReduceTp(dxf);
   Tensor dx = builder_.Empty({N, d.width});
   ops::RmsNormBackward(xf_in_, final_norm_->value, rf_, dxf, dx, final_norm_->grad);

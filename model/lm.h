@@ -65,21 +65,29 @@ class LanguageModel {
     Tensor x, n1, r1, h, n2, r2;  // saved activations
     size_t first_param = 0, end_param = 0;  // the block's parameters in params_.all()
   };
-  // Runs the model up to the logits (kept in logits_) and saves what the backward needs.
-  void Forward(const Tensor& tokens, Probes* probes);
+  // Runs the model up to the final norm (xf_) and saves what the backward needs; with
+  // full_logits also the head's logits of every row (logits_, for ForwardLogits).
+  void Forward(const Tensor& tokens, Probes* probes, bool full_logits);
+  // The head and the mean loss in chunks of rows of at most max_logits_elements_ logits, so the
+  // full [N, vocab] logits never exist at once; with dxf ([N, width]) also the head's backward:
+  // head grad += and dxf = the loss gradient at the final norm's output (this rank's part).
+  double HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* probes);
   // One block from its input blk.x, saving its activations; returns its output.
   Tensor BlockForward(Block& blk, int64_t B, int64_t T, Probes* probes);
   // Drops a block's saved activations but its input (recomputation).
   void ReleaseBlock(Block& blk);
-  // The mean loss of the saved logits; with dlogits (may alias logits) also its gradient.
-  double Loss(const Tensor& dlogits, double grad_scale);
-  void Backward(GradientReducer* reducer);
+  // The mean loss of `logits` (rows of targets); with dlogits (may alias logits) its gradient.
+  double Loss(const Tensor& logits, const Tensor& targets, const Tensor& dlogits,
+              double grad_scale);
+  void Backward(const Tensor& dxf, GradientReducer* reducer);
   int64_t VocabOffset() const { return builder_.tp.rank * (builder_.dims.vocab / builder_.tp.size); }
 
   ParameterSet params_;
   LayerBuilder builder_;
   uint64_t seed_ = 0;
   bool recompute_ = false;
+  // Logits per head chunk: 32M floats (128 MB), e.g. 1048 rows of a 32000 vocabulary.
+  int64_t max_logits_elements_ = int64_t{1} << 25;
   int64_t batch_ = 0, seq_ = 0;  // of the last Forward
   Parameter *embedding_, *final_norm_, *head_;
   double out_mult_ = 1;

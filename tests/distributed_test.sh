@@ -68,6 +68,16 @@ for set in "model.tie_embeddings=true" "model.value_heads_per_key_head=2"; do
   out=$(compare runs/single-$set runs/np4-$set 2>&1) && ok || fail "$set: $out"
 done
 
+# The head and the vocabulary-parallel loss in chunks of rows (the test hook makes them small):
+# the single rank's losses on TP 2 and DP 2 x TP 2 (within 1e-5, as every layout).
+for np in 2 4; do
+  GDN_TEST_MAX_LOGITS_ELEMENTS=500 mpi $np "$gdn" train --spec base.textproto --quiet \
+    --set parametrization.kind=MUP --set optimizer.kind=ADAMW --set optimizer.lr=0.003 \
+    --set parallel.tensor_parallel=2 --set run.dir=runs/chunked-np$np >/dev/null 2>&1 \
+    || fail "chunked head np=$np failed"
+  out=$(compare runs/MUP-ADAMW-single runs/chunked-np$np 2>&1) && ok || fail "chunked head np=$np: $out"
+done
+
 # Bad layouts: one error line (from rank 0), a non-zero exit, nothing written.
 bad_layout() {
   local np=$1 pattern=$2

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -384,6 +385,31 @@ TEST(GradientCheck, RecomputationGivesTheSameGradients) {
         nonzero += a[k]->grad.at(i) != 0;
       }
     EXPECT_GT(nonzero, 100);
+  }
+}
+
+// The head and the loss in chunks of rows (the full logits never held at once) against one chunk:
+// the same loss and gradients up to float64 summation order, with a partial last chunk; and
+// ForwardLoss reports the loss ForwardBackward does.
+TEST(GradientCheck, HeadChunksGiveTheSameLossAndGradients) {
+  SingleThread one;
+  const ExperimentSpec spec = TinySpec({.name = "head chunks"});
+  auto whole = MakeModel(spec, Gates::kInit);
+  setenv("GDN_TEST_MAX_LOGITS_ELEMENTS", "33", 1);  // 3 rows of the 11-word vocabulary
+  auto chunked = MakeModel(spec, Gates::kInit);
+  unsetenv("GDN_TEST_MAX_LOGITS_ELEMENTS");
+  const Tensor tokens = RandomTokens(2, 11, 11, 5);  // 20 rows: 6 chunks of 3 and one of 2
+  const double a = whole->ForwardBackward(tokens, 0.7), b = chunked->ForwardBackward(tokens, 0.7);
+  EXPECT_NEAR(a, b, 1e-14 * a);
+  EXPECT_EQ(chunked->ForwardLoss(tokens), b);
+  const auto& pa = whole->params().all();
+  const auto& pb = chunked->params().all();
+  for (size_t k = 0; k < pa.size(); ++k) {
+    double scale = 0;
+    for (int64_t i = 0; i < pa[k]->grad.numel(); ++i) scale = std::max(scale, std::abs(pa[k]->grad.at(i)));
+    ASSERT_GT(scale, 0) << pa[k]->name;
+    for (int64_t i = 0; i < pa[k]->grad.numel(); ++i)
+      ASSERT_NEAR(pa[k]->grad.at(i), pb[k]->grad.at(i), 1e-12 * scale) << pa[k]->name << "[" << i << "]";
   }
 }
 
