@@ -371,20 +371,23 @@ class PreemptionGuard {
   std::vector<std::pair<int, struct sigaction>> saved_;
 };
 
-// Test hook (tests/resume_test.sh): GDN_TEST_RAISE_AFTER_STEP=STEP:SIGNAL[:RANK] makes world rank
-// RANK (default 0) send itself SIGNAL (KILL, TERM, USR2, ...) at the end of step STEP, before
-// that step's checkpoint: a deterministic `kill -9`, or a preemption taking effect at that step.
-void MaybeRaiseForTest(int64_t step, int world_rank) {
+// Test hook (tests/resume_test.sh): GDN_TEST_RAISE_AFTER_STEP=STEP:SIGNAL[:RANK[:next]] makes world
+// rank RANK (default 0) send itself SIGNAL (KILL, TERM, USR2, STOP, ...) at the end of step STEP,
+// before that step's checkpoint: a deterministic `kill -9`, or a preemption taking effect at that
+// step. With `next`, at the start of the following step instead, after every rank agreed to go on
+// (a rank stopping there leaves the others inside that step's collectives).
+void MaybeRaiseForTest(int64_t step, int world_rank, bool next_start) {
   const char* env = std::getenv("GDN_TEST_RAISE_AFTER_STEP");
   if (env == nullptr) return;
   std::vector<std::string> f = absl::StrSplit(env, ':');
   int64_t at = -1;
   int rank = 0;
-  if (f.size() < 2 || !absl::SimpleAtoi(f[0], &at) || (f.size() > 2 && !absl::SimpleAtoi(f[2], &rank)))
-    LOG(FATAL) << "GDN_TEST_RAISE_AFTER_STEP=" << env << ": expected STEP:SIGNAL[:RANK]";
+  if (f.size() < 2 || f.size() > 4 || !absl::SimpleAtoi(f[0], &at) ||
+      (f.size() > 2 && !absl::SimpleAtoi(f[2], &rank)) || (f.size() > 3 && f[3] != "next"))
+    LOG(FATAL) << "GDN_TEST_RAISE_AFTER_STEP=" << env << ": expected STEP:SIGNAL[:RANK[:next]]";
   const auto sig = SignalNumber(f[1]);
   CHECK(sig.has_value()) << "GDN_TEST_RAISE_AFTER_STEP: unknown signal " << f[1];
-  if (at == step && rank == world_rank) std::raise(*sig);
+  if (at == step && rank == world_rank && next_start == (f.size() > 3)) std::raise(*sig);
 }
 
 }  // namespace
@@ -547,6 +550,7 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   const int64_t first_step = state.step;
   const auto start = std::chrono::steady_clock::now();
   for (int64_t step = first_step; step < steps; ++step) {
+    MaybeRaiseForTest(step, grid.world_rank, true);
     const auto t0 = std::chrono::steady_clock::now();
     train_loader->TrainBatch(step, tokens.data<int32_t>());
     const double lr = ScheduledLearningRate(spec.optimizer(), step, steps);
@@ -593,7 +597,7 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     }
     // Checkpoints: periodic, at the end, on request, and when any rank was asked to stop (all
     // ranks agree at this step boundary, so they all checkpoint the same step).
-    MaybeRaiseForTest(step + 1, grid.world_rank);
+    MaybeRaiseForTest(step + 1, grid.world_rank, false);
     const auto requests = preemption.OnAnyRank(*grid.world);
     const bool preempt = !last && requests.stop;
     const bool periodic = rs.checkpoint_interval() > 0 && (step + 1) % rs.checkpoint_interval() == 0;

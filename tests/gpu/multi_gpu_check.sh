@@ -138,6 +138,22 @@ if [[ $code -eq 0 || $code -eq 124 ]] || ! grep -q 'not finished after 10 s' "$w
   fail "a stopped rank should end the job within GDN_COLLECTIVE_TIMEOUT_S (exit $code)"
 fi
 
+step "2 GPUs, tensor-parallel 2, rank 1 stopped at the start of step 6: NCCL's watchdog ends the job" | tee -a "$log/runs.log"
+# Rank 0 then waits on the GPU for a tensor-parallel all-reduce (not inside MPI), so only the NCCL
+# watchdog can end it.
+start=$SECONDS
+GDN_COLLECTIVE_TIMEOUT_S=10 GDN_TEST_RAISE_AFTER_STEP=5:STOP:1:next timeout 120 "${mpi[@]}" -x GDN_COLLECTIVE_TIMEOUT_S \
+  -np 2 "$gdn" train --spec spec.textproto --set run.dir=runs/hang-tp --set parallel.tensor_parallel=2 \
+  --set run.steps=100000 >"$work/hang-tp.out" 2>&1
+code=$?
+pkill -9 -f "run.dir=runs/hang-tp"
+cat "$work/hang-tp.out" >>"$log/runs.log"
+grep -m1 'not finished after' "$work/hang-tp.out" | tee -a "$log/summary.txt"
+echo "stopped tensor-parallel rank: the job ended with status $code after $((SECONDS - start)) s" | tee -a "$log/summary.txt"
+if [[ $code -eq 0 || $code -eq 124 ]] || ! grep -q 'NCCL .* not finished after 10 s' "$work/hang-tp.out"; then
+  fail "a stopped tensor-parallel rank should end the job through NCCL's watchdog (exit $code)"
+fi
+
 step "4 ranks on 2 GPUs" | tee -a "$log/runs.log"
 timeout 60 mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -np 4 \
   "$gdn" train --spec spec.textproto --set run.dir=runs/np4 >"$work/np4.out" 2>&1
