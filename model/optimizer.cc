@@ -25,21 +25,6 @@ double ScheduledLearningRate(const OptimizerSpec& spec, int64_t step, int64_t to
   return lr;
 }
 
-double GradNorm(const ParameterSet& params, const TensorParallel& tp, Communicator* tp_comm) {
-  Tensor ss = Tensor::Zeros({1}, DType::kF64);
-  for (const auto& p : params.all())
-    if (p->shard != ShardDim::kReplicated || tp.rank == 0)
-      ss.set(0, ss.at(0) + ops::SumSquares(p->grad));
-  if (tp_comm != nullptr && tp.size > 1) tp_comm->AllReduceSum(ss);
-  return std::sqrt(ss.at(0));
-}
-
-void ClipGradients(const ParameterSet& params, double norm, double max_norm) {
-  if (max_norm <= 0 || !(norm > max_norm)) return;
-  const double s = max_norm / norm;
-  for (const auto& p : params.all()) ops::Scale(p->grad, s);
-}
-
 Optimizer::Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
                      const GradientReducer* layout)
     : spec_(spec), params_(params), layout_(layout),

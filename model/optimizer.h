@@ -6,21 +6,12 @@
 #include <vector>
 
 #include "model/parameter.h"
-#include "runtime/communicator.h"
 #include "proto/gdn.pb.h"
 
 namespace gdn {
 
 // The base learning rate at optimizer step `step` (0-based) of `total_steps`.
 double ScheduledLearningRate(const OptimizerSpec& spec, int64_t step, int64_t total_steps);
-
-// The global gradient norm, sqrt(sum of squared gradients): under tensor parallelism each shard
-// is counted once and each replicated parameter once (on tensor-parallel rank 0), then summed over
-// the group tp_comm (null: one rank).
-double GradNorm(const ParameterSet& params, const TensorParallel& tp = {},
-                Communicator* tp_comm = nullptr);
-// Scales every gradient by max_norm / norm when norm > max_norm > 0.
-void ClipGradients(const ParameterSet& params, double norm, double max_norm);
 
 class GradientReducer;
 

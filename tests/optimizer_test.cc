@@ -7,10 +7,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "model/config.h"
+#include "model/gradient_reducer.h"
 #include "model/lm.h"
 #include "model/optimizer.h"
 #include "runtime/spec.h"
@@ -104,26 +106,37 @@ double HandNorm(const ParameterSet& ps) {
   return std::sqrt(ss);
 }
 
+// The trainer's norm and clipping (model/gradient_reducer.h) on one rank.
+struct OneRank {
+  explicit OneRank(ParameterSet& ps)
+      : comm(MakeSingleRankCommunicator()), reducer(ps, {}, nullptr, comm.get(), {}) {}
+  std::unique_ptr<Communicator> comm;
+  GradientReducer reducer;
+};
+
 TEST(GradNorm, IsSqrtOfSumOfSquares) {
   ParameterSet ps = MakeParams(DType::kF64);
-  EXPECT_NEAR(GradNorm(ps), HandNorm(ps), 1e-14 * HandNorm(ps));
+  OneRank rs(ps);
+  EXPECT_NEAR(rs.reducer.GradNorm(), HandNorm(ps), 1e-14 * HandNorm(ps));
   ParameterSet pf = MakeParams(DType::kF32);
-  EXPECT_NEAR(GradNorm(pf), HandNorm(pf), 1e-6 * HandNorm(pf));
+  OneRank rf(pf);
+  EXPECT_NEAR(rf.reducer.GradNorm(), HandNorm(pf), 1e-6 * HandNorm(pf));
   // A known value: one gradient (3, 4) and zeros elsewhere -> 5.
   for (const auto& p : ps.all()) p->grad.SetZero();
   ps.all()[0]->grad.set(0, 3.0);
   ps.all()[2]->grad.set(5, -4.0);
-  EXPECT_DOUBLE_EQ(GradNorm(ps), 5.0);
+  EXPECT_DOUBLE_EQ(rs.reducer.GradNorm(), 5.0);
 }
 
 TEST(ClipGradients, ScalesToMaxNormExactly) {
   ParameterSet ps = MakeParams(DType::kF64);
-  const double norm = GradNorm(ps);
+  OneRank r(ps);
+  const double norm = r.reducer.GradNorm();
   ASSERT_GT(norm, 1.0);
   std::vector<Tensor> before;
   for (const auto& p : ps.all()) before.push_back(p->grad.Clone());
-  ClipGradients(ps, norm, 1.0);
-  EXPECT_NEAR(GradNorm(ps), 1.0, 1e-14);
+  r.reducer.ClipGradients(norm, 1.0);
+  EXPECT_NEAR(r.reducer.GradNorm(), 1.0, 1e-14);
   for (size_t k = 0; k < before.size(); ++k)  // same direction: every coordinate times 1/norm
     for (int64_t i = 0; i < before[k].numel(); ++i)
       EXPECT_NEAR(ps.all()[k]->grad.at(i), before[k].at(i) / norm, 1e-15);
@@ -131,12 +144,13 @@ TEST(ClipGradients, ScalesToMaxNormExactly) {
 
 TEST(ClipGradients, LeavesSmallNormsAndDisabledClipAlone) {
   ParameterSet ps = MakeParams(DType::kF64);
-  const double norm = GradNorm(ps);
+  OneRank r(ps);
+  const double norm = r.reducer.GradNorm();
   std::vector<Tensor> before;
   for (const auto& p : ps.all()) before.push_back(p->grad.Clone());
-  ClipGradients(ps, norm, norm * 1.5);  // below max: untouched
-  ClipGradients(ps, norm, norm);        // equal to max: untouched
-  ClipGradients(ps, norm, 0.0);         // 0 turns clipping off
+  r.reducer.ClipGradients(norm, norm * 1.5);  // below max: untouched
+  r.reducer.ClipGradients(norm, norm);        // equal to max: untouched
+  r.reducer.ClipGradients(norm, 0.0);         // 0 turns clipping off
   for (size_t k = 0; k < before.size(); ++k)
     for (int64_t i = 0; i < before[k].numel(); ++i)
       EXPECT_EQ(ps.all()[k]->grad.at(i), before[k].at(i));
@@ -299,12 +313,13 @@ std::vector<double> TrainFixedBatch(OptimizerSpec::Kind kind, double lr, int ste
   std::mt19937_64 gen(3);
   std::uniform_int_distribution<int> dist(0, 31);
   for (int64_t i = 0; i < tokens.numel(); ++i) tokens.data<int32_t>()[i] = dist(gen);
-  Optimizer opt(s.optimizer(), model.params());
+  OneRank r(model.params());
+  Optimizer opt(s.optimizer(), model.params(), &r.reducer);
   std::vector<double> losses;
   for (int step = 0; step < steps; ++step) {
-    model.params().ZeroGrads();
+    r.reducer.ZeroGrads();
     losses.push_back(model.ForwardBackward(tokens));
-    ClipGradients(model.params(), GradNorm(model.params()), s.optimizer().grad_clip());
+    r.reducer.ClipGradients(r.reducer.GradNorm(), s.optimizer().grad_clip());
     opt.Step(step + 1, ScheduledLearningRate(s.optimizer(), step, steps));
   }
   losses.push_back(model.ForwardLoss(tokens));

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/gradient_reducer.h"
 #include "model/lm.h"
 #include "model/optimizer.h"
 #include "runtime/spec.h"
@@ -212,13 +213,15 @@ void CheckLogitMultiplier(const ExperimentSpec& spec, double mult) {
 
 std::vector<double> Train(LanguageModel& model, const ExperimentSpec& spec, const Tensor& tokens,
                           int steps) {
-  Optimizer opt(spec.optimizer(), model.params());
+  // The trainer's norm, clipping and flat multi-tensor update, on one rank.
+  auto one_rank = MakeSingleRankCommunicator();
+  GradientReducer reducer(model.params(), {}, nullptr, one_rank.get(), {});
+  Optimizer opt(spec.optimizer(), model.params(), &reducer);
   std::vector<double> losses;
   for (int step = 0; step < steps; ++step) {
-    model.params().ZeroGrads();
+    reducer.ZeroGrads();
     losses.push_back(model.ForwardBackward(tokens));
-    const double norm = GradNorm(model.params());
-    ClipGradients(model.params(), norm, spec.optimizer().grad_clip());
+    reducer.ClipGradients(reducer.GradNorm(), spec.optimizer().grad_clip());
     opt.Step(step + 1, ScheduledLearningRate(spec.optimizer(), step, steps));
   }
   losses.push_back(model.ForwardLoss(tokens));
