@@ -125,34 +125,29 @@ train "${mpi[@]}" -np 2 "$gdn" train "${resume[@]}" || fail "resumed run"
 grep -q 'resuming from step 20' "$log/runs.log" || fail "no resume from step 20"
 compare "TP 2 on 2 GPUs, killed at 25 and resumed" runs/tp2-resume || status=1
 
+# stopped NAME RAISE PATTERN [train flags...]: rank 1 stops itself (GDN_TEST_RAISE_AFTER_STEP=RAISE)
+# in a long run with a 10 s collective timeout; the job must end with an error matching PATTERN.
+stopped() {
+  local name=$1 raise=$2 pattern=$3 start=$SECONDS code
+  shift 3
+  GDN_COLLECTIVE_TIMEOUT_S=10 GDN_TEST_RAISE_AFTER_STEP=$raise timeout 120 "${mpi[@]}" -x GDN_COLLECTIVE_TIMEOUT_S \
+    -np 2 "$gdn" train --spec spec.textproto --set run.dir=runs/$name --set run.steps=100000 "$@" \
+    >"$work/$name.out" 2>&1
+  code=$?
+  pkill -9 -f "run.dir=runs/$name"
+  cat "$work/$name.out" >>"$log/runs.log"
+  grep -m1 'not finished after' "$work/$name.out" | tee -a "$log/summary.txt"
+  echo "$name: the job ended with status $code after $((SECONDS - start)) s" | tee -a "$log/summary.txt"
+  if [[ $code -eq 0 || $code -eq 124 ]] || ! grep -q "$pattern" "$work/$name.out"; then
+    fail "$name: the job should end within GDN_COLLECTIVE_TIMEOUT_S with /$pattern/ (exit $code)"
+  fi
+}
 step "2 GPUs, data-parallel 2, rank 1 stopped (SIGSTOP) after step 5: the job ends within the timeout" | tee -a "$log/runs.log"
-start=$SECONDS
-GDN_COLLECTIVE_TIMEOUT_S=10 GDN_TEST_RAISE_AFTER_STEP=5:STOP:1 timeout 120 "${mpi[@]}" -x GDN_COLLECTIVE_TIMEOUT_S \
-  -np 2 "$gdn" train --spec spec.textproto --set run.dir=runs/hang --set run.steps=100000 >"$work/hang.out" 2>&1
-code=$?
-pkill -9 -f "run.dir=runs/hang"
-cat "$work/hang.out" >>"$log/runs.log"
-grep -m1 'not finished after' "$work/hang.out" | tee -a "$log/summary.txt"
-echo "stopped rank: the job ended with status $code after $((SECONDS - start)) s" | tee -a "$log/summary.txt"
-if [[ $code -eq 0 || $code -eq 124 ]] || ! grep -q 'not finished after 10 s' "$work/hang.out"; then
-  fail "a stopped rank should end the job within GDN_COLLECTIVE_TIMEOUT_S (exit $code)"
-fi
-
+stopped hang 5:STOP:1 'not finished after 10 s'
+# Stopped at the start of step 6, rank 1 leaves rank 0 waiting on the GPU for a tensor-parallel
+# all-reduce (not inside MPI), so only the NCCL watchdog can end it.
 step "2 GPUs, tensor-parallel 2, rank 1 stopped at the start of step 6: NCCL's watchdog ends the job" | tee -a "$log/runs.log"
-# Rank 0 then waits on the GPU for a tensor-parallel all-reduce (not inside MPI), so only the NCCL
-# watchdog can end it.
-start=$SECONDS
-GDN_COLLECTIVE_TIMEOUT_S=10 GDN_TEST_RAISE_AFTER_STEP=5:STOP:1:next timeout 120 "${mpi[@]}" -x GDN_COLLECTIVE_TIMEOUT_S \
-  -np 2 "$gdn" train --spec spec.textproto --set run.dir=runs/hang-tp --set parallel.tensor_parallel=2 \
-  --set run.steps=100000 >"$work/hang-tp.out" 2>&1
-code=$?
-pkill -9 -f "run.dir=runs/hang-tp"
-cat "$work/hang-tp.out" >>"$log/runs.log"
-grep -m1 'not finished after' "$work/hang-tp.out" | tee -a "$log/summary.txt"
-echo "stopped tensor-parallel rank: the job ended with status $code after $((SECONDS - start)) s" | tee -a "$log/summary.txt"
-if [[ $code -eq 0 || $code -eq 124 ]] || ! grep -q 'NCCL .* not finished after 10 s' "$work/hang-tp.out"; then
-  fail "a stopped tensor-parallel rank should end the job through NCCL's watchdog (exit $code)"
-fi
+stopped hang-tp 5:STOP:1:next 'NCCL .* not finished after 10 s' --set parallel.tensor_parallel=2
 
 step "4 ranks on 2 GPUs" | tee -a "$log/runs.log"
 timeout 60 mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -np 4 \
