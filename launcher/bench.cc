@@ -111,7 +111,6 @@ absl::Status RunBench(const BenchOptions& o) {
   spec.mutable_parallel()->set_tensor_parallel(o.tensor_parallel);
   spec.mutable_parallel()->set_zero_stage(o.zero ? 1 : 0);
   spec.mutable_parallel()->set_bucket_mb(o.bucket_mb);
-  spec.mutable_data()->set_batch_size(o.batch);
   spec.mutable_data()->set_seq_len(o.seq_len);
 
   if (auto s = ValidateModelSpec(spec); !s.ok()) return s;
