@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/gated_delta_rule.h"
@@ -162,7 +163,8 @@ Inputs MakeInputs(const Case& c, std::mt19937_64& rng) {
 // a bf16 run carry no output rounding: a tight bound there catches intermediate products that
 // lost precision (bf16-rounded chunk-local operands gave 2e-3 there, and 2e-2 on dq at T = 1).
 template <typename T>
-void RunCase(const Case& c, double tol, double tol_f32, std::mt19937_64& rng) {
+void RunCase(const Case& c, double tol, double tol_f32, std::mt19937_64& rng,
+             cuda::GdrProducts products = cuda::GdrProducts::kFloat32) {
   const std::string where = CaseName(c);
   SCOPED_TRACE(where);
   std::printf("%s %s\n", sizeof(T) == 4 ? "fp32" : "bf16", where.c_str());
@@ -176,9 +178,16 @@ void RunCase(const Case& c, double tol, double tol_f32, std::mt19937_64& rng) {
   const double scale = 1.0 / std::sqrt(double(c.dk));
 
   const cuda::GdrShape shape{c.B, c.T, c.H, c.HV, c.dk, c.dv};
-  cuda::GdrForward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), o.p, state.p, nullptr);
-  cuda::GdrBackward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), d_o.p, dq.p, dk.p, dv.p,
-                    dgamma.p, dbeta.p, nullptr);
+  if constexpr (std::is_same_v<T, float>) {
+    cuda::GdrForward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), o.p, state.p, nullptr,
+                     products);
+    cuda::GdrBackward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), d_o.p, dq.p, dk.p,
+                      dv.p, dgamma.p, dbeta.p, nullptr, products);
+  } else {
+    cuda::GdrForward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), o.p, state.p, nullptr);
+    cuda::GdrBackward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), d_o.p, dq.p, dk.p,
+                      dv.p, dgamma.p, dbeta.p, nullptr);
+  }
   CUDA_OK(cudaDeviceSynchronize());
   CUDA_OK(cudaGetLastError());
 
@@ -224,6 +233,14 @@ TEST(CudaGatedDeltaRule, Float32MatchesFloat64Reference) {
   SKIP_WITHOUT_GPU();
   auto rng = FreshRng();
   for (const Case& c : Cases()) RunCase<float>(c, 1e-5, 1e-5, rng);
+}
+
+// fp32 inputs with the bf16 mode's products (split-bf16 tensor cores): about 16 significant bits
+// per operand, measured up to 1.6e-5; a plain bf16 rounding of the operands would give 2e-3.
+TEST(CudaGatedDeltaRule, Float32SplitBf16ProductsMatchFloat64Reference) {
+  SKIP_WITHOUT_GPU();
+  auto rng = FreshRng();
+  for (const Case& c : Cases()) RunCase<float>(c, 1e-4, 1e-4, rng, cuda::GdrProducts::kSplitBf16);
 }
 
 TEST(CudaGatedDeltaRule, Bfloat16MatchesFloat64Reference) {

@@ -19,7 +19,8 @@
 //   GradKernel    (per chunk)                  dq, dk (per value head), dv, dbeta, dgamma
 //   ReduceKernel  (only with HV > H)           dq, dk summed over the value heads of a key head
 // Every matrix product is a 64 x 64 x 64 block product on fp32 tiles in shared memory (rows
-// padded to 65 floats, so that row and column reads are both free of bank conflicts); dk and dv
+// padded to 72 floats: 16-byte aligned rows for vector stores, and tensor-core fragment loads
+// with at most 2-way bank conflicts, against 4-way with an odd row length); dk and dv
 // are loops over 64-wide tiles, so each kernel has one instantiation per input type and product
 // mode (fp32 FMA, or split-bf16 tensor cores: see Mma and TcMask). Everything else is fp32 (bf16
 // inputs are widened on load). Decays are never divided: E comes from running products of
@@ -48,7 +49,7 @@ namespace {
   } while (0)
 
 constexpr int kC = 64;            // chunk size and tile edge
-constexpr int kLd = kC + 1;       // padded row length of a shared-memory tile
+constexpr int kLd = kC + 8;       // padded row length of a shared-memory tile (see the top)
 constexpr int kTile = kC * kLd;   // floats per tile
 constexpr int kThreads = 256;     // every kernel; Frag's 16 x 16 thread layout relies on it
 constexpr int kSmall = 1280;      // floats of per-token scratch ahead of the tiles
@@ -124,7 +125,9 @@ __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t strid
     const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
     const float m = row_scale != nullptr ? mul * row_scale[r] : mul;
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) dst[r * kLd + c + i] = x[u][i] * m;
+    for (int i = 0; i < kVec; i += 4)
+      *reinterpret_cast<float4*>(dst + r * kLd + c + i) =
+          make_float4(x[u][i] * m, x[u][i + 1] * m, x[u][i + 2] * m, x[u][i + 3] * m);
   }
 }
 
@@ -186,7 +189,8 @@ struct Split {
   uint32_t hi, lo;
 };
 template <bool kExact>
-__device__ __forceinline__ Split SplitBf16(float x0, float x1) {
+__device__ __forceinline__ Split SplitBf16(float2 x) {
+  const float x0 = x.x, x1 = x.y;
   const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
   if constexpr (kExact) {
     return {*reinterpret_cast<const uint32_t*>(&h), 0u};
@@ -195,6 +199,14 @@ __device__ __forceinline__ Split SplitBf16(float x0, float x1) {
     const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
     return {*reinterpret_cast<const uint32_t*>(&h), *reinterpret_cast<const uint32_t*>(&l)};
   }
+}
+
+// p[0] and p[stride]: one 8-byte load when they are adjacent (p is then 8-byte aligned: every
+// fragment starts at an even tile column of an even-length row).
+template <int kStride>
+__device__ __forceinline__ float2 Pair(const float* p) {
+  if constexpr (kStride == 1) return *reinterpret_cast<const float2*>(p);
+  else return make_float2(p[0], p[kStride]);
 }
 
 __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -223,15 +235,15 @@ __device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
 #pragma unroll
     for (int k0 = 0; k0 < kC; k0 += 16) {
       const float* ak = ap + k0 * as1;
-      const Split a0 = SplitBf16<kAX>(ak[0], ak[as1]);
-      const Split a1 = SplitBf16<kAX>(ak[8 * as0], ak[8 * as0 + as1]);
-      const Split a2 = SplitBf16<kAX>(ak[8 * as1], ak[9 * as1]);
-      const Split a3 = SplitBf16<kAX>(ak[8 * as0 + 8 * as1], ak[8 * as0 + 9 * as1]);
+      const Split a0 = SplitBf16<kAX>(Pair<as1>(ak));
+      const Split a1 = SplitBf16<kAX>(Pair<as1>(ak + 8 * as0));
+      const Split a2 = SplitBf16<kAX>(Pair<as1>(ak + 8 * as1));
+      const Split a3 = SplitBf16<kAX>(Pair<as1>(ak + 8 * as0 + 8 * as1));
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float* bk = bp + k0 * bs0 + i * 8 * bs1;
-        const Split b0 = SplitBf16<kBX>(bk[0], bk[bs0]);
-        const Split b1 = SplitBf16<kBX>(bk[8 * bs0], bk[9 * bs0]);
+        const Split b0 = SplitBf16<kBX>(Pair<bs0>(bk));
+        const Split b1 = SplitBf16<kBX>(Pair<bs0>(bk + 8 * bs0));
         if constexpr (!kAX) MmaBf16(f.v[i], a0.lo, a1.lo, a2.lo, a3.lo, b0.hi, b1.hi);
         if constexpr (!kBX) MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.lo, b1.lo);
         MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.hi, b1.hi);
@@ -390,7 +402,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* sE = smem + kSmall;
   float* sM = sE + kTile;
@@ -454,7 +466,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                 float* S_all, float* Vp, float* final_state) {
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* sS = smem + kSmall;  // d.NK tiles: rows kt * 64 + r of the state's column tile
   float* sA = sS + d.NK * kTile;
@@ -518,7 +530,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* sE = smem + kSmall;
   float* sP = sE + kTile;
@@ -563,7 +575,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* sE = smem + kSmall;
   float* sP = sE + kTile;
@@ -593,7 +605,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                   const T* d_o, float scale, const float* Tm, float* Y, float* D_all) {
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* sD = smem + kSmall;  // d.NK tiles
   float* sT = sD + d.NK * kTile;
@@ -667,7 +679,7 @@ __global__ void __launch_bounds__(kThreads)
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
   const int tid = threadIdx.x;
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* small = smem + sizeof(Gates) / sizeof(float);
   float* svy = small;            // v_i . Y_i
@@ -972,15 +984,16 @@ float* Scratch(size_t floats, cudaStream_t stream) {
 
 // Which kernels run their block products on the bf16 tensor cores (split operands, see Mma):
 // bit n for kernel n (PrepKernel 0, StateKernel 1, OutputKernel 2, DvLocalKernel 3,
-// ReverseKernel 4, GradKernel 5). For bf16 inputs all by default, for fp32 none (fp32 FMA keeps
-// fp32 accuracy; the split operands carry about 16 bits). The environment variables
-// GDR_CUDA_TC_MASK (bf16) and GDR_CUDA_FP32_TC_MASK (fp32), read on every call, override the
-// defaults, to compare accuracy and speed.
+// ReverseKernel 4, GradKernel 5). For bf16 inputs all; for fp32 inputs all with
+// GdrProducts::kSplitBf16, none with kFloat32 (fp32 FMA keeps fp32 accuracy; the split operands
+// carry about 16 bits). The environment variables GDR_CUDA_TC_MASK (bf16) and
+// GDR_CUDA_FP32_TC_MASK (fp32), read on every call, override that, to compare accuracy and speed.
 template <typename T>
-int TcMask() {
+int TcMask(GdrProducts products) {
   const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   const char* s = std::getenv(bf16 ? "GDR_CUDA_TC_MASK" : "GDR_CUDA_FP32_TC_MASK");
-  return s != nullptr ? static_cast<int>(std::strtol(s, nullptr, 0)) : bf16 ? 0x3f : 0;
+  if (s != nullptr) return static_cast<int>(std::strtol(s, nullptr, 0));
+  return bf16 || products == GdrProducts::kSplitBf16 ? 0x3f : 0;
 }
 
 template <typename... Params, typename... Args>
@@ -992,10 +1005,10 @@ void Launch(void (*kernel)(Params...), dim3 grid, int tiles, cudaStream_t stream
   GDR_CUDA_CHECK(cudaGetLastError());
 }
 
-// Launches KERNEL<T, kTC> with kTC from bit `bit` of TcMask<T>().
+// Launches KERNEL<T, kTC> with kTC from bit `bit` of the mask `tc` (TcMask's, in scope).
 #define GDR_LAUNCH(KERNEL, bit, ...)                                  \
   do {                                                                \
-    if ((TcMask<T>() >> (bit)) & 1)                                   \
+    if ((tc >> (bit)) & 1)                                            \
       Launch(KERNEL<T, true>, __VA_ARGS__);                           \
     else                                                              \
       Launch(KERNEL<T, false>, __VA_ARGS__);                          \
@@ -1028,7 +1041,7 @@ Work Allocate(const Dims& d, bool backward, cudaStream_t stream) {
 // PrepKernel then StateKernel: chunk-start states and V' in w (and T when backward).
 template <typename T>
 void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, const float* beta,
-                   const Work& w, float* final_state, cudaStream_t stream) {
+                   const Work& w, float* final_state, int tc, cudaStream_t stream) {
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
   GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
   GDR_LAUNCH(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
@@ -1037,7 +1050,8 @@ void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, co
 
 template <typename T>
 void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
-             const float* beta, float scale, T* o, float* final_state, cudaStream_t stream) {
+             const float* beta, float scale, T* o, float* final_state, GdrProducts products,
+             cudaStream_t stream) {
   Validate(s, "GdrForward");
   CheckAligned(q, "q", "GdrForward"), CheckAligned(k, "k", "GdrForward");
   CheckAligned(v, "v", "GdrForward");
@@ -1049,8 +1063,9 @@ void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float*
     return;
   }
   const Dims d = MakeDims(s);
+  const int tc = TcMask<T>(products);
   const Work w = Allocate(d, false, stream);
-  ForwardStates(d, k, v, gamma, beta, w, final_state, stream);
+  ForwardStates(d, k, v, gamma, beta, w, final_state, tc, stream);
   GDR_LAUNCH(OutputKernel, 2, dim3(d.NC, d.HV, d.B), 4, stream, d, q, k, gamma, w.S, w.Vp,
              scale, o);
   GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
@@ -1059,14 +1074,15 @@ void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float*
 template <typename T>
 void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
               const float* beta, float scale, const T* d_o, T* dq, T* dk, T* dv, float* dgamma,
-              float* dbeta, cudaStream_t stream) {
+              float* dbeta, GdrProducts products, cudaStream_t stream) {
   Validate(s, "GdrBackward");
   CheckAligned(q, "q", "GdrBackward"), CheckAligned(k, "k", "GdrBackward");
   CheckAligned(v, "v", "GdrBackward"), CheckAligned(d_o, "d_o", "GdrBackward");
   if (s.B == 0 || s.T == 0) return;
   const Dims d = MakeDims(s);
+  const int tc = TcMask<T>(products);
   const Work w = Allocate(d, true, stream);
-  ForwardStates(d, k, v, gamma, beta, w, nullptr, stream);
+  ForwardStates(d, k, v, gamma, beta, w, nullptr, tc, stream);
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
   float* Y = w.U;     // U is dead after StateKernel: dVl, then Y, live there
   float* dqp = w.W;   // W likewise
@@ -1088,24 +1104,28 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
 
 void GdrForward(const GdrShape& s, const float* q, const float* k, const float* v,
                 const float* gamma, const float* beta, float scale, float* o, float* final_state,
-                cudaStream_t stream) {
-  Forward<float>(s, q, k, v, gamma, beta, scale, o, final_state, stream);
+                cudaStream_t stream, GdrProducts products) {
+  Forward<float>(s, q, k, v, gamma, beta, scale, o, final_state, products, stream);
 }
 void GdrBackward(const GdrShape& s, const float* q, const float* k, const float* v,
                  const float* gamma, const float* beta, float scale, const float* d_o, float* dq,
-                 float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream) {
-  Backward<float>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
+                 float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream,
+                 GdrProducts products) {
+  Backward<float>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, products,
+                  stream);
 }
 void GdrForward(const GdrShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
                 const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
                 __nv_bfloat16* o, float* final_state, cudaStream_t stream) {
-  Forward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, o, final_state, stream);
+  Forward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, o, final_state, GdrProducts::kSplitBf16,
+                         stream);
 }
 void GdrBackward(const GdrShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
                  const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
                  const __nv_bfloat16* d_o, __nv_bfloat16* dq, __nv_bfloat16* dk,
                  __nv_bfloat16* dv, float* dgamma, float* dbeta, cudaStream_t stream) {
-  Backward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
+  Backward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta,
+                          GdrProducts::kSplitBf16, stream);
 }
 
 }  // namespace gdn::cuda

@@ -16,8 +16,9 @@
 // Scratch (fp32, per call): per-token W, U, V' and per-chunk states, plus T, per-chunk dL/dS and
 // (HV > H) per-value-head dk in the backward: 0.67 GB forward, 1.0 GB backward at B=8, T=2048,
 // H=HV=16, dk=dv=128.
-// The environment variables GDR_CUDA_TC_MASK / GDR_CUDA_FP32_TC_MASK choose fp32 FMA or tensor
-// cores per kernel (for comparisons; see gated_delta_rule.cu).
+// fp32 inputs compute their block products as `products` says (below); the environment variables
+// GDR_CUDA_TC_MASK / GDR_CUDA_FP32_TC_MASK override the choice per kernel (for comparisons; see
+// gated_delta_rule.cu).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -29,12 +30,18 @@ struct GdrShape {
   int B, T, H, HV, dk, dv;  // HV = H * value heads per key head
 };
 
+// The block products of the fp32-input kernels: kFloat32, fp32 FMA (fp32-accurate: the float32
+// mode's choice); kSplitBf16, the bf16 tensor cores with each fp32 operand split into two bf16
+// parts (about 16 significant bits, 1e-5 relative; the bf16 mode's choice, being faster).
+enum class GdrProducts { kFloat32, kSplitBf16 };
+
 void GdrForward(const GdrShape& shape, const float* q, const float* k, const float* v,
                 const float* gamma, const float* beta, float scale, float* o, float* final_state,
-                cudaStream_t stream);
+                cudaStream_t stream, GdrProducts products = GdrProducts::kFloat32);
 void GdrBackward(const GdrShape& shape, const float* q, const float* k, const float* v,
                  const float* gamma, const float* beta, float scale, const float* d_o, float* dq,
-                 float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream);
+                 float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream,
+                 GdrProducts products = GdrProducts::kFloat32);
 
 void GdrForward(const GdrShape& shape, const __nv_bfloat16* q, const __nv_bfloat16* k,
                 const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/gated_delta_rule.cuh"
@@ -66,7 +67,7 @@ struct Result {
 };
 
 template <typename T>
-Result Bench(const gdn::cuda::GdrShape& s, int iters) {
+Result Bench(const gdn::cuda::GdrShape& s, int iters, gdn::cuda::GdrProducts products) {
   const int64_t nqk = int64_t{s.B} * s.T * s.H * s.dk, nv = int64_t{s.B} * s.T * s.HV * s.dv;
   const int64_t ng = int64_t{s.B} * s.T * s.HV;
   // q, k entries of about 1/sqrt(dk) in size, so rows have about unit norm, like the layer's.
@@ -90,11 +91,18 @@ Result Bench(const gdn::cuda::GdrShape& s, int iters) {
   CHECK_CUDA(cudaEventCreate(&e0));
   CHECK_CUDA(cudaEventCreate(&e1));
   auto fwd = [&] {
-    gdn::cuda::GdrForward(s, q, k, v, gamma, beta, scale, o, nullptr, stream);
+    if constexpr (std::is_same_v<T, float>)
+      gdn::cuda::GdrForward(s, q, k, v, gamma, beta, scale, o, nullptr, stream, products);
+    else
+      gdn::cuda::GdrForward(s, q, k, v, gamma, beta, scale, o, nullptr, stream);
   };
   auto fwdbwd = [&] {
     fwd();
-    gdn::cuda::GdrBackward(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
+    if constexpr (std::is_same_v<T, float>)
+      gdn::cuda::GdrBackward(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream,
+                             products);
+    else
+      gdn::cuda::GdrBackward(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
   };
   auto time = [&](auto&& fn) {
     for (int i = 0; i < 3; ++i) fn();  // warm-up: module load, memory pool growth
@@ -147,8 +155,14 @@ int main(int argc, char** argv) {
                        (2 * C * dk * dv + 2 * C * C * dv + 4 * C * dk * dv) +
                        (4 * C * C * dk + 4 * C * C * dv + 6 * C * dk * dv + 6 * C * C * dk);
   const double units = double(s.B) * s.HV * ((s.T + 63) / 64);
-  for (int bf16 = 0; bf16 < 2; ++bf16) {
-    const Result r = bf16 ? Bench<__nv_bfloat16>(s, iters) : Bench<float>(s, iters);
+  // fp32 inputs with fp32 FMA products (the float32 mode), with split-bf16 tensor-core products
+  // (the bf16 mode of gdn's model), then bf16 inputs.
+  using gdn::cuda::GdrProducts;
+  for (int mode = 0; mode < 3; ++mode) {
+    const bool bf16 = mode == 2;
+    const Result r = bf16       ? Bench<__nv_bfloat16>(s, iters, GdrProducts::kSplitBf16)
+                     : mode == 1 ? Bench<float>(s, iters, GdrProducts::kSplitBf16)
+                                 : Bench<float>(s, iters, GdrProducts::kFloat32);
     const double el = bf16 ? 2 : 4;
     const double nqk = double(s.B) * s.T * s.H * s.dk, nv = double(s.B) * s.T * s.HV * s.dv;
     const double ng = double(s.B) * s.T * s.HV;
@@ -157,7 +171,7 @@ int main(int argc, char** argv) {
     std::printf(
         "%s  forward %8.3f ms  %6.1f TFLOP/s %7.1f GB/s | forward+backward %8.3f ms  %6.1f "
         "TFLOP/s %7.1f GB/s\n",
-        bf16 ? "bf16" : "fp32", r.fwd_ms, units * fwd_f / (r.fwd_ms * 1e9),
+        bf16 ? "bf16       " : mode == 1 ? "fp32 split " : "fp32       ", r.fwd_ms, units * fwd_f / (r.fwd_ms * 1e9),
         fwd_bytes / (r.fwd_ms * 1e6), r.fwdbwd_ms, units * (fwd_f + bwd_f) / (r.fwdbwd_ms * 1e9),
         (fwd_bytes + bwd_bytes) / (r.fwdbwd_ms * 1e6));
   }

@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/gated_delta_rule.cuh"
 #include "kernels/cuda/gdr_sequential.cuh"
+#include "kernels/ops.h"
 
 namespace gdn::cuda {
 
@@ -36,6 +37,13 @@ bool UseChunked(int64_t chunk, const GdrSeqShape& s, std::initializer_list<const
 }
 
 GdrShape Chunked(const GdrSeqShape& s) { return GdrShape{s.B, s.T, s.H, s.HV, s.dk, s.dv}; }
+
+// The chunked kernel's block products follow the matrix products' precision: split-bf16 tensor
+// cores in the bf16 mode (1e-5 relative, far inside its band), fp32 FMA in the float32 mode.
+GdrProducts Products() {
+  return ops::GetMatmulPrecision() == ops::MatmulPrecision::kBfloat16 ? GdrProducts::kSplitBf16
+                                                                      : GdrProducts::kFloat32;
+}
 }  // namespace
 
 void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma,
@@ -53,7 +61,7 @@ void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, co
   }
   if (UseChunked(chunk, s, {&q, &k, &v, &o})) {
     GdrForward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta), static_cast<float>(scale),
-               F32(o), state, Stream());
+               F32(o), state, Stream(), Products());
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -77,7 +85,7 @@ void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
   if (UseChunked(chunk, s, {&q, &k, &v, &d_o, &dq, &dk, &dv})) {
     GdrBackward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta),
                 static_cast<float>(scale), F32(d_o), F32(dq), F32(dk), F32(dv), F32(dgamma),
-                F32(dbeta), Stream());
+                F32(dbeta), Stream(), Products());
     CUDA_CHECK_LAUNCH();
     return;
   }
