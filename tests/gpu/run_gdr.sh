@@ -62,18 +62,7 @@ echo "memcheck exit ${PIPESTATUS[0]}" | tee -a "$OUT/sanitizer.log"
 step "ncu per-kernel times" | tee -a "$OUT/bench.log"
 timeout 90 ncu --clock-control none --print-units base --metrics gpu__time_duration.sum --csv -k regex:Kernel \
   "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 1 > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
-python3 - "$OUT/ncu.csv" <<'PY' 2>&1 | tee -a "$OUT/bench.log"
-import csv, sys, collections, re
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-if not rows: sys.exit("no ncu rows")
-h = rows[0]; ki = h.index("Kernel Name"); vi = h.index("Metric Value")
-t = collections.defaultdict(list)
-for r in rows[1:]:
-    m = re.search(r"(\w+Kernel)<([^>]*)>", r[ki])
-    name = m.group(1) + "<" + m.group(2).replace("__nv_bfloat16", "bf16") + ">" if m else r[ki][:40]
-    t[name].append(float(r[vi].replace(",", "")) / 1e3)
-for k, v in t.items(): print(f"{k:32s} median {sorted(v)[len(v)//2]:9.1f} us over {len(v)} launches")
-PY
+python3 tests/gpu/ncu_summary.py "$OUT/ncu.csv" 1 2>&1 | tee -a "$OUT/bench.log"
 
 step "racecheck (small case)" | tee -a "$OUT/sanitizer.log"
 timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$BLD/cuda_gdr_tests" \
