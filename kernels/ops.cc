@@ -65,6 +65,17 @@ MatmulPrecision matmul_precision = MatmulPrecision::kFloat32;
 void SetMatmulPrecision(MatmulPrecision precision) { matmul_precision = precision; }
 MatmulPrecision GetMatmulPrecision() { return matmul_precision; }
 
+Tensor MatmulOperand(const Tensor& x) {
+#ifdef GDN_WITH_CUDA
+  if (x.device() == Device::kCUDA && x.dtype() == DType::kF32 &&
+      matmul_precision == MatmulPrecision::kBfloat16) {
+    ScopedOpTimer timer("MatmulOperand", x);
+    return cuda::ToBf16(x);
+  }
+#endif
+  return x;
+}
+
 std::map<std::string, OpTime> TakeProfile() {
   std::map<std::string, OpTime> p;
   p.swap(profile);

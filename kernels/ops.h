@@ -31,6 +31,11 @@ void EnableProfiling(bool on);
 enum class MatmulPrecision { kFloat32, kBfloat16 };
 void SetMatmulPrecision(MatmulPrecision precision);
 MatmulPrecision GetMatmulPrecision();
+// x in the form matrix products take it: in the bf16 mode on CUDA a bf16 copy (DType::kBF16),
+// otherwise x itself. Matmul rounds float32 operands on every call; an operand used by several
+// products (a layer input feeding many projections, an output gradient feeding dW and dx, a
+// saved activation) is rounded once this way, and kept in half the memory.
+Tensor MatmulOperand(const Tensor& x);
 // The times collected since the last call, by op name.
 std::map<std::string, OpTime> TakeProfile();
 }  // namespace gdn::ops

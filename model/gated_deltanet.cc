@@ -52,13 +52,15 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   const int64_t N = B * T;
   B_ = B;
   T_ = T;
-  x_ = x;
-  qp_ = LinearForward(b_, x, *wq_);
-  kp_ = LinearForward(b_, x, *wk_);
-  vp_ = LinearForward(b_, x, *wv_);
-  a_ = LinearForward(b_, x, *wa_);
-  bb_ = LinearForward(b_, x, *wb_);
-  g_ = LinearForward(b_, x, *wg_);
+  // x and y feed products only: kept in their matrix-product form (bf16 in the bf16 mode), x
+  // rounded once for its six projections.
+  x_ = ops::MatmulOperand(x);
+  qp_ = LinearForward(b_, x_, *wq_);
+  kp_ = LinearForward(b_, x_, *wk_);
+  vp_ = LinearForward(b_, x_, *wv_);
+  a_ = LinearForward(b_, x_, *wa_);
+  bb_ = LinearForward(b_, x_, *wb_);
+  g_ = LinearForward(b_, x_, *wg_);
 
   auto conv = [&](const Tensor& in, const Parameter& w, Tensor& pre, Tensor& out) {
     const int64_t c = in.dim(1);
@@ -90,9 +92,10 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
                              recurrence_scale_, d.chunk,
                              o_.View({B, T, value_heads_, d.dv}), state);
 
-  y_ = b_.Empty({N, value_dim_});
+  Tensor y = b_.Empty({N, value_dim_});
   o_rstd_ = b_.Empty({N * value_heads_});
-  ops::GatedRmsNormForward(o_, g_, o_norm_->value, d.dv, d.norm_eps, y_, o_rstd_);
+  ops::GatedRmsNormForward(o_, g_, o_norm_->value, d.dv, d.norm_eps, y, o_rstd_);
+  y_ = ops::MatmulOperand(y);
   Tensor out = LinearForward(b_, y_, *wo_);
 
   if (probes) {
@@ -106,7 +109,7 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
     p["alpha"] += alpha / gamma_.numel();
     p["beta"] += ops::MeanAbs(beta_);
     p["recurrent_out"] += ops::MeanAbs(o_);
-    p["head_norm_out"] += ops::MeanAbs(y_);
+    p["head_norm_out"] += ops::MeanAbs(y);
     p["mixer_out"] += ops::MeanAbs(out);
     // |S|_F / sqrt(dk dv): the RMS coordinate of the final state, averaged over heads.
     p["state"] += std::sqrt(ops::SumSquares(state) / state.numel());
@@ -198,7 +201,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   Tensor dvp = conv_back(vp_, *conv_v_, v_pre_, dvc);
 
   Tensor dx = b_.Empty({N, d.width});
-  LinearBackward(x_, *wq_, dqp, dx, false);
+  LinearBackward(x_, *wq_, dqp, dx, false);  // x_ in its matrix-product form
   LinearBackward(x_, *wk_, dkp, dx, true);
   LinearBackward(x_, *wv_, dvp, dx, true);
   LinearBackward(x_, *wa_, da, dx, true);

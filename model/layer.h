@@ -42,17 +42,18 @@ struct LayerBuilder {
   Tensor Empty(const Shape& shape) const { return Tensor::Empty(shape, dtype, device); }
 };
 
-// y = x W^T for x [N, in], W [out, in].
+// y = x W^T for x [N, in], W [out, in]; x may be an ops::MatmulOperand.
 inline Tensor LinearForward(const LayerBuilder& b, const Tensor& x, const Parameter& w) {
   Tensor y = b.Empty({x.dim(0), w.value.dim(0)});
   ops::Matmul(x, false, w.value, true, y);
   return y;
 }
-// dW += dy^T x;  dx = dy W + accumulate * dx.
+// dW += dy^T x;  dx = dy W + accumulate * dx (x as LinearForward had it).
 inline void LinearBackward(const Tensor& x, const Parameter& w, const Tensor& dy, const Tensor& dx,
                            bool accumulate) {
-  ops::Matmul(dy, true, x, false, w.grad, 1.0, 1.0);
-  ops::Matmul(dy, false, w.value, false, dx, 1.0, accumulate ? 1.0 : 0.0);
+  const Tensor dym = ops::MatmulOperand(dy);  // one rounding for both products
+  ops::Matmul(dym, true, x, false, w.grad, 1.0, 1.0);
+  ops::Matmul(dym, false, w.value, false, dx, 1.0, accumulate ? 1.0 : 0.0);
 }
 
 }  // namespace gdn

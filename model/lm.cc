@@ -105,17 +105,17 @@ Tensor LanguageModel::BlockForward(Block& blk, int64_t B, int64_t T, Probes* pro
   const ModelDims& d = builder_.dims;
   const int64_t N = B * T;
   const Tensor& x = blk.x;
-  blk.n1 = builder_.Empty({N, d.width});
+  Tensor n1 = builder_.Empty({N, d.width});
   blk.r1 = builder_.Empty({N});
-  ops::RmsNormForward(x, blk.mixer_norm->value, d.norm_eps, blk.n1, blk.r1);
-  Tensor m = blk.mixer->Forward(blk.n1, B, T, probes);
+  ops::RmsNormForward(x, blk.mixer_norm->value, d.norm_eps, n1, blk.r1);
+  Tensor m = blk.mixer->Forward(n1, B, T, probes);
   builder_.AllReduceTp(m);
   blk.h = builder_.Empty({N, d.width});
   ops::Add(x, m, blk.h);
-  blk.n2 = builder_.Empty({N, d.width});
+  Tensor n2 = builder_.Empty({N, d.width});
   blk.r2 = builder_.Empty({N});
-  ops::RmsNormForward(blk.h, blk.mlp_norm->value, d.norm_eps, blk.n2, blk.r2);
-  Tensor f = blk.mlp->Forward(blk.n2);
+  ops::RmsNormForward(blk.h, blk.mlp_norm->value, d.norm_eps, n2, blk.r2);
+  Tensor f = blk.mlp->Forward(n2);
   builder_.AllReduceTp(f);
   if (probes) (*probes)["mlp_out"] += ops::MeanAbs(f);
   Tensor out = builder_.Empty({N, d.width});
@@ -124,7 +124,7 @@ Tensor LanguageModel::BlockForward(Block& blk, int64_t B, int64_t T, Probes* pro
 }
 
 void LanguageModel::ReleaseBlock(Block& blk) {
-  blk.n1 = blk.r1 = blk.h = blk.n2 = blk.r2 = Tensor();
+  blk.r1 = blk.h = blk.r2 = Tensor();
   blk.mixer->ReleaseSaved();
   blk.mlp->ReleaseSaved();
 }
@@ -196,20 +196,23 @@ double LanguageModel::HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* 
   const int64_t rows = std::clamp<int64_t>(max_logits_elements_ / V, 1, N);
   const bool backward = dxf.defined();
   double loss = 0;
+  // Each operand rounded once for all the chunks' products (bf16 mode).
+  const Tensor xm = ops::MatmulOperand(xf_), w = ops::MatmulOperand(head_->value);
   for (int64_t r0 = 0; r0 < N; r0 += rows) {
     const int64_t r1 = std::min(N, r0 + rows);
     // Each chunk's mean weighs its share of the rows (exactly 1 for a single chunk).
     const double share = static_cast<double>(r1 - r0) / N;
-    const Tensor x = xf_.Rows(r0, r1);
+    const Tensor x = xm.Rows(r0, r1);
     Tensor logits = builder_.Empty({r1 - r0, V});
-    ops::Matmul(x, false, head_->value, true, logits, out_mult_);
+    ops::Matmul(x, false, w, true, logits, out_mult_);
     if (probes) (*probes)["logits"] += share * ops::MeanAbs(logits);
     // The loss gradient overwrites the chunk's logits in place.
     loss += share * Loss(logits, targets_.Rows(r0, r1), backward ? logits : Tensor(),
                          share * grad_scale);
     if (!backward) continue;
-    ops::Matmul(logits, true, x, false, head_->grad, out_mult_, 1.0);
-    ops::Matmul(logits, false, head_->value, false, dxf.Rows(r0, r1), out_mult_, 0.0);
+    const Tensor dlogits = ops::MatmulOperand(logits);
+    ops::Matmul(dlogits, true, x, false, head_->grad, out_mult_, 1.0);
+    ops::Matmul(dlogits, false, w, false, dxf.Rows(r0, r1), out_mult_, 0.0);
   }
   return loss;
 }

@@ -62,7 +62,7 @@ class LanguageModel {
     std::unique_ptr<GatedDeltaNetMixer> mixer;
     Parameter* mlp_norm;
     std::unique_ptr<SwiGluMlp> mlp;
-    Tensor x, n1, r1, h, n2, r2;  // saved activations
+    Tensor x, r1, h, r2;  // saved activations (the norms' outputs are the layers' to keep)
     size_t first_param = 0, end_param = 0;  // the block's parameters in params_.all()
   };
   // Runs the model up to the final norm (xf_) and saves what the backward needs; with

@@ -13,11 +13,13 @@ SwiGluMlp::SwiGluMlp(const std::string& prefix, const LayerBuilder& builder) : b
 }
 
 Tensor SwiGluMlp::Forward(const Tensor& x) {
-  x_ = x;
-  gate_out_ = LinearForward(b_, x, *gate_);
-  up_out_ = LinearForward(b_, x, *up_);
-  h_ = b_.Empty(gate_out_.shape());
-  ops::SwigluForward(gate_out_, up_out_, h_);
+  // x and h feed products only: kept in their matrix-product form (bf16 in the bf16 mode).
+  x_ = ops::MatmulOperand(x);
+  gate_out_ = LinearForward(b_, x_, *gate_);
+  up_out_ = LinearForward(b_, x_, *up_);
+  Tensor h = b_.Empty(gate_out_.shape());
+  ops::SwigluForward(gate_out_, up_out_, h);
+  h_ = ops::MatmulOperand(h);
   return LinearForward(b_, h_, *down_);
 }
 
@@ -26,7 +28,7 @@ Tensor SwiGluMlp::Backward(const Tensor& dout) {
   LinearBackward(h_, *down_, dout, dh, false);
   Tensor dgate = b_.Empty(h_.shape()), dup = b_.Empty(h_.shape());
   ops::SwigluBackward(gate_out_, up_out_, dh, dgate, dup);
-  Tensor dx = b_.Empty(x_.shape());
+  Tensor dx = b_.Empty(x_.shape());  // float32, whatever x_'s form
   LinearBackward(x_, *gate_, dgate, dx, false);
   LinearBackward(x_, *up_, dup, dx, true);
   return dx;

@@ -21,7 +21,9 @@ MPI_Datatype MpiType(DType dtype) {
     case DType::kF32: return MPI_FLOAT;
     case DType::kF64: return MPI_DOUBLE;
     case DType::kI32: return MPI_INT;
+    case DType::kBF16: break;  // no MPI type, and never reduced
   }
+  LOG(FATAL) << "MPI collective on a " << DTypeName(dtype) << " tensor";
   return MPI_BYTE;
 }
 

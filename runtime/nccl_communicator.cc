@@ -32,6 +32,7 @@ ncclDataType_t NcclType(DType dtype) {
     case DType::kF32: return ncclFloat32;
     case DType::kF64: return ncclFloat64;
     case DType::kI32: return ncclInt32;
+    case DType::kBF16: return ncclBfloat16;
   }
   return ncclFloat32;
 }

@@ -37,6 +37,7 @@ const char* SafetensorsDType(DType dtype) {
     case DType::kF32: return "F32";
     case DType::kF64: return "F64";
     case DType::kI32: return "I32";
+    case DType::kBF16: return "BF16";  // written only: gdn reads float32, float64, int32
   }
   return "?";
 }

@@ -74,6 +74,7 @@ size_t DTypeSize(DType dtype) {
     case DType::kF32: return 4;
     case DType::kF64: return 8;
     case DType::kI32: return 4;
+    case DType::kBF16: return 2;
   }
   return 0;
 }
@@ -83,6 +84,7 @@ const char* DTypeName(DType dtype) {
     case DType::kF32: return "float32";
     case DType::kF64: return "float64";
     case DType::kI32: return "int32";
+    case DType::kBF16: return "bfloat16";
   }
   return "?";
 }
@@ -200,6 +202,12 @@ double Tensor::at(int64_t i) const {
     case DType::kF32: return data<float>()[i];
     case DType::kF64: return data<double>()[i];
     case DType::kI32: return data<int32_t>()[i];
+    case DType::kBF16: {
+      const uint32_t bits = uint32_t{static_cast<const uint16_t*>(raw())[i]} << 16;
+      float x;
+      std::memcpy(&x, &bits, 4);
+      return x;
+    }
   }
   return 0;
 }
@@ -210,6 +218,14 @@ void Tensor::set(int64_t i, double value) const {
     case DType::kF32: data<float>()[i] = static_cast<float>(value); break;
     case DType::kF64: data<double>()[i] = value; break;
     case DType::kI32: data<int32_t>()[i] = static_cast<int32_t>(value); break;
+    case DType::kBF16: {  // round to nearest even, as the GPU's conversion (finite values)
+      const float x = static_cast<float>(value);
+      uint32_t bits;
+      std::memcpy(&bits, &x, 4);
+      bits += 0x7fff + ((bits >> 16) & 1);
+      static_cast<uint16_t*>(raw())[i] = static_cast<uint16_t>(bits >> 16);
+      break;
+    }
   }
 }
 

@@ -12,7 +12,9 @@
 
 namespace gdn {
 
-enum class DType { kF32, kF64, kI32 };
+// kBF16 holds matrix-product operands only (ops::MatmulOperand in the bf16 mode on CUDA); no
+// other op takes it.
+enum class DType { kF32, kF64, kI32, kBF16 };
 enum class Device { kCPU, kCUDA };
 
 size_t DTypeSize(DType dtype);

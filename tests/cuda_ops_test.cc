@@ -135,6 +135,10 @@ TEST(CudaRuntimeDeathTest, HostElementAccessOnDeviceTensorDies) {
   EXPECT_DEATH(Tensor::Zeros({3}, DType::kF32, kGpu).at(0), "CPU tensors only");
   EXPECT_DEATH(Tensor::Zeros({3}, DType::kF32, kGpu).set(0, 1), "CPU tensors only");
   EXPECT_DEATH(ops::Fill(Tensor::Zeros({3}, DType::kF64, kGpu), 1), "float32 only");
+  // A bf16 operand outside the bf16 mode is a programming error, caught before cuBLAS.
+  const Tensor h16 = Tensor::Zeros({2, 2}, DType::kBF16, kGpu);
+  const Tensor c = Tensor::Zeros({2, 2}, DType::kF32, kGpu);
+  EXPECT_DEATH(ops::Matmul(h16, false, c, false, c), "bf16 operands in the bf16 mode");
 }
 
 TEST(CudaRuntimeTest, CachingAllocatorReusesAndReleases) {
@@ -226,6 +230,48 @@ TEST(CudaOpsTest, MatmulBf16) {
         Compare("MatmulBf16", what + "_vs_rounded", dc, c, kTol);
         Compare("MatmulBf16", what + "_vs_fp32", dc, exact, 1e-2);
       }
+  // An operand that starts off a 16-byte boundary (a view from the second row of 65) is rounded
+  // one value per thread instead of four.
+  const Tensor big = Rand({38, 65}), b = Rand({65, 19}), c = Tensor::Zeros({37, 19}, DType::kF32);
+  const Tensor ar = big.Rows(1, 38).Clone(), br = b.Clone();
+  for (const Tensor* t : {&ar, &br})
+    for (int64_t i = 0; i < t->numel(); ++i) t->data<float>()[i] = RoundBf16(t->data<float>()[i]);
+  ops::Matmul(ar, false, br, false, c);
+  const Tensor dc = Dev(Tensor::Zeros({37, 19}, DType::kF32));
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+  ops::Matmul(Dev(big).Rows(1, 38), false, Dev(b), false, dc);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
+  Compare("MatmulBf16", "c_unaligned_a", dc, c, kTol);
+}
+
+// ops::MatmulOperand: in the bf16 mode a bf16 copy holding the rounded values, which products take
+// as they are, giving bit for bit what the float32 operand gives (rounded inside Matmul); in the
+// float32 mode and on the CPU the tensor itself.
+TEST(CudaOpsTest, MatmulOperand) {
+  GDN_REQUIRE_GPU();
+  const Tensor a = Rand({300, 512}), b = Rand({96, 512});
+  const Tensor da = Dev(a), db = Dev(b);
+  EXPECT_EQ(ops::MatmulOperand(da).raw(), da.raw());
+  EXPECT_EQ(ops::MatmulOperand(a).raw(), a.raw());
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+  const Tensor a16 = ops::MatmulOperand(da), b16 = ops::MatmulOperand(db);
+  EXPECT_EQ(ops::MatmulOperand(a).raw(), a.raw());  // the CPU computes in float32
+  ASSERT_EQ(a16.dtype(), DType::kBF16);
+  ASSERT_EQ(a16.shape(), a.shape());
+  const Tensor back = a16.To(Device::kCPU);
+  for (int64_t i = 0; i < a.numel(); ++i)
+    ASSERT_EQ(back.at(i), RoundBf16(a.data<float>()[i])) << i;
+  const Tensor c32 = Dev(Tensor::Zeros({300, 96}, DType::kF32)), c16 = c32.Clone();
+  const Tensor cmix = c32.Clone();
+  ops::Matmul(da, false, db, true, c32);
+  ops::Matmul(a16, false, b16, true, c16);
+  ops::Matmul(a16, false, db, true, cmix);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
+  const Tensor h32 = c32.To(Device::kCPU), h16 = c16.To(Device::kCPU), hmix = cmix.To(Device::kCPU);
+  for (int64_t i = 0; i < h32.numel(); ++i) {
+    ASSERT_EQ(h16.at(i), h32.at(i)) << i;
+    ASSERT_EQ(hmix.at(i), h32.at(i)) << i;
+  }
 }
 
 // The multi-tensor updates: pieces of many sizes (one spanning several 4096-element work items, an

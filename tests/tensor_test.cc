@@ -74,6 +74,22 @@ TEST(TensorTest, AtSetRoundTripPerDType) {
   EXPECT_EQ(d.at(2), 42.0);
 }
 
+// bf16 (matrix-product operands): set() rounds to nearest even, at() widens exactly.
+TEST(TensorTest, Bfloat16RoundsToNearestEven) {
+  Tensor h = Tensor::Empty({6}, DType::kBF16);
+  EXPECT_EQ(h.nbytes(), 12u);
+  EXPECT_STREQ(DTypeName(h.dtype()), "bfloat16");
+  // bf16 has 8 significant bits: 1 + 2^-8 is a tie (to even: 1), 1 + 3 * 2^-8 a tie to 1 + 2^-6
+  // (even), 1 + 2^-8 + 2^-12 rounds up to 1 + 2^-7.
+  const double in[6] = {1.0, 1.0 + 1.0 / 256, 1.0 + 3.0 / 256, 1.0 + 1.0 / 256 + 1.0 / 4096,
+                        -2.5, 3.0e38};
+  const double want[6] = {1.0, 1.0, 1.0 + 4.0 / 256, 1.0 + 2.0 / 256, -2.5, 3.00405527047391e38};
+  for (int i = 0; i < 6; ++i) h.set(i, in[i]);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(h.at(i), want[i]) << i;
+  EXPECT_NEAR(h.at(5), want[5], 1e24);  // the printed digits of a float
+  EXPECT_EQ(h.To(DType::kF32).at(2), 1.0 + 4.0 / 256);
+}
+
 TEST(TensorTest, ViewSharesMemoryAndKeepsValues) {
   Tensor t = Rand({3, 4}, DType::kF64, 1);
   Tensor v = t.View({2, 6});

@@ -11,4 +11,6 @@ namespace gdn::cuda {
 // n float32 values rounded to bf16 (round to nearest even), into raw device memory of 2n bytes:
 // the bf16 matrix products' operands.
 void RoundToBf16(const float* in, void* out, int64_t n);
+// A float32 CUDA tensor rounded to a new bf16 one (ops::MatmulOperand).
+Tensor ToBf16(const Tensor& x);
 }  // namespace gdn::cuda

@@ -24,7 +24,28 @@ __global__ void AddColumnSumsKernel(const float* partial, int parts, int64_t col
 
 void RoundToBf16(const float* in, void* out, int64_t n) {
   __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out);
+  // Four values per thread (16 bytes in, 8 out) where the pointers allow: a step of the reference
+  // model rounds about 20 GB of operands, so this runs at memory speed.
+  if (reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
+    const int64_t quads = n / 4;
+    ForEach(quads, [=] __device__(int64_t i) {
+      const float4 x = reinterpret_cast<const float4*>(in)[i];
+      const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
+      uint2 packed;
+      packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+      reinterpret_cast<uint2*>(o)[i] = packed;
+    });
+    in += 4 * quads, o += 4 * quads, n -= 4 * quads;
+  }
   ForEach(n, [=] __device__(int64_t i) { o[i] = __float2bfloat16_rn(in[i]); });
+}
+
+Tensor ToBf16(const Tensor& x) {
+  CheckF32(x, "ToBf16");
+  Tensor out = Tensor::Empty(x.shape(), DType::kBF16, Device::kCUDA);
+  RoundToBf16(F32(x), out.raw(), x.numel());
+  return out;
 }
 
 void Fill(const Tensor& x, double value) {

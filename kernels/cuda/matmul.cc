@@ -41,34 +41,40 @@ cublasHandle_t Handle() {
 void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
             double alpha, double beta) {
   const auto [m, n, k] = CheckMatmulShape(a, trans_a, b, trans_b, c);
+  const bool bf16 = ops::GetMatmulPrecision() == ops::MatmulPrecision::kBfloat16;
   for (const Tensor* t : {&a, &b, &c}) {
-    CHECK(t->dtype() == DType::kF32 && t->device() == Device::kCUDA)
-        << "Matmul on CUDA: float32 CUDA tensors only, got " << DTypeName(t->dtype()) << " "
-        << DeviceName(t->device());
+    // bf16 operands (ops::MatmulOperand) only in the bf16 mode; c is always float32.
+    const bool ok_type = t->dtype() == DType::kF32 || (bf16 && t != &c && t->dtype() == DType::kBF16);
+    CHECK(ok_type && t->device() == Device::kCUDA)
+        << "Matmul on CUDA: float32 CUDA tensors (bf16 operands in the bf16 mode), got "
+        << DTypeName(t->dtype()) << " " << DeviceName(t->device());
   }
   if (m == 0 || n == 0) return;
   const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
   // Leading dimensions are the row lengths of the row-major buffers (at least 1 for cuBLAS).
   const int lda = static_cast<int>(std::max<int64_t>(1, a.dim(1)));
   const int ldb = static_cast<int>(std::max<int64_t>(1, b.dim(1)));
-  if (ops::GetMatmulPrecision() == ops::MatmulPrecision::kBfloat16) {
-    // bf16 tensor-core products with float32 accumulation, float32 out. The operands are rounded
-    // to bf16 first, into stream-ordered scratch memory, so cuBLAS runs its bf16 kernels
+  if (bf16) {
+    // bf16 tensor-core products with float32 accumulation, float32 out. float32 operands are
+    // rounded to bf16 first, into stream-ordered scratch memory, so cuBLAS runs its bf16 kernels
     // (kernels/cuda/gemm_bench.cu compares this with cuBLAS's float32-in form,
-    // CUBLAS_COMPUTE_32F_FAST_16BF).
-    const size_t a_bytes = a.numel() * 2, b_bytes = b.numel() * 2;
-    void* a16 = DeviceAlloc(a_bytes);
-    void* b16 = DeviceAlloc(b_bytes);
-    RoundToBf16(a.data<float>(), a16, a.numel());
-    RoundToBf16(b.data<float>(), b16, b.numel());
+    // CUBLAS_COMPUTE_32F_FAST_16BF); bf16 operands are used as they are.
+    auto operand = [](const Tensor& t) -> void* {
+      if (t.dtype() == DType::kBF16) return t.raw();
+      void* p = DeviceAlloc(t.numel() * 2);
+      RoundToBf16(t.data<float>(), p, t.numel());
+      return p;
+    };
+    void* a16 = operand(a);
+    void* b16 = operand(b);
     CUBLAS_CHECK(cublasGemmEx(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                               trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
                               static_cast<int>(m), static_cast<int>(k), &al, b16, CUDA_R_16BF, ldb,
                               a16, CUDA_R_16BF, lda, &be, c.data<float>(), CUDA_R_32F,
                               static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     // Later work on this stream may reuse the blocks only after the product has read them.
-    DeviceFree(a16, a_bytes);
-    DeviceFree(b16, b_bytes);
+    if (a.dtype() == DType::kF32) DeviceFree(a16, a.numel() * 2);
+    if (b.dtype() == DType::kF32) DeviceFree(b16, b.numel() * 2);
     return;
   }
   CUBLAS_CHECK(cublasSgemm(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
