@@ -69,16 +69,18 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
     ops::CausalConvSiluForward(in.View({B, T, c}), w.value, pre, out);
     out = out.View({N, c});
   };
-  conv(qp_, *conv_q_, q_pre_, qc_);
-  conv(kp_, *conv_k_, k_pre_, kc_);
+  // The q and k conv outputs are not kept: their norms' backward reads the normed values.
+  Tensor qc, kc;
+  conv(qp_, *conv_q_, q_pre_, qc);
+  conv(kp_, *conv_k_, k_pre_, kc);
   conv(vp_, *conv_v_, v_pre_, vc_);
 
   qn_ = b_.Empty({N, key_dim_});
   kn_ = b_.Empty({N, key_dim_});
   q_rn_ = b_.Empty({N * heads_});
   k_rn_ = b_.Empty({N * heads_});
-  ops::L2NormHeadsForward(qc_, d.dk, 1e-6, qn_, q_rn_);
-  ops::L2NormHeadsForward(kc_, d.dk, 1e-6, kn_, k_rn_);
+  ops::L2NormHeadsForward(qc, d.dk, 1e-6, qn_, q_rn_);
+  ops::L2NormHeadsForward(kc, d.dk, 1e-6, kn_, k_rn_);
 
   gamma_ = b_.Empty({N, value_heads_});
   beta_ = b_.Empty({N, value_heads_});
@@ -100,8 +102,8 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
 
   if (probes) {
     Probes& p = *probes;
-    p["q_conv"] += ops::MeanAbs(qc_);
-    p["k_conv"] += ops::MeanAbs(kc_);
+    p["q_conv"] += ops::MeanAbs(qc);
+    p["k_conv"] += ops::MeanAbs(kc);
     p["v_conv"] += ops::MeanAbs(vc_);
     double alpha = 0;
     const Tensor gamma = gamma_.To(Device::kCPU);
@@ -158,7 +160,7 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
 }
 
 void GatedDeltaNetMixer::ReleaseSaved() {
-  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &q_pre_, &k_pre_, &v_pre_, &qc_, &kc_,
+  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &q_pre_, &k_pre_, &v_pre_,
                     &vc_, &qn_, &kn_, &q_rn_, &k_rn_, &gamma_, &beta_, &o_, &o_rstd_, &y_})
     *t = Tensor();
 }

@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# One training step of the reference model, broken down by GPU kernel: Nsight Compute (ncu) times
-# every kernel of `gdn bench --iters 1` (three steps: warm-up, timed, per-op profiled), and the
-# summary gives each kernel's time per step, its share, and how the kernels' sum compares with the
-# step's wall time (the difference is time the GPU waits for the host). Needs a built gdn.
+# One training step of the reference model, broken down by GPU kernel: builds gdn with CUDA (as
+# run_gpu_tests.sh does), then Nsight Compute (ncu) times every kernel of `gdn bench --iters 1`
+# (three steps: warm-up, timed, per-op profiled). kernels.txt gives each kernel's time per step,
+# its share and launches, and how the kernels' sum compares with the step's wall time measured
+# without ncu (the difference is time the GPU waits for the host).
 #
-# Usage: tests/gpu/kernel_breakdown.sh GDN_BINARY LOG_DIR [extra gdn bench flags...]
+# Usage: tests/gpu/kernel_breakdown.sh [LOG_DIR [extra gdn bench flags...]]
+#        (default LOG_DIR: $OUT/breakdown when OUT is set, else ./gpu-logs/breakdown; default
+#        flags: --precision bf16)
+# Environment: GDN_DEBS, GDN_DEPS_PREFIX, CUDA_ARCH, BUILD_DIR (see tests/gpu/gpu_build.sh).
 set -uo pipefail
-gdn=$1 log=$2
-shift 2
+root=$(cd "$(dirname "$0")/../.." && pwd)
+log=${1:-${OUT:-$PWD/gpu-logs}/breakdown}
+shift || true
+flags=("$@")
+[[ ${#flags[@]} -eq 0 ]] && flags=(--precision bf16)
 mkdir -p "$log"
+source "$root/tests/gpu/gpu_build.sh"
+gdn_gpu_configure >/dev/null || { tail -20 "$log/build.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)" --target gdn >>"$log/build.log" 2>&1 || { echo "build failed"; exit 1; }
+
 args=(bench --device cuda --width 1024 --depth 12 --head-dim 128 --vocab 32000 --seq 2048 --batch 8
-      --iters 1 "$@")
-echo "=== $gdn ${args[*]} (without ncu, for the step's wall time)"
-"$gdn" "${args[@]}" 2>&1 | tee "$log/bench_plain.log" | grep -E "training step|tokens/s|memory"
-echo "=== the same under ncu (every kernel, gpu__time_duration)"
+      --iters 1 "${flags[@]}")
+step "gdn ${args[*]} (without ncu: the step's wall time)"
+"$build/gdn" "${args[@]}" >"$log/bench_plain.log" 2>&1 || { tail -5 "$log/bench_plain.log"; exit 1; }
+grep -E "training step|memory" "$log/bench_plain.log"
+step "the same under ncu (every kernel, gpu__time_duration)"
 timeout 420 ncu --clock-control none --print-units base --metrics gpu__time_duration.sum --csv \
-  "$gdn" "${args[@]}" >"$log/ncu.csv" 2>"$log/ncu.err" || { echo "ncu failed:"; tail -5 "$log/ncu.err"; }
+  "$build/gdn" "${args[@]}" >"$log/ncu.csv" 2>"$log/ncu.err" || { echo "ncu failed:"; tail -5 "$log/ncu.err"; }
 wall=$(grep -oE "median of [0-9]+\): [0-9.]+ s" "$log/bench_plain.log" | awk '{print $NF * 1000}')
-# Three steps ran: warm-up, the timed one, the per-op profiled one.
-python3 "$(dirname "$0")/ncu_summary.py" "$log/ncu.csv" 3 $wall 2>&1 | tee "$log/kernels.txt"
+python3 "$root/tests/gpu/ncu_summary.py" "$log/ncu.csv" 3 $wall 2>&1 | tee "$log/kernels.txt"
