@@ -162,14 +162,14 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   GDN_DISPATCH(o, GatedRmsNormBackward, o, g, w, rstd, head_dim, dy, d_o, dg, dw);
 }
 
-void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& y) {
+void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   ScopedOpTimer timer("CausalConvSiluForward", x);
-  GDN_DISPATCH(x, CausalConvSiluForward, x, w, pre, y);
+  GDN_DISPATCH(x, CausalConvSiluForward, x, w, y);
 }
 
-void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw) {
   ScopedOpTimer timer("CausalConvSiluBackward", x);
-  GDN_DISPATCH(x, CausalConvSiluBackward, x, w, pre, dy, dx, dw);
+  GDN_DISPATCH(x, CausalConvSiluBackward, x, w, dy, dx, dw);
 }
 
 void GatesForward(const Tensor& a, const Tensor& b, const Tensor& a_log, const Tensor& dt_bias, double beta_scale, const Tensor& gamma, const Tensor& beta) {

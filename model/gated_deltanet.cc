@@ -62,18 +62,17 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   bb_ = LinearForward(b_, x_, *wb_);
   g_ = LinearForward(b_, x_, *wg_);
 
-  auto conv = [&](const Tensor& in, const Parameter& w, Tensor& pre, Tensor& out) {
+  auto conv = [&](const Tensor& in, const Parameter& w, Tensor& out) {
     const int64_t c = in.dim(1);
-    pre = b_.Empty({B, T, c});
     out = b_.Empty({B, T, c});
-    ops::CausalConvSiluForward(in.View({B, T, c}), w.value, pre, out);
+    ops::CausalConvSiluForward(in.View({B, T, c}), w.value, out);
     out = out.View({N, c});
   };
   // The q and k conv outputs are not kept: their norms' backward reads the normed values.
   Tensor qc, kc;
-  conv(qp_, *conv_q_, q_pre_, qc);
-  conv(kp_, *conv_k_, k_pre_, kc);
-  conv(vp_, *conv_v_, v_pre_, vc_);
+  conv(qp_, *conv_q_, qc);
+  conv(kp_, *conv_k_, kc);
+  conv(vp_, *conv_v_, vc_);
 
   qn_ = b_.Empty({N, key_dim_});
   kn_ = b_.Empty({N, key_dim_});
@@ -160,8 +159,8 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
 }
 
 void GatedDeltaNetMixer::ReleaseSaved() {
-  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &q_pre_, &k_pre_, &v_pre_,
-                    &vc_, &qn_, &kn_, &q_rn_, &k_rn_, &gamma_, &beta_, &o_, &o_rstd_, &y_})
+  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &vc_, &qn_, &kn_, &q_rn_, &k_rn_,
+                    &gamma_, &beta_, &o_, &o_rstd_, &y_})
     *t = Tensor();
 }
 
@@ -191,16 +190,16 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   ops::L2NormHeadsBackward(qn_, q_rn_, dqn, dqc);
   ops::L2NormHeadsBackward(kn_, k_rn_, dkn, dkc);
 
-  auto conv_back = [&](const Tensor& in, const Parameter& w, const Tensor& pre, const Tensor& dc) {
+  auto conv_back = [&](const Tensor& in, const Parameter& w, const Tensor& dc) {
     const int64_t c = in.dim(1);
     Tensor din = b_.Empty({N, c});
-    ops::CausalConvSiluBackward(in.View({B, T, c}), w.value, pre, dc.View({B, T, c}),
+    ops::CausalConvSiluBackward(in.View({B, T, c}), w.value, dc.View({B, T, c}),
                                 din.View({B, T, c}), w.grad);
     return din;
   };
-  Tensor dqp = conv_back(qp_, *conv_q_, q_pre_, dqc);
-  Tensor dkp = conv_back(kp_, *conv_k_, k_pre_, dkc);
-  Tensor dvp = conv_back(vp_, *conv_v_, v_pre_, dvc);
+  Tensor dqp = conv_back(qp_, *conv_q_, dqc);
+  Tensor dkp = conv_back(kp_, *conv_k_, dkc);
+  Tensor dvp = conv_back(vp_, *conv_v_, dvc);
 
   Tensor dx = b_.Empty({N, d.width});
   LinearBackward(x_, *wq_, dqp, dx, false);  // x_ in its matrix-product form

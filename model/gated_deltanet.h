@@ -43,8 +43,8 @@ class GatedDeltaNetMixer {
       *o_norm_, *wo_;
   // Saved activations.
   int64_t B_ = 0, T_ = 0;
-  Tensor x_, qp_, kp_, vp_, a_, bb_, g_, q_pre_, k_pre_, v_pre_, vc_, qn_, kn_, q_rn_,
-      k_rn_, gamma_, beta_, o_, o_rstd_, y_;
+  Tensor x_, qp_, kp_, vp_, a_, bb_, g_, vc_, qn_, kn_, q_rn_, k_rn_, gamma_, beta_, o_, o_rstd_,
+      y_;
 };
 
 }  // namespace gdn

@@ -11,59 +11,72 @@
 
 namespace gdn::cpu {
 
-void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& y) {
+namespace {
+// The weights transposed to [K, C], so the inner loops are contiguous in both operands.
+template <typename T>
+std::vector<T> TapsByRow(const T* pw, int64_t C, int64_t K) {
+  std::vector<T> wt(K * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < K; ++j) wt[j * C + c] = pw[c * K + j];
+  return wt;
+}
+
+// pre[b,t,c] for every position: the conv before the SiLU (forward, and the backward's recompute).
+template <typename T>
+void ConvPre(const T* px, const std::vector<T>& wt, int64_t B, int64_t T_, int64_t C, int64_t K,
+             T* pp) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T_; ++t) {
+      T* prow = pp + (b * T_ + t) * C;
+      for (int64_t c = 0; c < C; ++c) prow[c] = 0;
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t s = t - (K - 1) + j;
+        if (s < 0) continue;
+        const T* xrow = px + (b * T_ + s) * C;
+        const T* wrow = wt.data() + j * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) prow[c] += wrow[c] * xrow[c];
+      }
+    }
+}
+}  // namespace
+
+void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T_ = x.dim(1), C = x.dim(2), K = w.dim(1);
   CHECK_EQ(w.dim(0), C);
-  CheckSame(x, pre, "CausalConvSiluForward");
   CheckSame(x, y, "CausalConvSiluForward");
   DispatchFloat(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const T *px = x.data<T>(), *pw = w.data<T>();
-    T *pp = pre.data<T>(), *py = y.data<T>();
-    // Transposed weights [K, C] so the inner loop is contiguous in both operands.
-    std::vector<T> wt(K * C);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t j = 0; j < K; ++j) wt[j * C + c] = pw[c * K + j];
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t < T_; ++t) {
-        T* prow = pp + (b * T_ + t) * C;
-        for (int64_t c = 0; c < C; ++c) prow[c] = 0;
-        for (int64_t j = 0; j < K; ++j) {
-          const int64_t s = t - (K - 1) + j;
-          if (s < 0) continue;
-          const T* xrow = px + (b * T_ + s) * C;
-          const T* wrow = wt.data() + j * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) prow[c] += wrow[c] * xrow[c];
-        }
-        T* yrow = py + (b * T_ + t) * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yrow[c] = prow[c] * Sigmoid(prow[c]);
-      }
+    T* py = y.data<T>();
+    ConvPre(x.data<T>(), TapsByRow(w.data<T>(), C, K), B, T_, C, K, py);  // pre, then SiLU
+    const int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) py[i] = py[i] * Sigmoid(py[i]);
   });
 }
 
-void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& dy,
-                            const Tensor& dx, const Tensor& dw) {
+void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
+                            const Tensor& dw) {
+  CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T_ = x.dim(1), C = x.dim(2), K = w.dim(1);
+  CHECK_EQ(w.dim(0), C);
   CheckSame(x, dy, "CausalConvSiluBackward");
   CheckSame(x, dx, "CausalConvSiluBackward");
   DispatchFloat(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const T *px = x.data<T>(), *pw = w.data<T>(), *pp = pre.data<T>(), *pdy = dy.data<T>();
+    const T *px = x.data<T>(), *pw = w.data<T>(), *pdy = dy.data<T>();
     T* pdx = dx.data<T>();
-    std::vector<T> wt(K * C);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t j = 0; j < K; ++j) wt[j * C + c] = pw[c * K + j];
-    // dpre = dy * silu'(pre)
+    const std::vector<T> wt = TapsByRow(pw, C, K);
+    // dpre = dy * silu'(pre), pre recomputed
     std::vector<T> dpre(x.numel());
+    ConvPre(px, wt, B, T_, C, K, dpre.data());
     const int64_t n = x.numel();
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i) {
-      const T s = Sigmoid(pp[i]);
-      dpre[i] = pdy[i] * s * (T(1) + pp[i] * (T(1) - s));
+      const T p = dpre[i], s = Sigmoid(p);
+      dpre[i] = pdy[i] * s * (T(1) + p * (T(1) - s));
     }
     const int threads = omp_get_max_threads();
     std::vector<T> dw_partial(static_cast<size_t>(threads) * K * C, T(0));

@@ -14,16 +14,15 @@ __device__ __forceinline__ float SiluGrad(float p) {
 }
 }  // namespace
 
-void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& y) {
+void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   CheckF32(x, "CausalConvSiluForward");
   CheckF32(w, "CausalConvSiluForward");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   CHECK_EQ(w.dim(0), C);
-  CheckSame(x, pre, "CausalConvSiluForward");
   CheckSame(x, y, "CausalConvSiluForward");
   const float *px = F32(x), *pw = F32(w);
-  float *pp = F32(pre), *py = F32(y);
+  float* py = F32(y);
   ForEach(B * T * C, [=] __device__(int64_t i) {
     const int64_t c = i % C, bt = i / C, t = bt % T, row0 = bt - t;  // row0 = b * T
     float acc = 0;
@@ -31,20 +30,20 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& pre, 
       const int64_t s = t - (K - 1) + j;
       if (s >= 0) acc += pw[c * K + j] * px[(row0 + s) * C + c];
     }
-    pp[i] = acc;
     py[i] = acc * SigmoidF(acc);
   });
 }
 
 // The backward in one pass: each thread owns one channel of one segment of kSegment positions of
-// one sequence, reads dy, pre and x there once (plus K-1 positions of halo), keeps the last K
-// values of dpre = dy silu'(pre) and of x in registers, writes dx and its K partial sums of dw.
+// one sequence, reads dy and x there once (plus K-1 positions of halo), keeps the last K values of
+// x and of dpre = dy silu'(pre) in registers (pre recomputed from the x window in the forward's
+// order of terms), writes dx and its K partial sums of dw.
 constexpr int kConvSegment = 64;
 constexpr int kConvMaxTaps = 8;
 
 template <int K>
 __global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float* __restrict__ w,
-                                       const float* __restrict__ pre, const float* __restrict__ dy,
+                                       const float* __restrict__ dy,
                                        float* __restrict__ dx, float* __restrict__ dw_partial,
                                        int64_t T, int64_t C, int64_t segments) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -62,16 +61,16 @@ __global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float*
     xs[j] = j < K - 1 && p >= 0 ? x[base + p * C] : 0;
   }
   for (int64_t t = s0; t < s1 + (K - 1) && t < T; ++t) {
-    // g[j] = dpre[t - j]
+    // g[j] = dpre[t - j]; xs[j] = x[t - (K-1) + j]
     for (int j = K - 1; j > 0; --j) g[j] = g[j - 1];
-    const float pt = pre[base + t * C];
+    xs[K - 1] = x[base + t * C];
+    float pt = 0;
+    for (int j = 0; j < K; ++j) pt += wt[j] * xs[j];
     g[0] = dy[base + t * C] * SiluGrad(pt);
-    if (t < s1) {
-      // dw[c, j] += dpre[t] x[t - (K-1) + j]
-      xs[K - 1] = x[base + t * C];
+    // dw[c, j] += dpre[t] x[t - (K-1) + j]
+    if (t < s1)
       for (int j = 0; j < K; ++j) dw[j] += g[0] * xs[j];
-      for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
-    }
+    for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
     // dx[s] = sum_j w[c, j] dpre[s + K-1-j] for s = t - (K-1), once all its taps are in.
     const int64_t sx = t - (K - 1);
     if (sx >= s0) {
@@ -80,12 +79,13 @@ __global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float*
       dx[base + sx * C] = acc;
     }
   }
-  // Positions whose later taps fall past the sequence's end (the last K-1 of it).
+  // Positions whose later taps fall past the sequence's end (the last K-1 of it): g still holds
+  // dpre[T-1-j], as the loop above ran to t = T-1.
   for (int64_t sx = (T - (K - 1) > s0 ? T - (K - 1) : s0); sx < s1; ++sx) {
     float acc = 0;
     for (int j = 0; j < K; ++j) {
       const int64_t t = sx + (K - 1) - j;
-      if (t < T) acc += wt[j] * dy[base + t * C] * SiluGrad(pre[base + t * C]);
+      if (t < T) acc += wt[j] * g[T - 1 - t];
     }
     dx[base + sx * C] = acc;
   }
@@ -94,22 +94,20 @@ __global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float*
 }
 
 template <int K>
-void LaunchConvSiluBackward(const float* x, const float* w, const float* pre, const float* dy,
-                            float* dx, float* dw_partial, int64_t B, int64_t T, int64_t C,
-                            int64_t segments) {
+void LaunchConvSiluBackward(const float* x, const float* w, const float* dy, float* dx,
+                            float* dw_partial, int64_t B, int64_t T, int64_t C, int64_t segments) {
   const dim3 grid(static_cast<unsigned>((C + 127) / 128), static_cast<unsigned>(B * segments));
-  ConvSiluBackwardKernel<K><<<grid, 128, 0, Stream()>>>(x, w, pre, dy, dx, dw_partial, T, C, segments);
+  ConvSiluBackwardKernel<K><<<grid, 128, 0, Stream()>>>(x, w, dy, dx, dw_partial, T, C, segments);
   CUDA_CHECK_LAUNCH();
 }
 
-void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& pre, const Tensor& dy,
-                            const Tensor& dx, const Tensor& dw) {
+void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
+                            const Tensor& dw) {
   CheckF32(x, "CausalConvSiluBackward");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   CheckSame(x, dy, "CausalConvSiluBackward");
   CheckSame(x, dx, "CausalConvSiluBackward");
-  CheckSame(x, pre, "CausalConvSiluBackward");
   CheckSame(w, dw, "CausalConvSiluBackward");
   CHECK(K >= 1 && K <= kConvMaxTaps) << "CausalConvSiluBackward on CUDA: at most " << kConvMaxTaps
                                      << " taps, got " << K;
@@ -117,17 +115,17 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& pre,
   const int64_t segments = (T + kConvSegment - 1) / kConvSegment;
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
-  const float *px = F32(x), *pw = F32(w), *pp = F32(pre), *pdy = F32(dy);
+  const float *px = F32(x), *pw = F32(w), *pdy = F32(dy);
   float *pdx = F32(dx), *ppart = F32(partial);
   switch (K) {
-    case 1: LaunchConvSiluBackward<1>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
-    case 2: LaunchConvSiluBackward<2>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
-    case 3: LaunchConvSiluBackward<3>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
-    case 4: LaunchConvSiluBackward<4>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
-    case 5: LaunchConvSiluBackward<5>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
-    case 6: LaunchConvSiluBackward<6>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
-    case 7: LaunchConvSiluBackward<7>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
-    case 8: LaunchConvSiluBackward<8>(px, pw, pp, pdy, pdx, ppart, B, T, C, segments); break;
+    case 1: LaunchConvSiluBackward<1>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
+    case 2: LaunchConvSiluBackward<2>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
+    case 3: LaunchConvSiluBackward<3>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
+    case 4: LaunchConvSiluBackward<4>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
+    case 5: LaunchConvSiluBackward<5>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
+    case 6: LaunchConvSiluBackward<6>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
+    case 7: LaunchConvSiluBackward<7>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
+    case 8: LaunchConvSiluBackward<8>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
   }
   AddColumnSumsKernel<<<GridFor(C * K), kThreads, 0, Stream()>>>(
       ppart, static_cast<int>(B * segments), C * K, F32(dw));
