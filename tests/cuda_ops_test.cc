@@ -628,6 +628,19 @@ TEST(CudaOpsTest, CrossEntropy) {
       ops::CrossEntropy(inplaced, Dev(tgt), inplaced, 0.5);
       Compare("CrossEntropy", "dlogits_aliased", inplaced, inplace, kTol);
     }
+  // Rows rising from -50 to 80 (each thread's running max grows at every value it reads, and
+  // exp(80) overflows without the max subtracted) and falling back.
+  const int64_t n = 4, V = 5000;
+  const Tensor logits = Tensor::Empty({n, V}, DType::kF32), tgt = RandTokens(n, 0, V);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < V; ++j) {
+      const double ramp = -50.0 + 130.0 * j / (V - 1);
+      logits.set(i * V + j, i % 2 ? ramp : 30.0 - ramp);
+    }
+  const Tensor dl = Tensor::Empty({n, V}, DType::kF32), dld = Tensor::Empty({n, V}, DType::kF32, kGpu);
+  CompareScalar("CrossEntropy_ramp", ops::CrossEntropy(Dev(logits), Dev(tgt), dld, 1.0),
+                ops::CrossEntropy(logits, tgt, dl, 1.0), kTol);
+  Compare("CrossEntropy", "dlogits_ramp", dld, dl, kTol);
 }
 
 TEST(CudaOpsTest, VocabParallelCrossEntropy) {

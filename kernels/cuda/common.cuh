@@ -111,21 +111,22 @@ __global__ void ColumnPartialKernel(Fn f, int64_t rows, int64_t cols, int64_t ro
   partial[blockIdx.y * cols + c] = s;
 }
 
-__global__ void AddColumnSumsKernel(const float* partial, int parts, int64_t cols, float* out);
+// out[c] += sum over p < parts of partial[p * cols + c], in a fixed order (elementwise.cu).
+void AddColumnSums(const float* partial, int parts, int64_t cols, float* out);
 
 // out[c] += sum_{r < rows} f(r, c) for c < cols (parameter gradients accumulate): partial sums
 // over slices of rows, then a fixed-order sum per column. Deterministic.
 template <typename Fn>
 void AccumulateColumnSums(Fn f, int64_t rows, int64_t cols, float* out) {
   if (rows == 0 || cols == 0) return;
-  const int64_t rows_per_part = std::max<int64_t>(64, (rows + 255) / 256);
+  // Up to 1024 slices, so that even a few columns give enough blocks to keep the GPU busy.
+  const int64_t rows_per_part = std::max<int64_t>(32, (rows + 1023) / 1024);
   const int parts = static_cast<int>((rows + rows_per_part - 1) / rows_per_part);
   Tensor partial = Tensor::Empty({parts, cols}, DType::kF32, Device::kCUDA);
   const dim3 grid(static_cast<unsigned>((cols + 127) / 128), parts);
   ColumnPartialKernel<<<grid, 128, 0, Stream()>>>(f, rows, cols, rows_per_part, F32(partial));
   CUDA_CHECK_LAUNCH();
-  AddColumnSumsKernel<<<GridFor(cols), kThreads, 0, Stream()>>>(F32(partial), parts, cols, out);
-  CUDA_CHECK_LAUNCH();
+  AddColumnSums(F32(partial), parts, cols, out);
 }
 
 }  // namespace gdn::cuda

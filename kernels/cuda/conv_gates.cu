@@ -127,9 +127,7 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
     case 7: LaunchConvSiluBackward<7>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
     case 8: LaunchConvSiluBackward<8>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
   }
-  AddColumnSumsKernel<<<GridFor(C * K), kThreads, 0, Stream()>>>(
-      ppart, static_cast<int>(B * segments), C * K, F32(dw));
-  CUDA_CHECK_LAUNCH();
+  AddColumnSums(ppart, static_cast<int>(B * segments), C * K, F32(dw));
 }
 
 void GatesForward(const Tensor& a, const Tensor& b, const Tensor& a_log, const Tensor& dt_bias,

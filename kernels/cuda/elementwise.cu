@@ -13,13 +13,32 @@
 
 namespace gdn::cuda {
 
+namespace {
+constexpr int kSumColumns = 32, kSumLanes = 8;  // AddColumnSumsKernel's block: 32 x 8 threads
+
+// Thread (x, y) sums parts y, y + 8, ... of column 32 blockIdx.x + x; then the 8 lanes' sums are
+// added in lane order: a fixed order, so the result repeats bit for bit.
 __global__ void AddColumnSumsKernel(const float* partial, int parts, int64_t cols, float* out) {
-  for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < cols;
-       c += int64_t{gridDim.x} * blockDim.x) {
-    float s = 0;
-    for (int p = 0; p < parts; ++p) s += partial[p * cols + c];
-    out[c] += s;
+  __shared__ float lane_sum[kSumLanes][kSumColumns + 1];
+  const int64_t c = blockIdx.x * int64_t{kSumColumns} + threadIdx.x;
+  float s = 0;
+  if (c < cols)
+    for (int p = threadIdx.y; p < parts; p += kSumLanes) s += partial[p * cols + c];
+  lane_sum[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = 0;
+    for (int y = 0; y < kSumLanes; ++y) total += lane_sum[y][threadIdx.x];
+    out[c] += total;
   }
+}
+}  // namespace
+
+void AddColumnSums(const float* partial, int parts, int64_t cols, float* out) {
+  if (cols == 0) return;
+  AddColumnSumsKernel<<<static_cast<unsigned>((cols + kSumColumns - 1) / kSumColumns),
+                        dim3(kSumColumns, kSumLanes), 0, Stream()>>>(partial, parts, cols, out);
+  CUDA_CHECK_LAUNCH();
 }
 
 void RoundToBf16(const float* in, void* out, int64_t n) {

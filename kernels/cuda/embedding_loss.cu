@@ -28,12 +28,20 @@ __global__ void CrossEntropyKernel(const float* logits, const int32_t* targets, 
     return;
   }
   const float target_logit = row[tgt];  // read before dlogits (which may alias) is written
-  float mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, row[j]);
-  mx = BlockReduce(mx, MaxOp(), shm);
-  float z = 0;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) z += expf(row[j] - mx);
-  z = BlockReduce(z, SumOp(), shm);  // ends with a barrier: every read of row is done
+  // One pass for the max and the sum of exponentials (each thread rescales its running sum when
+  // its max grows), so the row is read twice in all rather than three times.
+  float m = -INFINITY, z = 0;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float x = row[j];
+    if (x > m) {
+      z = z * expf(m - x) + 1.0f;
+      m = x;
+    } else if (m != -INFINITY) {  // (x = m = -inf adds nothing)
+      z += expf(x - m);
+    }
+  }
+  const float mx = BlockReduce(m, MaxOp(), shm);
+  z = BlockReduce(m == -INFINITY ? 0.0f : z * expf(m - mx), SumOp(), shm);  // ends with a barrier
   const float lse = mx + logf(z);
   if (threadIdx.x == 0) row_loss[i] = lse - target_logit;
   if (!dlogits) return;
