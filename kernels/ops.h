@@ -26,7 +26,7 @@ void EnableProfiling(bool on);
 // How matrix products on CUDA tensors compute (process-wide, like torch's matmul precision):
 // kFloat32: float32 FMA (matches the CPU to float32 rounding); kBfloat16: bf16 tensor cores with
 // float32 accumulation, the float32 inputs rounded to bf16 first; the chunked gated delta rule's
-// block products then also run on the tensor cores (operands split in two bf16 parts, about 1e-5
+// block products then also run on the tensor cores (operands split in two bf16 parts, about 2e-5
 // relative). The CPU always computes in float32.
 enum class MatmulPrecision { kFloat32, kBfloat16 };
 void SetMatmulPrecision(MatmulPrecision precision);

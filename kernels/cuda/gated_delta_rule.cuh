@@ -32,7 +32,7 @@ struct GdrShape {
 
 // The block products of the fp32-input kernels: kFloat32, fp32 FMA (fp32-accurate: the float32
 // mode's choice); kSplitBf16, the bf16 tensor cores with each fp32 operand split into two bf16
-// parts (about 16 significant bits, 1e-5 relative; the bf16 mode's choice, being faster).
+// parts (about 16 significant bits, up to 2e-5 relative; the bf16 mode's choice, being faster).
 enum class GdrProducts { kFloat32, kSplitBf16 };
 
 void GdrForward(const GdrShape& shape, const float* q, const float* k, const float* v,

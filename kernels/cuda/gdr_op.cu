@@ -39,7 +39,8 @@ bool UseChunked(int64_t chunk, const GdrSeqShape& s, std::initializer_list<const
 GdrShape Chunked(const GdrSeqShape& s) { return GdrShape{s.B, s.T, s.H, s.HV, s.dk, s.dv}; }
 
 // The chunked kernel's block products follow the matrix products' precision: split-bf16 tensor
-// cores in the bf16 mode (1e-5 relative, far inside its band), fp32 FMA in the float32 mode.
+// cores in the bf16 mode (2e-5 relative at most, far inside its band), fp32 FMA in the float32
+// mode.
 GdrProducts Products() {
   return ops::GetMatmulPrecision() == ops::MatmulPrecision::kBfloat16 ? GdrProducts::kSplitBf16
                                                                       : GdrProducts::kFloat32;

@@ -44,7 +44,8 @@ void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
   const bool bf16 = ops::GetMatmulPrecision() == ops::MatmulPrecision::kBfloat16;
   for (const Tensor* t : {&a, &b, &c}) {
     // bf16 operands (ops::MatmulOperand) only in the bf16 mode; c is always float32.
-    const bool ok_type = t->dtype() == DType::kF32 || (bf16 && t != &c && t->dtype() == DType::kBF16);
+    const bool ok_type =
+        t->dtype() == DType::kF32 || (bf16 && t != &c && t->dtype() == DType::kBF16);
     CHECK(ok_type && t->device() == Device::kCUDA)
         << "Matmul on CUDA: float32 CUDA tensors (bf16 operands in the bf16 mode), got "
         << DTypeName(t->dtype()) << " " << DeviceName(t->device());
