@@ -65,10 +65,16 @@ MatmulPrecision matmul_precision = MatmulPrecision::kFloat32;
 void SetMatmulPrecision(MatmulPrecision precision) { matmul_precision = precision; }
 MatmulPrecision GetMatmulPrecision() { return matmul_precision; }
 
+DType MatmulOperandType(DType dtype, Device device) {
+  return device == Device::kCUDA && dtype == DType::kF32 &&
+                 matmul_precision == MatmulPrecision::kBfloat16
+             ? DType::kBF16
+             : dtype;
+}
+
 Tensor MatmulOperand(const Tensor& x) {
 #ifdef GDN_WITH_CUDA
-  if (x.device() == Device::kCUDA && x.dtype() == DType::kF32 &&
-      matmul_precision == MatmulPrecision::kBfloat16) {
+  if (MatmulOperandType(x.dtype(), x.device()) != x.dtype()) {
     ScopedOpTimer timer("MatmulOperand", x);
     return cuda::ToBf16(x);
   }

@@ -36,6 +36,9 @@ MatmulPrecision GetMatmulPrecision();
 // products (a layer input feeding many projections, an output gradient feeding dW and dx, a
 // saved activation) is rounded once this way, and kept in half the memory.
 Tensor MatmulOperand(const Tensor& x);
+// The dtype MatmulOperand gives a tensor of this dtype on this device. Ops whose output feeds
+// products only take an output of this dtype on CUDA and write it rounded (op_set.inc says which).
+DType MatmulOperandType(DType dtype, Device device);
 // The times collected since the last call, by op name.
 std::map<std::string, OpTime> TakeProfile();
 }  // namespace gdn::ops

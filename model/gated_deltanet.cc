@@ -93,10 +93,10 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
                              recurrence_scale_, d.chunk,
                              o_.View({B, T, value_heads_, d.dv}), state);
 
-  Tensor y = b_.Empty({N, value_dim_});
+  // Probes measure y: then it stays float32 (MeanAbs takes float tensors).
+  y_ = probes ? b_.Empty({N, value_dim_}) : b_.OperandEmpty({N, value_dim_});
   o_rstd_ = b_.Empty({N * value_heads_});
-  ops::GatedRmsNormForward(o_, g_, o_norm_->value, d.dv, d.norm_eps, y, o_rstd_);
-  y_ = ops::MatmulOperand(y);
+  ops::GatedRmsNormForward(o_, g_, o_norm_->value, d.dv, d.norm_eps, y_, o_rstd_);
   Tensor out = LinearForward(b_, y_, *wo_);
 
   if (probes) {
@@ -110,7 +110,7 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
     p["alpha"] += alpha / gamma_.numel();
     p["beta"] += ops::MeanAbs(beta_);
     p["recurrent_out"] += ops::MeanAbs(o_);
-    p["head_norm_out"] += ops::MeanAbs(y);
+    p["head_norm_out"] += ops::MeanAbs(y_);
     p["mixer_out"] += ops::MeanAbs(out);
     // |S|_F / sqrt(dk dv): the RMS coordinate of the final state, averaged over heads.
     p["state"] += std::sqrt(ops::SumSquares(state) / state.numel());
@@ -170,7 +170,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   Tensor dy = b_.Empty({N, value_dim_});
   LinearBackward(y_, *wo_, dout, dy, false);
 
-  Tensor d_o = b_.Empty({N, value_dim_}), dg = b_.Empty({N, value_dim_});
+  Tensor d_o = b_.Empty({N, value_dim_}), dg = b_.OperandEmpty({N, value_dim_});
   ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad);
 
   Tensor dqn = b_.Empty({N, key_dim_}), dkn = b_.Empty({N, key_dim_});
@@ -192,7 +192,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
 
   auto conv_back = [&](const Tensor& in, const Parameter& w, const Tensor& dc) {
     const int64_t c = in.dim(1);
-    Tensor din = b_.Empty({N, c});
+    Tensor din = b_.OperandEmpty({N, c});
     ops::CausalConvSiluBackward(in.View({B, T, c}), w.value, dc.View({B, T, c}),
                                 din.View({B, T, c}), w.grad);
     return din;

@@ -40,6 +40,10 @@ struct LayerBuilder {
                        device);
   }
   Tensor Empty(const Shape& shape) const { return Tensor::Empty(shape, dtype, device); }
+  // For an op output that feeds matrix products only: bf16 in the bf16 mode on CUDA.
+  Tensor OperandEmpty(const Shape& shape) const {
+    return Tensor::Empty(shape, ops::MatmulOperandType(dtype, device), device);
+  }
 };
 
 // y = x W^T for x [N, in], W [out, in]; x may be an ops::MatmulOperand.

@@ -17,16 +17,15 @@ Tensor SwiGluMlp::Forward(const Tensor& x) {
   x_ = ops::MatmulOperand(x);
   gate_out_ = LinearForward(b_, x_, *gate_);
   up_out_ = LinearForward(b_, x_, *up_);
-  Tensor h = b_.Empty(gate_out_.shape());
-  ops::SwigluForward(gate_out_, up_out_, h);
-  h_ = ops::MatmulOperand(h);
+  h_ = b_.OperandEmpty(gate_out_.shape());
+  ops::SwigluForward(gate_out_, up_out_, h_);
   return LinearForward(b_, h_, *down_);
 }
 
 Tensor SwiGluMlp::Backward(const Tensor& dout) {
-  Tensor dh = b_.Empty(h_.shape());
+  Tensor dh = b_.Empty(h_.shape());  // float32: SwiGLU's backward reads it
   LinearBackward(h_, *down_, dout, dh, false);
-  Tensor dgate = b_.Empty(h_.shape()), dup = b_.Empty(h_.shape());
+  Tensor dgate = b_.OperandEmpty(h_.shape()), dup = b_.OperandEmpty(h_.shape());
   ops::SwigluBackward(gate_out_, up_out_, dh, dgate, dup);
   Tensor dx = b_.Empty(x_.shape());  // float32, whatever x_'s form
   LinearBackward(x_, *gate_, dgate, dx, false);

@@ -474,6 +474,60 @@ TEST(CudaOpsTest, CausalConvSilu) {
     }
 }
 
+// The [operand] outputs (kernels/op_set.inc): given a bf16 tensor, each op writes exactly the
+// bf16 rounding of what it writes into a float32 one; the other outputs do not change.
+TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
+  GDN_REQUIRE_GPU();
+  auto f32 = [](const Shape& s) { return Tensor::Empty(s, DType::kF32, kGpu); };
+  auto bf16 = [](const Shape& s) { return Tensor::Empty(s, DType::kBF16, kGpu); };
+  auto expect_rounded = [](const char* what, const Tensor& b16, const Tensor& f) {
+    const Tensor hb = b16.To(Device::kCPU), hf = f.To(Device::kCPU);
+    for (int64_t i = 0; i < hf.numel(); ++i)
+      ASSERT_EQ(hb.at(i), RoundBf16(hf.data<float>()[i])) << what << " " << i;
+  };
+  auto expect_equal = [](const char* what, const Tensor& a, const Tensor& b) {
+    const Tensor ha = a.To(Device::kCPU), hb = b.To(Device::kCPU);
+    for (int64_t i = 0; i < ha.numel(); ++i) ASSERT_EQ(ha.at(i), hb.at(i)) << what << " " << i;
+  };
+  const Shape s{37, 512};
+  const Tensor g = Dev(Rand(s, -6, 6)), u = Dev(Rand(s)), dh = Dev(Rand(s));
+  const Tensor h = f32(s), h16 = bf16(s);
+  ops::SwigluForward(g, u, h);
+  ops::SwigluForward(g, u, h16);
+  expect_rounded("SwigluForward h", h16, h);
+  const Tensor dg = f32(s), du = f32(s), dg16 = bf16(s), du16 = bf16(s);
+  ops::SwigluBackward(g, u, dh, dg, du);
+  ops::SwigluBackward(g, u, dh, dg16, du16);
+  expect_rounded("SwigluBackward dgate", dg16, dg);
+  expect_rounded("SwigluBackward dup", du16, du);
+
+  const int64_t head_dim = 128, n = 70;
+  const Shape ns{n, 4 * head_dim};
+  const Tensor o = Dev(Rand(ns, -2, 2)), gate = Dev(Rand(ns, -5, 5)), dy = Dev(Rand(ns));
+  const Tensor w = Dev(Rand({head_dim}, 0.5, 1.5)), r = f32({n * 4}), r2 = f32({n * 4});
+  const Tensor y = f32(ns), y16 = bf16(ns);
+  ops::GatedRmsNormForward(o, gate, w, head_dim, 1e-5, y, r);
+  ops::GatedRmsNormForward(o, gate, w, head_dim, 1e-5, y16, r2);
+  expect_rounded("GatedRmsNormForward y", y16, y);
+  expect_equal("GatedRmsNormForward rstd", r2, r);
+  const Tensor d_o = f32(ns), d_o2 = f32(ns), dgn = f32(ns), dgn16 = bf16(ns);
+  const Tensor dw = Dev(Tensor::Zeros({head_dim}, DType::kF32)), dw2 = dw.Clone();
+  ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o, dgn, dw);
+  ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o2, dgn16, dw2);
+  expect_rounded("GatedRmsNormBackward dg", dgn16, dgn);
+  expect_equal("GatedRmsNormBackward d_o", d_o2, d_o);
+  expect_equal("GatedRmsNormBackward dw", dw2, dw);
+
+  const Shape cs{2, 130, 96};  // a sequence spanning three of the backward's segments
+  const Tensor x = Dev(Rand(cs)), cw = Dev(Rand({96, 4})), cdy = Dev(Rand(cs));
+  const Tensor dx = f32(cs), dx16 = bf16(cs);
+  const Tensor cdw = Dev(Tensor::Zeros({96, 4}, DType::kF32)), cdw2 = cdw.Clone();
+  ops::CausalConvSiluBackward(x, cw, cdy, dx, cdw);
+  ops::CausalConvSiluBackward(x, cw, cdy, dx16, cdw2);
+  expect_rounded("CausalConvSiluBackward dx", dx16, dx);
+  expect_equal("CausalConvSiluBackward dw", cdw2, cdw);
+}
+
 TEST(CudaOpsTest, Gates) {
   GDN_REQUIRE_GPU();
   for (const int64_t hv : {int64_t{1}, int64_t{6}})

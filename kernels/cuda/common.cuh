@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <cuda_bf16.h>
+
 #include "runtime/cuda_check.h"
 #include "runtime/tensor.h"
 
@@ -24,6 +26,25 @@ inline void CheckSame(const Tensor& a, const Tensor& b, const char* what) {
       << " " << DeviceName(b.device());
 }
 inline float* F32(const Tensor& t) { return t.data<float>(); }
+
+// An op's output that feeds matrix products only: float32, or in the bf16 mode a bf16 tensor
+// (ops::MatmulOperandType), written rounded so that no float32 copy and no rounding pass are needed.
+struct OperandOut {
+  void* p;
+  bool bf16;
+  __device__ __forceinline__ void Set(int64_t i, float v) const {
+    if (bf16) static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+    else static_cast<float*>(p)[i] = v;
+  }
+};
+inline OperandOut CheckOperandOut(const Tensor& out, const Tensor& like, const char* what) {
+  CHECK((out.dtype() == DType::kF32 || out.dtype() == DType::kBF16) &&
+        out.device() == Device::kCUDA && out.numel() == like.numel())
+      << what << ": output " << ShapeString(out.shape()) << " " << DTypeName(out.dtype()) << " "
+      << DeviceName(out.device()) << " for " << ShapeString(like.shape())
+      << " (float32 or bfloat16 CUDA)";
+  return {out.raw(), out.dtype() == DType::kBF16};
+}
 
 constexpr int kThreads = 256;
 // Blocks for a grid-stride loop over n elements.

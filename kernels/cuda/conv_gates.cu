@@ -44,7 +44,7 @@ constexpr int kConvMaxTaps = 8;
 template <int K>
 __global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float* __restrict__ w,
                                        const float* __restrict__ dy,
-                                       float* __restrict__ dx, float* __restrict__ dw_partial,
+                                       OperandOut dx, float* __restrict__ dw_partial,
                                        int64_t T, int64_t C, int64_t segments) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= C) return;
@@ -76,25 +76,25 @@ __global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float*
     if (sx >= s0) {
       float acc = 0;
       for (int j = 0; j < K; ++j) acc += wt[j] * g[j];
-      dx[base + sx * C] = acc;
+      dx.Set(base + sx * C, acc);
     }
   }
-  // Positions whose later taps fall past the sequence's end (the last K-1 of it): g still holds
-  // dpre[T-1-j], as the loop above ran to t = T-1.
-  for (int64_t sx = (T - (K - 1) > s0 ? T - (K - 1) : s0); sx < s1; ++sx) {
+  // The sequence's last K-1 positions, sx = T-(K-1)+m, whose later taps fall past its end: g still
+  // holds dpre[T-1-i] (the loop above ran to t = T-1), and tap j > m reads t = T+m-j, g[j-m-1].
+  // Indices known at compile time keep g in registers.
+  for (int m = 0; m < K - 1; ++m) {
+    const int64_t sx = T - (K - 1) + m;
+    if (sx < s0 || sx >= s1) continue;
     float acc = 0;
-    for (int j = 0; j < K; ++j) {
-      const int64_t t = sx + (K - 1) - j;
-      if (t < T) acc += wt[j] * g[T - 1 - t];
-    }
-    dx[base + sx * C] = acc;
+    for (int j = m + 1; j < K; ++j) acc += wt[j] * g[j - m - 1];
+    dx.Set(base + sx * C, acc);
   }
   float* out = dw_partial + blockIdx.y * C * K + c * K;
   for (int j = 0; j < K; ++j) out[j] = dw[j];
 }
 
 template <int K>
-void LaunchConvSiluBackward(const float* x, const float* w, const float* dy, float* dx,
+void LaunchConvSiluBackward(const float* x, const float* w, const float* dy, OperandOut dx,
                             float* dw_partial, int64_t B, int64_t T, int64_t C, int64_t segments) {
   const dim3 grid(static_cast<unsigned>((C + 127) / 128), static_cast<unsigned>(B * segments));
   ConvSiluBackwardKernel<K><<<grid, 128, 0, Stream()>>>(x, w, dy, dx, dw_partial, T, C, segments);
@@ -107,7 +107,7 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   CheckSame(x, dy, "CausalConvSiluBackward");
-  CheckSame(x, dx, "CausalConvSiluBackward");
+  const OperandOut pdx = CheckOperandOut(dx, x, "CausalConvSiluBackward");
   CheckSame(w, dw, "CausalConvSiluBackward");
   CHECK(K >= 1 && K <= kConvMaxTaps) << "CausalConvSiluBackward on CUDA: at most " << kConvMaxTaps
                                      << " taps, got " << K;
@@ -116,7 +116,7 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
   const float *px = F32(x), *pw = F32(w), *pdy = F32(dy);
-  float *pdx = F32(dx), *ppart = F32(partial);
+  float* ppart = F32(partial);
   switch (K) {
     case 1: LaunchConvSiluBackward<1>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
     case 2: LaunchConvSiluBackward<2>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;

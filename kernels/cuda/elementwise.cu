@@ -125,10 +125,9 @@ bool AllFinite(const Tensor& x) {
 void SwigluForward(const Tensor& gate, const Tensor& up, const Tensor& h) {
   CheckF32(gate, "SwigluForward");
   CheckSame(gate, up, "SwigluForward");
-  CheckSame(gate, h, "SwigluForward");
+  const OperandOut ph = CheckOperandOut(h, gate, "SwigluForward");
   const float *pg = F32(gate), *pu = F32(up);
-  float* ph = F32(h);
-  ForEach(gate.numel(), [=] __device__(int64_t i) { ph[i] = pg[i] * SigmoidF(pg[i]) * pu[i]; });
+  ForEach(gate.numel(), [=] __device__(int64_t i) { ph.Set(i, pg[i] * SigmoidF(pg[i]) * pu[i]); });
 }
 
 void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, const Tensor& dgate,
@@ -136,15 +135,14 @@ void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, cons
   CheckF32(gate, "SwigluBackward");
   CheckSame(gate, up, "SwigluBackward");
   CheckSame(gate, dh, "SwigluBackward");
-  CheckSame(gate, dgate, "SwigluBackward");
-  CheckSame(gate, dup, "SwigluBackward");
+  const OperandOut pdg = CheckOperandOut(dgate, gate, "SwigluBackward");
+  const OperandOut pdu = CheckOperandOut(dup, gate, "SwigluBackward");
   const float *pg = F32(gate), *pu = F32(up), *pdh = F32(dh);
-  float *pdg = F32(dgate), *pdu = F32(dup);
   ForEach(gate.numel(), [=] __device__(int64_t i) {
     const float s = SigmoidF(pg[i]);
     const float silu = pg[i] * s;
-    pdu[i] = pdh[i] * silu;
-    pdg[i] = pdh[i] * pu[i] * s * (1.0f + pg[i] * (1.0f - s));
+    pdu.Set(i, pdh[i] * silu);
+    pdg.Set(i, pdh[i] * pu[i] * s * (1.0f + pg[i] * (1.0f - s)));
   });
 }
 

@@ -51,7 +51,7 @@ __global__ void L2NormHeadsBackwardKernel(const float* y, const float* rnorm, co
 }
 
 __global__ void GatedRmsNormForwardKernel(const float* o, const float* g, const float* w,
-                                          int64_t d, float eps, float* y, float* rstd) {
+                                          int64_t d, float eps, OperandOut y, float* rstd) {
   __shared__ float shm[32];
   const int64_t row = blockIdx.x;
   const float *orow = o + row * d, *grow = g + row * d;
@@ -61,12 +61,12 @@ __global__ void GatedRmsNormForwardKernel(const float* o, const float* g, const 
   const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
   if (threadIdx.x == 0) rstd[row] = r;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    y[row * d + i] = orow[i] * r * w[i] * grow[i] * SigmoidF(grow[i]);
+    y.Set(row * d + i, orow[i] * r * w[i] * grow[i] * SigmoidF(grow[i]));
 }
 
 __global__ void GatedRmsNormBackwardKernel(const float* o, const float* g, const float* w,
                                            const float* rstd, const float* dy, int64_t d,
-                                           float* d_o, float* dg) {
+                                           float* d_o, OperandOut dg) {
   __shared__ float shm[32];
   const int64_t row = blockIdx.x, base = row * d;
   const float r = rstd[row];
@@ -75,7 +75,7 @@ __global__ void GatedRmsNormBackwardKernel(const float* o, const float* g, const
     const float gi = g[base + i], s = SigmoidF(gi), silu = gi * s;
     const float n = o[base + i] * r;
     const float dn = dy[base + i] * w[i] * silu;
-    dg[base + i] = dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s));
+    dg.Set(base + i, dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s)));
     dot += dn * n;
     d_o[base + i] = dn;  // dn for now; normalised below (by this same thread)
   }
@@ -145,14 +145,14 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
                          double eps, const Tensor& y, const Tensor& rstd) {
   CheckF32(o, "GatedRmsNormForward");
   CheckSame(o, g, "GatedRmsNormForward");
-  CheckSame(o, y, "GatedRmsNormForward");
+  const OperandOut py = CheckOperandOut(y, o, "GatedRmsNormForward");
   CheckF32(w, "GatedRmsNormForward");
   CHECK_EQ(w.numel(), head_dim);
   const int64_t rows = o.numel() / head_dim;
   CHECK_EQ(rstd.numel(), rows);
   if (rows == 0) return;
   GatedRmsNormForwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
-      F32(o), F32(g), F32(w), head_dim, eps, F32(y), F32(rstd));
+      F32(o), F32(g), F32(w), head_dim, eps, py, F32(rstd));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -162,12 +162,12 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   CheckF32(o, "GatedRmsNormBackward");
   CheckSame(o, dy, "GatedRmsNormBackward");
   CheckSame(o, d_o, "GatedRmsNormBackward");
-  CheckSame(o, dg, "GatedRmsNormBackward");
+  const OperandOut pdg = CheckOperandOut(dg, o, "GatedRmsNormBackward");
   CheckSame(w, dw, "GatedRmsNormBackward");
   const int64_t rows = o.numel() / head_dim;
   if (rows == 0) return;
   GatedRmsNormBackwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
-      F32(o), F32(g), F32(w), F32(rstd), F32(dy), head_dim, F32(d_o), F32(dg));
+      F32(o), F32(g), F32(w), F32(rstd), F32(dy), head_dim, F32(d_o), pdg);
   CUDA_CHECK_LAUNCH();
   const float *po = F32(o), *pg = F32(g), *pr = F32(rstd), *pdy = F32(dy);
   const int64_t d = head_dim;
