@@ -8,9 +8,7 @@
 namespace gdn::cuda {
 #include "kernels/op_set.inc"
 
-// n float32 values rounded to bf16 (round to nearest even), into raw device memory of 2n bytes:
-// the bf16 matrix products' operands.
-void RoundToBf16(const float* in, void* out, int64_t n);
-// A float32 CUDA tensor rounded to a new bf16 one (ops::MatmulOperand).
+// A float32 CUDA tensor rounded to a new bf16 one (round to nearest even): the bf16 matrix
+// products' operands (ops::MatmulOperand, and Matmul for float32 operands).
 Tensor ToBf16(const Tensor& x);
 }  // namespace gdn::cuda

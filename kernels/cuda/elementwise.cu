@@ -41,6 +41,7 @@ void AddColumnSums(const float* partial, int parts, int64_t cols, float* out) {
   CUDA_CHECK_LAUNCH();
 }
 
+namespace {
 void RoundToBf16(const float* in, void* out, int64_t n) {
   __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out);
   // Four values per thread (16 bytes in, 8 out) where the pointers allow: a step of the reference
@@ -59,6 +60,7 @@ void RoundToBf16(const float* in, void* out, int64_t n) {
   }
   ForEach(n, [=] __device__(int64_t i) { o[i] = __float2bfloat16_rn(in[i]); });
 }
+}  // namespace
 
 Tensor ToBf16(const Tensor& x) {
   CheckF32(x, "ToBf16");

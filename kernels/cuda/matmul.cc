@@ -10,7 +10,6 @@
 #include "kernels/matmul_shape.h"
 #include "kernels/ops.h"
 #include "runtime/cuda_check.h"
-#include "runtime/cuda_device.h"
 
 namespace gdn::cuda {
 
@@ -57,25 +56,17 @@ void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
   const int ldb = static_cast<int>(std::max<int64_t>(1, b.dim(1)));
   if (bf16) {
     // bf16 tensor-core products with float32 accumulation, float32 out. float32 operands are
-    // rounded to bf16 first, into stream-ordered scratch memory, so cuBLAS runs its bf16 kernels
-    // (kernels/cuda/gemm_bench.cu compares this with cuBLAS's float32-in form,
-    // CUBLAS_COMPUTE_32F_FAST_16BF); bf16 operands are used as they are.
-    auto operand = [](const Tensor& t) -> void* {
-      if (t.dtype() == DType::kBF16) return t.raw();
-      void* p = DeviceAlloc(t.numel() * 2);
-      RoundToBf16(t.data<float>(), p, t.numel());
-      return p;
-    };
-    void* a16 = operand(a);
-    void* b16 = operand(b);
+    // rounded to bf16 first, so cuBLAS runs its bf16 kernels (kernels/cuda/gemm_bench.cu compares
+    // this with cuBLAS's float32-in form, CUBLAS_COMPUTE_32F_FAST_16BF); bf16 operands are used
+    // as they are. A rounded copy goes back to the stream-ordered cache when this returns, so
+    // later work on this stream reuses it only after the product has read it.
+    const Tensor a16 = a.dtype() == DType::kBF16 ? a : ToBf16(a);
+    const Tensor b16 = b.dtype() == DType::kBF16 ? b : ToBf16(b);
     CUBLAS_CHECK(cublasGemmEx(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                               trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
-                              static_cast<int>(m), static_cast<int>(k), &al, b16, CUDA_R_16BF, ldb,
-                              a16, CUDA_R_16BF, lda, &be, c.data<float>(), CUDA_R_32F,
+                              static_cast<int>(m), static_cast<int>(k), &al, b16.raw(), CUDA_R_16BF,
+                              ldb, a16.raw(), CUDA_R_16BF, lda, &be, c.data<float>(), CUDA_R_32F,
                               static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    // Later work on this stream may reuse the blocks only after the product has read them.
-    if (a.dtype() == DType::kF32) DeviceFree(a16, a.numel() * 2);
-    if (b.dtype() == DType::kF32) DeviceFree(b16, b.numel() * 2);
     return;
   }
   CUBLAS_CHECK(cublasSgemm(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
