@@ -15,13 +15,13 @@ class SingleRank : public Communicator {
   void AllReduceMax(const Tensor&) override {}
   void AllGather(const Tensor& in, const Tensor& out) override { CopyUnlessSame(in, out); }
   void ReduceScatterSum(const Tensor& in, const Tensor& out) override { CopyUnlessSame(in, out); }
+  void Broadcast(const Tensor&, int root) override { CHECK_EQ(root, 0); }
+  void Barrier() override {}
 
  private:
   static void CopyUnlessSame(const Tensor& from, const Tensor& to) {
     if (from.raw() != to.raw()) to.CopyFrom(from);
   }
-  void Broadcast(const Tensor&, int root) override { CHECK_EQ(root, 0); }
-  void Barrier() override {}
 };
 class ByDevice : public Communicator {
  public:
