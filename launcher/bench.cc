@@ -97,6 +97,16 @@ absl::StatusOr<std::unique_ptr<BenchRanks>> StartBenchRanks(bool cuda, int tenso
   return ranks;
 }
 
+// Waits until this rank's GPU work has finished (a step's kernels, a collective NCCL only queued
+// on the stream).
+void WaitForDevice(bool cuda) {
+#ifdef GDN_WITH_CUDA
+  if (cuda) cuda::Synchronize();
+#else
+  (void)cuda;
+#endif
+}
+
 }  // namespace
 
 absl::Status RunBench(const BenchOptions& o) {
@@ -151,15 +161,10 @@ absl::Status RunBench(const BenchOptions& o) {
                 o.recompute ? ", activations recomputed in the backward" : "", grid.world_size,
                 grid.dp_size, grid.tp_size, o.zero ? ", ZeRO-1" : "", device_name.c_str());
 
-  auto sync = [&] {
-#ifdef GDN_WITH_CUDA
-    if (o.cuda) cuda::Synchronize();
-#endif
-  };
   auto step = [&](int64_t i) {
     TrainStep(model, reducer, optimizer, tokens, o.batch, o.batch * grid.dp_size, 1.0, 1e-4, i + 1,
               *grid.dp);
-    sync();
+    WaitForDevice(o.cuda);
   };
   step(0);  // warm-up: allocator, cuBLAS handles, NCCL connections
   const bool measure_comm = o.cuda && grid.dp_size > 1;
@@ -303,15 +308,6 @@ void RunCollective(Communicator& comm, Collective op, const CollectiveBuffers& b
     case Collective::kReduceScatter: comm.ReduceScatterSum(b.in, b.out); break;
     case Collective::kAllGather: comm.AllGather(b.in, b.out); break;
   }
-}
-
-// Waits until this rank's collective has finished: NCCL only queues it on the stream.
-void WaitForDevice(bool cuda) {
-#ifdef GDN_WITH_CUDA
-  if (cuda) cuda::Synchronize();
-#else
-  (void)cuda;
-#endif
 }
 
 // One collective with rank r contributing r + 1 everywhere, every element of the result compared
