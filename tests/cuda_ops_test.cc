@@ -249,6 +249,21 @@ TEST(CudaOpsTest, MatmulBf16) {
 // ops::MatmulOperand: in the bf16 mode a bf16 copy holding the rounded values, which products take
 // as they are, giving bit for bit what the float32 operand gives (rounded inside Matmul); in the
 // float32 mode and on the CPU the tensor itself.
+// Every element of `b16` (bf16, any device) is the bf16 rounding of `f`'s (float32): exactly.
+void ExpectRoundingOf(const std::string& what, const Tensor& b16, const Tensor& f) {
+  const Tensor hb = b16.To(Device::kCPU), hf = f.To(Device::kCPU);
+  ASSERT_EQ(hb.dtype(), DType::kBF16) << what;
+  ASSERT_EQ(hb.numel(), hf.numel()) << what;
+  for (int64_t i = 0; i < hf.numel(); ++i)
+    ASSERT_EQ(hb.at(i), RoundBf16(hf.data<float>()[i])) << what << " " << i;
+}
+// The two tensors hold the same values, bit for bit.
+void ExpectBitEqual(const std::string& what, const Tensor& a, const Tensor& b) {
+  const Tensor ha = a.To(Device::kCPU), hb = b.To(Device::kCPU);
+  ASSERT_EQ(ha.numel(), hb.numel()) << what;
+  for (int64_t i = 0; i < ha.numel(); ++i) ASSERT_EQ(ha.at(i), hb.at(i)) << what << " " << i;
+}
+
 TEST(CudaOpsTest, MatmulOperand) {
   GDN_REQUIRE_GPU();
   const Tensor a = Rand({300, 512}), b = Rand({96, 512});
@@ -258,22 +273,16 @@ TEST(CudaOpsTest, MatmulOperand) {
   ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
   const Tensor a16 = ops::MatmulOperand(da), b16 = ops::MatmulOperand(db);
   EXPECT_EQ(ops::MatmulOperand(a).raw(), a.raw());  // the CPU computes in float32
-  ASSERT_EQ(a16.dtype(), DType::kBF16);
   ASSERT_EQ(a16.shape(), a.shape());
-  const Tensor back = a16.To(Device::kCPU);
-  for (int64_t i = 0; i < a.numel(); ++i)
-    ASSERT_EQ(back.at(i), RoundBf16(a.data<float>()[i])) << i;
+  ExpectRoundingOf("MatmulOperand", a16, a);
   const Tensor c32 = Dev(Tensor::Zeros({300, 96}, DType::kF32)), c16 = c32.Clone();
   const Tensor cmix = c32.Clone();
   ops::Matmul(da, false, db, true, c32);
   ops::Matmul(a16, false, b16, true, c16);
   ops::Matmul(a16, false, db, true, cmix);
   ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
-  const Tensor h32 = c32.To(Device::kCPU), h16 = c16.To(Device::kCPU), hmix = cmix.To(Device::kCPU);
-  for (int64_t i = 0; i < h32.numel(); ++i) {
-    ASSERT_EQ(h16.at(i), h32.at(i)) << i;
-    ASSERT_EQ(hmix.at(i), h32.at(i)) << i;
-  }
+  ExpectBitEqual("Matmul bf16 operands", c16, c32);
+  ExpectBitEqual("Matmul one bf16 operand", cmix, c32);
 }
 
 // The multi-tensor updates: pieces of many sizes (one spanning several 4096-element work items, an
@@ -482,26 +491,17 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   GDN_REQUIRE_GPU();
   auto f32 = [](const Shape& s) { return Tensor::Empty(s, DType::kF32, kGpu); };
   auto bf16 = [](const Shape& s) { return Tensor::Empty(s, DType::kBF16, kGpu); };
-  auto expect_rounded = [](const char* what, const Tensor& b16, const Tensor& f) {
-    const Tensor hb = b16.To(Device::kCPU), hf = f.To(Device::kCPU);
-    for (int64_t i = 0; i < hf.numel(); ++i)
-      ASSERT_EQ(hb.at(i), RoundBf16(hf.data<float>()[i])) << what << " " << i;
-  };
-  auto expect_equal = [](const char* what, const Tensor& a, const Tensor& b) {
-    const Tensor ha = a.To(Device::kCPU), hb = b.To(Device::kCPU);
-    for (int64_t i = 0; i < ha.numel(); ++i) ASSERT_EQ(ha.at(i), hb.at(i)) << what << " " << i;
-  };
   const Shape s{37, 512};
   const Tensor g = Dev(Rand(s, -6, 6)), u = Dev(Rand(s)), dh = Dev(Rand(s));
   const Tensor h = f32(s), h16 = bf16(s);
   ops::SwigluForward(g, u, h);
   ops::SwigluForward(g, u, h16);
-  expect_rounded("SwigluForward h", h16, h);
+  ExpectRoundingOf("SwigluForward h", h16, h);
   const Tensor dg = f32(s), du = f32(s), dg16 = bf16(s), du16 = bf16(s);
   ops::SwigluBackward(g, u, dh, dg, du);
   ops::SwigluBackward(g, u, dh, dg16, du16);
-  expect_rounded("SwigluBackward dgate", dg16, dg);
-  expect_rounded("SwigluBackward dup", du16, du);
+  ExpectRoundingOf("SwigluBackward dgate", dg16, dg);
+  ExpectRoundingOf("SwigluBackward dup", du16, du);
 
   const int64_t head_dim = 128, n = 70;
   const Shape ns{n, 4 * head_dim};
@@ -510,15 +510,15 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   const Tensor y = f32(ns), y16 = bf16(ns);
   ops::GatedRmsNormForward(o, gate, w, head_dim, 1e-5, y, r);
   ops::GatedRmsNormForward(o, gate, w, head_dim, 1e-5, y16, r2);
-  expect_rounded("GatedRmsNormForward y", y16, y);
-  expect_equal("GatedRmsNormForward rstd", r2, r);
+  ExpectRoundingOf("GatedRmsNormForward y", y16, y);
+  ExpectBitEqual("GatedRmsNormForward rstd", r2, r);
   const Tensor d_o = f32(ns), d_o2 = f32(ns), dgn = f32(ns), dgn16 = bf16(ns);
   const Tensor dw = Dev(Tensor::Zeros({head_dim}, DType::kF32)), dw2 = dw.Clone();
   ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o, dgn, dw);
   ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o2, dgn16, dw2);
-  expect_rounded("GatedRmsNormBackward dg", dgn16, dgn);
-  expect_equal("GatedRmsNormBackward d_o", d_o2, d_o);
-  expect_equal("GatedRmsNormBackward dw", dw2, dw);
+  ExpectRoundingOf("GatedRmsNormBackward dg", dgn16, dgn);
+  ExpectBitEqual("GatedRmsNormBackward d_o", d_o2, d_o);
+  ExpectBitEqual("GatedRmsNormBackward dw", dw2, dw);
 
   const Shape cs{2, 130, 96};  // a sequence spanning three of the backward's segments
   const Tensor x = Dev(Rand(cs)), cw = Dev(Rand({96, 4})), cdy = Dev(Rand(cs));
@@ -526,8 +526,8 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   const Tensor cdw = Dev(Tensor::Zeros({96, 4}, DType::kF32)), cdw2 = cdw.Clone();
   ops::CausalConvSiluBackward(x, cw, cdy, dx, cdw);
   ops::CausalConvSiluBackward(x, cw, cdy, dx16, cdw2);
-  expect_rounded("CausalConvSiluBackward dx", dx16, dx);
-  expect_equal("CausalConvSiluBackward dw", cdw2, cdw);
+  ExpectRoundingOf("CausalConvSiluBackward dx", dx16, dx);
+  ExpectBitEqual("CausalConvSiluBackward dw", cdw2, cdw);
 }
 
 TEST(CudaOpsTest, Gates) {
