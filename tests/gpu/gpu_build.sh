@@ -8,7 +8,11 @@
 #                        (default /tmp/gdn-deps), never into /.
 #              CUDA_ARCH architectures to build (default 90a); BUILD_DIR (default /tmp/gdn-build).
 # Sets prefix, build and arch, exports LD_LIBRARY_PATH and PATH for the build and its binaries.
+# Defines ref_model: `gdn bench` flags for the reference model of shared/docs/gpu-machine.md
+# (12 layers, 6 heads of dk 128, dv 256, vocabulary 32000; batch 8 x 2048) but its width (1024;
+# the tensor-parallel benchmark widens it).
 step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
+ref_model=(--device cuda --depth 12 --head-dim 128 --vocab 32000 --seq 2048 --batch 8)
 prefix=${GDN_DEPS_PREFIX:-/tmp/gdn-deps}
 build=${BUILD_DIR:-/tmp/gdn-build}
 arch=${CUDA_ARCH:-90a}

@@ -20,8 +20,7 @@ source "$root/tests/gpu/gpu_build.sh"
 gdn_gpu_configure >/dev/null || { tail -20 "$log/build.log"; exit 1; }
 cmake --build "$build" -j "$(nproc)" --target gdn >>"$log/build.log" 2>&1 || { echo "build failed"; exit 1; }
 
-args=(bench --device cuda --width 1024 --depth 12 --head-dim 128 --vocab 32000 --seq 2048 --batch 8
-      --iters 1 "${flags[@]}")
+args=(bench "${ref_model[@]}" --width 1024 --iters 1 "${flags[@]}")
 step "gdn ${args[*]} (without ncu: the step's wall time)"
 "$build/gdn" "${args[@]}" >"$log/bench_plain.log" 2>&1 || { tail -5 "$log/bench_plain.log"; exit 1; }
 grep -E "training step|memory" "$log/bench_plain.log"

@@ -33,9 +33,10 @@ for r in rows[1:]:
     m = re.match(r"(?:void )?(?:[\w:>]*::)?(\w+)(<[^(]*>)?", full)
     name = (m.group(1) + (m.group(2) or "")) if m else full
     name = name if len(name) <= 80 else name[:77] + "..."
-    total[name] += float(r[vi].replace(",", "")) / 1e6 / reps  # ns -> ms per repetition
+    ns = float(r[vi].replace(",", ""))
+    total[name] += ns / 1e6 / reps  # ms per repetition
     calls[name] += 1
-    launches[name].append(float(r[vi].replace(",", "")) / 1e3)
+    launches[name].append(ns / 1e3)  # us
 all_ms = sum(total.values())
 line = f"kernels per repetition: {sum(calls.values()) // reps}, {all_ms:.2f} ms"
 if wall:

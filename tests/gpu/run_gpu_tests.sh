@@ -50,15 +50,12 @@ timeout 240 bash "$root/tests/gpu/train_check.sh" "$build/gdn" /tmp/gdn-train-ch
 step "benchmarks" | tee -a "$log/train.log"
 timeout 60 "$build/kernels/gdr_cuda_bench" 2>&1 | tee -a "$log/train.log"
 timeout 60 "$build/kernels/gemm_bench" 2>&1 | tee -a "$log/train.log"
-# The reference model of shared/docs/gpu-machine.md (hidden 1024, 12 layers, 6 heads of dk 128,
-# dv 256, vocabulary 32000, batch 8 x 2048), float32.
-timeout 150 "$build/gdn" bench --device cuda --width 1024 --depth 12 --head-dim 128 --vocab 32000 \
-  --seq 2048 --batch 8 --iters 3 2>&1 | tee -a "$log/train.log"
-timeout 150 "$build/gdn" bench --device cuda --precision bf16 --width 1024 --depth 12 --head-dim 128 \
-  --vocab 32000 --seq 2048 --batch 8 --iters 3 2>&1 | tee -a "$log/train.log"
-# The same with activation recomputation: the memory of one layer's activations instead of all.
-timeout 150 "$build/gdn" bench --device cuda --precision bf16 --width 1024 --depth 12 --head-dim 128 \
-  --vocab 32000 --seq 2048 --batch 8 --iters 3 --recompute 2>&1 | tee -a "$log/train.log"
+# The reference model (ref_model, gpu_build.sh): float32, bf16, and bf16 with activation
+# recomputation (the memory of one layer's activations instead of all).
+for mode in "" "--precision bf16" "--precision bf16 --recompute"; do
+  # shellcheck disable=SC2086  # $mode: zero or more flags
+  timeout 150 "$build/gdn" bench "${ref_model[@]}" --width 1024 --iters 3 $mode 2>&1 | tee -a "$log/train.log"
+done
 
 step "summary"
 {

@@ -26,7 +26,7 @@ gdn=$build/gdn
 gpus=$(nvidia-smi -L | wc -l)
 export NCCL_NVLS_ENABLE=0 OMP_NUM_THREADS=4
 mpi=(mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -x OMP_NUM_THREADS -np)
-ref=(--device cuda --precision bf16 --depth 12 --head-dim 128 --vocab 32000 --seq 2048 --batch 8 --iters 5)
+ref=("${ref_model[@]}" --precision bf16 --iters 5)
 out=$log/scaling.txt
 # bench NAME COMMAND...: runs it (4 minutes at most), full output in bench-NAME.log.
 bench() {
