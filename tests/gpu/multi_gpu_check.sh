@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# On a machine with 2 GPUs: builds gdn with CUDA and NCCL, runs the NCCL communicator test, then
-# trains one model for 50 steps (float32) on one GPU and on 2 GPUs as tensor-parallel 2, as
-# data-parallel 2 (with and without ZeRO-1, and with many small gradient buckets); every step's
-# train loss (and each val loss) of the 2-GPU runs must be within 1e-4 relative of the one-GPU
-# run's. The same in bf16 mode, within 2e-2 of the one-GPU bf16 run. Then: a ZeRO-1 run and a
-# tensor-parallel run killed (kill -9) at step 25 resume from their step-20 checkpoints to the
-# same losses; a rank stopped with SIGSTOP ends the job within GDN_COLLECTIVE_TIMEOUT_S; 4 ranks on
-# 2 GPUs fail with the one-GPU-per-rank error before computing.
+# On a machine with 2 or more GPUs: builds gdn with CUDA and NCCL, runs the NCCL communicator
+# test, then trains one model for 50 steps (float32) on one GPU and on 2 GPUs as tensor-parallel 2,
+# as data-parallel 2 (with and without ZeRO-1, and with many small gradient buckets); every step's
+# train loss (and each val loss) of the multi-GPU runs must be within 1e-4 relative of the one-GPU
+# run's. The same in bf16 mode, within 2e-2 of the one-GPU bf16 run. With 4 or more GPUs also
+# TP 4, DP 4 (with and without ZeRO-1) and DP 2 x TP 2, in float32 and bf16. Then: a ZeRO-1 run
+# and a tensor-parallel run killed (kill -9) at step 25 resume from their step-20 checkpoints to
+# the same losses; a rank stopped with SIGSTOP ends the job within GDN_COLLECTIVE_TIMEOUT_S; twice
+# as many ranks as GPUs fail with the one-GPU-per-rank error before computing.
 #
 # Usage: tests/gpu/multi_gpu_check.sh [LOG_DIR]     (default: $OUT when set, else ./gpu-logs)
 # Environment: see tests/gpu/gpu_build.sh. Exit status: non-zero when anything failed.
@@ -108,6 +109,22 @@ for layout in "tp2 --set parallel.tensor_parallel=2" "dp2 --set parallel.zero_st
   compare "$name bf16 on 2 GPUs" runs/$name-bf16 runs/one-gpu-bf16 2e-2 || status=1
 done
 
+# 4 GPUs: every layout of 4 ranks the model allows (4 key heads, MLP 512, vocabulary 256 and the
+# batch of 8 all divide by 4), float32 against one GPU and bf16 against the one-GPU bf16 run.
+gpus=$(nvidia-smi -L | wc -l)
+if ((gpus >= 4)); then
+  for layout in "tp4 --set parallel.tensor_parallel=4" "dp4 --set parallel.zero_stage=0" \
+    "dp4-zero1 --set parallel.zero_stage=1" "dp2xtp2 --set parallel.tensor_parallel=2" \
+    "dp2xtp2-zero1 --set parallel.tensor_parallel=2 --set parallel.zero_stage=1"; do
+    read -r name args <<<"$layout"
+    step "4 GPUs, $name" | tee -a "$log/runs.log"
+    train "${mpi[@]}" -np 4 "$gdn" train --set run.dir=runs/$name $args || fail "$name run"
+    compare "$name on 4 GPUs" runs/$name || status=1
+    train "${mpi[@]}" -np 4 "$gdn" train --set run.dir=runs/$name-bf16 "${bf16[@]}" $args || fail "$name bf16 run"
+    compare "$name bf16 on 4 GPUs" runs/$name-bf16 runs/one-gpu-bf16 2e-2 || status=1
+  done
+fi
+
 step "2 GPUs, data-parallel 2, ZeRO-1, rank 0 killed (-9) at step 25, resumed" | tee -a "$log/runs.log"
 zresume=(--set run.dir=runs/zero1-resume --set parallel.zero_stage=1 --set run.checkpoint_interval=10)
 GDN_TEST_RAISE_AFTER_STEP=25:KILL:0 train "${mpi[@]}" -np 2 "$gdn" train "${zresume[@]}" \
@@ -149,14 +166,14 @@ stopped hang 5:STOP:1 'not finished after 10 s'
 step "2 GPUs, tensor-parallel 2, rank 1 stopped at the start of step 6: NCCL's watchdog ends the job" | tee -a "$log/runs.log"
 stopped hang-tp 5:STOP:1:next 'NCCL .* not finished after 10 s' --set parallel.tensor_parallel=2
 
-step "4 ranks on 2 GPUs" | tee -a "$log/runs.log"
-timeout 60 mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -np 4 \
-  "$gdn" train --spec spec.textproto --set run.dir=runs/np4 >"$work/np4.out" 2>&1
+step "$((2 * gpus)) ranks on $gpus GPUs" | tee -a "$log/runs.log"
+timeout 60 mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH -np $((2 * gpus)) \
+  "$gdn" train --spec spec.textproto --set run.dir=runs/oversubscribed >"$work/oversubscribed.out" 2>&1
 code=$?
-cat "$work/np4.out" >>"$log/runs.log"
-grep -m1 '^error' "$work/np4.out" | tee -a "$log/summary.txt"
-if [[ $code -eq 0 ]] || ! grep -q 'one GPU per rank' "$work/np4.out" || [[ -e runs/np4/metrics.jsonl ]]; then
-  fail "4 ranks on 2 GPUs: exit $code, expected the one-GPU-per-rank error before any metrics"
+cat "$work/oversubscribed.out" >>"$log/runs.log"
+grep -m1 '^error' "$work/oversubscribed.out" | tee -a "$log/summary.txt"
+if [[ $code -eq 0 ]] || ! grep -q 'one GPU per rank' "$work/oversubscribed.out" || [[ -e runs/oversubscribed/metrics.jsonl ]]; then
+  fail "$((2 * gpus)) ranks on $gpus GPUs: exit $code, expected the one-GPU-per-rank error before any metrics"
 fi
 
 step "summary"
