@@ -46,9 +46,13 @@ struct LayerBuilder {
   }
 };
 
-// y = x W^T for x [N, in], W [out, in]; x may be an ops::MatmulOperand.
-inline Tensor LinearForward(const LayerBuilder& b, const Tensor& x, const Parameter& w) {
-  Tensor y = b.Empty({x.dim(0), w.value.dim(0)});
+// y = x W^T for x [N, in], W [out, in]; x may be an ops::MatmulOperand. stored: y is read only by
+// ops that take [stored] inputs (kernels/op_set.inc), so in the bf16 mode it is written in bf16,
+// halving what is kept for the backward.
+inline Tensor LinearForward(const LayerBuilder& b, const Tensor& x, const Parameter& w,
+                            bool stored = false) {
+  const Shape shape{x.dim(0), w.value.dim(0)};
+  Tensor y = stored ? b.OperandEmpty(shape) : b.Empty(shape);
   ops::Matmul(x, false, w.value, true, y);
   return y;
 }

@@ -13,10 +13,11 @@ SwiGluMlp::SwiGluMlp(const std::string& prefix, const LayerBuilder& builder) : b
 }
 
 Tensor SwiGluMlp::Forward(const Tensor& x) {
-  // x and h feed products only: kept in their matrix-product form (bf16 in the bf16 mode).
+  // x and h feed products only: kept in their matrix-product form (bf16 in the bf16 mode); gate
+  // and up are read by SwiGLU only: bf16 in the bf16 mode too.
   x_ = ops::MatmulOperand(x);
-  gate_out_ = LinearForward(b_, x_, *gate_);
-  up_out_ = LinearForward(b_, x_, *up_);
+  gate_out_ = LinearForward(b_, x_, *gate_, true);
+  up_out_ = LinearForward(b_, x_, *up_, true);
   h_ = b_.OperandEmpty(gate_out_.shape());
   ops::SwigluForward(gate_out_, up_out_, h_);
   return LinearForward(b_, h_, *down_);

@@ -23,6 +23,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -528,6 +529,85 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   ops::CausalConvSiluBackward(x, cw, cdy, dx16, cdw2);
   ExpectRoundingOf("CausalConvSiluBackward dx", dx16, dx);
   ExpectBitEqual("CausalConvSiluBackward dw", cdw2, cdw);
+}
+
+// The [stored] inputs (kernels/op_set.inc): a bf16 tensor gives bit for bit what a float32 tensor
+// holding the same (rounded) values gives. And Matmul's bf16 c (beta 0, the bf16 mode): the float32
+// product rounded once, within a bf16 rounding.
+TEST(CudaOpsTest, StoredInputsAreReadAsTheirFloat32Values) {
+  GDN_REQUIRE_GPU();
+  auto f32 = [](const Shape& s) { return Tensor::Empty(s, DType::kF32, kGpu); };
+  // A random tensor's bf16 form (device) and the same values in float32 (device).
+  auto pair = [](const Shape& s, double lo, double hi) {
+    Tensor r = Rand(s, lo, hi);
+    for (int64_t i = 0; i < r.numel(); ++i) r.data<float>()[i] = RoundBf16(r.data<float>()[i]);
+    ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+    Tensor b16 = ops::MatmulOperand(Dev(r));
+    ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
+    EXPECT_EQ(b16.dtype(), DType::kBF16);
+    return std::pair<Tensor, Tensor>{b16, Dev(r)};
+  };
+  const Shape s{37, 512};
+  const auto [g16, g] = pair(s, -6, 6);
+  const auto [u16, u] = pair(s, -1, 1);
+  const Tensor dh = Dev(Rand(s));
+  const Tensor h = f32(s), h2 = f32(s);
+  ops::SwigluForward(g, u, h);
+  ops::SwigluForward(g16, u16, h2);
+  ExpectBitEqual("SwigluForward h", h2, h);
+  const Tensor dg = f32(s), du = f32(s), dg2 = f32(s), du2 = f32(s);
+  ops::SwigluBackward(g, u, dh, dg, du);
+  ops::SwigluBackward(g16, u16, dh, dg2, du2);
+  ExpectBitEqual("SwigluBackward dgate", dg2, dg);
+  ExpectBitEqual("SwigluBackward dup", du2, du);
+
+  const int64_t head_dim = 128, n = 70;
+  const Shape ns{n, 4 * head_dim};
+  const Tensor o = Dev(Rand(ns, -2, 2)), dy = Dev(Rand(ns));
+  const auto [gate16, gate] = pair(ns, -5, 5);
+  const Tensor w = Dev(Rand({head_dim}, 0.5, 1.5)), r = f32({n * 4}), r2 = f32({n * 4});
+  const Tensor y = f32(ns), y2 = f32(ns);
+  ops::GatedRmsNormForward(o, gate, w, head_dim, 1e-5, y, r);
+  ops::GatedRmsNormForward(o, gate16, w, head_dim, 1e-5, y2, r2);
+  ExpectBitEqual("GatedRmsNormForward y", y2, y);
+  ExpectBitEqual("GatedRmsNormForward rstd", r2, r);
+  const Tensor d_o = f32(ns), d_o2 = f32(ns), dgn = f32(ns), dgn2 = f32(ns);
+  const Tensor dw = Dev(Rand({head_dim})), dw2 = dw.Clone();
+  ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o, dgn, dw);
+  ops::GatedRmsNormBackward(o, gate16, w, r, head_dim, dy, d_o2, dgn2, dw2);
+  ExpectBitEqual("GatedRmsNormBackward d_o", d_o2, d_o);
+  ExpectBitEqual("GatedRmsNormBackward dg", dgn2, dgn);
+  ExpectBitEqual("GatedRmsNormBackward dw", dw2, dw);
+
+  for (const int64_t K : {int64_t{4}, int64_t{2}}) {
+    const Shape cs{2, 130, 96};  // a sequence spanning three of the backward's segments
+    const auto [x16, x] = pair(cs, -1, 1);
+    const Tensor cw = Dev(Rand({96, K})), cdy = Dev(Rand(cs));
+    const Tensor cy = f32(cs), cy2 = f32(cs);
+    ops::CausalConvSiluForward(x, cw, cy);
+    ops::CausalConvSiluForward(x16, cw, cy2);
+    ExpectBitEqual("CausalConvSiluForward y", cy2, cy);
+    const Tensor dx = f32(cs), dx2 = f32(cs);
+    const Tensor cdw = Dev(Rand({96, K})), cdw2 = cdw.Clone();
+    ops::CausalConvSiluBackward(x, cw, cdy, dx, cdw);
+    ops::CausalConvSiluBackward(x16, cw, cdy, dx2, cdw2);
+    ExpectBitEqual("CausalConvSiluBackward dx", dx2, dx);
+    ExpectBitEqual("CausalConvSiluBackward dw", cdw2, cdw);
+  }
+
+  // Matmul into a bf16 c, as LinearForward's stored outputs: against the float32 c of the same
+  // bf16 products, |c16 - c| <= 2^-8 |c| (one rounding is at most 2^-9; cuBLAS may sum in another
+  // order for the bf16 output).
+  const Tensor a = Dev(Rand({300, 512})), b = Dev(Rand({96, 512}));
+  const Tensor c = f32({300, 96}), c16 = Tensor::Empty({300, 96}, DType::kBF16, kGpu);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+  ops::Matmul(a, false, b, true, c);
+  ops::Matmul(a, false, b, true, c16);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
+  const Tensor hc = c.To(kCpu), hc16 = c16.To(kCpu);
+  for (int64_t i = 0; i < hc.numel(); ++i)
+    ASSERT_LE(std::abs(hc16.at(i) - hc.at(i)), std::ldexp(std::abs(hc.at(i)), -8) + 1e-6)
+        << "Matmul bf16 c " << i;
 }
 
 TEST(CudaOpsTest, Gates) {

@@ -46,6 +46,24 @@ inline OperandOut CheckOperandOut(const Tensor& out, const Tensor& like, const c
   return {out.raw(), out.dtype() == DType::kBF16};
 }
 
+// An op's input marked [stored]: an activation kept for the backward, float32, or in the bf16 mode a
+// bf16 tensor (a matrix product's output that only elementwise ops read); read as float32.
+struct StoredIn {
+  const void* p;
+  bool bf16;
+  __device__ __forceinline__ float operator[](int64_t i) const {
+    return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i])
+                : static_cast<const float*>(p)[i];
+  }
+};
+inline StoredIn CheckStoredIn(const Tensor& in, int64_t numel, const char* what) {
+  CHECK((in.dtype() == DType::kF32 || in.dtype() == DType::kBF16) &&
+        in.device() == Device::kCUDA && in.numel() == numel)
+      << what << ": input " << ShapeString(in.shape()) << " " << DTypeName(in.dtype()) << " "
+      << DeviceName(in.device()) << " (float32 or bfloat16 CUDA, " << numel << " elements)";
+  return {in.raw(), in.dtype() == DType::kBF16};
+}
+
 constexpr int kThreads = 256;
 // Blocks for a grid-stride loop over n elements.
 inline int GridFor(int64_t n, int threads = kThreads) {

@@ -14,35 +14,76 @@ __device__ __forceinline__ float SiluGrad(float p) {
 }
 }  // namespace
 
+// The forward in one pass: each thread owns one channel of one segment of kConvSegment positions
+// of one sequence and slides a window of the last K inputs along it in registers, so each x is
+// read about once (plus K-1 positions of halo) and no index is divided per value. Terms are added
+// in the CPU's order (tap 0 first).
+constexpr int kConvSegment = 64;
+constexpr int kConvMaxTaps = 8;
+
+template <int K>
+__global__ void ConvSiluForwardKernel(StoredIn x, const float* __restrict__ w,
+                                      float* __restrict__ y, int64_t T, int64_t C,
+                                      int64_t segments) {
+  const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (c >= C) return;
+  const int64_t b = blockIdx.y / segments, s0 = (blockIdx.y % segments) * kConvSegment;
+  const int64_t s1 = s0 + kConvSegment < T ? s0 + kConvSegment : T;
+  const int64_t base = b * T * C + c;
+  float wt[K], xs[K];
+  for (int j = 0; j < K; ++j) {
+    wt[j] = w[c * K + j];
+    const int64_t p = s0 - (K - 1) + j;  // xs[j] = x[t - (K-1) + j] for t = s0
+    xs[j] = j < K - 1 && p >= 0 ? x[base + p * C] : 0;
+  }
+  for (int64_t t = s0; t < s1; ++t) {
+    xs[K - 1] = x[base + t * C];
+    float acc = 0;
+    for (int j = 0; j < K; ++j)
+      if (t - (K - 1) + j >= 0) acc += wt[j] * xs[j];
+    y[base + t * C] = acc * SigmoidF(acc);
+    for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
+  }
+}
+
+// Runs KERNEL<K> for the tap count K (1..kConvMaxTaps) on (channel block, sequence segment) blocks.
+#define GDN_CONV_LAUNCH(KERNEL, K, B, T, C, ...)                                              \
+  do {                                                                                        \
+    const int64_t segments_ = ((T) + kConvSegment - 1) / kConvSegment;                       \
+    const dim3 grid_(static_cast<unsigned>(((C) + 127) / 128),                                \
+                     static_cast<unsigned>((B) * segments_));                                 \
+    switch (K) {                                                                              \
+      case 1: KERNEL<1><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+      case 2: KERNEL<2><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+      case 3: KERNEL<3><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+      case 4: KERNEL<4><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+      case 5: KERNEL<5><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+      case 6: KERNEL<6><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+      case 7: KERNEL<7><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+      case 8: KERNEL<8><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+    }                                                                                         \
+    CUDA_CHECK_LAUNCH();                                                                      \
+  } while (0)
+
 void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
-  CheckF32(x, "CausalConvSiluForward");
+  const StoredIn px = CheckStoredIn(x, y.numel(), "CausalConvSiluForward x");
   CheckF32(w, "CausalConvSiluForward");
+  CheckF32(y, "CausalConvSiluForward");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   CHECK_EQ(w.dim(0), C);
-  CheckSame(x, y, "CausalConvSiluForward");
-  const float *px = F32(x), *pw = F32(w);
-  float* py = F32(y);
-  ForEach(B * T * C, [=] __device__(int64_t i) {
-    const int64_t c = i % C, bt = i / C, t = bt % T, row0 = bt - t;  // row0 = b * T
-    float acc = 0;
-    for (int64_t j = 0; j < K; ++j) {
-      const int64_t s = t - (K - 1) + j;
-      if (s >= 0) acc += pw[c * K + j] * px[(row0 + s) * C + c];
-    }
-    py[i] = acc * SigmoidF(acc);
-  });
+  CHECK(K >= 1 && K <= kConvMaxTaps) << "CausalConvSiluForward on CUDA: at most " << kConvMaxTaps
+                                     << " taps, got " << K;
+  if (B * T * C == 0) return;
+  GDN_CONV_LAUNCH(ConvSiluForwardKernel, K, B, T, C, px, F32(w), F32(y));
 }
 
 // The backward in one pass: each thread owns one channel of one segment of kSegment positions of
 // one sequence, reads dy and x there once (plus K-1 positions of halo), keeps the last K values of
 // x and of dpre = dy silu'(pre) in registers (pre recomputed from the x window in the forward's
 // order of terms), writes dx and its K partial sums of dw.
-constexpr int kConvSegment = 64;
-constexpr int kConvMaxTaps = 8;
-
 template <int K>
-__global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float* __restrict__ w,
+__global__ void ConvSiluBackwardKernel(StoredIn x, const float* __restrict__ w,
                                        const float* __restrict__ dy,
                                        OperandOut dx, float* __restrict__ dw_partial,
                                        int64_t T, int64_t C, int64_t segments) {
@@ -93,21 +134,13 @@ __global__ void ConvSiluBackwardKernel(const float* __restrict__ x, const float*
   for (int j = 0; j < K; ++j) out[j] = dw[j];
 }
 
-template <int K>
-void LaunchConvSiluBackward(const float* x, const float* w, const float* dy, OperandOut dx,
-                            float* dw_partial, int64_t B, int64_t T, int64_t C, int64_t segments) {
-  const dim3 grid(static_cast<unsigned>((C + 127) / 128), static_cast<unsigned>(B * segments));
-  ConvSiluBackwardKernel<K><<<grid, 128, 0, Stream()>>>(x, w, dy, dx, dw_partial, T, C, segments);
-  CUDA_CHECK_LAUNCH();
-}
-
 void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
                             const Tensor& dw) {
-  CheckF32(x, "CausalConvSiluBackward");
+  const StoredIn px = CheckStoredIn(x, dy.numel(), "CausalConvSiluBackward x");
+  CheckF32(dy, "CausalConvSiluBackward");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
-  CheckSame(x, dy, "CausalConvSiluBackward");
-  const OperandOut pdx = CheckOperandOut(dx, x, "CausalConvSiluBackward");
+  const OperandOut pdx = CheckOperandOut(dx, dy, "CausalConvSiluBackward");
   CheckSame(w, dw, "CausalConvSiluBackward");
   CHECK(K >= 1 && K <= kConvMaxTaps) << "CausalConvSiluBackward on CUDA: at most " << kConvMaxTaps
                                      << " taps, got " << K;
@@ -115,18 +148,9 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   const int64_t segments = (T + kConvSegment - 1) / kConvSegment;
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
-  const float *px = F32(x), *pw = F32(w), *pdy = F32(dy);
+  const float *pw = F32(w), *pdy = F32(dy);
   float* ppart = F32(partial);
-  switch (K) {
-    case 1: LaunchConvSiluBackward<1>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
-    case 2: LaunchConvSiluBackward<2>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
-    case 3: LaunchConvSiluBackward<3>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
-    case 4: LaunchConvSiluBackward<4>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
-    case 5: LaunchConvSiluBackward<5>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
-    case 6: LaunchConvSiluBackward<6>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
-    case 7: LaunchConvSiluBackward<7>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
-    case 8: LaunchConvSiluBackward<8>(px, pw, pdy, pdx, ppart, B, T, C, segments); break;
-  }
+  GDN_CONV_LAUNCH(ConvSiluBackwardKernel, K, B, T, C, px, pw, pdy, pdx, ppart);
   AddColumnSums(ppart, static_cast<int>(B * segments), C * K, F32(dw));
 }
 

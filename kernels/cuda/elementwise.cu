@@ -125,26 +125,28 @@ bool AllFinite(const Tensor& x) {
 }
 
 void SwigluForward(const Tensor& gate, const Tensor& up, const Tensor& h) {
-  CheckF32(gate, "SwigluForward");
-  CheckSame(gate, up, "SwigluForward");
+  const StoredIn pg = CheckStoredIn(gate, gate.numel(), "SwigluForward gate");
+  const StoredIn pu = CheckStoredIn(up, gate.numel(), "SwigluForward up");
   const OperandOut ph = CheckOperandOut(h, gate, "SwigluForward");
-  const float *pg = F32(gate), *pu = F32(up);
-  ForEach(gate.numel(), [=] __device__(int64_t i) { ph.Set(i, pg[i] * SigmoidF(pg[i]) * pu[i]); });
+  ForEach(gate.numel(), [=] __device__(int64_t i) {
+    const float g = pg[i];
+    ph.Set(i, g * SigmoidF(g) * pu[i]);
+  });
 }
 
 void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, const Tensor& dgate,
                     const Tensor& dup) {
-  CheckF32(gate, "SwigluBackward");
-  CheckSame(gate, up, "SwigluBackward");
-  CheckSame(gate, dh, "SwigluBackward");
-  const OperandOut pdg = CheckOperandOut(dgate, gate, "SwigluBackward");
-  const OperandOut pdu = CheckOperandOut(dup, gate, "SwigluBackward");
-  const float *pg = F32(gate), *pu = F32(up), *pdh = F32(dh);
-  ForEach(gate.numel(), [=] __device__(int64_t i) {
-    const float s = SigmoidF(pg[i]);
-    const float silu = pg[i] * s;
+  const StoredIn pg = CheckStoredIn(gate, dh.numel(), "SwigluBackward gate");
+  const StoredIn pu = CheckStoredIn(up, dh.numel(), "SwigluBackward up");
+  CheckF32(dh, "SwigluBackward");
+  const OperandOut pdg = CheckOperandOut(dgate, dh, "SwigluBackward");
+  const OperandOut pdu = CheckOperandOut(dup, dh, "SwigluBackward");
+  const float* pdh = F32(dh);
+  ForEach(dh.numel(), [=] __device__(int64_t i) {
+    const float g = pg[i], s = SigmoidF(g);
+    const float silu = g * s;
     pdu.Set(i, pdh[i] * silu);
-    pdg.Set(i, pdh[i] * pu[i] * s * (1.0f + pg[i] * (1.0f - s)));
+    pdg.Set(i, pdh[i] * pu[i] * s * (1.0f + g * (1.0f - s)));
   });
 }
 

@@ -50,21 +50,23 @@ __global__ void L2NormHeadsBackwardKernel(const float* y, const float* rnorm, co
     dx[row * d + i] = rnorm[row] * (dyr[i] - yr[i] * dot);
 }
 
-__global__ void GatedRmsNormForwardKernel(const float* o, const float* g, const float* w,
+__global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, const float* w,
                                           int64_t d, float eps, OperandOut y, float* rstd) {
   __shared__ float shm[32];
   const int64_t row = blockIdx.x;
-  const float *orow = o + row * d, *grow = g + row * d;
+  const float* orow = o + row * d;
   float ss = 0;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += orow[i] * orow[i];
   ss = BlockReduce(ss, SumOp(), shm);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
   if (threadIdx.x == 0) rstd[row] = r;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    y.Set(row * d + i, orow[i] * r * w[i] * grow[i] * SigmoidF(grow[i]));
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float gi = g[row * d + i];
+    y.Set(row * d + i, orow[i] * r * w[i] * gi * SigmoidF(gi));
+  }
 }
 
-__global__ void GatedRmsNormBackwardKernel(const float* o, const float* g, const float* w,
+__global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const float* w,
                                            const float* rstd, const float* dy, int64_t d,
                                            float* d_o, OperandOut dg) {
   __shared__ float shm[32];
@@ -144,7 +146,7 @@ void L2NormHeadsBackward(const Tensor& y, const Tensor& rnorm, const Tensor& dy,
 void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int64_t head_dim,
                          double eps, const Tensor& y, const Tensor& rstd) {
   CheckF32(o, "GatedRmsNormForward");
-  CheckSame(o, g, "GatedRmsNormForward");
+  const StoredIn pg = CheckStoredIn(g, o.numel(), "GatedRmsNormForward g");
   const OperandOut py = CheckOperandOut(y, o, "GatedRmsNormForward");
   CheckF32(w, "GatedRmsNormForward");
   CHECK_EQ(w.numel(), head_dim);
@@ -152,7 +154,7 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
   CHECK_EQ(rstd.numel(), rows);
   if (rows == 0) return;
   GatedRmsNormForwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
-      F32(o), F32(g), F32(w), head_dim, eps, py, F32(rstd));
+      F32(o), pg, F32(w), head_dim, eps, py, F32(rstd));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -160,6 +162,7 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
                           int64_t head_dim, const Tensor& dy, const Tensor& d_o, const Tensor& dg,
                           const Tensor& dw) {
   CheckF32(o, "GatedRmsNormBackward");
+  const StoredIn pg = CheckStoredIn(g, o.numel(), "GatedRmsNormBackward g");
   CheckSame(o, dy, "GatedRmsNormBackward");
   CheckSame(o, d_o, "GatedRmsNormBackward");
   const OperandOut pdg = CheckOperandOut(dg, o, "GatedRmsNormBackward");
@@ -167,9 +170,9 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   const int64_t rows = o.numel() / head_dim;
   if (rows == 0) return;
   GatedRmsNormBackwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
-      F32(o), F32(g), F32(w), F32(rstd), F32(dy), head_dim, F32(d_o), pdg);
+      F32(o), pg, F32(w), F32(rstd), F32(dy), head_dim, F32(d_o), pdg);
   CUDA_CHECK_LAUNCH();
-  const float *po = F32(o), *pg = F32(g), *pr = F32(rstd), *pdy = F32(dy);
+  const float *po = F32(o), *pr = F32(rstd), *pdy = F32(dy);
   const int64_t d = head_dim;
   AccumulateColumnSums(
       [=] __device__(int64_t row, int64_t i) {
