@@ -55,31 +55,13 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   // x and y feed products only: kept in their matrix-product form (bf16 in the bf16 mode), x
   // rounded once for its six projections.
   x_ = ops::MatmulOperand(x);
-  qp_ = LinearForward(b_, x_, *wq_);
-  kp_ = LinearForward(b_, x_, *wk_);
-  vp_ = LinearForward(b_, x_, *wv_);
-  a_ = LinearForward(b_, x_, *wa_);
+  qp_ = LinearForward(b_, x_, *wq_, true);
+  kp_ = LinearForward(b_, x_, *wk_, true);
+  vp_ = LinearForward(b_, x_, *wv_, true);
+  a_ = LinearForward(b_, x_, *wa_);  // the gates stay float32
   bb_ = LinearForward(b_, x_, *wb_);
-  g_ = LinearForward(b_, x_, *wg_);
-
-  auto conv = [&](const Tensor& in, const Parameter& w, Tensor& out) {
-    const int64_t c = in.dim(1);
-    out = b_.Empty({B, T, c});
-    ops::CausalConvSiluForward(in.View({B, T, c}), w.value, out);
-    out = out.View({N, c});
-  };
-  // The q and k conv outputs are not kept: their norms' backward reads the normed values.
-  Tensor qc, kc;
-  conv(qp_, *conv_q_, qc);
-  conv(kp_, *conv_k_, kc);
-  conv(vp_, *conv_v_, vc_);
-
-  qn_ = b_.Empty({N, key_dim_});
-  kn_ = b_.Empty({N, key_dim_});
-  q_rn_ = b_.Empty({N * heads_});
-  k_rn_ = b_.Empty({N * heads_});
-  ops::L2NormHeadsForward(qc, d.dk, 1e-6, qn_, q_rn_);
-  ops::L2NormHeadsForward(kc, d.dk, 1e-6, kn_, k_rn_);
+  g_ = LinearForward(b_, x_, *wg_, true);
+  const RecurrenceInputs in = MakeRecurrenceInputs(probes);
 
   gamma_ = b_.Empty({N, value_heads_});
   beta_ = b_.Empty({N, value_heads_});
@@ -88,8 +70,8 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   o_ = b_.Empty({N, value_dim_});
   Tensor state;
   if (probes) state = b_.Empty({B, value_heads_, d.dk, d.dv});
-  ops::GatedDeltaRuleForward(qn_.View({B, T, heads_, d.dk}), kn_.View({B, T, heads_, d.dk}),
-                             vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_,
+  ops::GatedDeltaRuleForward(in.qn.View({B, T, heads_, d.dk}), in.kn.View({B, T, heads_, d.dk}),
+                             in.vc.View({B, T, value_heads_, d.dv}), gamma_, beta_,
                              recurrence_scale_, d.chunk,
                              o_.View({B, T, value_heads_, d.dv}), state);
 
@@ -101,9 +83,6 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
 
   if (probes) {
     Probes& p = *probes;
-    p["q_conv"] += ops::MeanAbs(qc);
-    p["k_conv"] += ops::MeanAbs(kc);
-    p["v_conv"] += ops::MeanAbs(vc_);
     double alpha = 0;
     const Tensor gamma = gamma_.To(Device::kCPU);
     for (int64_t i = 0; i < gamma.numel(); ++i) alpha += std::exp(gamma.at(i));
@@ -116,6 +95,33 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
     p["state"] += std::sqrt(ops::SumSquares(state) / state.numel());
   }
   return out;
+}
+
+GatedDeltaNetMixer::RecurrenceInputs GatedDeltaNetMixer::MakeRecurrenceInputs(
+    Probes* probes) const {
+  const ModelDims& d = b_.dims;
+  const int64_t B = B_, T = T_, N = B * T;
+  auto conv = [&](const Tensor& in, const Parameter& w) {
+    const int64_t c = in.dim(1);
+    Tensor out = b_.Empty({B, T, c});
+    ops::CausalConvSiluForward(in.View({B, T, c}), w.value, out);
+    return out.View({N, c});
+  };
+  RecurrenceInputs in;
+  const Tensor qc = conv(qp_, *conv_q_), kc = conv(kp_, *conv_k_);
+  in.vc = conv(vp_, *conv_v_);
+  in.qn = b_.Empty({N, key_dim_});
+  in.kn = b_.Empty({N, key_dim_});
+  in.q_rn = b_.Empty({N * heads_});
+  in.k_rn = b_.Empty({N * heads_});
+  ops::L2NormHeadsForward(qc, d.dk, 1e-6, in.qn, in.q_rn);
+  ops::L2NormHeadsForward(kc, d.dk, 1e-6, in.kn, in.k_rn);
+  if (probes) {
+    (*probes)["q_conv"] += ops::MeanAbs(qc);
+    (*probes)["k_conv"] += ops::MeanAbs(kc);
+    (*probes)["v_conv"] += ops::MeanAbs(in.vc);
+  }
+  return in;
 }
 
 GatedDeltaNetMixer::State GatedDeltaNetMixer::NewState(int64_t B) const {
@@ -159,8 +165,7 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
 }
 
 void GatedDeltaNetMixer::ReleaseSaved() {
-  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &vc_, &qn_, &kn_, &q_rn_, &k_rn_,
-                    &gamma_, &beta_, &o_, &o_rstd_, &y_})
+  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &gamma_, &beta_, &o_, &o_rstd_, &y_})
     *t = Tensor();
 }
 
@@ -173,12 +178,13 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   Tensor d_o = b_.Empty({N, value_dim_}), dg = b_.OperandEmpty({N, value_dim_});
   ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad);
 
+  RecurrenceInputs in = MakeRecurrenceInputs(nullptr);
   Tensor dqn = b_.Empty({N, key_dim_}), dkn = b_.Empty({N, key_dim_});
   Tensor dvc = b_.Empty({N, value_dim_});
   Tensor dgamma = b_.Empty({N, value_heads_}), dbeta = b_.Empty({N, value_heads_});
   ops::GatedDeltaRuleBackward(
-      qn_.View({B, T, heads_, d.dk}), kn_.View({B, T, heads_, d.dk}),
-      vc_.View({B, T, value_heads_, d.dv}), gamma_, beta_, recurrence_scale_, d.chunk,
+      in.qn.View({B, T, heads_, d.dk}), in.kn.View({B, T, heads_, d.dk}),
+      in.vc.View({B, T, value_heads_, d.dv}), gamma_, beta_, recurrence_scale_, d.chunk,
       d_o.View({B, T, value_heads_, d.dv}), dqn.View({B, T, heads_, d.dk}),
       dkn.View({B, T, heads_, d.dk}), dvc.View({B, T, value_heads_, d.dv}), dgamma, dbeta);
 
@@ -187,8 +193,9 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
                      a_log_->grad, dt_bias_->grad);
 
   Tensor dqc = b_.Empty({N, key_dim_}), dkc = b_.Empty({N, key_dim_});
-  ops::L2NormHeadsBackward(qn_, q_rn_, dqn, dqc);
-  ops::L2NormHeadsBackward(kn_, k_rn_, dkn, dkc);
+  ops::L2NormHeadsBackward(in.qn, in.q_rn, dqn, dqc);
+  ops::L2NormHeadsBackward(in.kn, in.k_rn, dkn, dkc);
+  in = RecurrenceInputs();
 
   auto conv_back = [&](const Tensor& in, const Parameter& w, const Tensor& dc) {
     const int64_t c = in.dim(1);

@@ -41,10 +41,19 @@ class GatedDeltaNetMixer {
   double recurrence_scale_;  // on q: RecurrenceScale (model/parametrization.h)
   Parameter *wq_, *wk_, *wv_, *wa_, *wb_, *wg_, *conv_q_, *conv_k_, *conv_v_, *a_log_, *dt_bias_,
       *o_norm_, *wo_;
-  // Saved activations.
+  // The gated delta rule's q, k, v from the saved projections: the conv outputs, q and k L2-normed
+  // per head (with their reciprocal norms for the backward). The backward computes them again
+  // (one pass over qp_, kp_, vp_) instead of the forward keeping them: 12 KB a token a layer at
+  // the reference model's sizes.
+  struct RecurrenceInputs {
+    Tensor qn, kn, vc, q_rn, k_rn;
+  };
+  RecurrenceInputs MakeRecurrenceInputs(Probes* probes) const;
+
+  // Saved activations; in the bf16 mode x_ and y_ (matrix-product operands) and the projections
+  // qp_, kp_, vp_, g_ (read only by the conv and the gated norm) are bf16.
   int64_t B_ = 0, T_ = 0;
-  Tensor x_, qp_, kp_, vp_, a_, bb_, g_, vc_, qn_, kn_, q_rn_, k_rn_, gamma_, beta_, o_, o_rstd_,
-      y_;
+  Tensor x_, qp_, kp_, vp_, a_, bb_, g_, gamma_, beta_, o_, o_rstd_, y_;
 };
 
 }  // namespace gdn
