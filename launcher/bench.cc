@@ -209,10 +209,12 @@ absl::Status RunBench(const BenchOptions& o) {
     std::printf("MFU (6N flops/token, N = %.1fM without the embedding, over 989 TFLOP/s per GPU): %.1f%%\n",
                 n / 1e6, 100 * 6 * n * tokens_per_step / t / 989e12 / grid.world_size);
 #ifdef GDN_WITH_CUDA
-    std::printf("device memory held after the steps (rank 0): %.2f GB (in use %.2f GB); the GPU's "
-                "memory in use by all (nvidia-smi's figure, with CUDA's pools): %.2f GB\n",
+    std::printf("device memory held after the steps (rank 0): %.2f GB (in use %.2f GB, at most "
+                "%.2f GB in use at once); the GPU's memory in use by all (nvidia-smi's figure, "
+                "with CUDA's pools): %.2f GB\n",
                 (cuda::DeviceAllocatedBytes() + cuda::DeviceCachedBytes()) / 1e9,
-                cuda::DeviceAllocatedBytes() / 1e9, cuda::DeviceBytesInUseByAll() / 1e9);
+                cuda::DeviceAllocatedBytes() / 1e9, cuda::DevicePeakAllocatedBytes() / 1e9,
+                cuda::DeviceBytesInUseByAll() / 1e9);
 #endif
   }
   if (!o.cuda) {

@@ -258,7 +258,9 @@ void LanguageModel::Backward(const Tensor& dxf, GradientReducer* reducer) {
     ops::RmsNormBackward(blk.x, blk.mixer_norm->value, blk.r1, dn1, tmp, blk.mixer_norm->grad);
     ops::Axpy(1.0, tmp, dx);
     for (size_t i = blk.end_param; i-- > blk.first_param;) final_grad(params_.all()[i].get());
-    if (recompute_) ReleaseBlock(blk);
+    // Done with the block's activations: their memory serves the blocks below.
+    ReleaseBlock(blk);
+    blk.x = Tensor();
   }
   ops::EmbeddingBackward(inputs_, dx, embedding_->mult.forward, embedding_->grad, VocabOffset());
   final_grad(embedding_);

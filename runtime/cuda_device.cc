@@ -1,6 +1,7 @@
 // The process's GPU, stream and caching device allocator (see cuda_device.h).
 #include "runtime/cuda_device.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -53,7 +54,7 @@ class DeviceCache {
         void* p = it->second;
         free_.erase(it);
         cached_ -= cls;
-        allocated_ += cls;
+        Count(cls);
         return p;
       }
     }
@@ -68,7 +69,7 @@ class DeviceCache {
     CHECK(err == cudaSuccess) << "cudaMalloc(" << cls << " bytes): " << cudaGetErrorString(err)
                               << " (" << allocated_ << " bytes in use)";
     std::lock_guard<std::mutex> lock(mu_);
-    allocated_ += cls;
+    Count(cls);
     return p;
   }
   void Put(void* p, size_t bytes) {
@@ -97,11 +98,19 @@ class DeviceCache {
     std::lock_guard<std::mutex> lock(mu_);
     return allocated_;
   }
+  size_t peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return peak_;
+  }
 
  private:
+  void Count(size_t cls) {  // mu_ held
+    allocated_ += cls;
+    peak_ = std::max(peak_, allocated_);
+  }
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
-  size_t cached_ = 0, allocated_ = 0;
+  size_t cached_ = 0, allocated_ = 0, peak_ = 0;
 };
 
 DeviceCache& Cache() {
@@ -160,6 +169,7 @@ void DeviceFree(void* p, size_t bytes) { Cache().Put(p, bytes); }
 size_t ReleaseDeviceCache() { return Cache().Release(); }
 size_t DeviceCachedBytes() { return Cache().cached(); }
 size_t DeviceAllocatedBytes() { return Cache().allocated(); }
+size_t DevicePeakAllocatedBytes() { return Cache().peak(); }
 
 size_t DeviceBytesInUseByAll() {
   Stream();  // the device is chosen first

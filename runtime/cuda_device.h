@@ -32,9 +32,11 @@ void* DeviceAlloc(size_t bytes);
 void DeviceFree(void* p, size_t bytes);
 // Returns the cached (free) device blocks to the driver; bytes released.
 size_t ReleaseDeviceCache();
-// Bytes currently held in the cache and bytes handed out (for tests and memory reports).
+// Bytes currently held in the cache and bytes handed out (for tests and memory reports), and the
+// most bytes handed out at once since the process started (by size class, as DeviceAllocatedBytes).
 size_t DeviceCachedBytes();
 size_t DeviceAllocatedBytes();
+size_t DevicePeakAllocatedBytes();
 // The GPU's memory in use by everything (total minus free, as nvidia-smi shows it): this process's
 // cache and CUDA context, cuBLAS's workspaces, the gated delta rule's scratch pool, other
 // processes on the same GPU.
