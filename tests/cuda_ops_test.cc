@@ -139,7 +139,11 @@ TEST(CudaRuntimeDeathTest, HostElementAccessOnDeviceTensorDies) {
   // A bf16 operand outside the bf16 mode is a programming error, caught before cuBLAS.
   const Tensor h16 = Tensor::Zeros({2, 2}, DType::kBF16, kGpu);
   const Tensor c = Tensor::Zeros({2, 2}, DType::kF32, kGpu);
-  EXPECT_DEATH(ops::Matmul(h16, false, c, false, c), "bf16 operands in the bf16 mode");
+  EXPECT_DEATH(ops::Matmul(h16, false, c, false, c), "in the bf16 mode\\), got bfloat16 cuda");
+  // A bf16 c is overwritten only: accumulating into it (beta != 0) would round every partial sum.
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+  EXPECT_DEATH(ops::Matmul(c, false, c, false, h16, 1.0, 1.0), "for c with beta 1");
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
 }
 
 TEST(CudaRuntimeTest, CachingAllocatorReusesAndReleases) {
@@ -153,7 +157,7 @@ TEST(CudaRuntimeTest, CachingAllocatorReusesAndReleases) {
   const size_t cached = cuda::DeviceCachedBytes();
   EXPECT_GE(cached, 1000u * 333u * 4u);
   {
-    // A slightly different size of the same class gets the same block back.
+    // A slightly smaller request gets the same (best-fitting) block back.
     Tensor t = Tensor::Empty({1000, 333 - 1}, DType::kF32, kGpu);
     EXPECT_EQ(t.raw(), first);
     EXPECT_LT(cuda::DeviceCachedBytes(), cached);
