@@ -3,9 +3,8 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <map>
-#include <mutex>
 
+#include "runtime/block_pool.h"
 #include "runtime/cuda_check.h"
 
 namespace gdn::cuda {
@@ -32,90 +31,30 @@ DeviceState& State() {
   return *state;
 }
 
-// Size classes: multiples of 512 bytes up to 1 MiB, then multiples of 2 MiB, so the slightly
-// different sizes of one step's buffers share blocks without wasting more than a little.
-size_t SizeClass(size_t bytes) {
-  constexpr size_t kSmall = 512, kLarge = size_t{2} << 20;
-  if (bytes <= (size_t{1} << 20)) return std::max(kSmall, (bytes + kSmall - 1) / kSmall * kSmall);
-  return (bytes + kLarge - 1) / kLarge * kLarge;
+// cudaMalloc behind a BlockPool (runtime/block_pool.h). All device work runs on the one stream in
+// issue order, so a block freed on the host while kernels that use it are still queued can be
+// handed to the next op at once: that op's kernels run after them.
+BlockPool& Pool() {
+  static BlockPool* pool = new BlockPool(
+      [](size_t bytes) -> void* {
+        State();  // the device is chosen before the first allocation
+        void* p = nullptr;
+        const cudaError_t err = cudaMalloc(&p, bytes);
+        if (err == cudaErrorMemoryAllocation) {
+          (void)cudaGetLastError();  // cleared: the caller may release the cache and retry
+          return nullptr;
+        }
+        CUDA_CHECK(err);
+        return p;
+      },
+      [](void* p) { CUDA_CHECK(cudaFree(p)); });
+  return *pool;
 }
 
-// All device work runs on the one stream in issue order, so a block freed on the host while
-// kernels that use it are still queued can be handed to the next op at once: that op's kernels
-// run after them.
-class DeviceCache {
- public:
-  void* Get(size_t bytes) {
-    const size_t cls = SizeClass(bytes);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = free_.find(cls);
-      if (it != free_.end()) {
-        void* p = it->second;
-        free_.erase(it);
-        cached_ -= cls;
-        Count(cls);
-        return p;
-      }
-    }
-    State();  // the device is chosen before the first allocation
-    void* p = nullptr;
-    cudaError_t err = cudaMalloc(&p, cls);
-    if (err == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();  // clear it, give the cache back and try once more
-      Release();
-      err = cudaMalloc(&p, cls);
-    }
-    CHECK(err == cudaSuccess) << "cudaMalloc(" << cls << " bytes): " << cudaGetErrorString(err)
-                              << " (" << allocated_ << " bytes in use)";
-    std::lock_guard<std::mutex> lock(mu_);
-    Count(cls);
-    return p;
-  }
-  void Put(void* p, size_t bytes) {
-    const size_t cls = SizeClass(bytes);
-    std::lock_guard<std::mutex> lock(mu_);
-    free_.emplace(cls, p);
-    cached_ += cls;
-    allocated_ -= cls;
-  }
-  size_t Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (free_.empty()) return 0;
-    // Queued kernels may still use a cached block (see above): wait for them first.
-    CUDA_CHECK(cudaStreamSynchronize(State().stream));
-    for (auto& [cls, p] : free_) CUDA_CHECK(cudaFree(p));
-    free_.clear();
-    const size_t released = cached_;
-    cached_ = 0;
-    return released;
-  }
-  size_t cached() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return cached_;
-  }
-  size_t allocated() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return allocated_;
-  }
-  size_t peak() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return peak_;
-  }
-
- private:
-  void Count(size_t cls) {  // mu_ held
-    allocated_ += cls;
-    peak_ = std::max(peak_, allocated_);
-  }
-  std::mutex mu_;
-  std::multimap<size_t, void*> free_;
-  size_t cached_ = 0, allocated_ = 0, peak_ = 0;
-};
-
-DeviceCache& Cache() {
-  static DeviceCache* cache = new DeviceCache();
-  return *cache;
+size_t ReleaseCache() {
+  // Queued kernels may still use a cached block (see above): wait for them first.
+  CUDA_CHECK(cudaStreamSynchronize(State().stream));
+  return Pool().Release();
 }
 
 }  // namespace
@@ -164,12 +103,21 @@ std::string DescribeCurrentDevice() {
 
 cudaStream_t Stream() { return State().stream; }
 
-void* DeviceAlloc(size_t bytes) { return Cache().Get(bytes); }
-void DeviceFree(void* p, size_t bytes) { Cache().Put(p, bytes); }
-size_t ReleaseDeviceCache() { return Cache().Release(); }
-size_t DeviceCachedBytes() { return Cache().cached(); }
-size_t DeviceAllocatedBytes() { return Cache().allocated(); }
-size_t DevicePeakAllocatedBytes() { return Cache().peak(); }
+void* DeviceAlloc(size_t bytes) {
+  void* p = Pool().Get(bytes);
+  if (p == nullptr) {  // give the cache back and try once more
+    ReleaseCache();
+    p = Pool().Get(bytes);
+  }
+  CHECK(p != nullptr) << "cudaMalloc of " << bytes << " bytes: out of memory (" << Pool().allocated()
+                      << " bytes in use by this process's tensors)";
+  return p;
+}
+void DeviceFree(void* p, size_t /*bytes*/) { Pool().Put(p); }
+size_t ReleaseDeviceCache() { return ReleaseCache(); }
+size_t DeviceCachedBytes() { return Pool().cached(); }
+size_t DeviceAllocatedBytes() { return Pool().allocated(); }
+size_t DevicePeakAllocatedBytes() { return Pool().peak(); }
 
 size_t DeviceBytesInUseByAll() {
   Stream();  // the device is chosen first

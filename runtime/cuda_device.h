@@ -26,14 +26,15 @@ int CurrentDevice();
 // for run logs (the PCI address tells GPUs apart under CUDA_VISIBLE_DEVICES).
 std::string DescribeCurrentDevice();
 
-// Device memory from a cache of freed blocks by size class (cudaMalloc only on a miss; no managed
-// memory). Blocks are used in stream order, so a block freed by one op can be reused by the next.
+// Device memory from a cache of freed blocks, split and merged (runtime/block_pool.h; cudaMalloc
+// only when no cached block fits; no managed memory). Blocks are used in stream order, so a block
+// freed by one op can be reused by the next.
 void* DeviceAlloc(size_t bytes);
 void DeviceFree(void* p, size_t bytes);
-// Returns the cached (free) device blocks to the driver; bytes released.
+// Returns the wholly free cached segments to the driver; bytes released.
 size_t ReleaseDeviceCache();
 // Bytes currently held in the cache and bytes handed out (for tests and memory reports), and the
-// most bytes handed out at once since the process started (by size class, as DeviceAllocatedBytes).
+// most bytes handed out at once since the process started (sizes rounded up to 512 bytes).
 size_t DeviceCachedBytes();
 size_t DeviceAllocatedBytes();
 size_t DevicePeakAllocatedBytes();
