@@ -69,11 +69,6 @@ constexpr int kThreads = 256;
 inline int GridFor(int64_t n, int threads = kThreads) {
   return static_cast<int>(std::clamp<int64_t>((n + threads - 1) / threads, 1, 1 << 16));
 }
-// Threads for one block per row of d elements: a multiple of 32, at most 256.
-inline int RowThreads(int64_t d) {
-  return static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, 256));
-}
-
 __device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // f(i) for every i < n, f a __device__ functor (a grid-stride loop).

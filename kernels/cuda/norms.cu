@@ -1,6 +1,7 @@
 // RMSNorm, the per-head L2 norm and the gated per-head RMSNorm on CUDA (twins of
-// kernels/cpu/norms.cc): one block per row for the row statistics; weight gradients accumulate
-// through deterministic column sums.
+// kernels/cpu/norms.cc): one warp per row for the row statistics (shuffle sums, no barriers: the
+// rows are short, 128 to a few thousand values, and many); weight gradients accumulate through
+// deterministic column sums.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -8,72 +9,89 @@ namespace gdn::cuda {
 
 namespace {
 
+constexpr int kRowsPerBlock = 8;  // warps of a block of kThreads, one row each
+static_assert(kThreads == 32 * kRowsPerBlock);
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+inline unsigned RowBlocks(int64_t rows) {
+  return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+}
+// This warp's row and lane; false past the last row (the whole warp leaves together).
+#define GDN_WARP_ROW(rows)                                                          \
+  const int64_t row = blockIdx.x * int64_t{kRowsPerBlock} + (threadIdx.x >> 5);    \
+  const int lane = threadIdx.x & 31;                                                \
+  if (row >= (rows)) return
+
 // mode 0: RMS (divide the sum of squares by d); mode 1: L2 (no division).
-__global__ void RowNormForwardKernel(const float* x, const float* w, int64_t d, float eps,
-                                     bool rms, float* y, float* rstat) {
-  __shared__ float shm[32];
-  const int64_t row = blockIdx.x;
+__global__ void RowNormForwardKernel(const float* x, const float* w, int64_t rows, int64_t d,
+                                     float eps, bool rms, float* y, float* rstat) {
+  GDN_WARP_ROW(rows);
   const float* xr = x + row * d;
   float ss = 0;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
-  ss = BlockReduce(ss, SumOp(), shm);
+#pragma unroll 4
+  for (int64_t i = lane; i < d; i += 32) ss += xr[i] * xr[i];
+  ss = WarpSum(ss);
   const float r = 1.0f / sqrtf((rms ? ss / static_cast<float>(d) : ss) + eps);
-  if (threadIdx.x == 0) rstat[row] = r;
+  if (lane == 0) rstat[row] = r;
   float* yr = y + row * d;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) yr[i] = w ? xr[i] * r * w[i] : xr[i] * r;
+  for (int64_t i = lane; i < d; i += 32) yr[i] = w ? xr[i] * r * w[i] : xr[i] * r;
 }
 
 __global__ void RmsNormBackwardKernel(const float* x, const float* w, const float* rstd,
-                                      const float* dy, int64_t d, float* dx) {
-  __shared__ float shm[32];
-  const int64_t row = blockIdx.x;
+                                      const float* dy, int64_t rows, int64_t d, float* dx) {
+  GDN_WARP_ROW(rows);
   const float *xr = x + row * d, *dyr = dy + row * d;
   const float r = rstd[row];
   float dot = 0;  // mean(dn * n) with dn = w * dy, n = x * r
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dot += w[i] * dyr[i] * xr[i] * r;
-  dot = BlockReduce(dot, SumOp(), shm) / static_cast<float>(d);
+#pragma unroll 4
+  for (int64_t i = lane; i < d; i += 32) dot += w[i] * dyr[i] * xr[i] * r;
+  dot = WarpSum(dot) / static_cast<float>(d);
   float* dxr = dx + row * d;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    dxr[i] = r * (w[i] * dyr[i] - xr[i] * r * dot);
+  for (int64_t i = lane; i < d; i += 32) dxr[i] = r * (w[i] * dyr[i] - xr[i] * r * dot);
 }
 
 __global__ void L2NormHeadsBackwardKernel(const float* y, const float* rnorm, const float* dy,
-                                          int64_t d, float* dx) {
-  __shared__ float shm[32];
-  const int64_t row = blockIdx.x;
+                                          int64_t rows, int64_t d, float* dx) {
+  GDN_WARP_ROW(rows);
   const float *yr = y + row * d, *dyr = dy + row * d;
   float dot = 0;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dot += yr[i] * dyr[i];
-  dot = BlockReduce(dot, SumOp(), shm);
+#pragma unroll 4
+  for (int64_t i = lane; i < d; i += 32) dot += yr[i] * dyr[i];
+  dot = WarpSum(dot);
   // d(x / |x|) = (dy - y (y . dy)) / |x|
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    dx[row * d + i] = rnorm[row] * (dyr[i] - yr[i] * dot);
+  const float rn = rnorm[row];
+  for (int64_t i = lane; i < d; i += 32) dx[row * d + i] = rn * (dyr[i] - yr[i] * dot);
 }
 
 __global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, const float* w,
-                                          int64_t d, float eps, OperandOut y, float* rstd) {
-  __shared__ float shm[32];
-  const int64_t row = blockIdx.x;
+                                          int64_t rows, int64_t d, float eps, OperandOut y,
+                                          float* rstd) {
+  GDN_WARP_ROW(rows);
   const float* orow = o + row * d;
   float ss = 0;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += orow[i] * orow[i];
-  ss = BlockReduce(ss, SumOp(), shm);
+#pragma unroll 4
+  for (int64_t i = lane; i < d; i += 32) ss += orow[i] * orow[i];
+  ss = WarpSum(ss);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-  if (threadIdx.x == 0) rstd[row] = r;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+  if (lane == 0) rstd[row] = r;
+  for (int64_t i = lane; i < d; i += 32) {
     const float gi = g[row * d + i];
     y.Set(row * d + i, orow[i] * r * w[i] * gi * SigmoidF(gi));
   }
 }
 
 __global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const float* w,
-                                           const float* rstd, const float* dy, int64_t d,
-                                           float* d_o, OperandOut dg) {
-  __shared__ float shm[32];
-  const int64_t row = blockIdx.x, base = row * d;
+                                           const float* rstd, const float* dy, int64_t rows,
+                                           int64_t d, float* d_o, OperandOut dg) {
+  GDN_WARP_ROW(rows);
+  const int64_t base = row * d;
   const float r = rstd[row];
   float dot = 0;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+#pragma unroll 4
+  for (int64_t i = lane; i < d; i += 32) {
     const float gi = g[base + i], s = SigmoidF(gi), silu = gi * s;
     const float n = o[base + i] * r;
     const float dn = dy[base + i] * w[i] * silu;
@@ -81,10 +99,11 @@ __global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const flo
     dot += dn * n;
     d_o[base + i] = dn;  // dn for now; normalised below (by this same thread)
   }
-  dot = BlockReduce(dot, SumOp(), shm) / static_cast<float>(d);
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    d_o[base + i] = r * (d_o[base + i] - o[base + i] * r * dot);
+  dot = WarpSum(dot) / static_cast<float>(d);
+  for (int64_t i = lane; i < d; i += 32) d_o[base + i] = r * (d_o[base + i] - o[base + i] * r * dot);
 }
+
+#undef GDN_WARP_ROW
 
 }  // namespace
 
@@ -96,8 +115,8 @@ void RmsNormForward(const Tensor& x, const Tensor& w, double eps, const Tensor& 
   CheckSame(x, y, "RmsNormForward");
   CHECK_EQ(rstd.numel(), n);
   if (n == 0) return;
-  RowNormForwardKernel<<<n, RowThreads(d), 0, Stream()>>>(F32(x), F32(w), d, eps, true, F32(y),
-                                                          F32(rstd));
+  RowNormForwardKernel<<<RowBlocks(n), kThreads, 0, Stream()>>>(F32(x), F32(w), n, d, eps, true,
+                                                                F32(y), F32(rstd));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -109,8 +128,8 @@ void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const
   CheckSame(x, dx, "RmsNormBackward");
   CheckSame(w, dw, "RmsNormBackward");
   if (n == 0) return;
-  RmsNormBackwardKernel<<<n, RowThreads(d), 0, Stream()>>>(F32(x), F32(w), F32(rstd), F32(dy), d,
-                                                           F32(dx));
+  RmsNormBackwardKernel<<<RowBlocks(n), kThreads, 0, Stream()>>>(F32(x), F32(w), F32(rstd),
+                                                                 F32(dy), n, d, F32(dx));
   CUDA_CHECK_LAUNCH();
   const float *px = F32(x), *pr = F32(rstd), *pdy = F32(dy);
   AccumulateColumnSums(
@@ -125,8 +144,8 @@ void L2NormHeadsForward(const Tensor& x, int64_t head_dim, double eps, const Ten
   const int64_t rows = x.numel() / head_dim;
   CHECK_EQ(rnorm.numel(), rows);
   if (rows == 0) return;
-  RowNormForwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
-      F32(x), nullptr, head_dim, eps, false, F32(y), F32(rnorm));
+  RowNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
+      F32(x), nullptr, rows, head_dim, eps, false, F32(y), F32(rnorm));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -138,8 +157,8 @@ void L2NormHeadsBackward(const Tensor& y, const Tensor& rnorm, const Tensor& dy,
   const int64_t rows = rnorm.numel();
   if (rows == 0) return;
   const int64_t head_dim = y.numel() / rows;
-  L2NormHeadsBackwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
-      F32(y), F32(rnorm), F32(dy), head_dim, F32(dx));
+  L2NormHeadsBackwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
+      F32(y), F32(rnorm), F32(dy), rows, head_dim, F32(dx));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -153,8 +172,8 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
   const int64_t rows = o.numel() / head_dim;
   CHECK_EQ(rstd.numel(), rows);
   if (rows == 0) return;
-  GatedRmsNormForwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
-      F32(o), pg, F32(w), head_dim, eps, py, F32(rstd));
+  GatedRmsNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
+      F32(o), pg, F32(w), rows, head_dim, eps, py, F32(rstd));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -169,8 +188,8 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   CheckSame(w, dw, "GatedRmsNormBackward");
   const int64_t rows = o.numel() / head_dim;
   if (rows == 0) return;
-  GatedRmsNormBackwardKernel<<<rows, RowThreads(head_dim), 0, Stream()>>>(
-      F32(o), pg, F32(w), F32(rstd), F32(dy), head_dim, F32(d_o), pdg);
+  GatedRmsNormBackwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
+      F32(o), pg, F32(w), F32(rstd), F32(dy), rows, head_dim, F32(d_o), pdg);
   CUDA_CHECK_LAUNCH();
   const float *po = F32(o), *pr = F32(rstd), *pdy = F32(dy);
   const int64_t d = head_dim;
