@@ -20,6 +20,7 @@ __device__ __forceinline__ float SiluGrad(float p) {
 // in the CPU's order (tap 0 first).
 constexpr int kConvSegment = 64;
 constexpr int kConvMaxTaps = 8;
+constexpr int kConvBatch = 8;  // positions whose loads are issued together
 
 template <int K>
 __global__ void ConvSiluForwardKernel(StoredIn x, const float* __restrict__ w,
@@ -36,13 +37,21 @@ __global__ void ConvSiluForwardKernel(StoredIn x, const float* __restrict__ w,
     const int64_t p = s0 - (K - 1) + j;  // xs[j] = x[t - (K-1) + j] for t = s0
     xs[j] = j < K - 1 && p >= 0 ? x[base + p * C] : 0;
   }
-  for (int64_t t = s0; t < s1; ++t) {
-    xs[K - 1] = x[base + t * C];
-    float acc = 0;
-    for (int j = 0; j < K; ++j)
-      if (t - (K - 1) + j >= 0) acc += wt[j] * xs[j];
-    y[base + t * C] = acc * SigmoidF(acc);
-    for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
+  for (int64_t t0 = s0; t0 < s1; t0 += kConvBatch) {
+    float xb[kConvBatch];  // loaded together, so that their latencies overlap
+#pragma unroll
+    for (int u = 0; u < kConvBatch; ++u) xb[u] = t0 + u < s1 ? x[base + (t0 + u) * C] : 0;
+#pragma unroll
+    for (int u = 0; u < kConvBatch; ++u) {
+      const int64_t t = t0 + u;
+      if (t >= s1) break;
+      xs[K - 1] = xb[u];
+      float acc = 0;
+      for (int j = 0; j < K; ++j)
+        if (t - (K - 1) + j >= 0) acc += wt[j] * xs[j];
+      y[base + t * C] = acc * SigmoidF(acc);
+      for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
+    }
   }
 }
 
@@ -101,23 +110,36 @@ __global__ void ConvSiluBackwardKernel(StoredIn x, const float* __restrict__ w,
     const int64_t p = s0 - (K - 1) + j;
     xs[j] = j < K - 1 && p >= 0 ? x[base + p * C] : 0;
   }
-  for (int64_t t = s0; t < s1 + (K - 1) && t < T; ++t) {
-    // g[j] = dpre[t - j]; xs[j] = x[t - (K-1) + j]
-    for (int j = K - 1; j > 0; --j) g[j] = g[j - 1];
-    xs[K - 1] = x[base + t * C];
-    float pt = 0;
-    for (int j = 0; j < K; ++j) pt += wt[j] * xs[j];
-    g[0] = dy[base + t * C] * SiluGrad(pt);
-    // dw[c, j] += dpre[t] x[t - (K-1) + j]
-    if (t < s1)
-      for (int j = 0; j < K; ++j) dw[j] += g[0] * xs[j];
-    for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
-    // dx[s] = sum_j w[c, j] dpre[s + K-1-j] for s = t - (K-1), once all its taps are in.
-    const int64_t sx = t - (K - 1);
-    if (sx >= s0) {
-      float acc = 0;
-      for (int j = 0; j < K; ++j) acc += wt[j] * g[j];
-      dx.Set(base + sx * C, acc);
+  const int64_t tend = s1 + (K - 1) < T ? s1 + (K - 1) : T;  // with the halo after the segment
+  for (int64_t t0 = s0; t0 < tend; t0 += kConvBatch) {
+    float xb[kConvBatch], db[kConvBatch];  // loaded together (as in the forward)
+#pragma unroll
+    for (int u = 0; u < kConvBatch; ++u) {
+      const bool in = t0 + u < tend;
+      xb[u] = in ? x[base + (t0 + u) * C] : 0;
+      db[u] = in ? dy[base + (t0 + u) * C] : 0;
+    }
+#pragma unroll
+    for (int u = 0; u < kConvBatch; ++u) {
+      const int64_t t = t0 + u;
+      if (t >= tend) break;
+      // g[j] = dpre[t - j]; xs[j] = x[t - (K-1) + j]
+      for (int j = K - 1; j > 0; --j) g[j] = g[j - 1];
+      xs[K - 1] = xb[u];
+      float pt = 0;
+      for (int j = 0; j < K; ++j) pt += wt[j] * xs[j];
+      g[0] = db[u] * SiluGrad(pt);
+      // dw[c, j] += dpre[t] x[t - (K-1) + j]
+      if (t < s1)
+        for (int j = 0; j < K; ++j) dw[j] += g[0] * xs[j];
+      for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
+      // dx[s] = sum_j w[c, j] dpre[s + K-1-j] for s = t - (K-1), once all its taps are in.
+      const int64_t sx = t - (K - 1);
+      if (sx >= s0) {
+        float acc = 0;
+        for (int j = 0; j < K; ++j) acc += wt[j] * g[j];
+        dx.Set(base + sx * C, acc);
+      }
     }
   }
   // The sequence's last K-1 positions, sx = T-(K-1)+m, whose later taps fall past its end: g still
