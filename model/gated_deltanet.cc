@@ -76,10 +76,9 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
                              o_.View({B, T, value_heads_, d.dv}), state);
 
   // Probes measure y: then it stays float32 (MeanAbs takes float tensors).
-  y_ = probes ? b_.Empty({N, value_dim_}) : b_.OperandEmpty({N, value_dim_});
   o_rstd_ = b_.Empty({N * value_heads_});
-  ops::GatedRmsNormForward(o_, g_, o_norm_->value, d.dv, d.norm_eps, y_, o_rstd_);
-  Tensor out = LinearForward(b_, y_, *wo_);
+  const Tensor y = OutputNorm(probes != nullptr);
+  Tensor out = LinearForward(b_, y, *wo_);
 
   if (probes) {
     Probes& p = *probes;
@@ -89,12 +88,19 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
     p["alpha"] += alpha / gamma_.numel();
     p["beta"] += ops::MeanAbs(beta_);
     p["recurrent_out"] += ops::MeanAbs(o_);
-    p["head_norm_out"] += ops::MeanAbs(y_);
+    p["head_norm_out"] += ops::MeanAbs(y);
     p["mixer_out"] += ops::MeanAbs(out);
     // |S|_F / sqrt(dk dv): the RMS coordinate of the final state, averaged over heads.
     p["state"] += std::sqrt(ops::SumSquares(state) / state.numel());
   }
   return out;
+}
+
+Tensor GatedDeltaNetMixer::OutputNorm(bool float32) const {
+  const Shape shape{B_ * T_, value_dim_};
+  Tensor y = float32 ? b_.Empty(shape) : b_.OperandEmpty(shape);
+  ops::GatedRmsNormForward(o_, g_, o_norm_->value, b_.dims.dv, b_.dims.norm_eps, y, o_rstd_);
+  return y;
 }
 
 GatedDeltaNetMixer::RecurrenceInputs GatedDeltaNetMixer::MakeRecurrenceInputs(
@@ -165,7 +171,7 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
 }
 
 void GatedDeltaNetMixer::ReleaseSaved() {
-  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &gamma_, &beta_, &o_, &o_rstd_, &y_})
+  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &gamma_, &beta_, &o_, &o_rstd_})
     *t = Tensor();
 }
 
@@ -173,7 +179,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const ModelDims& d = b_.dims;
   const int64_t B = B_, T = T_, N = B * T;
   Tensor dy = b_.Empty({N, value_dim_});
-  LinearBackward(y_, *wo_, dout, dy, false);
+  LinearBackward(OutputNorm(false), *wo_, dout, dy, false);
 
   Tensor d_o = b_.Empty({N, value_dim_}), dg = b_.OperandEmpty({N, value_dim_});
   ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad);

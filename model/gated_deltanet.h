@@ -49,11 +49,14 @@ class GatedDeltaNetMixer {
     Tensor qn, kn, vc, q_rn, k_rn;
   };
   RecurrenceInputs MakeRecurrenceInputs(Probes* probes) const;
+  // y = the gated norm of o_ (o_rstd_ written, the same each time): Wo's input, made again for
+  // the backward (one pass) instead of being kept. In Wo's operand form unless float32 (probes).
+  Tensor OutputNorm(bool float32) const;
 
-  // Saved activations; in the bf16 mode x_ and y_ (matrix-product operands) and the projections
-  // qp_, kp_, vp_, g_ (read only by the conv and the gated norm) are bf16.
+  // Saved activations; in the bf16 mode x_ (the projections' operand) and the projections qp_,
+  // kp_, vp_, g_ (read only by the conv and the gated norm) are bf16.
   int64_t B_ = 0, T_ = 0;
-  Tensor x_, qp_, kp_, vp_, a_, bb_, g_, gamma_, beta_, o_, o_rstd_, y_;
+  Tensor x_, qp_, kp_, vp_, a_, bb_, g_, gamma_, beta_, o_, o_rstd_;
 };
 
 }  // namespace gdn

@@ -12,21 +12,25 @@ SwiGluMlp::SwiGluMlp(const std::string& prefix, const LayerBuilder& builder) : b
                  InitKind::kNormal, ShardDim::kCols);
 }
 
+Tensor SwiGluMlp::Hidden() const {
+  Tensor h = b_.OperandEmpty(gate_out_.shape());
+  ops::SwigluForward(gate_out_, up_out_, h);
+  return h;
+}
+
 Tensor SwiGluMlp::Forward(const Tensor& x) {
-  // x and h feed products only: kept in their matrix-product form (bf16 in the bf16 mode); gate
-  // and up are read by SwiGLU only: bf16 in the bf16 mode too.
+  // x and h feed products only: in their matrix-product form (bf16 in the bf16 mode), x rounded
+  // once for two products; gate and up are read by SwiGLU only: bf16 in the bf16 mode too.
   x_ = ops::MatmulOperand(x);
   gate_out_ = LinearForward(b_, x_, *gate_, true);
   up_out_ = LinearForward(b_, x_, *up_, true);
-  h_ = b_.OperandEmpty(gate_out_.shape());
-  ops::SwigluForward(gate_out_, up_out_, h_);
-  return LinearForward(b_, h_, *down_);
+  return LinearForward(b_, Hidden(), *down_);
 }
 
 Tensor SwiGluMlp::Backward(const Tensor& dout) {
-  Tensor dh = b_.Empty(h_.shape());  // float32: SwiGLU's backward reads it
-  LinearBackward(h_, *down_, dout, dh, false);
-  Tensor dgate = b_.OperandEmpty(h_.shape()), dup = b_.OperandEmpty(h_.shape());
+  Tensor dh = b_.Empty(gate_out_.shape());  // float32: SwiGLU's backward reads it
+  LinearBackward(Hidden(), *down_, dout, dh, false);
+  Tensor dgate = b_.OperandEmpty(dh.shape()), dup = b_.OperandEmpty(dh.shape());
   ops::SwigluBackward(gate_out_, up_out_, dh, dgate, dup);
   Tensor dx = b_.Empty(x_.shape());  // float32, whatever x_'s form
   LinearBackward(x_, *gate_, dgate, dx, false);
