@@ -639,8 +639,11 @@ TEST(CudaOpsTest, Gates) {
                          dad, dbd, dald, ddtd);
       Compare("GatesBackward", "da", dad, da, kTol);
       Compare("GatesBackward", "db", dbd, db, kTol);
-      Compare("GatesBackward", "da_log", dald, dal, kTol);
-      Compare("GatesBackward", "ddt_bias", ddtd, ddt, kTol);
+      // Each is one column sum over n rows, in another order than the CPU's; with one head the
+      // whole output is a single such sum, which can cancel (1.24e-5 was seen at n = 2048).
+      const double sum_tol = hv == 1 ? 1e-4 : kTol;
+      Compare("GatesBackward", "da_log", dald, dal, sum_tol);
+      Compare("GatesBackward", "ddt_bias", ddtd, ddt, sum_tol);
     }
 }
 
