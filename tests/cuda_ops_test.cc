@@ -498,17 +498,18 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   GDN_REQUIRE_GPU();
   auto f32 = [](const Shape& s) { return Tensor::Empty(s, DType::kF32, kGpu); };
   auto bf16 = [](const Shape& s) { return Tensor::Empty(s, DType::kBF16, kGpu); };
-  const Shape s{37, 512};
-  const Tensor g = Dev(Rand(s, -6, 6)), u = Dev(Rand(s)), dh = Dev(Rand(s));
-  const Tensor h = f32(s), h16 = bf16(s);
-  ops::SwigluForward(g, u, h);
-  ops::SwigluForward(g, u, h16);
-  ExpectRoundingOf("SwigluForward h", h16, h);
-  const Tensor dg = f32(s), du = f32(s), dg16 = bf16(s), du16 = bf16(s);
-  ops::SwigluBackward(g, u, dh, dg, du);
-  ops::SwigluBackward(g, u, dh, dg16, du16);
-  ExpectRoundingOf("SwigluBackward dgate", dg16, dg);
-  ExpectRoundingOf("SwigluBackward dup", du16, du);
+  for (const Shape s : {Shape{37, 512}, Shape{5, 7}}) {  // 4 values a thread, and one
+    const Tensor g = Dev(Rand(s, -6, 6)), u = Dev(Rand(s)), dh = Dev(Rand(s));
+    const Tensor h = f32(s), h16 = bf16(s);
+    ops::SwigluForward(g, u, h);
+    ops::SwigluForward(g, u, h16);
+    ExpectRoundingOf("SwigluForward h", h16, h);
+    const Tensor dg = f32(s), du = f32(s), dg16 = bf16(s), du16 = bf16(s);
+    ops::SwigluBackward(g, u, dh, dg, du);
+    ops::SwigluBackward(g, u, dh, dg16, du16);
+    ExpectRoundingOf("SwigluBackward dgate", dg16, dg);
+    ExpectRoundingOf("SwigluBackward dup", du16, du);
+  }
 
   const int64_t head_dim = 128, n = 70;
   const Shape ns{n, 4 * head_dim};
@@ -553,19 +554,20 @@ TEST(CudaOpsTest, StoredInputsAreReadAsTheirFloat32Values) {
     EXPECT_EQ(b16.dtype(), DType::kBF16);
     return std::pair<Tensor, Tensor>{b16, Dev(r)};
   };
-  const Shape s{37, 512};
-  const auto [g16, g] = pair(s, -6, 6);
-  const auto [u16, u] = pair(s, -1, 1);
-  const Tensor dh = Dev(Rand(s));
-  const Tensor h = f32(s), h2 = f32(s);
-  ops::SwigluForward(g, u, h);
-  ops::SwigluForward(g16, u16, h2);
-  ExpectBitEqual("SwigluForward h", h2, h);
-  const Tensor dg = f32(s), du = f32(s), dg2 = f32(s), du2 = f32(s);
-  ops::SwigluBackward(g, u, dh, dg, du);
-  ops::SwigluBackward(g16, u16, dh, dg2, du2);
-  ExpectBitEqual("SwigluBackward dgate", dg2, dg);
-  ExpectBitEqual("SwigluBackward dup", du2, du);
+  for (const Shape s : {Shape{37, 512}, Shape{5, 7}}) {  // 4 values a thread, and one
+    const auto [g16, g] = pair(s, -6, 6);
+    const auto [u16, u] = pair(s, -1, 1);
+    const Tensor dh = Dev(Rand(s));
+    const Tensor h = f32(s), h2 = f32(s);
+    ops::SwigluForward(g, u, h);
+    ops::SwigluForward(g16, u16, h2);
+    ExpectBitEqual("SwigluForward h", h2, h);
+    const Tensor dg = f32(s), du = f32(s), dg2 = f32(s), du2 = f32(s);
+    ops::SwigluBackward(g, u, dh, dg, du);
+    ops::SwigluBackward(g16, u16, dh, dg2, du2);
+    ExpectBitEqual("SwigluBackward dgate", dg2, dg);
+    ExpectBitEqual("SwigluBackward dup", du2, du);
+  }
 
   const int64_t head_dim = 128, n = 70;
   const Shape ns{n, 4 * head_dim};

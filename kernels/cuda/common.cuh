@@ -36,6 +36,18 @@ struct OperandOut {
     if (bf16) static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
     else static_cast<float*>(p)[i] = v;
   }
+  // Values i .. i+3 (i a multiple of 4, the tensor Aligned4), rounded as Set rounds.
+  __device__ __forceinline__ void Set4(int64_t i, float4 v) const {
+    if (bf16) {
+      const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+      uint2 u;
+      u.x = *reinterpret_cast<const unsigned*>(&a);
+      u.y = *reinterpret_cast<const unsigned*>(&b);
+      *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(p) + i) = u;
+    } else {
+      *reinterpret_cast<float4*>(static_cast<float*>(p) + i) = v;
+    }
+  }
 };
 inline OperandOut CheckOperandOut(const Tensor& out, const Tensor& like, const char* what) {
   CHECK((out.dtype() == DType::kF32 || out.dtype() == DType::kBF16) &&
@@ -55,7 +67,23 @@ struct StoredIn {
     return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i])
                 : static_cast<const float*>(p)[i];
   }
+  // Values i .. i+3 in one load (i a multiple of 4, the tensor Aligned4).
+  __device__ __forceinline__ float4 Load4(int64_t i) const {
+    if (bf16) {
+      const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(p) + i);
+      const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+      const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+      return make_float4(a.x, a.y, b.x, b.y);
+    }
+    return *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+  }
 };
+// Whether a tensor takes 4-value loads and stores (Load4, Set4): a multiple of 4 values, starting
+// at a multiple of 4 values' bytes.
+inline bool Aligned4(const Tensor& t) {
+  return t.numel() % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(t.raw()) % (4 * DTypeSize(t.dtype())) == 0;
+}
 inline StoredIn CheckStoredIn(const Tensor& in, int64_t numel, const char* what) {
   CHECK((in.dtype() == DType::kF32 || in.dtype() == DType::kBF16) &&
         in.device() == Device::kCUDA && in.numel() == numel)
@@ -82,6 +110,19 @@ template <typename Fn>
 void ForEach(int64_t n, Fn f) {
   if (n == 0) return;
   ForEachKernel<<<GridFor(n), kThreads, 0, Stream()>>>(f, n);
+  CUDA_CHECK_LAUNCH();
+}
+// f(i) for i = 0, 4, 8, ... < n (n a multiple of 4): four values a thread, for 4-value loads.
+template <typename Fn>
+__global__ void ForEach4Kernel(Fn f, int64_t n4) {
+  for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < n4;
+       j += int64_t{gridDim.x} * blockDim.x)
+    f(4 * j);
+}
+template <typename Fn>
+void ForEach4(int64_t n, Fn f) {
+  if (n == 0) return;
+  ForEach4Kernel<<<GridFor(n / 4), kThreads, 0, Stream()>>>(f, n / 4);
   CUDA_CHECK_LAUNCH();
 }
 

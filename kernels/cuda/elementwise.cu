@@ -124,14 +124,29 @@ bool AllFinite(const Tensor& x) {
                    x.numel()) == 0;
 }
 
+namespace {
+__device__ __forceinline__ float SwigluValue(float g, float u) { return g * SigmoidF(g) * u; }
+// dup = dh silu(g); dgate = dh u silu'(g), silu'(g) = s (1 + g (1 - s)).
+__device__ __forceinline__ void SwigluGrads(float g, float u, float dh, float& dg, float& du) {
+  const float s = SigmoidF(g);
+  du = dh * (g * s);
+  dg = dh * u * s * (1.0f + g * (1.0f - s));
+}
+}  // namespace
+
 void SwigluForward(const Tensor& gate, const Tensor& up, const Tensor& h) {
   const StoredIn pg = CheckStoredIn(gate, gate.numel(), "SwigluForward gate");
   const StoredIn pu = CheckStoredIn(up, gate.numel(), "SwigluForward up");
   const OperandOut ph = CheckOperandOut(h, gate, "SwigluForward");
-  ForEach(gate.numel(), [=] __device__(int64_t i) {
-    const float g = pg[i];
-    ph.Set(i, g * SigmoidF(g) * pu[i]);
-  });
+  if (Aligned4(gate) && Aligned4(up) && Aligned4(h)) {
+    ForEach4(gate.numel(), [=] __device__(int64_t i) {
+      const float4 g = pg.Load4(i), u = pu.Load4(i);
+      ph.Set4(i, make_float4(SwigluValue(g.x, u.x), SwigluValue(g.y, u.y), SwigluValue(g.z, u.z),
+                             SwigluValue(g.w, u.w)));
+    });
+    return;
+  }
+  ForEach(gate.numel(), [=] __device__(int64_t i) { ph.Set(i, SwigluValue(pg[i], pu[i])); });
 }
 
 void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, const Tensor& dgate,
@@ -141,12 +156,25 @@ void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, cons
   CheckF32(dh, "SwigluBackward");
   const OperandOut pdg = CheckOperandOut(dgate, dh, "SwigluBackward");
   const OperandOut pdu = CheckOperandOut(dup, dh, "SwigluBackward");
-  const float* pdh = F32(dh);
+  const StoredIn pdh{dh.raw(), false};
+  if (Aligned4(gate) && Aligned4(up) && Aligned4(dh) && Aligned4(dgate) && Aligned4(dup)) {
+    ForEach4(dh.numel(), [=] __device__(int64_t i) {
+      const float4 g = pg.Load4(i), u = pu.Load4(i), d = pdh.Load4(i);
+      float4 dg, du;
+      SwigluGrads(g.x, u.x, d.x, dg.x, du.x);
+      SwigluGrads(g.y, u.y, d.y, dg.y, du.y);
+      SwigluGrads(g.z, u.z, d.z, dg.z, du.z);
+      SwigluGrads(g.w, u.w, d.w, dg.w, du.w);
+      pdg.Set4(i, dg);
+      pdu.Set4(i, du);
+    });
+    return;
+  }
   ForEach(dh.numel(), [=] __device__(int64_t i) {
-    const float g = pg[i], s = SigmoidF(g);
-    const float silu = g * s;
-    pdu.Set(i, pdh[i] * silu);
-    pdg.Set(i, pdh[i] * pu[i] * s * (1.0f + g * (1.0f - s)));
+    float dg, du;
+    SwigluGrads(pg[i], pu[i], pdh[i], dg, du);
+    pdg.Set(i, dg);
+    pdu.Set(i, du);
   });
 }
 
