@@ -33,7 +33,8 @@ class Communicator {
   // Non-blocking forms, to overlap communication with computation (the data-parallel gradient
   // buckets). The collective starts after everything already queued that writes its tensors; its
   // result may be used only after WaitAsync() (CPU: when it returns; CUDA: by work queued after
-  // it), and its tensors must stay alive and untouched until then. Collectives started on one
+  // it), and its tensors must not be written until then (the CUDA communicator holds them, so a
+  // temporary may be passed). Collectives started on one
   // communicator run in the order they were started. The defaults are the blocking forms.
   virtual void StartAllReduceSum(const Tensor& t) { AllReduceSum(t); }
   virtual void StartReduceScatterSum(const Tensor& in, const Tensor& out) {

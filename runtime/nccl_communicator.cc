@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <initializer_list>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -84,25 +85,28 @@ class NcclCommunicator : public Communicator {
   }
 
   // The started collectives run on their own stream, after the process stream's work queued so
-  // far (which writes their inputs); WaitAsync makes the process stream wait for them.
+  // far (which writes their inputs); WaitAsync makes the process stream wait for them. Their
+  // tensors are held until then: the allocator hands a freed block to the process stream's next
+  // op at once, which must not happen while a collective on the other stream still uses it.
   void StartAllReduceSum(const Tensor& t) override {
-    BeginAsync();
+    BeginAsync({t});
     AllReduce(t, ncclSum, async_stream_);
     EndAsync();
   }
   void StartReduceScatterSum(const Tensor& in, const Tensor& out) override {
-    BeginAsync();
+    BeginAsync({in, out});
     ReduceScatter(in, out, async_stream_);
     EndAsync();
   }
   void StartAllGather(const Tensor& in, const Tensor& out) override {
-    BeginAsync();
+    BeginAsync({in, out});
     Gather(in, out, async_stream_);
     EndAsync();
   }
   void WaitAsync() override {
     CUDA_CHECK(cudaEventRecord(async_done_, async_stream_));
     CUDA_CHECK(cudaStreamWaitEvent(cuda::Stream(), async_done_, 0));
+    in_flight_.clear();  // work queued from now on runs after the collectives
   }
   void SetAsyncTiming(bool on) override { timing_ = on; }
   std::vector<double> TakeAsyncTimes() override {
@@ -153,7 +157,8 @@ class NcclCommunicator : public Communicator {
     Track("ReduceScatter", stream);
   }
 
-  void BeginAsync() {
+  void BeginAsync(std::initializer_list<Tensor> tensors) {
+    in_flight_.insert(in_flight_.end(), tensors);
     CUDA_CHECK(cudaEventRecord(inputs_ready_, cuda::Stream()));
     CUDA_CHECK(cudaStreamWaitEvent(async_stream_, inputs_ready_, 0));
     if (!timing_) return;
@@ -228,6 +233,7 @@ class NcclCommunicator : public Communicator {
   const int device_;
   const double timeout_s_;
   cudaStream_t async_stream_ = nullptr;  // the started (Start*) collectives
+  std::vector<Tensor> in_flight_;          // their tensors, until WaitAsync
   cudaEvent_t inputs_ready_ = nullptr, async_done_ = nullptr;
   bool timing_ = false;
   std::vector<std::pair<cudaEvent_t, cudaEvent_t>> timed_;  // (begin, end) per timed collective

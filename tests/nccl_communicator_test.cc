@@ -115,6 +115,8 @@ TEST(NcclCommunicator, StartedCollectivesEqualMpi) {
   const Tensor dag_out = Tensor::Empty({p * n}, DType::kF32, Device::kCUDA);
   nccl.SetAsyncTiming(true);
   nccl.StartAllReduceSum(d);
+  // A temporary input, freed here while the collective may still read it: the communicator holds
+  // it until WaitAsync, or the next allocation (dag_in) could take its memory.
   nccl.StartReduceScatterSum(rs_in.To(Device::kCUDA), drs_out);
   const Tensor dag_in = ag_in.To(Device::kCUDA);
   nccl.StartAllGather(dag_in, dag_out);
