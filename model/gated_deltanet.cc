@@ -52,8 +52,8 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   const int64_t N = B * T;
   B_ = B;
   T_ = T;
-  // x and y feed products only: kept in their matrix-product form (bf16 in the bf16 mode), x
-  // rounded once for its six projections.
+  // x feeds products only: kept in its matrix-product form (bf16 in the bf16 mode), rounded once
+  // for its six projections.
   x_ = ops::MatmulOperand(x);
   qp_ = LinearForward(b_, x_, *wq_, true);
   kp_ = LinearForward(b_, x_, *wk_, true);
