@@ -52,6 +52,8 @@ BlockPool& Pool() {
 }
 
 size_t ReleaseCache() {
+  // Nothing cached: nothing to wait for, and no device to touch (CPU-only runs call this too).
+  if (Pool().cached() == 0) return 0;
   // Queued kernels may still use a cached block (see above): wait for them first.
   CUDA_CHECK(cudaStreamSynchronize(State().stream));
   return Pool().Release();
