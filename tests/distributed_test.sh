@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Distributed runs on the CPU with OpenMPI: tensor-parallel, data-parallel and both together, with
-# and without ZeRO-1 and with many gradient buckets, must reproduce the single-rank losses (20
-# steps, within 1e-5 relative, fp32) for SP and muP, AdamW and SGD; bad layouts fail on rank 0
-# with a non-zero exit of the whole job; a rank that dies ends the job. Usage: tests/distributed_test.sh path/to/gdn
+# Distributed runs on the CPU with OpenMPI: tensor-parallel, data-parallel and both together (up to
+# 8 ranks), with and without ZeRO-1 and with many gradient buckets, must reproduce the single-rank
+# losses (20 steps, within 1e-5 relative, fp32) for SP and muP, AdamW and SGD; bad layouts fail on
+# rank 0 with a non-zero exit of the whole job; a rank that dies ends the job.
+# Usage: tests/distributed_test.sh path/to/gdn
 source "$(dirname "$0")/lib.sh" "$1"
 pangram_data
 
@@ -76,6 +77,24 @@ for np in 2 4; do
     --set parallel.tensor_parallel=2 --set run.dir=runs/chunked-np$np >/dev/null 2>&1 \
     || fail "chunked head np=$np failed"
   out=$(compare runs/MUP-ADAMW-single runs/chunked-np$np 2>&1) && ok || fail "chunked head np=$np: $out"
+done
+
+# Eight ranks, the layouts of an 8-GPU machine on CPUs: DP 8 (with ZeRO-1 too), DP 4 x TP 2,
+# DP 2 x TP 4 and TP 8, on a model whose 8 key heads, MLP 128, vocabulary 128 and batch of 8 all
+# divide by 8.
+sed 's/head_dim: 4 /head_dim: 4 key_dim_ratio: 0.5 /' base.textproto >eight.textproto
+eight=(--spec eight.textproto --quiet --set optimizer.lr=0.003)
+"$gdn" train "${eight[@]}" --set run.dir=runs/eight-single || fail "8 key heads, single rank"
+for layout in "1" "1 parallel.zero_stage=1" "2" "4" "8"; do
+  read -r tp extra <<<"$layout"
+  dir=runs/eight-tp$tp${extra:+-zero1}
+  args=("${eight[@]}" --set run.dir=$dir --set parallel.tensor_parallel=$tp)
+  [ -n "$extra" ] && args+=(--set "$extra")
+  if mpi 8 "$gdn" train "${args[@]}" >"$dir.log" 2>&1; then
+    out=$(compare runs/eight-single "$dir" 2>&1) && ok || fail "np=8 tp=$tp $extra: $out"
+  else
+    fail "np=8 tp=$tp $extra exited non-zero: $(tail -3 "$dir.log")"
+  fi
 done
 
 # Bad layouts: one error line (from rank 0), a non-zero exit, nothing written.
