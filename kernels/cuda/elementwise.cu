@@ -48,14 +48,9 @@ void RoundToBf16(const float* in, void* out, int64_t n) {
   // model rounds about 20 GB of operands, so this runs at memory speed.
   if (reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
     const int64_t quads = n / 4;
-    ForEach(quads, [=] __device__(int64_t i) {
-      const float4 x = reinterpret_cast<const float4*>(in)[i];
-      const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
-      uint2 packed;
-      packed.x = *reinterpret_cast<const uint32_t*>(&lo);
-      packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-      reinterpret_cast<uint2*>(o)[i] = packed;
-    });
+    const StoredIn src{in, false};
+    const OperandOut dst{out, true};
+    ForEach4(4 * quads, [=] __device__(int64_t i) { dst.Set4(i, src.Load4(i)); });
     in += 4 * quads, o += 4 * quads, n -= 4 * quads;
   }
   ForEach(n, [=] __device__(int64_t i) { o[i] = __float2bfloat16_rn(in[i]); });
