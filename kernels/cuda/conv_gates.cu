@@ -55,21 +55,30 @@ __global__ void ConvSiluForwardKernel(StoredIn x, const float* __restrict__ w,
   }
 }
 
-// Runs KERNEL<K> for the tap count K (1..kConvMaxTaps) on (channel block, sequence segment) blocks.
-#define GDN_CONV_LAUNCH(KERNEL, K, B, T, C, ...)                                              \
+// The segments of kConvSegment positions a sequence of T splits into, the kernels' grid rows per
+// sequence, once the tap count K is one the kernels are built for (1..kConvMaxTaps).
+namespace {
+int64_t ConvSegments(int64_t T, int64_t K, const char* op) {
+  CHECK(K >= 1 && K <= kConvMaxTaps) << op << " on CUDA: at most " << kConvMaxTaps << " taps, got "
+                                     << K;
+  return (T + kConvSegment - 1) / kConvSegment;
+}
+}  // namespace
+
+// Runs KERNEL<K> on (channel block, sequence segment) blocks.
+#define GDN_CONV_LAUNCH(KERNEL, K, B, T, C, segments, ...)                                    \
   do {                                                                                        \
-    const int64_t segments_ = ((T) + kConvSegment - 1) / kConvSegment;                       \
     const dim3 grid_(static_cast<unsigned>(((C) + 127) / 128),                                \
-                     static_cast<unsigned>((B) * segments_));                                 \
+                     static_cast<unsigned>((B) * (segments)));                                \
     switch (K) {                                                                              \
-      case 1: KERNEL<1><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
-      case 2: KERNEL<2><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
-      case 3: KERNEL<3><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
-      case 4: KERNEL<4><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
-      case 5: KERNEL<5><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
-      case 6: KERNEL<6><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
-      case 7: KERNEL<7><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
-      case 8: KERNEL<8><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments_); break;    \
+      case 1: KERNEL<1><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments); break;     \
+      case 2: KERNEL<2><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments); break;     \
+      case 3: KERNEL<3><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments); break;     \
+      case 4: KERNEL<4><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments); break;     \
+      case 5: KERNEL<5><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments); break;     \
+      case 6: KERNEL<6><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments); break;     \
+      case 7: KERNEL<7><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments); break;     \
+      case 8: KERNEL<8><<<grid_, 128, 0, Stream()>>>(__VA_ARGS__, T, C, segments); break;     \
     }                                                                                         \
     CUDA_CHECK_LAUNCH();                                                                      \
   } while (0)
@@ -81,10 +90,9 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   CHECK_EQ(w.dim(0), C);
-  CHECK(K >= 1 && K <= kConvMaxTaps) << "CausalConvSiluForward on CUDA: at most " << kConvMaxTaps
-                                     << " taps, got " << K;
+  const int64_t segments = ConvSegments(T, K, "CausalConvSiluForward");
   if (B * T * C == 0) return;
-  GDN_CONV_LAUNCH(ConvSiluForwardKernel, K, B, T, C, px, F32(w), F32(y));
+  GDN_CONV_LAUNCH(ConvSiluForwardKernel, K, B, T, C, segments, px, F32(w), F32(y));
 }
 
 // The backward in one pass: each thread owns one channel of one segment of kSegment positions of
@@ -164,15 +172,13 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   const OperandOut pdx = CheckOperandOut(dx, dy, "CausalConvSiluBackward");
   CheckSame(w, dw, "CausalConvSiluBackward");
-  CHECK(K >= 1 && K <= kConvMaxTaps) << "CausalConvSiluBackward on CUDA: at most " << kConvMaxTaps
-                                     << " taps, got " << K;
+  const int64_t segments = ConvSegments(T, K, "CausalConvSiluBackward");
   if (B * T * C == 0) return;
-  const int64_t segments = (T + kConvSegment - 1) / kConvSegment;
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
   const float *pw = F32(w), *pdy = F32(dy);
   float* ppart = F32(partial);
-  GDN_CONV_LAUNCH(ConvSiluBackwardKernel, K, B, T, C, px, pw, pdy, pdx, ppart);
+  GDN_CONV_LAUNCH(ConvSiluBackwardKernel, K, B, T, C, segments, px, pw, pdy, pdx, ppart);
   AddColumnSums(ppart, static_cast<int>(B * segments), C * K, F32(dw));
 }
 
