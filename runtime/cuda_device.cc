@@ -1,7 +1,6 @@
 // The process's GPU, stream and caching device allocator (see cuda_device.h).
 #include "runtime/cuda_device.h"
 
-#include <algorithm>
 #include <cstdlib>
 
 #include "runtime/block_pool.h"
@@ -115,7 +114,7 @@ void* DeviceAlloc(size_t bytes) {
                       << " bytes in use by this process's tensors)";
   return p;
 }
-void DeviceFree(void* p, size_t /*bytes*/) { Pool().Put(p); }
+void DeviceFree(void* p) { Pool().Put(p); }
 size_t ReleaseDeviceCache() { return ReleaseCache(); }
 size_t DeviceCachedBytes() { return Pool().cached(); }
 size_t DeviceAllocatedBytes() { return Pool().allocated(); }

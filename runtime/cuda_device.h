@@ -30,7 +30,7 @@ std::string DescribeCurrentDevice();
 // only when no cached block fits; no managed memory). Blocks are used in stream order, so a block
 // freed by one op can be reused by the next.
 void* DeviceAlloc(size_t bytes);
-void DeviceFree(void* p, size_t bytes);
+void DeviceFree(void* p);
 // Returns the wholly free cached segments to the driver; bytes released.
 size_t ReleaseDeviceCache();
 // Bytes currently held in the cache and bytes handed out (for tests and memory reports), and the

@@ -110,10 +110,9 @@ Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
   t.device_ = device;
   if (device == Device::kCUDA) {
 #ifdef GDN_WITH_CUDA
-    // cudaMalloc blocks are 256-byte aligned; the allocator rounds sizes up to its size classes.
-    const size_t bytes = std::max<size_t>(256, t.nbytes());
-    t.storage_ = std::shared_ptr<void>(cuda::DeviceAlloc(bytes),
-                                       [bytes](void* p) { cuda::DeviceFree(p, bytes); });
+    // Blocks are 512-byte aligned, sizes rounded up to 512 bytes (runtime/block_pool.h).
+    t.storage_ = std::shared_ptr<void>(cuda::DeviceAlloc(t.nbytes()),
+                                       [](void* p) { cuda::DeviceFree(p); });
     return t;
 #else
     LOG(FATAL) << "this binary was built without CUDA (GDN_WITH_CUDA off): no CUDA tensors";

@@ -12,8 +12,9 @@
 
 namespace gdn {
 
-// kBF16 holds matrix-product operands only (ops::MatmulOperand in the bf16 mode on CUDA); no
-// other op takes it.
+// kBF16 exists on CUDA in the bf16 mode only: matrix-product operands (ops::MatmulOperand, the
+// [operand] outputs of kernels/op_set.inc) and activations kept for elementwise ops (its [stored]
+// inputs); no other op takes it.
 enum class DType { kF32, kF64, kI32, kBF16 };
 enum class Device { kCPU, kCUDA };
 

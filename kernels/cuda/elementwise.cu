@@ -284,7 +284,7 @@ void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const 
   AdamWPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
       t.pieces, t.items, F32(p), F32(g), F32(m), F32(v), b1, b2, e, c1, c2);
   CUDA_CHECK_LAUNCH();
-  DeviceFree(t.block, t.bytes);
+  DeviceFree(t.block);
 }
 
 void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const Tensor& pieces,
@@ -297,7 +297,7 @@ void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const 
   SgdPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
       t.pieces, t.items, F32(p), F32(g), F32(buf), static_cast<float>(momentum));
   CUDA_CHECK_LAUNCH();
-  DeviceFree(t.block, t.bytes);
+  DeviceFree(t.block);
 }
 
 void SgdUpdate(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, double momentum,
