@@ -20,8 +20,8 @@ class GatedDeltaNetMixer {
   Tensor Forward(const Tensor& x, int64_t B, int64_t T, Probes* probes);
   // dout: [B*T, d] -> dx; accumulates parameter gradients.
   Tensor Backward(const Tensor& dout);
-  // Drops the activations Forward saved (activation recomputation: Forward runs again before
-  // Backward).
+  // Drops the activations Forward saved (once the backward is done; with activation
+  // recomputation Forward runs again before Backward).
   void ReleaseSaved();
 
   // Incremental decoding: what the mixer carries from one token to the next.

@@ -40,7 +40,8 @@ struct LayerBuilder {
                        device);
   }
   Tensor Empty(const Shape& shape) const { return Tensor::Empty(shape, dtype, device); }
-  // For an op output that feeds matrix products only: bf16 in the bf16 mode on CUDA.
+  // For an op output that feeds matrix products only, or that only ops taking [stored] inputs read
+  // (kernels/op_set.inc): bf16 in the bf16 mode on CUDA.
   Tensor OperandEmpty(const Shape& shape) const {
     return Tensor::Empty(shape, ops::MatmulOperandType(dtype, device), device);
   }

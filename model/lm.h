@@ -74,7 +74,8 @@ class LanguageModel {
   double HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* probes);
   // One block from its input blk.x, saving its activations; returns its output.
   Tensor BlockForward(Block& blk, int64_t B, int64_t T, Probes* probes);
-  // Drops a block's saved activations but its input (recomputation).
+  // Drops a block's saved activations but its input (recomputation keeps it to run the block
+  // again; the backward drops it too).
   void ReleaseBlock(Block& blk);
   // The mean loss of `logits` (rows of targets); with dlogits (may alias logits) its gradient.
   double Loss(const Tensor& logits, const Tensor& targets, const Tensor& dlogits,

@@ -11,8 +11,8 @@ class SwiGluMlp {
   SwiGluMlp(const std::string& prefix, const LayerBuilder& builder);
   Tensor Forward(const Tensor& x);
   Tensor Backward(const Tensor& dout);
-  // Drops the activations Forward saved (activation recomputation: Forward runs again before
-  // Backward).
+  // Drops the activations Forward saved (once the backward is done; with activation
+  // recomputation Forward runs again before Backward).
   void ReleaseSaved() { x_ = gate_out_ = up_out_ = Tensor(); }
 
  private:

@@ -62,8 +62,9 @@ void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
     // bf16 tensor-core products with float32 accumulation, float32 (or bf16) out. float32
     // operands are rounded to bf16 first, so cuBLAS runs its bf16 kernels
     // (kernels/cuda/gemm_bench.cu compares this with cuBLAS's float32-in form,
-    // CUBLAS_COMPUTE_32F_FAST_16BF); bf16 operands are used as they are. A rounded copy goes back to the stream-ordered cache when this returns, so
-    // later work on this stream reuses it only after the product has read it.
+    // CUBLAS_COMPUTE_32F_FAST_16BF); bf16 operands are used as they are. A rounded copy goes back
+    // to the stream-ordered cache when this returns, so later work on this stream reuses it only
+    // after the product has read it.
     const Tensor a16 = a.dtype() == DType::kBF16 ? a : ToBf16(a);
     const Tensor b16 = b.dtype() == DType::kBF16 ? b : ToBf16(b);
     CUBLAS_CHECK(cublasGemmEx(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
