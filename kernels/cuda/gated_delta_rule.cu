@@ -18,12 +18,13 @@
 //                 keeping Y and each chunk's end-of-chunk D
 //   GradKernel    (per chunk)                  dq, dk (per value head), dv, dbeta, dgamma
 //   ReduceKernel  (only with HV > H)           dq, dk summed over the value heads of a key head
-// Every matrix product is a 64 x 64 x 64 block product on fp32 tiles in shared memory (rows
-// padded to 72 floats: 16-byte aligned rows for vector stores, and tensor-core fragment loads
-// with at most 2-way bank conflicts, against 4-way with an odd row length); dk and dv
-// are loops over 64-wide tiles, so each kernel has one instantiation per input type and product
-// mode (fp32 FMA, or split-bf16 tensor cores: see Mma and TcMask). Everything else is fp32 (bf16
-// inputs are widened on load). Decays are never divided: E comes from running products of
+// Every matrix product is a 64 x 64 x 64 block product on shared-memory tiles with rows padded
+// to 72 elements (16-byte aligned rows, and conflict-free ldmatrix row reads); dk and dv are
+// loops over 64-wide tiles, so each kernel has one instantiation per input type and product mode:
+// fp32 FMA on fp32 tiles, or split-bf16 tensor cores on operand tiles that hold each value as
+// bf16 hi and lo planes, split once when written (see PutOp, Mma and TcMask). Everything else is
+// fp32 (bf16 inputs are widened on load); the sequential kernels keep their fp32 state in
+// registers. Decays are never divided: E comes from running products of
 // alpha = exp(gamma) <= 1, so gamma = 0 and very strong decay are both exact limits. No atomics:
 // results repeat bit for bit. Measured figures: experiments/results/gdr-cuda.md.
 #include "kernels/cuda/gated_delta_rule.cuh"
@@ -101,10 +102,61 @@ __device__ __forceinline__ void Load16(const __nv_bfloat16* src, float* x) {
   }
 }
 
-// dst (64 x 64 tile) <- rows r < rows of src (row r at src + r * stride), zero below; each row
-// multiplied by mul and, when given, by row_scale[r]. 16-byte loads, all issued before the first
-// shared-memory store so that their latencies overlap (src and stride 16-byte aligned).
-template <typename T>
+// (x0, x1) as two bf16 pairs: hi = bf16(x), lo = bf16(x - hi); hi + lo carries about 16
+// significant bits (lo is 0 for a value that is already bf16).
+struct Split {
+  uint32_t hi, lo;
+};
+__device__ __forceinline__ Split SplitBf16(float x0, float x1) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  const float2 hf = __bfloat1622float2(h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
+  return {*reinterpret_cast<const uint32_t*>(&h), *reinterpret_cast<const uint32_t*>(&l)};
+}
+
+// An operand tile: a 64 x 64 tile slot that matrix products read. With fp32 FMA products it is
+// the fp32 tile; with the tensor cores (kTC) the slot holds two bf16 planes of the same row
+// length, hi then lo (Split), in the same 18 KB: each value is split once when it is written, and
+// the products read whole fragments with ldmatrix. PutOp / GetOp write and read one value.
+template <bool kTC>
+__device__ __forceinline__ void PutOp(float* slot, int r, int c, float x) {
+  if constexpr (kTC) {
+    __nv_bfloat16* p = reinterpret_cast<__nv_bfloat16*>(slot) + r * kLd + c;
+    const __nv_bfloat16 h = __float2bfloat16_rn(x);
+    p[0] = h;
+    p[kTile] = __float2bfloat16_rn(x - __bfloat162float(h));
+  } else {
+    slot[r * kLd + c] = x;
+  }
+}
+template <bool kTC>
+__device__ __forceinline__ float GetOp(const float* slot, int r, int c) {
+  if constexpr (kTC) {
+    const __nv_bfloat16* p = reinterpret_cast<const __nv_bfloat16*>(slot) + r * kLd + c;
+    return __bfloat162float(p[0]) + __bfloat162float(p[kTile]);
+  } else {
+    return slot[r * kLd + c];
+  }
+}
+// Four consecutive values of row r from column c (a multiple of 4) on.
+template <bool kTC>
+__device__ __forceinline__ void PutOp4(float* slot, int r, int c, float x0, float x1, float x2,
+                                       float x3) {
+  if constexpr (kTC) {
+    const Split a = SplitBf16(x0, x1), b = SplitBf16(x2, x3);
+    uint2* p = reinterpret_cast<uint2*>(reinterpret_cast<__nv_bfloat16*>(slot) + r * kLd + c);
+    p[0] = make_uint2(a.hi, b.hi);
+    p[kTile / 4] = make_uint2(a.lo, b.lo);
+  } else {
+    *reinterpret_cast<float4*>(slot + r * kLd + c) = make_float4(x0, x1, x2, x3);
+  }
+}
+
+// dst (64 x 64 tile; an operand tile when kOp) <- rows r < rows of src (row r at src + r *
+// stride), zero below; each row multiplied by mul and, when given, by row_scale[r]. 16-byte
+// loads, all issued before the first shared-memory store so that their latencies overlap (src
+// and stride 16-byte aligned).
+template <bool kOp = false, typename T>
 __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t stride, int rows,
                                          const float* row_scale = nullptr, float mul = 1.f) {
   constexpr int kVec = 16 / sizeof(T);                 // elements per load
@@ -126,8 +178,17 @@ __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t strid
     const float m = row_scale != nullptr ? mul * row_scale[r] : mul;
 #pragma unroll
     for (int i = 0; i < kVec; i += 4)
-      *reinterpret_cast<float4*>(dst + r * kLd + c + i) =
-          make_float4(x[u][i] * m, x[u][i + 1] * m, x[u][i + 2] * m, x[u][i + 3] * m);
+      PutOp4<kOp>(dst, r, c + i, x[u][i] * m, x[u][i + 1] * m, x[u][i + 2] * m, x[u][i + 3] * m);
+  }
+}
+
+// dst (operand tile) <- src (fp32 tile).
+template <bool kTC>
+__device__ __forceinline__ void ToOperand(float* dst, const float* src) {
+  for (int e = threadIdx.x * 4; e < kC * kC; e += kThreads * 4) {
+    const int r = e >> 6, c = e & (kC - 1);
+    const float4 x = *reinterpret_cast<const float4*>(src + r * kLd + c);
+    PutOp4<kTC>(dst, r, c, x.x, x.y, x.z, x.w);
   }
 }
 
@@ -183,32 +244,6 @@ __device__ __forceinline__ int FragCol(int i, int j) {
                    gdr_once_ = 0;                                             \
                gdr_once_ < 1; ++gdr_once_)
 
-// (x0, x1) as two bf16 pairs: hi = bf16(x), lo = bf16(x - hi); hi + lo carries about 16
-// significant bits.
-struct Split {
-  uint32_t hi, lo;
-};
-template <bool kExact>
-__device__ __forceinline__ Split SplitBf16(float2 x) {
-  const float x0 = x.x, x1 = x.y;
-  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
-  if constexpr (kExact) {
-    return {*reinterpret_cast<const uint32_t*>(&h), 0u};
-  } else {
-    const float2 hf = __bfloat1622float2(h);
-    const __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
-    return {*reinterpret_cast<const uint32_t*>(&h), *reinterpret_cast<const uint32_t*>(&l)};
-  }
-}
-
-// p[0] and p[stride]: one 8-byte load when they are adjacent (p is then 8-byte aligned: every
-// fragment starts at an even tile column of an even-length row).
-template <int kStride>
-__device__ __forceinline__ float2 Pair(const float* p) {
-  if constexpr (kStride == 1) return *reinterpret_cast<const float2*>(p);
-  else return make_float2(p[0], p[kStride]);
-}
-
 __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                         uint32_t a3, uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -218,7 +253,26 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// f += A B over k < 64 with A, B fp32 shared-memory tiles; kAT / kBT: use the tile's transpose.
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// Four 8 x 8 bf16 matrices, lane l giving the address of row l % 8 of matrix l / 8; kTrans: each
+// matrix transposed on the way.
+template <bool kTrans>
+__device__ __forceinline__ void LoadMatrices(uint32_t (&x)[4], uint32_t addr) {
+  if constexpr (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+                 : "r"(addr)
+                 : "memory");
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+// f += A B over k < 64 with A, B operand tiles (see PutOp); kAT / kBT: use the tile's transpose.
 // kTC: on the bf16 tensor cores with each operand split in two bf16 parts (A B ~ Ah Bh + Ah Bl
 // + Al Bh, fp32 accumulation): the chunk-local operands (T, W, states, V', Y, ...) are not bf16
 // values, and rounding them to bf16 cost up to 2% relative error on short sequences. kAX / kBX:
@@ -226,30 +280,44 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
 // its products are skipped.
 template <bool kTC, bool kAT, bool kBT, bool kAX = false, bool kBX = false>
 __device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
-  constexpr int as0 = kAT ? 1 : kLd, as1 = kAT ? kLd : 1;
-  constexpr int bs0 = kBT ? 1 : kLd, bs1 = kBT ? kLd : 1;
   if constexpr (kTC) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t2 = 2 * (lane & 3);
-    const float* ap = a + (((threadIdx.x >> 5) & 3) * 16 + g) * as0 + t2 * as1;
-    const float* bp = b + ((threadIdx.x >> 7) * 32 + g) * bs1 + t2 * bs0;
+    // Warp w computes rows m0 + [0, 16) and columns n0 + [0, 32). Lane l addresses row l % 8 of
+    // 8 x 8 matrix q = l / 8: A's fragment is the matrices (rows, k) = (0, 0), (8, 0), (0, 8),
+    // (8, 8); B's, per 16 columns, (k, columns) = (0, 0), (8, 0), (0, 8), (8, 8). A tile stored
+    // with k along its rows (A transposed, B not) is read with the transposing ldmatrix.
+    const int lane = threadIdx.x & 31, q = lane >> 3, r8 = lane & 7;
+    const int m0 = ((threadIdx.x >> 5) & 3) * 16, n0 = (threadIdx.x >> 7) * 32;
+    const int ao = kAT ? ((q >> 1) * 8 + r8) * kLd + m0 + (q & 1) * 8
+                       : (m0 + (q & 1) * 8 + r8) * kLd + (q >> 1) * 8;
+    const int bo = kBT ? (n0 + (q >> 1) * 8 + r8) * kLd + (q & 1) * 8
+                       : ((q & 1) * 8 + r8) * kLd + n0 + (q >> 1) * 8;
+    const uint32_t abase = SmemAddr(reinterpret_cast<const __nv_bfloat16*>(a) + ao);
+    const uint32_t bbase = SmemAddr(reinterpret_cast<const __nv_bfloat16*>(b) + bo);
+    constexpr uint32_t kLo = kTile * sizeof(__nv_bfloat16);  // bytes from hi plane to lo plane
 #pragma unroll
     for (int k0 = 0; k0 < kC; k0 += 16) {
-      const float* ak = ap + k0 * as1;
-      const Split a0 = SplitBf16<kAX>(Pair<as1>(ak));
-      const Split a1 = SplitBf16<kAX>(Pair<as1>(ak + 8 * as0));
-      const Split a2 = SplitBf16<kAX>(Pair<as1>(ak + 8 * as1));
-      const Split a3 = SplitBf16<kAX>(Pair<as1>(ak + 8 * as0 + 8 * as1));
+      uint32_t ah[4], al[4];
+      const uint32_t ak = abase + 2 * (kAT ? k0 * kLd : k0);
+      LoadMatrices<kAT>(ah, ak);
+      if constexpr (!kAX) LoadMatrices<kAT>(al, ak + kLo);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float* bk = bp + k0 * bs0 + i * 8 * bs1;
-        const Split b0 = SplitBf16<kBX>(Pair<bs0>(bk));
-        const Split b1 = SplitBf16<kBX>(Pair<bs0>(bk + 8 * bs0));
-        if constexpr (!kAX) MmaBf16(f.v[i], a0.lo, a1.lo, a2.lo, a3.lo, b0.hi, b1.hi);
-        if constexpr (!kBX) MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.lo, b1.lo);
-        MmaBf16(f.v[i], a0.hi, a1.hi, a2.hi, a3.hi, b0.hi, b1.hi);
+      for (int h = 0; h < 2; ++h) {
+        uint32_t bh[4], bl[4];
+        const uint32_t bk = bbase + 2 * (kBT ? k0 + 16 * h * kLd : k0 * kLd + 16 * h);
+        LoadMatrices<!kBT>(bh, bk);
+        if constexpr (!kBX) LoadMatrices<!kBT>(bl, bk + kLo);
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float(&c)[4] = f.v[2 * h + e];
+          if constexpr (!kAX) MmaBf16(c, al[0], al[1], al[2], al[3], bh[2 * e], bh[2 * e + 1]);
+          if constexpr (!kBX) MmaBf16(c, ah[0], ah[1], ah[2], ah[3], bl[2 * e], bl[2 * e + 1]);
+          MmaBf16(c, ah[0], ah[1], ah[2], ah[3], bh[2 * e], bh[2 * e + 1]);
+        }
       }
     }
   } else {
+    constexpr int as0 = kAT ? 1 : kLd, as1 = kAT ? kLd : 1;
+    constexpr int bs0 = kBT ? 1 : kLd, bs1 = kBT ? kLd : 1;
     const float* ap = a + Ty() * as0;
     const float* bp = b + Tx() * bs1;
 #pragma unroll 8
@@ -267,8 +335,9 @@ __device__ __forceinline__ void Mma(Frag& f, const float* a, const float* b) {
   }
 }
 
-// out[slot * 64 + r] += sum over the Frag's row r of f * tile (same positions), for every row;
-// slot 0 only for kTC = false, slots 0 and 1 (the two warps that share a row) for kTC.
+// out[slot * 64 + r] += sum over the Frag's row r of f * tile (an operand tile, same positions),
+// for every row; slot 0 only for kTC = false, slots 0 and 1 (the two warps that share a row) for
+// kTC.
 template <bool kTC>
 __device__ __forceinline__ void RowDotAdd(const Frag& f, const float* tile, float* out) {
   if constexpr (kTC) {
@@ -280,7 +349,7 @@ __device__ __forceinline__ void RowDotAdd(const Frag& f, const float* tile, floa
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int j = 2 * h + e;
-          s += f.v[i][j] * tile[FragRow<true>(i, j) * kLd + FragCol<true>(i, j)];
+          s += f.v[i][j] * GetOp<true>(tile, FragRow<true>(i, j), FragCol<true>(i, j));
         }
       s += __shfl_xor_sync(0xffffffffu, s, 1);
       s += __shfl_xor_sync(0xffffffffu, s, 2);
@@ -300,6 +369,27 @@ __device__ __forceinline__ void RowDotAdd(const Frag& f, const float* tile, floa
     }
   }
 }
+
+// dst[r * stride + c] <- f (a 64 x 64 block of a global array).
+template <bool kTC>
+__device__ __forceinline__ void StoreFrag(float* dst, int64_t stride, const Frag& f) {
+  if constexpr (kTC) {  // columns j = 0, 1 and 2, 3 of a fragment are adjacent
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<float2*>(dst + FragRow<true>(i, 2 * h) * stride +
+                                   FragCol<true>(i, 2 * h)) =
+            make_float2(f.v[i][2 * h], f.v[i][2 * h + 1]);
+  } else {
+    GDR_FOR_FRAG(i, j, r, c) { dst[r * stride + c] = f.v[i][j]; }
+  }
+}
+
+// Loops over the 64-row tiles kt < n of dk (n <= kNK, a constant), unrolled, so that per-tile
+// register arrays (the sequential kernels' state) are indexed by constants.
+#define GDR_FOR_TILE(kt, n) \
+  _Pragma("unroll") for (int kt = 0; kt < kNK; ++kt) if (kt < (n))
 
 // Tiles loaded unscaled from bf16 inputs hold exact bf16 values (Mma's kAX / kBX).
 template <typename T>
@@ -372,7 +462,8 @@ __device__ void BuildE(float* E, const Gates& s) {
   }
 }
 
-// sP = tril_incl(Q K^T) * E for chunk rows [t0, t0 + L) of (b, h); uses sA, sB as scratch.
+// sP (operand tile) = tril_incl(Q K^T) * E for chunk rows [t0, t0 + L) of (b, h); uses sA, sB as
+// scratch.
 template <typename T, bool kTC>
 __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int t0, int L,
                        const float* sE, float* sP, float* sA, float* sB) {
@@ -381,13 +472,13 @@ __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int 
   Zero(f);
   const int64_t st = int64_t{d.H} * d.dk;
   for (int kt = 0; kt < d.NK; ++kt) {
-    LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, st, L);
-    LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, st, L);
+    LoadTile<kTC>(sA, q + d.Qk(b, t0, h) + kt * kC, st, L);
+    LoadTile<kTC>(sB, k + d.Qk(b, t0, h) + kt * kC, st, L);
     __syncthreads();
     Mma<kTC, false, true, kX, kX>(f, sA, sB);
     __syncthreads();
   }
-  GDR_FOR_FRAG(i, j, r, c) { sP[r * kLd + c] = r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f; }
+  GDR_FOR_FRAG(i, j, r, c) { PutOp<kTC>(sP, r, c, r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f); }
   __syncthreads();
 }
 
@@ -407,7 +498,7 @@ __global__ void __launch_bounds__(kThreads)
   float* sE = smem + kSmall;
   float* sM = sE + kTile;
   float* sT = sM + kTile;
-  float* sX = sT + kTile;
+  float* sX = sT + kTile;  // operand tile
   LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
   BuildE(sE, gs);
   const T* kc = k + d.Qk(b, t0, h);
@@ -415,7 +506,7 @@ __global__ void __launch_bounds__(kThreads)
   Frag f;
   Zero(f);
   for (int kt = 0; kt < d.NK; ++kt) {
-    LoadTile(sX, kc + kt * kC, kst, L);
+    LoadTile<kTC>(sX, kc + kt * kC, kst, L);
     __syncthreads();
     Mma<kTC, false, true, kX, kX>(f, sX, sX);
     __syncthreads();
@@ -437,30 +528,36 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const int64_t ch = d.Chunk(b, hv, c);
   if (Tm != nullptr) StoreTile(Tm + ch * kC * kC, kC, sT);
+  const float* opT = sT;  // T as an operand tile: on the tensor cores, its planes in sE's slot
+  if constexpr (kTC) {
+    ToOperand<kTC>(sE, sT);
+    opT = sE;
+  }
   float* Wc = W + ch * kC * d.dk;
   for (int kt = 0; kt < d.NK; ++kt) {
-    LoadTile(sX, kc + kt * kC, kst, L, gs.bg);
+    LoadTile<kTC>(sX, kc + kt * kC, kst, L, gs.bg);
     __syncthreads();
     Zero(f);
-    Mma<kTC, false, false>(f, sT, sX);
-    GDR_FOR_FRAG(i, j, r, cc) { Wc[r * d.dk + kt * kC + cc] = f.v[i][j]; }
+    Mma<kTC, false, false>(f, opT, sX);
+    StoreFrag<kTC>(Wc + kt * kC, d.dk, f);
     __syncthreads();
   }
   float* Uc = U + ch * kC * d.dv;
   const T* vc = v + d.Vo(b, t0, hv);
   for (int vt = 0; vt < d.NV; ++vt) {
-    LoadTile(sX, vc + vt * kC, int64_t{d.HV} * d.dv, L, gs.beta);
+    LoadTile<kTC>(sX, vc + vt * kC, int64_t{d.HV} * d.dv, L, gs.beta);
     __syncthreads();
     Zero(f);
-    Mma<kTC, false, false>(f, sT, sX);
-    GDR_FOR_FRAG(i, j, r, cc) { Uc[r * d.dv + vt * kC + cc] = f.v[i][j]; }
+    Mma<kTC, false, false>(f, opT, sX);
+    StoreFrag<kTC>(Uc + vt * kC, d.dv, f);
     __syncthreads();
   }
 }
 
 // Per (b, hv, 64 state columns), sequential over chunks: stores each chunk-start state and
-// V' = U - W S, and advances S <- Gam_{L-1} S + K^T diag(e) V'.
-template <typename T, bool kTC>
+// V' = U - W S, and advances S <- Gam_{L-1} S + K^T diag(e) V'. The state's fp32 values live in
+// registers (st, one Frag per 64 rows; kNK >= d.NK of them), its operand tiles in shared memory.
+template <typename T, bool kTC, int kNK>
 __global__ void __launch_bounds__(kThreads, 2)
     StateKernel(Dims d, const float* W, const float* U, const T* k, const float* gamma,
                 float* S_all, float* Vp, float* final_state) {
@@ -468,11 +565,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sS = smem + kSmall;  // d.NK tiles: rows kt * 64 + r of the state's column tile
-  float* sA = sS + d.NK * kTile;
-  float* sV = sA + kTile;
+  float* sS = smem + kSmall;  // d.NK operand tiles: rows kt * 64 + r of the state's column tile
+  float* sA = sS + d.NK * kTile;  // operand tile: W, then K
+  float* sV = sA + kTile;         // operand tile: diag(e) V'
   float* sU = sV + kTile;
-  for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sS[e] = 0.f;
+  for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sS[e] = 0.f;  // zero in both forms
+  Frag st[kNK];
+  GDR_FOR_TILE(kt, d.NK) Zero(st[kt]);
   const int64_t kst = int64_t{d.H} * d.dk;
   const int64_t sd = int64_t{d.dk} * d.dv;
   for (int c = 0; c < d.NC; ++c) {
@@ -486,13 +585,14 @@ __global__ void __launch_bounds__(kThreads, 2)
       PrefetchRows(k + d.Qk(b, t0 + kC, h), kst * sizeof(T), min(kC, d.T - t0 - kC),
                    d.dk * static_cast<int>(sizeof(T)));
     }
-    for (int kt = 0; kt < d.NK; ++kt)
-      StoreTile(S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, sS + kt * kTile);
+    GDR_FOR_TILE(kt, d.NK) {
+      StoreFrag<kTC>(S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, st[kt]);
+    }
     LoadTile(sU, U + ch * kC * d.dv + vt * kC, d.dv, kC);
     Frag f;
     Zero(f);
     for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile(sA, W + ch * kC * d.dk + kt * kC, d.dk, kC);
+      LoadTile<kTC>(sA, W + ch * kC * d.dk + kt * kC, d.dk, kC);
       __syncthreads();
       Mma<kTC, false, false>(f, sA, sS + kt * kTile);
       __syncthreads();
@@ -501,24 +601,28 @@ __global__ void __launch_bounds__(kThreads, 2)
     GDR_FOR_FRAG(i, j, r, cc) {
       const float x = sU[r * kLd + cc] - f.v[i][j];
       Vc[r * d.dv + cc] = x;
-      sV[r * kLd + cc] = gs.e[r] * x;
+      PutOp<kTC>(sV, r, cc, gs.e[r] * x);
     }
     __syncthreads();
     const float gl = gs.gam[L - 1];
-    for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+    GDR_FOR_TILE(kt, d.NK) {
+      LoadTile<kTC>(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
       Zero(f);
       Mma<kTC, true, false, kX, false>(f, sA, sV);
-      float* s = sS + kt * kTile;
-      GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
+      GDR_FOR_FRAG(i, j, r, cc) {
+        st[kt].v[i][j] = gl * st[kt].v[i][j] + f.v[i][j];
+        PutOp<kTC>(sS + kt * kTile, r, cc, st[kt].v[i][j]);
+      }
       __syncthreads();
     }
   }
   if (final_state != nullptr) {
-    for (int kt = 0; kt < d.NK; ++kt)
-      StoreTile(final_state + (int64_t{b} * d.HV + hv) * sd + int64_t{kt} * kC * d.dv + vt * kC,
-                d.dv, sS + kt * kTile);
+    GDR_FOR_TILE(kt, d.NK) {
+      StoreFrag<kTC>(final_state + (int64_t{b} * d.HV + hv) * sd + int64_t{kt} * kC * d.dv +
+                         vt * kC,
+                     d.dv, st[kt]);
+    }
   }
 }
 
@@ -533,7 +637,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* sE = smem + kSmall;
-  float* sP = sE + kTile;
+  float* sP = sE + kTile;  // operand tiles from here on
   float* sA = sP + kTile;
   float* sB = sA + kTile;
   LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
@@ -546,13 +650,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     Zero(fo);
     Zero(fp);
     for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, int64_t{d.H} * d.dk, L);
-      LoadTile(sB, S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, kC);
+      LoadTile<kTC>(sA, q + d.Qk(b, t0, h) + kt * kC, int64_t{d.H} * d.dk, L);
+      LoadTile<kTC>(sB, S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, kC);
       __syncthreads();
       Mma<kTC, false, false, kX, false>(fo, sA, sB);
       __syncthreads();
     }
-    LoadTile(sB, Vp + ch * kC * d.dv + vt * kC, d.dv, kC);
+    LoadTile<kTC>(sB, Vp + ch * kC * d.dv + vt * kC, d.dv, kC);
     __syncthreads();
     Mma<kTC, false, false>(fp, sP, sB);
     T* oc = o + d.Vo(b, t0, hv) + vt * kC;
@@ -578,7 +682,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* sE = smem + kSmall;
-  float* sP = sE + kTile;
+  float* sP = sE + kTile;  // operand tiles from here on
   float* sA = sP + kTile;
   float* sB = sA + kTile;
   LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
@@ -586,20 +690,22 @@ __global__ void __launch_bounds__(kThreads)
   BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
   float* out = dVl + d.Chunk(b, hv, c) * kC * d.dv;
   for (int vt = 0; vt < d.NV; ++vt) {
-    LoadTile(sB, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L);
+    LoadTile<kTC>(sB, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L);
     __syncthreads();
     Frag f;
     Zero(f);
     Mma<kTC, true, false, false, kX>(f, sP, sB);
-    GDR_FOR_FRAG(i, j, r, cc) { out[r * d.dv + vt * kC + cc] = scale * f.v[i][j]; }
+    GDR_FOR_FRAG(i, j, r, cc) { f.v[i][j] *= scale; }
+    StoreFrag<kTC>(out + vt * kC, d.dv, f);
     __syncthreads();
   }
 }
 
-// Per (b, hv, 64 columns), reverse over chunks, carrying D = dL/dS at the current chunk's end:
-// stores D per chunk, turns dVl into Y = T^T (dVl + diag(e) K D) in place, and moves D to the
-// chunk start: D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y.
-template <typename T, bool kTC>
+// Per (b, hv, 64 columns), reverse over chunks, carrying D = dL/dS at the current chunk's end
+// (fp32 values in registers, dd; operand tiles in shared memory): stores D per chunk, turns dVl
+// into Y = T^T (dVl + diag(e) K D) in place, and moves D to the chunk start:
+// D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y. kNK >= d.NK.
+template <typename T, bool kTC, int kNK>
 __global__ void __launch_bounds__(kThreads, 2)
     ReverseKernel(Dims d, const T* q, const T* k, const float* gamma, const float* beta,
                   const T* d_o, float scale, const float* Tm, float* Y, float* D_all) {
@@ -607,13 +713,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sD = smem + kSmall;  // d.NK tiles
-  float* sT = sD + d.NK * kTile;
-  float* sX = sT + kTile;
-  float* sY = sX + kTile;
-  float* sA = sY + kTile;
-  float* sB = sT;  // T is dead once Y is formed; its tile holds K in the update of D
-  for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sD[e] = 0.f;
+  float* sD = smem + kSmall;      // d.NK operand tiles
+  float* sT = sD + d.NK * kTile;  // operand tile: T, then K in the update of D
+  float* sX = sT + kTile;         // fp32 dVl, then the operand tile -diag(Gam beta) Y
+  float* sY = sX + kTile;         // operand tile: dVl + diag(e) K D, then diag(s Gam) dO
+  float* sA = sY + kTile;         // operand tile: K, then Q
+  for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sD[e] = 0.f;  // zero in both forms
+  Frag dd[kNK];
+  GDR_FOR_TILE(kt, d.NK) Zero(dd[kt]);
   const int64_t kst = int64_t{d.H} * d.dk;
   const int64_t sd = int64_t{d.dk} * d.dv;
   for (int c = d.NC - 1; c >= 0; --c) {
@@ -628,39 +735,41 @@ __global__ void __launch_bounds__(kThreads, 2)
       PrefetchRows(d_o + d.Vo(b, t0 - kC, hv) + vt * kC, int64_t{d.HV} * d.dv * sizeof(T), kC,
                    kC * static_cast<int>(sizeof(T)));
     }
-    for (int kt = 0; kt < d.NK; ++kt)
-      StoreTile(D_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, sD + kt * kTile);
+    GDR_FOR_TILE(kt, d.NK) {
+      StoreFrag<kTC>(D_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, dd[kt]);
+    }
     float* Yc = Y + ch * kC * d.dv + vt * kC;
-    LoadTile(sT, Tm + ch * kC * kC, kC, kC);
+    LoadTile<kTC>(sT, Tm + ch * kC * kC, kC, kC);
     LoadTile(sX, Yc, d.dv, kC);
     Frag f;
     Zero(f);
     for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+      LoadTile<kTC>(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
       Mma<kTC, false, false, kX, false>(f, sA, sD + kt * kTile);
       __syncthreads();
     }
-    GDR_FOR_FRAG(i, j, r, cc) { sX[r * kLd + cc] += gs.e[r] * f.v[i][j]; }
+    GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sY, r, cc, sX[r * kLd + cc] + gs.e[r] * f.v[i][j]); }
     __syncthreads();
     Zero(f);
-    Mma<kTC, true, false>(f, sT, sX);
-    GDR_FOR_FRAG(i, j, r, cc) {
-      Yc[r * d.dv + cc] = f.v[i][j];
-      sY[r * kLd + cc] = -gs.bg[r] * f.v[i][j];
-    }
+    Mma<kTC, true, false>(f, sT, sY);
+    // sX's fp32 values were last read before the barrier above; sY is still being read.
+    StoreFrag<kTC>(Yc, d.dv, f);
+    GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sX, r, cc, -gs.bg[r] * f.v[i][j]); }
     __syncthreads();
-    LoadTile(sX, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L, gs.gam, scale);
+    LoadTile<kTC>(sY, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L, gs.gam, scale);
     const float gl = gs.gam[L - 1];
-    for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile(sA, q + d.Qk(b, t0, h) + kt * kC, kst, L);
-      LoadTile(sB, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+    GDR_FOR_TILE(kt, d.NK) {
+      LoadTile<kTC>(sA, q + d.Qk(b, t0, h) + kt * kC, kst, L);
+      LoadTile<kTC>(sT, k + d.Qk(b, t0, h) + kt * kC, kst, L);
       __syncthreads();
       Zero(f);
-      Mma<kTC, true, false, kX, false>(f, sA, sX);
-      Mma<kTC, true, false, kX, false>(f, sB, sY);
-      float* s = sD + kt * kTile;
-      GDR_FOR_FRAG(i, j, r, cc) { s[r * kLd + cc] = gl * s[r * kLd + cc] + f.v[i][j]; }
+      Mma<kTC, true, false, kX, false>(f, sA, sY);
+      Mma<kTC, true, false, kX, false>(f, sT, sX);
+      GDR_FOR_FRAG(i, j, r, cc) {
+        dd[kt].v[i][j] = gl * dd[kt].v[i][j] + f.v[i][j];
+        PutOp<kTC>(sD + kt * kTile, r, cc, dd[kt].v[i][j]);
+      }
       __syncthreads();
     }
   }
@@ -692,6 +801,9 @@ __global__ void __launch_bounds__(kThreads)
   float* sdG = skx3 + 2 * kC;
   float* sred = sdG + kC;        // 8 warp partials of <D, S>
   static_assert(sizeof(Gates) / sizeof(float) + 4 * kC + 6 * kC + kC + 8 <= kSmall);
+  // Ten tile slots. Phase A: fp32 tiles sE, sQK, sKK, sDP, sDM and operand tiles t1..t4 (t4 fp32);
+  // from the end of phase A the operand tiles dP (in t1) and dM (in t2), and phase B's loads in
+  // the five slots of phase A's fp32 tiles.
   float* sE = smem + kSmall;
   float* sQK = sE + kTile;
   float* sKK = sQK + kTile;
@@ -701,7 +813,9 @@ __global__ void __launch_bounds__(kThreads)
   float* t2 = t1 + kTile;
   float* t3 = t2 + kTile;
   float* t4 = t3 + kTile;
-  float* t5 = t4 + kTile;
+  float* u[5] = {sE, sQK, sKK, sDP, sDM};  // phase B's operand tiles
+  float* pDP = t1;
+  float* pDM = t2;
 
   LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
   BuildE(sE, gs);
@@ -722,8 +836,8 @@ __global__ void __launch_bounds__(kThreads)
     Zero(fa);
     Zero(fb);
     for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile(t1, qc + kt * kC, kst, L);
-      LoadTile(t2, kc + kt * kC, kst, L);
+      LoadTile<kTC>(t1, qc + kt * kC, kst, L);
+      LoadTile<kTC>(t2, kc + kt * kC, kst, L);
       __syncthreads();
       Mma<kTC, false, true, kX, kX>(fa, t1, t2);
       Mma<kTC, false, true, kX, kX>(fb, t2, t2);
@@ -736,9 +850,9 @@ __global__ void __launch_bounds__(kThreads)
     Zero(fa);
     Zero(fb);
     for (int vt = 0; vt < d.NV; ++vt) {
-      LoadTile(t1, doc + vt * kC, vst, L);
-      LoadTile(t2, Yc + vt * kC, d.dv, kC);
-      LoadTile(t3, Vc + vt * kC, d.dv, kC);
+      LoadTile<kTC>(t1, doc + vt * kC, vst, L);
+      LoadTile<kTC>(t2, Yc + vt * kC, d.dv, kC);
+      LoadTile<kTC>(t3, Vc + vt * kC, d.dv, kC);
       LoadTile(t4, v + d.Vo(b, t0, hv) + vt * kC, vst, L);
       __syncthreads();
       Mma<kTC, false, true, kX, false>(fa, t1, t3);
@@ -746,7 +860,7 @@ __global__ void __launch_bounds__(kThreads)
       {
         const int r = tid >> 2, p = tid & 3;
         float s = 0.f;
-        for (int x = p * 16; x < p * 16 + 16; ++x) s += t4[r * kLd + x] * t2[r * kLd + x];
+        for (int x = p * 16; x < p * 16 + 16; ++x) s += t4[r * kLd + x] * GetOp<kTC>(t2, r, x);
         s += __shfl_xor_sync(0xffffffffu, s, 1);
         s += __shfl_xor_sync(0xffffffffu, s, 2);
         if (p == 0) svy[r] += s;
@@ -754,7 +868,7 @@ __global__ void __launch_bounds__(kThreads)
       T* dvc = dv_out + d.Vo(b, t0, hv) + vt * kC;
       for (int e = tid; e < kC * kC; e += kThreads) {
         const int r = e >> 6, x = e & (kC - 1);
-        if (r < L) dvc[r * vst + x] = FromF<T>(gs.beta[r] * t2[r * kLd + x]);
+        if (r < L) dvc[r * vst + x] = FromF<T>(gs.beta[r] * GetOp<kTC>(t2, r, x));
       }
       __syncthreads();
     }
@@ -764,8 +878,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
   }
-  // dQK = s dP * E (in sDP), dA = -dM * beta_i E (in sDM, then symmetrised), the E terms of dG
-  // (sQK <- dE_ij E_ij) and the M term of dbeta (sKK).
+  // The operand tiles dQK = s dP * E (pDP) and dA + dA^T with dA = -dM * beta_i E (pDM); in
+  // place, the E terms of dG (sQK <- dE_ij E_ij) and the M term of dbeta (sKK).
   for (int e = tid; e < kC * kC; e += kThreads) {
     const int i = e >> 6, j = e & (kC - 1), x = i * kLd + j;
     if (j < i) {
@@ -773,18 +887,16 @@ __global__ void __launch_bounds__(kThreads)
       const float kk = sKK[x];
       sQK[x] = (dp * sQK[x] + dm * bi * kk) * eij;
       sKK[x] = dm * kk * eij;
-      sDP[x] = dp * eij;
-      sDM[x] = dm * bi * eij;
+      PutOp<kTC>(pDP, i, j, dp * eij);
+      PutOp<kTC>(pDM, i, j, dm * bi * eij);
     } else {
-      sDP[x] = i == j ? scale * sDP[x] : 0.f;
-      sDM[x] = sQK[x] = sKK[x] = 0.f;
+      const int xt = j * kLd + i;  // (j, i), below the diagonal when j > i
+      PutOp<kTC>(pDP, i, j, i == j ? scale * sDP[x] : 0.f);
+      PutOp<kTC>(pDM, i, j, i == j ? 0.f : -sDM[xt] * gs.beta[j] * sE[xt]);
+      sQK[x] = sKK[x] = 0.f;
     }
   }
   __syncthreads();
-  for (int e = tid; e < kC * kC; e += kThreads) {
-    const int i = e >> 6, j = e & (kC - 1);
-    if (j < i) sDM[j * kLd + i] = sDM[i * kLd + j];
-  }
   if (tid < kC) {
     float rs = 0.f, db = 0.f;
     for (int j = 0; j < kC; ++j) {
@@ -813,34 +925,34 @@ __global__ void __launch_bounds__(kThreads)
     Zero(f3);
     for (int vt = 0; vt < d.NV; ++vt) {
       const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
-      LoadTile(t1, S_all + so, d.dv, kC);
-      LoadTile(t2, D_all + so, d.dv, kC);
-      LoadTile(t3, doc + vt * kC, vst, L);
-      LoadTile(t4, Yc + vt * kC, d.dv, kC);
-      LoadTile(t5, Vc + vt * kC, d.dv, kC);
+      LoadTile<kTC>(u[0], S_all + so, d.dv, kC);
+      LoadTile<kTC>(u[1], D_all + so, d.dv, kC);
+      LoadTile<kTC>(u[2], doc + vt * kC, vst, L);
+      LoadTile<kTC>(u[3], Yc + vt * kC, d.dv, kC);
+      LoadTile<kTC>(u[4], Vc + vt * kC, d.dv, kC);
       __syncthreads();
-      Mma<kTC, false, true, kX, false>(f1, t3, t1);
-      Mma<kTC, false, true>(f2, t4, t1);
-      Mma<kTC, false, true>(f3, t5, t2);
+      Mma<kTC, false, true, kX, false>(f1, u[2], u[0]);
+      Mma<kTC, false, true>(f2, u[3], u[0]);
+      Mma<kTC, false, true>(f3, u[4], u[1]);
       for (int e = tid; e < kC * kC; e += kThreads) {
-        const int x = (e >> 6) * kLd + (e & (kC - 1));
-        ds += t1[x] * t2[x];
+        const int r = e >> 6, cc = e & (kC - 1);
+        ds += GetOp<kTC>(u[0], r, cc) * GetOp<kTC>(u[1], r, cc);
       }
       __syncthreads();
     }
-    LoadTile(t1, qc + kt * kC, kst, L);
-    LoadTile(t2, kc + kt * kC, kst, L);
+    LoadTile<kTC>(u[0], qc + kt * kC, kst, L);
+    LoadTile<kTC>(u[1], kc + kt * kC, kst, L);
     __syncthreads();
-    RowDotAdd<kTC>(f1, t1, sqx1);
-    RowDotAdd<kTC>(f2, t2, skx2);
-    RowDotAdd<kTC>(f3, t2, skx3);
+    RowDotAdd<kTC>(f1, u[0], sqx1);
+    RowDotAdd<kTC>(f2, u[1], skx2);
+    RowDotAdd<kTC>(f3, u[1], skx3);
     GDR_FOR_FRAG(i, j, r, cc) {
       f1.v[i][j] *= scale * gs.gam[r];
       f3.v[i][j] = gs.e[r] * f3.v[i][j] - gs.bg[r] * f2.v[i][j];
     }
-    Mma<kTC, false, false, false, kX>(f1, sDP, t2);
-    Mma<kTC, true, false, false, kX>(f3, sDP, t1);
-    Mma<kTC, false, false, false, kX>(f3, sDM, t2);
+    Mma<kTC, false, false, false, kX>(f1, pDP, u[1]);
+    Mma<kTC, true, false, false, kX>(f3, pDP, u[0]);
+    Mma<kTC, false, false, false, kX>(f3, pDM, u[1]);
     if (d.G == 1) {  // one value head per key head: final dq, dk
       T* dqc = dq_out + d.Qk(b, t0, h) + kt * kC;
       T* dkc = dk_out + d.Qk(b, t0, h) + kt * kC;
@@ -851,12 +963,8 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     } else {
-      float* dqc = dqp + ch * kC * d.dk + kt * kC;
-      float* dkc = dkp + ch * kC * d.dk + kt * kC;
-      GDR_FOR_FRAG(i, j, r, cc) {
-        dqc[r * d.dk + cc] = f1.v[i][j];
-        dkc[r * d.dk + cc] = f3.v[i][j];
-      }
+      StoreFrag<kTC>(dqp + ch * kC * d.dk + kt * kC, d.dk, f1);
+      StoreFrag<kTC>(dkp + ch * kC * d.dk + kt * kC, d.dk, f3);
     }
     __syncthreads();
   }
@@ -1013,6 +1121,18 @@ void Launch(void (*kernel)(Params...), dim3 grid, int tiles, cudaStream_t stream
     else                                                              \
       Launch(KERNEL<T, false>, __VA_ARGS__);                          \
   } while (0)
+// The same for the sequential kernels, whose state registers come in two sizes: dk <= 128 (the
+// common case, without spills) and dk <= 256 (d in scope).
+#define GDR_LAUNCH_SEQ(KERNEL, bit, ...)                              \
+  do {                                                                \
+    const bool tc_ = (tc >> (bit)) & 1;                               \
+    if (d.NK <= 2)                                                    \
+      tc_ ? Launch(KERNEL<T, true, 2>, __VA_ARGS__)                   \
+          : Launch(KERNEL<T, false, 2>, __VA_ARGS__);                 \
+    else                                                              \
+      tc_ ? Launch(KERNEL<T, true, kMaxTiles>, __VA_ARGS__)           \
+          : Launch(KERNEL<T, false, kMaxTiles>, __VA_ARGS__);         \
+  } while (0)
 
 struct Work {
   float *W, *U, *S, *Vp;
@@ -1044,7 +1164,7 @@ void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, co
                    const Work& w, float* final_state, int tc, cudaStream_t stream) {
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
   GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
-  GDR_LAUNCH(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
+  GDR_LAUNCH_SEQ(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
              final_state);
 }
 
@@ -1087,9 +1207,9 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
   float* Y = w.U;     // U is dead after StateKernel: dVl, then Y, live there
   float* dqp = w.W;   // W likewise
   GDR_LAUNCH(DvLocalKernel, 3, chunks, 4, stream, d, q, k, gamma, d_o, scale, Y);
-  GDR_LAUNCH(ReverseKernel, 4, columns, d.NK + 4, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
+  GDR_LAUNCH_SEQ(ReverseKernel, 4, columns, d.NK + 4, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
              Y, w.D);
-  GDR_LAUNCH(GradKernel, 5, chunks, 10, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
+  GDR_LAUNCH(GradKernel, 5, chunks, 9, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
              w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
   if (d.G > 1) {
     const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
