@@ -403,8 +403,9 @@ struct Gates {
 // Warp 0: g, alpha, beta, Gam (prefix sums of g by a warp scan) and bg; warp 1: e (suffix sums,
 // scanned separately rather than as total - prefix, which would lose the small exponents of a
 // strongly decayed chunk to cancellation). Each lane handles tokens 2 lane and 2 lane + 1.
+// sync = false leaves the barrier to the caller (one barrier for the gates and a chunk's tiles).
 __device__ void LoadGates(Gates& s, const float* gamma, const float* beta, int64_t stride,
-                          int L) {
+                          int L, bool sync = true) {
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, i0 = 2 * lane;
   if (w < 2) {
     const float g0 = i0 < L ? gamma[i0 * stride] : 0.f;
@@ -436,7 +437,7 @@ __device__ void LoadGates(Gates& s, const float* gamma, const float* beta, int64
       s.e[i0] = expf(after + g1);
     }
   }
-  __syncthreads();
+  if (sync) __syncthreads();
 }
 
 // Asks L2 for rows [0, rows) of row_bytes (a multiple of 128) at base + r * stride_bytes: the next
@@ -576,7 +577,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t sd = int64_t{d.dk} * d.dv;
   for (int c = 0; c < d.NC; ++c) {
     const int t0 = c * kC, L = min(kC, d.T - t0);
-    LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);  // also orders the zero fill
+    // With dk <= 128 the chunk's W tiles load together with the gates (the second in sV, free
+    // until V' is written), and both K tiles after V' (the second in sU): 5 barriers per chunk.
+    constexpr bool kFused = kNK <= 2;
+    LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L, !kFused);  // orders the zero fill
     const int64_t ch = d.Chunk(b, hv, c);
     if (c + 1 < d.NC) {
       const int64_t cn = ch + 1;
@@ -589,13 +593,24 @@ __global__ void __launch_bounds__(kThreads, 2)
       StoreFrag<kTC>(S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, st[kt]);
     }
     LoadTile(sU, U + ch * kC * d.dv + vt * kC, d.dv, kC);
+    const float* Wc = W + ch * kC * d.dk;
+    const T* kc = k + d.Qk(b, t0, h);
     Frag f;
     Zero(f);
-    for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile<kTC>(sA, W + ch * kC * d.dk + kt * kC, d.dk, kC);
+    if constexpr (kFused) {
+      LoadTile<kTC>(sA, Wc, d.dk, kC);
+      if (d.NK > 1) LoadTile<kTC>(sV, Wc + kC, d.dk, kC);
       __syncthreads();
-      Mma<kTC, false, false>(f, sA, sS + kt * kTile);
+      Mma<kTC, false, false>(f, sA, sS);
+      if (d.NK > 1) Mma<kTC, false, false>(f, sV, sS + kTile);
       __syncthreads();
+    } else {
+      for (int kt = 0; kt < d.NK; ++kt) {
+        LoadTile<kTC>(sA, Wc + kt * kC, d.dk, kC);
+        __syncthreads();
+        Mma<kTC, false, false>(f, sA, sS + kt * kTile);
+        __syncthreads();
+      }
     }
     float* Vc = Vp + ch * kC * d.dv + vt * kC;
     GDR_FOR_FRAG(i, j, r, cc) {
@@ -605,17 +620,25 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     __syncthreads();
     const float gl = gs.gam[L - 1];
-    GDR_FOR_TILE(kt, d.NK) {
-      LoadTile<kTC>(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+    if constexpr (kFused) {
+      LoadTile<kTC>(sA, kc, kst, L);
+      if (d.NK > 1) LoadTile<kTC>(sU, kc + kC, kst, L);
       __syncthreads();
+    }
+    GDR_FOR_TILE(kt, d.NK) {
+      if constexpr (!kFused) {
+        LoadTile<kTC>(sA, kc + kt * kC, kst, L);
+        __syncthreads();
+      }
       Zero(f);
-      Mma<kTC, true, false, kX, false>(f, sA, sV);
+      Mma<kTC, true, false, kX, false>(f, kFused && kt == 1 ? sU : sA, sV);
       GDR_FOR_FRAG(i, j, r, cc) {
         st[kt].v[i][j] = gl * st[kt].v[i][j] + f.v[i][j];
         PutOp<kTC>(sS + kt * kTile, r, cc, st[kt].v[i][j]);
       }
-      __syncthreads();
+      if constexpr (!kFused) __syncthreads();
     }
+    if constexpr (kFused) __syncthreads();
   }
   if (final_state != nullptr) {
     GDR_FOR_TILE(kt, d.NK) {
@@ -725,7 +748,12 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t sd = int64_t{d.dk} * d.dv;
   for (int c = d.NC - 1; c >= 0; --c) {
     const int t0 = c * kC, L = min(kC, d.T - t0);
-    LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
+    // With dk <= 128 each phase loads all its tiles at once: the second K tile of K D in sY (free
+    // until dVl + diag(e) K D is written), the second Q and K tiles of the update of D in the sD
+    // slots (D's values are in registers; its operand tiles are rewritten after): 6 barriers
+    // per chunk.
+    constexpr bool kFused = kNK <= 2;
+    LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L, !kFused);
     const int64_t ch = d.Chunk(b, hv, c);
     if (c > 0) {  // the previous chunk is whole
       PrefetchRows(Tm + (ch - 1) * kC * kC, kC * 4, kC, kC * 4);
@@ -739,15 +767,26 @@ __global__ void __launch_bounds__(kThreads, 2)
       StoreFrag<kTC>(D_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, dd[kt]);
     }
     float* Yc = Y + ch * kC * d.dv + vt * kC;
+    const T* qc = q + d.Qk(b, t0, h);
+    const T* kc = k + d.Qk(b, t0, h);
     LoadTile<kTC>(sT, Tm + ch * kC * kC, kC, kC);
     LoadTile(sX, Yc, d.dv, kC);
     Frag f;
     Zero(f);
-    for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile<kTC>(sA, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+    if constexpr (kFused) {
+      LoadTile<kTC>(sA, kc, kst, L);
+      if (d.NK > 1) LoadTile<kTC>(sY, kc + kC, kst, L);
       __syncthreads();
-      Mma<kTC, false, false, kX, false>(f, sA, sD + kt * kTile);
+      Mma<kTC, false, false, kX, false>(f, sA, sD);
+      if (d.NK > 1) Mma<kTC, false, false, kX, false>(f, sY, sD + kTile);
       __syncthreads();
+    } else {
+      for (int kt = 0; kt < d.NK; ++kt) {
+        LoadTile<kTC>(sA, kc + kt * kC, kst, L);
+        __syncthreads();
+        Mma<kTC, false, false, kX, false>(f, sA, sD + kt * kTile);
+        __syncthreads();
+      }
     }
     GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sY, r, cc, sX[r * kLd + cc] + gs.e[r] * f.v[i][j]); }
     __syncthreads();
@@ -759,16 +798,34 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();
     LoadTile<kTC>(sY, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L, gs.gam, scale);
     const float gl = gs.gam[L - 1];
-    GDR_FOR_TILE(kt, d.NK) {
-      LoadTile<kTC>(sA, q + d.Qk(b, t0, h) + kt * kC, kst, L);
-      LoadTile<kTC>(sT, k + d.Qk(b, t0, h) + kt * kC, kst, L);
+    if constexpr (kFused) {
+      LoadTile<kTC>(sA, qc, kst, L);
+      LoadTile<kTC>(sT, kc, kst, L);
+      if (d.NK > 1) {
+        LoadTile<kTC>(sD, qc + kC, kst, L);
+        LoadTile<kTC>(sD + kTile, kc + kC, kst, L);
+      }
       __syncthreads();
+    }
+    GDR_FOR_TILE(kt, d.NK) {
+      if constexpr (!kFused) {
+        LoadTile<kTC>(sA, qc + kt * kC, kst, L);
+        LoadTile<kTC>(sT, kc + kt * kC, kst, L);
+        __syncthreads();
+      }
       Zero(f);
-      Mma<kTC, true, false, kX, false>(f, sA, sY);
-      Mma<kTC, true, false, kX, false>(f, sT, sX);
-      GDR_FOR_FRAG(i, j, r, cc) {
-        dd[kt].v[i][j] = gl * dd[kt].v[i][j] + f.v[i][j];
-        PutOp<kTC>(sD + kt * kTile, r, cc, dd[kt].v[i][j]);
+      Mma<kTC, true, false, kX, false>(f, kFused && kt == 1 ? sD : sA, sY);
+      Mma<kTC, true, false, kX, false>(f, kFused && kt == 1 ? sD + kTile : sT, sX);
+      GDR_FOR_FRAG(i, j, r, cc) { dd[kt].v[i][j] = gl * dd[kt].v[i][j] + f.v[i][j]; }
+      if constexpr (!kFused) {
+        GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sD + kt * kTile, r, cc, dd[kt].v[i][j]); }
+        __syncthreads();
+      }
+    }
+    if constexpr (kFused) {
+      __syncthreads();  // the sD slots' staged Q and K tiles are read
+      GDR_FOR_TILE(kt, d.NK) {
+        GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sD + kt * kTile, r, cc, dd[kt].v[i][j]); }
       }
       __syncthreads();
     }
