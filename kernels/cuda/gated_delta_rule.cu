@@ -834,8 +834,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 // Per chunk: every gradient term local to the chunk given S (its start state), D (dL/dS at its
 // end), V' and Y (see the derivation in kernels/cpu/gated_delta_rule.cc). dq and dk of this value
-// head go to fp32 scratch (dqp, dkp, chunk-major) for ReduceKernel.
-template <typename T, bool kTC>
+// head go to fp32 scratch (dqp, dkp, chunk-major) for ReduceKernel. kNK >= d.NK (see phase B).
+template <typename T, bool kTC, int kNK>
 __global__ void __launch_bounds__(kThreads)
     GradKernel(Dims d, const T* q, const T* k, const T* v, const float* gamma,
                const float* beta, const T* d_o, float scale, const float* S_all,
@@ -975,28 +975,17 @@ __global__ void __launch_bounds__(kThreads)
   //   dq = dQK K + s diag(Gam) X1,
   //   dk = dQK^T Q + (dA + dA^T) K + diag(e) X3 - diag(Gam beta) X2.
   float ds = 0.f;  // <D, S>
-  for (int kt = 0; kt < d.NK; ++kt) {
-    Frag f1, f2, f3;
-    Zero(f1);
-    Zero(f2);
-    Zero(f3);
-    for (int vt = 0; vt < d.NV; ++vt) {
-      const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
-      LoadTile<kTC>(u[0], S_all + so, d.dv, kC);
-      LoadTile<kTC>(u[1], D_all + so, d.dv, kC);
-      LoadTile<kTC>(u[2], doc + vt * kC, vst, L);
-      LoadTile<kTC>(u[3], Yc + vt * kC, d.dv, kC);
-      LoadTile<kTC>(u[4], Vc + vt * kC, d.dv, kC);
-      __syncthreads();
-      Mma<kTC, false, true, kX, false>(f1, u[2], u[0]);
-      Mma<kTC, false, true>(f2, u[3], u[0]);
-      Mma<kTC, false, true>(f3, u[4], u[1]);
-      for (int e = tid; e < kC * kC; e += kThreads) {
-        const int r = e >> 6, cc = e & (kC - 1);
-        ds += GetOp<kTC>(u[0], r, cc) * GetOp<kTC>(u[1], r, cc);
-      }
-      __syncthreads();
+  auto accumulate = [&](Frag& f1, Frag& f2, Frag& f3, const float* pS, const float* pD,
+                        const float* pdO, const float* pY, const float* pV) {
+    Mma<kTC, false, true, kX, false>(f1, pdO, pS);
+    Mma<kTC, false, true>(f2, pY, pS);
+    Mma<kTC, false, true>(f3, pV, pD);
+    for (int e = tid; e < kC * kC; e += kThreads) {
+      const int r = e >> 6, cc = e & (kC - 1);
+      ds += GetOp<kTC>(pS, r, cc) * GetOp<kTC>(pD, r, cc);
     }
+  };
+  auto finish = [&](int kt, Frag& f1, Frag& f2, Frag& f3) {
     LoadTile<kTC>(u[0], qc + kt * kC, kst, L);
     LoadTile<kTC>(u[1], kc + kt * kC, kst, L);
     __syncthreads();
@@ -1024,6 +1013,52 @@ __global__ void __launch_bounds__(kThreads)
       StoreFrag<kTC>(dkp + ch * kC * d.dk + kt * kC, d.dk, f3);
     }
     __syncthreads();
+  };
+  if constexpr (kNK <= 2) {
+    // dk <= 128: dv outermost, X1, X2, X3 of both dk tiles in registers, so that dO, Y and V'
+    // load once per dv tile; one barrier pair per dv tile for all 3 + 2 dk / 64 tiles.
+    Frag f1[kNK], f2[kNK], f3[kNK];
+    GDR_FOR_TILE(kt, d.NK) {
+      Zero(f1[kt]);
+      Zero(f2[kt]);
+      Zero(f3[kt]);
+    }
+    float* const sl[7] = {u[0], u[1], u[2], u[3], u[4], t3, t4};  // dO, Y, V', (S, D) per dk tile
+    for (int vt = 0; vt < d.NV; ++vt) {
+      LoadTile<kTC>(sl[0], doc + vt * kC, vst, L);
+      LoadTile<kTC>(sl[1], Yc + vt * kC, d.dv, kC);
+      LoadTile<kTC>(sl[2], Vc + vt * kC, d.dv, kC);
+      GDR_FOR_TILE(kt, d.NK) {
+        const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
+        LoadTile<kTC>(sl[3 + 2 * kt], S_all + so, d.dv, kC);
+        LoadTile<kTC>(sl[4 + 2 * kt], D_all + so, d.dv, kC);
+      }
+      __syncthreads();
+      GDR_FOR_TILE(kt, d.NK) {
+        accumulate(f1[kt], f2[kt], f3[kt], sl[3 + 2 * kt], sl[4 + 2 * kt], sl[0], sl[1], sl[2]);
+      }
+      __syncthreads();
+    }
+    GDR_FOR_TILE(kt, d.NK) finish(kt, f1[kt], f2[kt], f3[kt]);
+  } else {
+    for (int kt = 0; kt < d.NK; ++kt) {
+      Frag f1, f2, f3;
+      Zero(f1);
+      Zero(f2);
+      Zero(f3);
+      for (int vt = 0; vt < d.NV; ++vt) {
+        const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
+        LoadTile<kTC>(u[0], S_all + so, d.dv, kC);
+        LoadTile<kTC>(u[1], D_all + so, d.dv, kC);
+        LoadTile<kTC>(u[2], doc + vt * kC, vst, L);
+        LoadTile<kTC>(u[3], Yc + vt * kC, d.dv, kC);
+        LoadTile<kTC>(u[4], Vc + vt * kC, d.dv, kC);
+        __syncthreads();
+        accumulate(f1, f2, f3, u[0], u[1], u[2], u[3], u[4]);
+        __syncthreads();
+      }
+      finish(kt, f1, f2, f3);
+    }
   }
   for (int o = 16; o > 0; o >>= 1) ds += __shfl_xor_sync(0xffffffffu, ds, o);
   if ((tid & 31) == 0) sred[tid >> 5] = ds;
@@ -1178,9 +1213,10 @@ void Launch(void (*kernel)(Params...), dim3 grid, int tiles, cudaStream_t stream
     else                                                              \
       Launch(KERNEL<T, false>, __VA_ARGS__);                          \
   } while (0)
-// The same for the sequential kernels, whose state registers come in two sizes: dk <= 128 (the
-// common case, without spills) and dk <= 256 (d in scope).
-#define GDR_LAUNCH_SEQ(KERNEL, bit, ...)                              \
+// The same for the kernels that hold per-dk-tile registers (the sequential kernels' state,
+// GradKernel's sums), in two sizes: dk <= 128 (the common case, without spills) and dk <= 256
+// (d in scope).
+#define GDR_LAUNCH_NK(KERNEL, bit, ...)                              \
   do {                                                                \
     const bool tc_ = (tc >> (bit)) & 1;                               \
     if (d.NK <= 2)                                                    \
@@ -1221,7 +1257,7 @@ void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, co
                    const Work& w, float* final_state, int tc, cudaStream_t stream) {
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
   GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
-  GDR_LAUNCH_SEQ(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
+  GDR_LAUNCH_NK(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
              final_state);
 }
 
@@ -1264,9 +1300,9 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
   float* Y = w.U;     // U is dead after StateKernel: dVl, then Y, live there
   float* dqp = w.W;   // W likewise
   GDR_LAUNCH(DvLocalKernel, 3, chunks, 4, stream, d, q, k, gamma, d_o, scale, Y);
-  GDR_LAUNCH_SEQ(ReverseKernel, 4, columns, d.NK + 4, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
+  GDR_LAUNCH_NK(ReverseKernel, 4, columns, d.NK + 4, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
              Y, w.D);
-  GDR_LAUNCH(GradKernel, 5, chunks, 9, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
+  GDR_LAUNCH_NK(GradKernel, 5, chunks, 9, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
              w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
   if (d.G > 1) {
     const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
