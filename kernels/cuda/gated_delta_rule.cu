@@ -20,7 +20,8 @@
 //   ReduceKernel  (only with HV > H)           dq, dk summed over the value heads of a key head
 // Every matrix product is a 64 x 64 x 64 block product on shared-memory tiles with rows padded
 // to 72 elements (16-byte aligned rows, and conflict-free ldmatrix row reads); dk and dv are
-// loops over 64-wide tiles, so each kernel has one instantiation per input type and product mode:
+// loops over 64-wide tiles, so each kernel has one instantiation per input type and product mode
+// (two, dk <= 128 and dk <= 256, for those that hold per-dk-tile registers: GDR_LAUNCH_NK):
 // fp32 FMA on fp32 tiles, or split-bf16 tensor cores on operand tiles that hold each value as
 // bf16 hi and lo planes, split once when written (see PutOp, Mma and TcMask). Everything else is
 // fp32 (bf16 inputs are widened on load); the sequential kernels keep their fp32 state in
@@ -858,9 +859,10 @@ __global__ void __launch_bounds__(kThreads)
   float* sdG = skx3 + 2 * kC;
   float* sred = sdG + kC;        // 8 warp partials of <D, S>
   static_assert(sizeof(Gates) / sizeof(float) + 4 * kC + 6 * kC + kC + 8 <= kSmall);
-  // Ten tile slots. Phase A: fp32 tiles sE, sQK, sKK, sDP, sDM and operand tiles t1..t4 (t4 fp32);
-  // from the end of phase A the operand tiles dP (in t1) and dM (in t2), and phase B's loads in
-  // the five slots of phase A's fp32 tiles.
+  // Nine tile slots (Backward launches it with 9). Phase A: fp32 tiles sE, sQK, sKK, sDP, sDM and
+  // operand tiles t1..t4 (t4 fp32); from the end of phase A the operand tiles dP (in t1) and dM
+  // (in t2), and phase B's loads in the five slots of phase A's fp32 tiles (and t3, t4 with
+  // dk <= 128).
   float* sE = smem + kSmall;
   float* sQK = sE + kTile;
   float* sKK = sQK + kTile;
