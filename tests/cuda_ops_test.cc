@@ -682,7 +682,7 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
   // At T = 1 every output is one product of dot products (q . k, dO . v), which a random draw can
   // cancel to any degree, so there each error is measured against the same op on the inputs'
   // absolute values: the size of the terms that cancelled (Compare's scale). Elsewhere 0.
-  std::map<std::string, double> floor;
+  std::map<std::string, double> term_scale;
   if (T == 1) {
     auto abs = [](const Tensor& t) {
       Tensor a = Tensor::Empty(t.shape(), DType::kF32);
@@ -702,20 +702,20 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
                          Tensor::Empty(gamma.shape(), DType::kF32),
                          Tensor::Empty(beta.shape(), DType::kF32)};
     ops::GatedDeltaRuleBackward(aq, ak, av, gamma, beta, scale, 0, ado, g[0], g[1], g[2], g[3], g[4]);
-    floor = {{"o", max_abs(ao)}, {"dq", max_abs(g[0])}, {"dk", max_abs(g[1])},
+    term_scale = {{"o", max_abs(ao)}, {"dq", max_abs(g[0])}, {"dk", max_abs(g[1])},
              {"dv", max_abs(g[2])}, {"dbeta", max_abs(g[4])}};
   }
   for (const int64_t chunk : {int64_t{0}, int64_t{64}}) {
     const Tensor od = Tensor::Empty(v.shape(), DType::kF32, kGpu),
                  sd = Tensor::Empty({B, HV, dk, dv}, DType::kF32, kGpu);
     ops::GatedDeltaRuleForward(dq_, dk_, dv_, dg_, db_, scale, chunk, od, sd);
-    Compare("GatedDeltaRuleForward", "o", od, o, kTol, floor["o"]);
+    Compare("GatedDeltaRuleForward", "o", od, o, kTol, term_scale["o"]);
     Compare("GatedDeltaRuleForward", "final_state", sd, s, kTol);
   }
   // Without a final state.
   const Tensor od2 = Tensor::Empty(v.shape(), DType::kF32, kGpu);
   ops::GatedDeltaRuleForward(dq_, dk_, dv_, dg_, db_, scale, 0, od2, Tensor());
-  Compare("GatedDeltaRuleForward", "o_no_state", od2, o, kTol, floor["o"]);
+  Compare("GatedDeltaRuleForward", "o_no_state", od2, o, kTol, term_scale["o"]);
 
   auto empty = [](const Tensor& like, Device dev) {
     // Garbage-filled: the op must overwrite every element.
@@ -732,9 +732,9 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
     const Tensor hq = empty(q, kGpu), hk = empty(k, kGpu), hv_ = empty(v, kGpu),
                  hg = empty(gamma, kGpu), hb = empty(beta, kGpu);
     ops::GatedDeltaRuleBackward(dq_, dk_, dv_, dg_, db_, scale, chunk, Dev(d_o), hq, hk, hv_, hg, hb);
-    Compare("GatedDeltaRuleBackward", "dq", hq, gq, kTol, floor["dq"]);
-    Compare("GatedDeltaRuleBackward", "dk", hk, gk_, kTol, floor["dk"]);
-    Compare("GatedDeltaRuleBackward", "dv", hv_, gv, kTol, floor["dv"]);
+    Compare("GatedDeltaRuleBackward", "dq", hq, gq, kTol, term_scale["dq"]);
+    Compare("GatedDeltaRuleBackward", "dk", hk, gk_, kTol, term_scale["dk"]);
+    Compare("GatedDeltaRuleBackward", "dv", hv_, gv, kTol, term_scale["dv"]);
     if (T == 1) {
       // dgamma = alpha <dL/dS, S_0> and S_0 = 0: exactly zero at T = 1, on both devices.
       const Tensor hg_cpu = hg.To(kCpu);
@@ -747,7 +747,7 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
     // float32 summation orders then differ by more than 1e-5 of the result (1.005e-5 was seen at
     // T = 1); a wrong term would still be off by order one.
     Compare("GatedDeltaRuleBackward", "dbeta", hb, gb, gb.numel() < 16 ? 1e-4 : kTol,
-            floor["dbeta"]);
+            term_scale["dbeta"]);
   }
 }
 

@@ -155,8 +155,10 @@ __device__ __forceinline__ void PutOp4(float* slot, int r, int c, float x0, floa
 
 // dst (64 x 64 tile; an operand tile when kOp) <- rows r < rows of src (row r at src + r *
 // stride), zero below; each row multiplied by mul and, when given, by row_scale[r]. 16-byte
-// loads, all issued before the first shared-memory store so that their latencies overlap (src
-// and stride 16-byte aligned).
+// loads written before the first shared-memory store (src and stride 16-byte aligned). For fp32
+// tiles ptxas keeps them ahead of the stores, so their latencies overlap; for operand tiles on
+// the tensor cores it interleaves each load with its converting store whatever the source order
+// (experiments/results/gdr-cuda.md, session 7), so fewer tiles per phase is what pays there.
 template <bool kOp = false, typename T>
 __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t stride, int rows,
                                          const float* row_scale = nullptr, float mul = 1.f) {
@@ -388,7 +390,8 @@ __device__ __forceinline__ void StoreFrag(float* dst, int64_t stride, const Frag
 }
 
 // Loops over the 64-row tiles kt < n of dk (n <= kNK, a constant), unrolled, so that per-tile
-// register arrays (the sequential kernels' state) are indexed by constants.
+// register arrays (the sequential kernels' state, GradKernel's phase-B sums) are indexed by
+// constants.
 #define GDR_FOR_TILE(kt, n) \
   _Pragma("unroll") for (int kt = 0; kt < kNK; ++kt) if (kt < (n))
 
