@@ -143,9 +143,14 @@ void RmsNormForward(const Tensor& x, const Tensor& w, double eps, const Tensor& 
   GDN_DISPATCH(x, RmsNormForward, x, w, eps, y, rstd);
 }
 
-void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx, const Tensor& dw) {
+void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, double eps, const Tensor& h, const Tensor& y, const Tensor& rstd) {
+  ScopedOpTimer timer("AddRmsNormForward", x);
+  GDN_DISPATCH(x, AddRmsNormForward, x, r, w, eps, h, y, rstd);
+}
+
+void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy, const Tensor& dx, const Tensor& dw, bool accumulate, const Tensor& dx_operand) {
   ScopedOpTimer timer("RmsNormBackward", x);
-  GDN_DISPATCH(x, RmsNormBackward, x, w, rstd, dy, dx, dw);
+  GDN_DISPATCH(x, RmsNormBackward, x, w, rstd, dy, dx, dw, accumulate, dx_operand);
 }
 
 void L2NormHeadsForward(const Tensor& x, int64_t head_dim, double eps, const Tensor& y, const Tensor& rnorm) {
@@ -163,9 +168,9 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
   GDN_DISPATCH(o, GatedRmsNormForward, o, g, w, head_dim, eps, y, rstd);
 }
 
-void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, const Tensor& rstd, int64_t head_dim, const Tensor& dy, const Tensor& d_o, const Tensor& dg, const Tensor& dw) {
+void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, const Tensor& rstd, int64_t head_dim, const Tensor& dy, const Tensor& d_o, const Tensor& dg, const Tensor& dw, const Tensor& y) {
   ScopedOpTimer timer("GatedRmsNormBackward", o);
-  GDN_DISPATCH(o, GatedRmsNormBackward, o, g, w, rstd, head_dim, dy, d_o, dg, dw);
+  GDN_DISPATCH(o, GatedRmsNormBackward, o, g, w, rstd, head_dim, dy, d_o, dg, dw, y);
 }
 
 void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {

@@ -178,11 +178,16 @@ void GatedDeltaNetMixer::ReleaseSaved() {
 Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const ModelDims& d = b_.dims;
   const int64_t B = B_, T = T_, N = B * T;
+  // LinearBackward for the output projection, split around the output norm's backward, which
+  // writes the norm's output y again (not kept from the forward) for the weight gradient.
+  const Tensor dym = ops::MatmulOperand(dout);
   Tensor dy = b_.Empty({N, value_dim_});
-  LinearBackward(OutputNorm(false), *wo_, dout, dy, false);
-
+  ops::Matmul(dym, false, wo_->value, false, dy);
   Tensor d_o = b_.Empty({N, value_dim_}), dg = b_.OperandEmpty({N, value_dim_});
-  ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad);
+  Tensor y = b_.OperandEmpty({N, value_dim_});
+  ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad, y);
+  ops::Matmul(dym, true, y, false, wo_->grad, 1.0, 1.0);
+  y = Tensor();
 
   RecurrenceInputs in = MakeRecurrenceInputs(nullptr);
   Tensor dqn = b_.Empty({N, key_dim_}), dkn = b_.Empty({N, key_dim_});

@@ -49,8 +49,8 @@ class GatedDeltaNetMixer {
     Tensor qn, kn, vc, q_rn, k_rn;
   };
   RecurrenceInputs MakeRecurrenceInputs(Probes* probes) const;
-  // y = the gated norm of o_ (o_rstd_ written, the same each time): Wo's input, made again for
-  // the backward (one pass) instead of being kept. In Wo's operand form unless float32 (probes).
+  // y = the gated norm of o_ (o_rstd_ written): Wo's input, in Wo's operand form unless float32
+  // (probes). Not kept: the norm's backward writes it again for Wo's gradient.
   Tensor OutputNorm(bool float32) const;
 
   // Saved activations; in the bf16 mode x_ (the projections' operand) and the projections qp_,

@@ -87,40 +87,45 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logi
   builder_.AllReduceTp(x);
   if (probes) (*probes)["embedding"] += ops::MeanAbs(x);
 
-  for (Block& blk : blocks_) {
+  // Every norm after the first reads the residual stream right after its add: one fused op makes
+  // the stream's next value and its norm (the next block's mixer norm, or the final norm).
+  Tensor n = builder_.OperandEmpty({N, d.width}), r = builder_.Empty({N});
+  ops::RmsNormForward(x, (blocks_.empty() ? final_norm_ : blocks_[0].mixer_norm)->value,
+                      d.norm_eps, n, r);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    Block& blk = blocks_[l];
     blk.x = x;
-    x = BlockForward(blk, B, T, probes);
+    blk.r1 = r;
+    const Tensor f = BlockForward(blk, n, B, T, probes);
+    const Parameter* next_norm = l + 1 < blocks_.size() ? blocks_[l + 1].mixer_norm : final_norm_;
+    x = builder_.Empty({N, d.width});
+    n = builder_.OperandEmpty({N, d.width});
+    r = builder_.Empty({N});
+    ops::AddRmsNormForward(blk.h, f, next_norm->value, d.norm_eps, x, n, r);
     if (recompute_) ReleaseBlock(blk);
   }
   xf_in_ = x;
-  xf_ = builder_.Empty({N, d.width});
-  rf_ = builder_.Empty({N});
-  ops::RmsNormForward(x, final_norm_->value, d.norm_eps, xf_, rf_);
+  xf_ = n;
+  rf_ = r;
   if (!full_logits) return;
   logits_ = builder_.Empty({N, d.vocab / builder_.tp.size});
   ops::Matmul(xf_, false, head_->value, true, logits_, out_mult_);
 }
 
-Tensor LanguageModel::BlockForward(Block& blk, int64_t B, int64_t T, Probes* probes) {
+Tensor LanguageModel::BlockForward(Block& blk, const Tensor& n1, int64_t B, int64_t T,
+                                   Probes* probes) {
   const ModelDims& d = builder_.dims;
   const int64_t N = B * T;
-  const Tensor& x = blk.x;
-  Tensor n1 = builder_.Empty({N, d.width});
-  blk.r1 = builder_.Empty({N});
-  ops::RmsNormForward(x, blk.mixer_norm->value, d.norm_eps, n1, blk.r1);
   Tensor m = blk.mixer->Forward(n1, B, T, probes);
   builder_.AllReduceTp(m);
   blk.h = builder_.Empty({N, d.width});
-  ops::Add(x, m, blk.h);
-  Tensor n2 = builder_.Empty({N, d.width});
+  Tensor n2 = builder_.OperandEmpty({N, d.width});
   blk.r2 = builder_.Empty({N});
-  ops::RmsNormForward(blk.h, blk.mlp_norm->value, d.norm_eps, n2, blk.r2);
+  ops::AddRmsNormForward(blk.x, m, blk.mlp_norm->value, d.norm_eps, blk.h, n2, blk.r2);
   Tensor f = blk.mlp->Forward(n2);
   builder_.AllReduceTp(f);
   if (probes) (*probes)["mlp_out"] += ops::MeanAbs(f);
-  Tensor out = builder_.Empty({N, d.width});
-  ops::Add(blk.h, f, out);
-  return out;
+  return f;
 }
 
 void LanguageModel::ReleaseBlock(Block& blk) {
@@ -206,11 +211,15 @@ double LanguageModel::HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* 
     Tensor logits = builder_.Empty({r1 - r0, V});
     ops::Matmul(x, false, w, true, logits, out_mult_);
     if (probes) (*probes)["logits"] += share * ops::MeanAbs(logits);
-    // The loss gradient overwrites the chunk's logits in place.
-    loss += share * Loss(logits, targets_.Rows(r0, r1), backward ? logits : Tensor(),
-                         share * grad_scale);
+    // The loss gradient in its products' form: written rounded (bf16 mode), or over the chunk's
+    // logits in place.
+    Tensor dlogits;
+    if (backward)
+      dlogits = ops::MatmulOperandType(logits.dtype(), logits.device()) != logits.dtype()
+                    ? builder_.OperandEmpty(logits.shape())
+                    : logits;
+    loss += share * Loss(logits, targets_.Rows(r0, r1), dlogits, share * grad_scale);
     if (!backward) continue;
-    const Tensor dlogits = ops::MatmulOperand(logits);
     ops::Matmul(dlogits, true, x, false, head_->grad, out_mult_, 1.0);
     ops::Matmul(dlogits, false, w, false, dxf.Rows(r0, r1), out_mult_, 0.0);
   }
@@ -239,24 +248,35 @@ void LanguageModel::Backward(const Tensor& dxf, GradientReducer* reducer) {
   };
   if (head_ != embedding_) final_grad(head_);
   builder_.AllReduceTp(dxf);
+  // dx: the residual stream's gradient, float32, which each norm's backward adds to. The blocks
+  // read it only through matrix products: in the bf16 mode the norms' backward also writes its
+  // rounded copy, dx_operand, which the blocks take instead.
   Tensor dx = builder_.Empty({N, d.width});
-  ops::RmsNormBackward(xf_in_, final_norm_->value, rf_, dxf, dx, final_norm_->grad);
+  const bool round = ops::MatmulOperandType(dx.dtype(), dx.device()) != dx.dtype();
+  const Tensor dx_operand = round ? builder_.OperandEmpty({N, d.width}) : Tensor();
+  const Tensor& dx_in = round ? dx_operand : dx;
+  ops::RmsNormBackward(xf_in_, final_norm_->value, rf_, dxf, dx, final_norm_->grad, false,
+                       dx_operand);
   final_grad(final_norm_);
 
-  Tensor tmp = builder_.Empty({N, d.width});
   for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) {
     Block& blk = *it;
-    if (recompute_) BlockForward(blk, batch_, seq_, nullptr);
+    if (recompute_) {
+      Tensor n1 = builder_.OperandEmpty({N, d.width});
+      blk.r1 = builder_.Empty({N});
+      ops::RmsNormForward(blk.x, blk.mixer_norm->value, d.norm_eps, n1, blk.r1);
+      BlockForward(blk, n1, batch_, seq_, nullptr);
+    }
     // out = h + mlp(norm(h)): dh = dout + norm'(mlp'(dout)).
-    Tensor dn2 = blk.mlp->Backward(dx);
+    Tensor dn2 = blk.mlp->Backward(dx_in);
     builder_.AllReduceTp(dn2);
-    ops::RmsNormBackward(blk.h, blk.mlp_norm->value, blk.r2, dn2, tmp, blk.mlp_norm->grad);
-    ops::Axpy(1.0, tmp, dx);
+    ops::RmsNormBackward(blk.h, blk.mlp_norm->value, blk.r2, dn2, dx, blk.mlp_norm->grad, true,
+                         dx_operand);
     // h = x + mixer(norm(x)): dx = dh + norm'(mixer'(dh)).
-    Tensor dn1 = blk.mixer->Backward(dx);
+    Tensor dn1 = blk.mixer->Backward(dx_in);
     builder_.AllReduceTp(dn1);
-    ops::RmsNormBackward(blk.x, blk.mixer_norm->value, blk.r1, dn1, tmp, blk.mixer_norm->grad);
-    ops::Axpy(1.0, tmp, dx);
+    ops::RmsNormBackward(blk.x, blk.mixer_norm->value, blk.r1, dn1, dx, blk.mixer_norm->grad, true,
+                         dx_operand);
     for (size_t i = blk.end_param; i-- > blk.first_param;) final_grad(params_.all()[i].get());
     // Done with the block's activations: their memory serves the blocks below.
     ReleaseBlock(blk);

@@ -72,8 +72,10 @@ class LanguageModel {
   // full [N, vocab] logits never exist at once; with dxf ([N, width]) also the head's backward:
   // head grad += and dxf = the loss gradient at the final norm's output (this rank's part).
   double HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* probes);
-  // One block from its input blk.x, saving its activations; returns its output.
-  Tensor BlockForward(Block& blk, int64_t B, int64_t T, Probes* probes);
+  // One block from its input blk.x and n1, blk.x's mixer norm (blk.r1 set), saving its
+  // activations; returns the MLP's output f (the block's output is blk.h + f, made by the fused
+  // add-and-norm after it).
+  Tensor BlockForward(Block& blk, const Tensor& n1, int64_t B, int64_t T, Probes* probes);
   // Drops a block's saved activations but its input (recomputation keeps it to run the block
   // again; the backward drops it too).
   void ReleaseBlock(Block& blk);

@@ -401,7 +401,10 @@ TEST(CudaOpsTest, Optimizers) {
 
 TEST(CudaOpsTest, RmsNorm) {
   GDN_REQUIRE_GPU();
-  for (const Shape shape : {Shape{1, 8}, Shape{37, 96}, Shape{300, 1024}, Shape{4800, 64}}) {
+  // More rows than the backward's blocks (grid-stride), and a width whose per-block weight
+  // gradient needs more than 48 KB of shared memory.
+  for (const Shape shape : {Shape{1, 8}, Shape{37, 96}, Shape{300, 1024}, Shape{4800, 64},
+                            Shape{3, 20000}}) {
     const int64_t n = shape[0], d = shape[1];
     const Tensor x = Rand(shape, -3, 3), w = Rand({d}, 0.5, 1.5), dy = Rand(shape);
     const Tensor y = Tensor::Empty(shape, DType::kF32), r = Tensor::Empty({n}, DType::kF32);
@@ -411,12 +414,27 @@ TEST(CudaOpsTest, RmsNorm) {
     ops::RmsNormForward(Dev(x), Dev(w), 1e-6, yd, rd);
     Compare("RmsNormForward", "y", yd, y, kTol);
     Compare("RmsNormForward", "rstd", rd, r, kTol);
+    const Tensor res = Rand(shape, -3, 3);
+    const Tensor h = Tensor::Empty(shape, DType::kF32), hd = Tensor::Empty(shape, DType::kF32, kGpu);
+    ops::AddRmsNormForward(x, res, w, 1e-6, h, y, r);
+    ops::AddRmsNormForward(Dev(x), Dev(res), Dev(w), 1e-6, hd, yd, rd);
+    Compare("AddRmsNormForward", "h", hd, h, 0);
+    Compare("AddRmsNormForward", "y", yd, y, kTol);
+    Compare("AddRmsNormForward", "rstd", rd, r, kTol);
     const Tensor dw = Rand({d}), dwd = Dev(dw);  // accumulates into these values
     const Tensor dx = Tensor::Empty(shape, DType::kF32), dxd = Tensor::Empty(shape, DType::kF32, kGpu);
     ops::RmsNormBackward(x, w, r, dy, dx, dw);
     ops::RmsNormBackward(Dev(x), Dev(w), rd, Dev(dy), dxd, dwd);
     Compare("RmsNormBackward", "dx", dxd, dx, kTol);
     Compare("RmsNormBackward", "dw", dwd, dw, kTol);
+    // Adding into a residual gradient, with its copy.
+    const Tensor acc = Rand(shape), accd = Dev(acc);
+    const Tensor copy = Tensor::Empty(shape, DType::kF32, kGpu);
+    ops::RmsNormBackward(x, w, r, dy, acc, dw, true);
+    ops::RmsNormBackward(Dev(x), Dev(w), rd, Dev(dy), accd, dwd, true, copy);
+    Compare("RmsNormBackward", "dx_accumulated", accd, acc, kTol);
+    Compare("RmsNormBackward", "dx_operand", copy, acc, kTol);
+    Compare("RmsNormBackward", "dw_twice", dwd, dw, kTol);
   }
 }
 
@@ -443,8 +461,9 @@ TEST(CudaOpsTest, L2NormHeads) {
 
 TEST(CudaOpsTest, GatedRmsNorm) {
   GDN_REQUIRE_GPU();
-  for (const int64_t head_dim : {int64_t{64}, int64_t{128}})
-    for (const int64_t n : {int64_t{1}, int64_t{70}, int64_t{1000}}) {
+  // 3000 x 4 rows: more row groups than the backward's blocks (grid-stride).
+  for (const int64_t head_dim : {int64_t{64}, int64_t{128}, int64_t{256}})
+    for (const int64_t n : {int64_t{1}, int64_t{70}, int64_t{3000}}) {
       const Shape shape{n, 4 * head_dim};
       const Tensor o = Rand(shape, -2, 2), g = Rand(shape, -5, 5), w = Rand({head_dim}, 0.5, 1.5);
       const Tensor dy = Rand(shape);
@@ -459,11 +478,13 @@ TEST(CudaOpsTest, GatedRmsNorm) {
       const Tensor dod = Tensor::Empty(shape, DType::kF32, kGpu),
                    dgd = Tensor::Empty(shape, DType::kF32, kGpu);
       const Tensor dw = Rand({head_dim}), dwd = Dev(dw);
+      const Tensor y2d = Tensor::Empty(shape, DType::kF32, kGpu);
       ops::GatedRmsNormBackward(o, g, w, r, head_dim, dy, d_o, dg, dw);
-      ops::GatedRmsNormBackward(Dev(o), Dev(g), Dev(w), rd, head_dim, Dev(dy), dod, dgd, dwd);
+      ops::GatedRmsNormBackward(Dev(o), Dev(g), Dev(w), rd, head_dim, Dev(dy), dod, dgd, dwd, y2d);
       Compare("GatedRmsNormBackward", "d_o", dod, d_o, kTol);
       Compare("GatedRmsNormBackward", "dg", dgd, dg, kTol);
       Compare("GatedRmsNormBackward", "dw", dwd, dw, kTol);
+      ExpectBitEqual("GatedRmsNormBackward y (the forward's)", y2d, yd);
     }
 }
 
@@ -523,11 +544,30 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   ExpectBitEqual("GatedRmsNormForward rstd", r2, r);
   const Tensor d_o = f32(ns), d_o2 = f32(ns), dgn = f32(ns), dgn16 = bf16(ns);
   const Tensor dw = Dev(Tensor::Zeros({head_dim}, DType::kF32)), dw2 = dw.Clone();
+  const Tensor yb16 = bf16(ns);
   ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o, dgn, dw);
-  ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o2, dgn16, dw2);
+  ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o2, dgn16, dw2, yb16);
   ExpectRoundingOf("GatedRmsNormBackward dg", dgn16, dgn);
+  ExpectRoundingOf("GatedRmsNormBackward y", yb16, y);
   ExpectBitEqual("GatedRmsNormBackward d_o", d_o2, d_o);
   ExpectBitEqual("GatedRmsNormBackward dw", dw2, dw);
+
+  const Shape rs{37, 1024};
+  const Tensor rx = Dev(Rand(rs, -3, 3)), res = Dev(Rand(rs)), rw = Dev(Rand({1024}, 0.5, 1.5));
+  const Tensor ry = f32(rs), ry16 = bf16(rs), rr = f32({37}), rr2 = f32({37});
+  ops::RmsNormForward(rx, rw, 1e-6, ry, rr);
+  ops::RmsNormForward(rx, rw, 1e-6, ry16, rr2);
+  ExpectRoundingOf("RmsNormForward y", ry16, ry);
+  ExpectBitEqual("RmsNormForward rstd", rr2, rr);
+  const Tensor h = f32(rs), h2 = f32(rs);
+  ops::AddRmsNormForward(rx, res, rw, 1e-6, h, ry, rr);
+  ops::AddRmsNormForward(rx, res, rw, 1e-6, h2, ry16, rr2);
+  ExpectRoundingOf("AddRmsNormForward y", ry16, ry);
+  ExpectBitEqual("AddRmsNormForward h", h2, h);
+  const Tensor rdy = Dev(Rand(rs)), rdx = f32(rs), rdx16 = bf16(rs);
+  const Tensor rdw = Dev(Tensor::Zeros({1024}, DType::kF32));
+  ops::RmsNormBackward(rx, rw, rr, rdy, rdx, rdw, false, rdx16);
+  ExpectRoundingOf("RmsNormBackward dx_operand", rdx16, rdx);
 
   const Shape cs{2, 130, 96};  // a sequence spanning three of the backward's segments
   const Tensor x = Dev(Rand(cs)), cw = Dev(Rand({96, 4})), cdy = Dev(Rand(cs));
@@ -537,6 +577,23 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   ops::CausalConvSiluBackward(x, cw, cdy, dx16, cdw2);
   ExpectRoundingOf("CausalConvSiluBackward dx", dx16, dx);
   ExpectBitEqual("CausalConvSiluBackward dw", cdw2, cdw);
+
+  for (const int64_t V : {int64_t{32000}, int64_t{50257}}) {  // rows in registers, and not
+    const Shape ls{5, V};
+    const Tensor logits = Dev(Rand(ls, -8, 8)), tgt = Dev(RandTokens(5, 0, V));
+    const Tensor dl = f32(ls), dl16 = bf16(ls);
+    const double loss = ops::CrossEntropy(logits, tgt, dl, 0.5);
+    EXPECT_EQ(ops::CrossEntropy(logits, tgt, dl16, 0.5), loss);
+    ExpectRoundingOf("CrossEntropy dlogits", dl16, dl);
+  }
+  const Tensor sl = Dev(Rand({5, 300}, -8, 8)), st = Dev(RandTokens(5, 0, 1000));
+  const Tensor mx = f32({5}), se = f32({5}), tl = f32({5});
+  ops::RowMax(sl, mx);
+  ops::SoftmaxRowStats(sl, st, 100, mx, se, tl);
+  const Tensor sdl = f32({5, 300}), sdl16 = bf16({5, 300});
+  ops::CrossEntropyFromStats(sl, st, 100, mx, se, tl, sdl, 0.5);
+  ops::CrossEntropyFromStats(sl, st, 100, mx, se, tl, sdl16, 0.5);
+  ExpectRoundingOf("CrossEntropyFromStats dlogits", sdl16, sdl);
 }
 
 // The [stored] inputs (kernels/op_set.inc): a bf16 tensor gives bit for bit what a float32 tensor
@@ -790,7 +847,8 @@ TEST(CudaOpsTest, Embedding) {
 TEST(CudaOpsTest, CrossEntropy) {
   GDN_REQUIRE_GPU();
   for (const int64_t n : {int64_t{1}, int64_t{37}})
-    for (const int64_t V : {int64_t{10}, int64_t{1000}, int64_t{50257}}) {
+    // Rows held in registers (up to 32768 logits: 10, 1000, 32000) and longer ones (50257).
+    for (const int64_t V : {int64_t{10}, int64_t{1000}, int64_t{32000}, int64_t{50257}}) {
       const Tensor logits = Rand({n, V}, -8, 8), tgt = RandTokens(n, 0, V);
       const Tensor dl = Tensor::Empty({n, V}, DType::kF32),
                    dld = Tensor::Empty({n, V}, DType::kF32, kGpu);

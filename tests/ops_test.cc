@@ -297,6 +297,40 @@ TEST(OpsTest, RmsNormBackwardMatchesFiniteDifferences) {
                     [&](const Tensor& g) { ops::RmsNormBackward(x, w, rstd, R, dx, g); });
 }
 
+// The fused forms the model runs: the residual add with the norm after it, and the backward that
+// adds into the residual stream's gradient and writes its copy.
+TEST(OpsTest, AddRmsNormForwardIsAddThenRmsNorm) {
+  const int64_t n = 5, d = 12;
+  const Tensor x = Rand({n, d}, 40, -2, 2, kF32), res = Rand({n, d}, 41, -2, 2, kF32);
+  const Tensor w = Rand({d}, 42, 0.5, 1.5, kF32);
+  Tensor h = Tensor::Empty({n, d}, kF32), y = Tensor::Empty({n, d}, kF32);
+  Tensor r = Tensor::Empty({n}, kF32);
+  ops::AddRmsNormForward(x, res, w, 1e-5, h, y, r);
+  for (int64_t i = 0; i < n * d; ++i)  // the float32 sum
+    EXPECT_EQ(h.data<float>()[i], x.data<float>()[i] + res.data<float>()[i]) << i;
+  Tensor y2 = Tensor::Empty({n, d}, kF32), r2 = Tensor::Empty({n}, kF32);
+  ops::RmsNormForward(h, w, 1e-5, y2, r2);
+  for (int64_t i = 0; i < n * d; ++i) EXPECT_EQ(y.at(i), y2.at(i)) << i;
+  for (int64_t i = 0; i < n; ++i) EXPECT_EQ(r.at(i), r2.at(i)) << i;
+}
+
+TEST(OpsTest, RmsNormBackwardAccumulatesAndCopies) {
+  const int64_t n = 6, d = 8;
+  const Tensor x = Rand({n, d}, 43, -2, 2), w = Rand({d}, 44, -1.5, 1.5), dy = Rand({n, d}, 45);
+  Tensor y = Tensor::Empty({n, d}, kF64), rstd = Tensor::Empty({n}, kF64);
+  ops::RmsNormForward(x, w, 1e-5, y, rstd);
+  Tensor dx = Tensor::Empty({n, d}, kF64), dw = Tensor::Zeros({d}, kF64);
+  ops::RmsNormBackward(x, w, rstd, dy, dx, dw);
+  const Tensor before = Rand({n, d}, 46);
+  Tensor acc = before.Clone(), copy = Filled({n, d}, 7), dw2 = Tensor::Zeros({d}, kF64);
+  ops::RmsNormBackward(x, w, rstd, dy, acc, dw2, true, copy);
+  Vec want(n * d);
+  for (int64_t i = 0; i < n * d; ++i) want[i] = before.at(i) + dx.at(i);
+  EXPECT_LT(RelErr(acc, want), kExactTol);
+  for (int64_t i = 0; i < n * d; ++i) EXPECT_EQ(copy.at(i), acc.at(i)) << i;
+  for (int64_t i = 0; i < d; ++i) EXPECT_EQ(dw2.at(i), dw.at(i)) << i;
+}
+
 TEST(OpsTest, L2NormHeadsForward) {
   const int64_t n = 5, heads = 3, hd = 4;
   const double eps = 1e-6;
@@ -375,6 +409,10 @@ TEST(OpsTest, GatedRmsNormBackwardMatchesFiniteDifferences) {
   ExpectAccumulates("GatedRmsNorm dw", {hd}, [&](const Tensor& dwt) {
     ops::GatedRmsNormBackward(o, g, w, rstd, hd, R, d_o, dg, dwt);
   });
+  // The backward's y is the forward's, bit for bit.
+  Tensor y2 = Filled(o.shape(), 7), dw2 = Tensor::Zeros({hd}, kF64);
+  ops::GatedRmsNormBackward(o, g, w, rstd, hd, R, d_o, dg, dw2, y2);
+  for (int64_t i = 0; i < o.numel(); ++i) EXPECT_EQ(y2.at(i), y.at(i)) << i;
 }
 
 // -------------------------------------------------------------------- causal conv + SiLU

@@ -2,6 +2,7 @@
 // All three are "normalise a row of D numbers" with the backward
 //   dx = r * (dn - n * mean(dn * n)),  n = x * r,
 // where dn is the gradient reaching the normalised row.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -55,15 +56,24 @@ void RmsNormForward(const Tensor& x, const Tensor& w, double eps, const Tensor& 
   });
 }
 
+void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, double eps,
+                       const Tensor& h, const Tensor& y, const Tensor& rstd) {
+  Add(x, r, h);
+  RmsNormForward(h, w, eps, y, rstd);
+}
+
 void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
-                     const Tensor& dx, const Tensor& dw) {
+                     const Tensor& dx, const Tensor& dw, bool accumulate,
+                     const Tensor& dx_operand) {
   const int64_t d = w.numel(), n = x.numel() / d;
   CheckSame(x, dy, "RmsNormBackward");
   CheckSame(x, dx, "RmsNormBackward");
+  if (dx_operand.defined()) CheckSame(x, dx_operand, "RmsNormBackward dx_operand");
   DispatchFloat(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const T *px = x.data<T>(), *pw = w.data<T>(), *pr = rstd.data<T>(), *pdy = dy.data<T>();
     T* pdx = dx.data<T>();
+    T* pdxo = dx_operand.defined() ? dx_operand.data<T>() : nullptr;
     WeightGradAccumulator<T> acc(d);
 #pragma omp parallel
     {
@@ -79,7 +89,9 @@ void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const
         }
         dot /= d;
         T* dxr = pdx + row * d;
-        for (int64_t i = 0; i < d; ++i) dxr[i] = r * (pw[i] * dyr[i] - xr[i] * r * dot);
+        for (int64_t i = 0; i < d; ++i)
+          dxr[i] = (accumulate ? dxr[i] : T(0)) + r * (pw[i] * dyr[i] - xr[i] * r * dot);
+        if (pdxo) std::copy(dxr, dxr + d, pdxo + row * d);
       }
     }
     acc.AddTo(dw.data<T>());
@@ -155,16 +167,18 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
 
 void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, const Tensor& rstd,
                           int64_t head_dim, const Tensor& dy, const Tensor& d_o, const Tensor& dg,
-                          const Tensor& dw) {
+                          const Tensor& dw, const Tensor& y) {
   CheckSame(o, dy, "GatedRmsNormBackward");
   CheckSame(o, d_o, "GatedRmsNormBackward");
   CheckSame(o, dg, "GatedRmsNormBackward");
+  if (y.defined()) CheckSame(o, y, "GatedRmsNormBackward y");
   const int64_t rows = o.numel() / head_dim;
   DispatchFloat(o.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const T *po = o.data<T>(), *pg = g.data<T>(), *pw = w.data<T>(), *pr = rstd.data<T>(),
             *pdy = dy.data<T>();
     T *pdo = d_o.data<T>(), *pdg = dg.data<T>();
+    T* py = y.defined() ? y.data<T>() : nullptr;
     WeightGradAccumulator<T> acc(head_dim);
 #pragma omp parallel
     {
@@ -180,6 +194,7 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
           const T dn = pdy[base + i] * pw[i] * silu;
           pdg[base + i] = pdy[base + i] * n * pw[i] * s * (T(1) + gi * (T(1) - s));
           dwl[i] += pdy[base + i] * n * silu;
+          if (py) py[base + i] = po[base + i] * r * pw[i] * gi * s;  // the forward's expression
           dot += dn * n;
           pdo[base + i] = dn;  // dn for now; normalised below
         }

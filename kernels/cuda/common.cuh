@@ -93,6 +93,16 @@ inline StoredIn CheckStoredIn(const Tensor& in, int64_t numel, const char* what)
 }
 
 constexpr int kThreads = 256;
+// The device's streaming multiprocessors (the device is chosen once per process).
+inline int SmCount() {
+  static const int count = [] {
+    int dev = 0, n = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  return count;
+}
 // Blocks for a grid-stride loop over n elements.
 inline int GridFor(int64_t n, int threads = kThreads) {
   return static_cast<int>(std::clamp<int64_t>((n + threads - 1) / threads, 1, 1 << 16));

@@ -16,8 +16,59 @@ void CheckTokens(const Tensor& t, const char* op) {
 }
 
 // Mean-loss terms per row (lse - target logit) and the fused gradient, as the CPU's loop body.
+// Rows of up to kRowThreads * kPer logits: the block holds its row in registers (kPer values a
+// thread), so the logits are read from memory once; the max, the sum of exponentials (each value
+// replaced by its exponential) and the gradient are passes over registers.
+constexpr int kRowThreads = 512;  // up to 128 registers a thread: 64 values kept without spills
+template <int kPer>
+__global__ void __launch_bounds__(kRowThreads)
+    CrossEntropyRowKernel(const float* logits, const int32_t* targets, int64_t vocab, float gscale,
+                          float* row_loss, OperandOut dlogits, int* bad) {
+  __shared__ float shm[32];
+  const int64_t i = blockIdx.x;
+  const float* row = logits + i * vocab;
+  const int32_t tgt = targets[i];
+  if (tgt < 0 || tgt >= vocab) {
+    if (threadIdx.x == 0) *bad = 1;
+    return;
+  }
+  const float target_logit = row[tgt];  // read before dlogits (which may alias) is written
+  // This thread's logits: mine[k * kRowThreads] for k * kRowThreads < left (32-bit offsets).
+  const float* mine = row + threadIdx.x;
+  const int left = static_cast<int>(vocab) - static_cast<int>(threadIdx.x);
+  float v[kPer];
+  float m = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    v[k] = k * kRowThreads < left ? mine[k * kRowThreads] : -INFINITY;
+    m = fmaxf(m, v[k]);
+  }
+  const float mx = BlockReduce(m, MaxOp(), shm);
+  float z = 0;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    v[k] = v[k] == -INFINITY ? 0.0f : expf(v[k] - mx);  // (-inf adds nothing, even if mx is -inf)
+    z += v[k];
+  }
+  z = BlockReduce(z, SumOp(), shm);
+  const float lse = mx + logf(z);
+  if (threadIdx.x == 0) row_loss[i] = lse - target_logit;
+  if (!dlogits.p) return;
+  const float scale = gscale / z;
+  const int64_t out = i * vocab + threadIdx.x;
+  const int tgt_offset = tgt - static_cast<int>(threadIdx.x);
+#pragma unroll
+  for (int k = 0; k < kPer; ++k)
+    if (k * kRowThreads < left)
+      dlogits.Set(out + k * kRowThreads, k * kRowThreads == tgt_offset
+                                             ? (expf(target_logit - lse) - 1.0f) * gscale
+                                             : v[k] * scale);
+}
+
+// Longer rows: two passes over memory, the first finding the max and the sum of exponentials
+// together.
 __global__ void CrossEntropyKernel(const float* logits, const int32_t* targets, int64_t vocab,
-                                   float gscale, float* row_loss, float* dlogits, int* bad) {
+                                   float gscale, float* row_loss, OperandOut dlogits, int* bad) {
   __shared__ float shm[32];
   const int64_t i = blockIdx.x;
   const float* row = logits + i * vocab;
@@ -44,10 +95,10 @@ __global__ void CrossEntropyKernel(const float* logits, const int32_t* targets, 
   z = BlockReduce(m == -INFINITY ? 0.0f : z * expf(m - mx), SumOp(), shm);  // ends with a barrier
   const float lse = mx + logf(z);
   if (threadIdx.x == 0) row_loss[i] = lse - target_logit;
-  if (!dlogits) return;
-  float* drow = dlogits + i * vocab;
+  if (!dlogits.p) return;
   for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
-    drow[j] = j == tgt ? (expf(target_logit - lse) - 1.0f) * gscale : expf(row[j] - lse) * gscale;
+    dlogits.Set(i * vocab + j, j == tgt ? (expf(target_logit - lse) - 1.0f) * gscale
+                                        : expf(row[j] - lse) * gscale);
 }
 
 __global__ void RowMaxKernel(const float* logits, int64_t v, float* row_max) {
@@ -121,19 +172,31 @@ double CrossEntropy(const Tensor& logits, const Tensor& targets, const Tensor& d
   CheckTokens(targets, "CrossEntropy");
   const int64_t n = targets.numel(), vocab = logits.dim(-1);
   CHECK_EQ(logits.numel(), n * vocab);
-  if (dlogits.defined()) CheckSame(logits, dlogits, "CrossEntropy");
+  const OperandOut pd = dlogits.defined() ? CheckOperandOut(dlogits, logits, "CrossEntropy dlogits")
+                                           : OperandOut{nullptr, false};
   if (n == 0) return std::numeric_limits<double>::quiet_NaN();  // as the CPU: mean of nothing
   Tensor row_loss = Tensor::Empty({n}, DType::kF32, Device::kCUDA);
   Tensor bad = Tensor::Zeros({1}, DType::kI32, Device::kCUDA);
-  CrossEntropyKernel<<<n, kThreads, 0, Stream()>>>(
-      F32(logits), targets.data<int32_t>(), vocab, static_cast<float>(grad_scale / n),
-      F32(row_loss), dlogits.defined() ? F32(dlogits) : nullptr, bad.data<int32_t>());
+  const float* pl = F32(logits);
+  const int32_t* pt = targets.data<int32_t>();
+  const float gs = static_cast<float>(grad_scale / n);
+  float* pr = F32(row_loss);
+  int* pb = bad.data<int32_t>();
+  const int64_t per = (vocab + kRowThreads - 1) / kRowThreads;
+  if (per <= 1) CrossEntropyRowKernel<1><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
+  else if (per <= 2) CrossEntropyRowKernel<2><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
+  else if (per <= 4) CrossEntropyRowKernel<4><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
+  else if (per <= 8) CrossEntropyRowKernel<8><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
+  else if (per <= 16) CrossEntropyRowKernel<16><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
+  else if (per <= 32) CrossEntropyRowKernel<32><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
+  else if (per <= 64) CrossEntropyRowKernel<64><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
+  else CrossEntropyKernel<<<n, kThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
   CUDA_CHECK_LAUNCH();
   int host_bad = 0;
   CopyDeviceToHost(&host_bad, bad.raw(), sizeof(int));
   CHECK(!host_bad) << "CrossEntropy: a target outside the vocabulary [0, " << vocab << ")";
-  const float* pl = F32(row_loss);
-  return SumToHost([=] __device__(int64_t i) { return static_cast<double>(pl[i]); }, n) / n;
+  const float* rl = pr;
+  return SumToHost([=] __device__(int64_t i) { return static_cast<double>(rl[i]); }, n) / n;
 }
 
 void RowMax(const Tensor& logits, const Tensor& row_max) {
@@ -173,15 +236,14 @@ double CrossEntropyFromStats(const Tensor& logits, const Tensor& targets, int64_
   const int32_t* tgt = targets.data<int32_t>();
   const float *pl = F32(logits), *pm = F32(row_max), *ps = F32(sum_exp), *pt = F32(target_logit);
   if (dlogits.defined()) {
-    CheckSame(logits, dlogits, "CrossEntropyFromStats");
-    float* pd = F32(dlogits);
+    const OperandOut pd = CheckOperandOut(dlogits, logits, "CrossEntropyFromStats dlogits");
     const float gscale = static_cast<float>(grad_scale / n);
     ForEach(n * v, [=] __device__(int64_t k) {
       const int64_t i = k / v, j = k % v;
       const float lse = pm[i] + logf(ps[i]);
       float g = expf(pl[k] - lse) * gscale;
       if (j == tgt[i] - vocab_offset) g -= gscale;
-      pd[k] = g;
+      pd.Set(k, g);
     });
   }
   return SumToHost(

@@ -1,7 +1,7 @@
 // RMSNorm, the per-head L2 norm and the gated per-head RMSNorm on CUDA (twins of
 // kernels/cpu/norms.cc): one warp per row for the row statistics (shuffle sums, no barriers: the
-// rows are short and many), but for RMSNorm's backward; weight gradients accumulate through
-// deterministic column sums.
+// rows are short and many), but for RMSNorm's backward. The backwards sum their weight gradients
+// per block as they go, then AddColumnSums adds the blocks' rows in a fixed order (deterministic).
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -25,35 +25,63 @@ inline unsigned RowBlocks(int64_t rows) {
   const int lane = threadIdx.x & 31;                                                \
   if (row >= (rows)) return
 
-// mode 0: RMS (divide the sum of squares by d); mode 1: L2 (no division).
-__global__ void RowNormForwardKernel(const float* x, const float* w, int64_t rows, int64_t d,
-                                     float eps, bool rms, float* y, float* rstat) {
+// rms: divide the sum of squares by d (RMSNorm), else not (the L2 norm). With res the row is
+// x + res, written to h first (the residual add fused with the norm after it); each lane reads
+// back only what it wrote.
+__global__ void RowNormForwardKernel(const float* x, const float* res, const float* w,
+                                     int64_t rows, int64_t d, float eps, bool rms, float* h,
+                                     OperandOut y, float* rstat) {
   GDN_WARP_ROW(rows);
   const float* xr = x + row * d;
   float ss = 0;
+  if (res) {
+    const float* rr = res + row * d;
+    float* hr = h + row * d;
 #pragma unroll 4
-  for (int64_t i = lane; i < d; i += 32) ss += xr[i] * xr[i];
+    for (int64_t i = lane; i < d; i += 32) {
+      const float v = xr[i] + rr[i];
+      hr[i] = v;
+      ss += v * v;
+    }
+    xr = hr;
+  } else {
+#pragma unroll 4
+    for (int64_t i = lane; i < d; i += 32) ss += xr[i] * xr[i];
+  }
   ss = WarpSum(ss);
   const float r = 1.0f / sqrtf((rms ? ss / static_cast<float>(d) : ss) + eps);
   if (lane == 0) rstat[row] = r;
-  float* yr = y + row * d;
-  for (int64_t i = lane; i < d; i += 32) yr[i] = w ? xr[i] * r * w[i] : xr[i] * r;
+  for (int64_t i = lane; i < d; i += 32) y.Set(row * d + i, w ? xr[i] * r * w[i] : xr[i] * r);
 }
 
-// The one block-per-row kernel: RMSNorm's rows are the model's width (1024 and more), where a
-// warp per row measured slower (89 against 69 us a launch at 16384 x 1024 on an H200).
+// A block per row at a time (RMSNorm's rows are the model's width, 1024 and more, where a warp per
+// row measured slower: 89 against 69 us a launch at 16384 x 1024 on an H200), the grid striding
+// over the rows. Each thread keeps the weight gradient's partial sums of its columns (i =
+// threadIdx.x mod blockDim.x) in shared memory and writes them once: per-block partial rows that
+// AddColumnSums adds in a fixed order, with no second pass over x and dy.
 __global__ void RmsNormBackwardKernel(const float* x, const float* w, const float* rstd,
-                                      const float* dy, int64_t d, float* dx) {
+                                      const float* dy, int64_t rows, int64_t d, bool accumulate,
+                                      float* dx, OperandOut dx_operand, float* dw_partial) {
+  extern __shared__ float dw_local[];  // [d]
   __shared__ float shm[32];
-  const int64_t row = blockIdx.x;
-  const float *xr = x + row * d, *dyr = dy + row * d;
-  const float r = rstd[row];
-  float dot = 0;  // mean(dn * n) with dn = w * dy, n = x * r
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dot += w[i] * dyr[i] * xr[i] * r;
-  dot = BlockReduce(dot, SumOp(), shm) / static_cast<float>(d);
-  float* dxr = dx + row * d;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    dxr[i] = r * (w[i] * dyr[i] - xr[i] * r * dot);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dw_local[i] = 0;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float *xr = x + row * d, *dyr = dy + row * d;
+    const float r = rstd[row];
+    float dot = 0;  // mean(dn * n) with dn = w * dy, n = x * r
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      dot += w[i] * dyr[i] * xr[i] * r;
+      dw_local[i] += dyr[i] * xr[i] * r;
+    }
+    dot = BlockReduce(dot, SumOp(), shm) / static_cast<float>(d);
+    float* dxr = dx + row * d;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      const float v = (accumulate ? dxr[i] : 0.0f) + r * (w[i] * dyr[i] - xr[i] * r * dot);
+      dxr[i] = v;
+      if (dx_operand.p) dx_operand.Set(row * d + i, v);
+    }
+  }
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dw_partial[blockIdx.x * d + i] = dw_local[i];
 }
 
 __global__ void L2NormHeadsBackwardKernel(const float* y, const float* rnorm, const float* dy,
@@ -86,24 +114,62 @@ __global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, const floa
   }
 }
 
+// A warp per row, the grid striding over groups of kRowsPerBlock rows. Each warp keeps the weight
+// gradient's partial sums of its lanes' columns in shared memory; the block adds its warps' in
+// order and writes one partial row (no second pass over o, g and dy for dw). y, when given: the
+// forward's output again, in the forward's order of operations.
 __global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const float* w,
                                            const float* rstd, const float* dy, int64_t rows,
-                                           int64_t d, float* d_o, OperandOut dg) {
-  GDN_WARP_ROW(rows);
-  const int64_t base = row * d;
-  const float r = rstd[row];
-  float dot = 0;
+                                           int64_t d, float* d_o, OperandOut dg, OperandOut y,
+                                           float* dw_partial) {
+  extern __shared__ float dw_local[];  // [kRowsPerBlock][d]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* mine = dw_local + warp * d;
+  for (int64_t i = lane; i < d; i += 32) mine[i] = 0;
+  for (int64_t row = blockIdx.x * int64_t{kRowsPerBlock} + warp; row < rows;
+       row += int64_t{gridDim.x} * kRowsPerBlock) {
+    const int64_t base = row * d;
+    const float r = rstd[row];
+    float dot = 0;
 #pragma unroll 4
-  for (int64_t i = lane; i < d; i += 32) {
-    const float gi = g[base + i], s = SigmoidF(gi), silu = gi * s;
-    const float n = o[base + i] * r;
-    const float dn = dy[base + i] * w[i] * silu;
-    dg.Set(base + i, dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s)));
-    dot += dn * n;
-    d_o[base + i] = dn;  // dn for now; normalised below (by this same thread)
+    for (int64_t i = lane; i < d; i += 32) {
+      const float gi = g[base + i], s = SigmoidF(gi), silu = gi * s;
+      const float n = o[base + i] * r;
+      const float dn = dy[base + i] * w[i] * silu;
+      dg.Set(base + i, dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s)));
+      mine[i] += dy[base + i] * n * silu;
+      if (y.p) y.Set(base + i, o[base + i] * r * w[i] * gi * s);
+      dot += dn * n;
+      d_o[base + i] = dn;  // dn for now; normalised below (by this same thread)
+    }
+    dot = WarpSum(dot) / static_cast<float>(d);
+    for (int64_t i = lane; i < d; i += 32)
+      d_o[base + i] = r * (d_o[base + i] - o[base + i] * r * dot);
   }
-  dot = WarpSum(dot) / static_cast<float>(d);
-  for (int64_t i = lane; i < d; i += 32) d_o[base + i] = r * (d_o[base + i] - o[base + i] * r * dot);
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    float sum = 0;
+    for (int k = 0; k < kRowsPerBlock; ++k) sum += dw_local[k * d + i];
+    dw_partial[blockIdx.x * d + i] = sum;
+  }
+}
+
+// Blocks for a kernel that strides over `units` (rows, or groups of rows) and keeps `smem` bytes
+// of per-block partial sums: enough to fill the GPU, few enough that the partial rows stay small.
+int PartialBlocks(int64_t units, size_t smem, const void* kernel) {
+  static int max_smem = [] {
+    int dev = 0, v = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return v;
+  }();
+  CHECK_LE(smem, static_cast<size_t>(max_smem))
+      << "a norm's weight gradient needs " << smem << " bytes of shared memory per block, more "
+      << "than this GPU's " << max_smem << " (the norm's width is too large)";
+  if (smem > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)));
+  return static_cast<int>(std::min<int64_t>(units, 8 * int64_t{SmCount()}));
 }
 
 #undef GDN_WARP_ROW
@@ -115,30 +181,49 @@ void RmsNormForward(const Tensor& x, const Tensor& w, double eps, const Tensor& 
   CheckF32(x, "RmsNormForward");
   CheckF32(w, "RmsNormForward");
   const int64_t d = w.numel(), n = x.numel() / d;
-  CheckSame(x, y, "RmsNormForward");
+  const OperandOut py = CheckOperandOut(y, x, "RmsNormForward");
   CHECK_EQ(rstd.numel(), n);
   if (n == 0) return;
-  RowNormForwardKernel<<<RowBlocks(n), kThreads, 0, Stream()>>>(F32(x), F32(w), n, d, eps, true,
-                                                                F32(y), F32(rstd));
+  RowNormForwardKernel<<<RowBlocks(n), kThreads, 0, Stream()>>>(
+      F32(x), nullptr, F32(w), n, d, eps, true, nullptr, py, F32(rstd));
+  CUDA_CHECK_LAUNCH();
+}
+
+void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, double eps,
+                       const Tensor& h, const Tensor& y, const Tensor& rstd) {
+  CheckF32(x, "AddRmsNormForward");
+  CheckF32(w, "AddRmsNormForward");
+  CheckSame(x, r, "AddRmsNormForward");
+  CheckSame(x, h, "AddRmsNormForward");
+  const int64_t d = w.numel(), n = x.numel() / d;
+  const OperandOut py = CheckOperandOut(y, x, "AddRmsNormForward");
+  CHECK_EQ(rstd.numel(), n);
+  if (n == 0) return;
+  RowNormForwardKernel<<<RowBlocks(n), kThreads, 0, Stream()>>>(
+      F32(x), F32(r), F32(w), n, d, eps, true, F32(h), py, F32(rstd));
   CUDA_CHECK_LAUNCH();
 }
 
 void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
-                     const Tensor& dx, const Tensor& dw) {
+                     const Tensor& dx, const Tensor& dw, bool accumulate,
+                     const Tensor& dx_operand) {
   CheckF32(x, "RmsNormBackward");
   const int64_t d = w.numel(), n = x.numel() / d;
   CheckSame(x, dy, "RmsNormBackward");
   CheckSame(x, dx, "RmsNormBackward");
   CheckSame(w, dw, "RmsNormBackward");
+  const OperandOut pdxo = dx_operand.defined()
+                              ? CheckOperandOut(dx_operand, x, "RmsNormBackward dx_operand")
+                              : OperandOut{nullptr, false};
   if (n == 0) return;
   const int threads = static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, kThreads));
-  RmsNormBackwardKernel<<<n, threads, 0, Stream()>>>(F32(x), F32(w), F32(rstd), F32(dy), d,
-                                                     F32(dx));
+  const size_t smem = d * sizeof(float);
+  const int blocks = PartialBlocks(n, smem, reinterpret_cast<const void*>(RmsNormBackwardKernel));
+  Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
+  RmsNormBackwardKernel<<<blocks, threads, smem, Stream()>>>(
+      F32(x), F32(w), F32(rstd), F32(dy), n, d, accumulate, F32(dx), pdxo, F32(partial));
   CUDA_CHECK_LAUNCH();
-  const float *px = F32(x), *pr = F32(rstd), *pdy = F32(dy);
-  AccumulateColumnSums(
-      [=] __device__(int64_t row, int64_t i) { return pdy[row * d + i] * px[row * d + i] * pr[row]; },
-      n, d, F32(dw));
+  AddColumnSums(F32(partial), blocks, d, F32(dw));
 }
 
 void L2NormHeadsForward(const Tensor& x, int64_t head_dim, double eps, const Tensor& y,
@@ -149,7 +234,8 @@ void L2NormHeadsForward(const Tensor& x, int64_t head_dim, double eps, const Ten
   CHECK_EQ(rnorm.numel(), rows);
   if (rows == 0) return;
   RowNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
-      F32(x), nullptr, rows, head_dim, eps, false, F32(y), F32(rnorm));
+      F32(x), nullptr, nullptr, rows, head_dim, eps, false, nullptr, OperandOut{F32(y), false},
+      F32(rnorm));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -183,26 +269,25 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
 
 void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, const Tensor& rstd,
                           int64_t head_dim, const Tensor& dy, const Tensor& d_o, const Tensor& dg,
-                          const Tensor& dw) {
+                          const Tensor& dw, const Tensor& y) {
   CheckF32(o, "GatedRmsNormBackward");
   const StoredIn pg = CheckStoredIn(g, o.numel(), "GatedRmsNormBackward g");
   CheckSame(o, dy, "GatedRmsNormBackward");
   CheckSame(o, d_o, "GatedRmsNormBackward");
   const OperandOut pdg = CheckOperandOut(dg, o, "GatedRmsNormBackward");
+  const OperandOut py =
+      y.defined() ? CheckOperandOut(y, o, "GatedRmsNormBackward y") : OperandOut{nullptr, false};
   CheckSame(w, dw, "GatedRmsNormBackward");
-  const int64_t rows = o.numel() / head_dim;
+  const int64_t rows = o.numel() / head_dim, d = head_dim;
   if (rows == 0) return;
-  GatedRmsNormBackwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
-      F32(o), pg, F32(w), F32(rstd), F32(dy), rows, head_dim, F32(d_o), pdg);
+  const size_t smem = kRowsPerBlock * d * sizeof(float);
+  const int blocks = PartialBlocks(RowBlocks(rows), smem,
+                                   reinterpret_cast<const void*>(GatedRmsNormBackwardKernel));
+  Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
+  GatedRmsNormBackwardKernel<<<blocks, kThreads, smem, Stream()>>>(
+      F32(o), pg, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, py, F32(partial));
   CUDA_CHECK_LAUNCH();
-  const float *po = F32(o), *pr = F32(rstd), *pdy = F32(dy);
-  const int64_t d = head_dim;
-  AccumulateColumnSums(
-      [=] __device__(int64_t row, int64_t i) {
-        const float gi = pg[row * d + i];
-        return pdy[row * d + i] * (po[row * d + i] * pr[row]) * (gi * SigmoidF(gi));
-      },
-      rows, d, F32(dw));
+  AddColumnSums(F32(partial), blocks, d, F32(dw));
 }
 
 }  // namespace gdn::cuda
