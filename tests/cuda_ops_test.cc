@@ -401,10 +401,13 @@ TEST(CudaOpsTest, Optimizers) {
 
 TEST(CudaOpsTest, RmsNorm) {
   GDN_REQUIRE_GPU();
-  // More rows than the backward's blocks (grid-stride), and a width whose per-block weight
-  // gradient needs more than 48 KB of shared memory.
+  // Rows of 128 m values take the register kernels (forward: m = 1, 2, 4, 8; backward: 4 m values
+  // a thread, m up to 8 a thread); the rest the scalar ones, with more rows than the backward's
+  // blocks (grid-stride), and a width whose per-block weight gradient needs more than 48 KB of
+  // shared memory.
   for (const Shape shape : {Shape{1, 8}, Shape{37, 96}, Shape{300, 1024}, Shape{4800, 64},
-                            Shape{3, 20000}}) {
+                            Shape{3, 20000}, Shape{2100, 512}, Shape{20, 3072}, Shape{7, 8192},
+                            Shape{9, 128}}) {
     const int64_t n = shape[0], d = shape[1];
     const Tensor x = Rand(shape, -3, 3), w = Rand({d}, 0.5, 1.5), dy = Rand(shape);
     const Tensor y = Tensor::Empty(shape, DType::kF32), r = Tensor::Empty({n}, DType::kF32);
@@ -461,8 +464,9 @@ TEST(CudaOpsTest, L2NormHeads) {
 
 TEST(CudaOpsTest, GatedRmsNorm) {
   GDN_REQUIRE_GPU();
-  // 3000 x 4 rows: more row groups than the backward's blocks (grid-stride).
-  for (const int64_t head_dim : {int64_t{64}, int64_t{128}, int64_t{256}})
+  // 3000 x 4 rows: more row groups than the backward's blocks (grid-stride). Heads of 128, 256
+  // and 512 take the register kernel, 64 and 48 the scalar one.
+  for (const int64_t head_dim : {int64_t{64}, int64_t{128}, int64_t{256}, int64_t{512}, int64_t{48}})
     for (const int64_t n : {int64_t{1}, int64_t{70}, int64_t{3000}}) {
       const Shape shape{n, 4 * head_dim};
       const Tensor o = Rand(shape, -2, 2), g = Rand(shape, -5, 5), w = Rand({head_dim}, 0.5, 1.5);

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <initializer_list>
 #include <cstring>
 #include <vector>
 
@@ -240,12 +241,16 @@ PieceTable UploadPieces(const std::vector<UpdatePiece>& pieces) {
   return t;
 }
 
-__global__ void AdamWPiecesKernel(const DevicePiece* pieces, const PieceItem* items, float* p,
-                                  const float* g, float* m, float* v, float b1, float b2, float e,
-                                  float c1, float c2) {
+// The tensors never overlap (__restrict__), so the unrolled iterations' loads are issued together
+// rather than each waiting for the previous iteration's stores.
+__global__ void AdamWPiecesKernel(const DevicePiece* pieces, const PieceItem* items,
+                                  float* __restrict__ p, const float* __restrict__ g,
+                                  float* __restrict__ m, float* __restrict__ v, float b1, float b2,
+                                  float e, float c1, float c2) {
   const PieceItem it = items[blockIdx.x];
   const DevicePiece pc = pieces[it.piece];
   const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
+#pragma unroll 4
   for (int64_t j = it.start + threadIdx.x; j < end; j += blockDim.x) {
     const int64_t i = pc.p + j, k = pc.s + j;
     const float mi = b1 * m[k] + (1.0f - b1) * g[i];
@@ -256,16 +261,32 @@ __global__ void AdamWPiecesKernel(const DevicePiece* pieces, const PieceItem* it
   }
 }
 
-__global__ void SgdPiecesKernel(const DevicePiece* pieces, const PieceItem* items, float* p,
-                                const float* g, float* buf, float mu) {
+__global__ void SgdPiecesKernel(const DevicePiece* pieces, const PieceItem* items,
+                                float* __restrict__ p, const float* __restrict__ g,
+                                float* __restrict__ buf, float mu) {
   const PieceItem it = items[blockIdx.x];
   const DevicePiece pc = pieces[it.piece];
   const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
+#pragma unroll 4
   for (int64_t j = it.start + threadIdx.x; j < end; j += blockDim.x) {
     const int64_t i = pc.p + j, k = pc.s + j;
     buf[k] = mu * buf[k] + g[i] + pc.wd * p[i];
     p[i] -= pc.lr * buf[k];
   }
+}
+}  // namespace
+
+namespace {
+// The update kernels' __restrict__ promise: no two of the tensors share memory.
+void CheckDisjoint(std::initializer_list<const Tensor*> ts, const char* op) {
+  for (const Tensor* a : ts)
+    for (const Tensor* b : ts) {
+      if (a == b) continue;
+      const char *pa = static_cast<const char*>(a->raw()), *pb = static_cast<const char*>(b->raw());
+      CHECK(pa + a->numel() * DTypeSize(a->dtype()) <= pb ||
+            pb + b->numel() * DTypeSize(b->dtype()) <= pa)
+          << op << ": the parameters, gradients and optimizer state must not share memory";
+    }
 }
 }  // namespace
 
@@ -275,6 +296,7 @@ void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const 
   CheckF32(g, "AdamWUpdatePieces");
   CheckF32(m, "AdamWUpdatePieces");
   CheckSame(m, v, "AdamWUpdatePieces");
+  CheckDisjoint({&p, &g, &m, &v}, "AdamWUpdatePieces");
   CHECK_GE(step, 1);
   const PieceTable t = UploadPieces(ReadUpdatePieces(pieces, p, g, m, "AdamWUpdatePieces"));
   if (t.item_count == 0) return;
@@ -292,6 +314,7 @@ void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const 
   CheckF32(p, "SgdUpdatePieces");
   CheckF32(g, "SgdUpdatePieces");
   CheckF32(buf, "SgdUpdatePieces");
+  CheckDisjoint({&p, &g, &buf}, "SgdUpdatePieces");
   const PieceTable t = UploadPieces(ReadUpdatePieces(pieces, p, g, buf, "SgdUpdatePieces"));
   if (t.item_count == 0) return;
   SgdPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(

@@ -2,6 +2,9 @@
 // kernels/cpu/norms.cc): one warp per row for the row statistics (shuffle sums, no barriers: the
 // rows are short and many), but for RMSNorm's backward. The backwards sum their weight gradients
 // per block as they go, then AddColumnSums adds the blocks' rows in a fixed order (deterministic).
+#include <initializer_list>
+#include <utility>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -172,8 +175,211 @@ int PartialBlocks(int64_t units, size_t smem, const void* kernel) {
   return static_cast<int>(std::min<int64_t>(units, 8 * int64_t{SmCount()}));
 }
 
+// --- The same kernels with the row in registers, four values a load: for rows of d = 128 m
+// values (the models' widths and head sizes, 4-value aligned tensors), each value is read once and
+// written once; the scalar kernels above take every other shape.
+__device__ __forceinline__ void Unpack4(float4 t, float* a) {
+  a[0] = t.x, a[1] = t.y, a[2] = t.z, a[3] = t.w;
+}
+__device__ __forceinline__ float4 Pack4(const float* a) { return make_float4(a[0], a[1], a[2], a[3]); }
+__device__ __forceinline__ float4 Ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void St4(float* p, const float* a) {
+  *reinterpret_cast<float4*>(p) = Pack4(a);
+}
+
+// RowNormForwardKernel, a warp per row of d = 128 kVec: lane holds values 4 lane + 128 k .. + 3.
+template <int kVec>
+__global__ void RowNormForwardVecKernel(const float* x, const float* res, const float* w,
+                                        int64_t rows, float eps, bool rms, float* h,
+                                        OperandOut y, float* rstat) {
+  constexpr int d = 128 * kVec;
+  GDN_WARP_ROW(rows);
+  const int64_t base = row * d + 4 * lane;
+  float v[4 * kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) Unpack4(Ld4(x + base + 128 * k), v + 4 * k);
+  if (res) {
+    float a[4 * kVec];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) Unpack4(Ld4(res + base + 128 * k), a + 4 * k);
+#pragma unroll
+    for (int j = 0; j < 4 * kVec; ++j) v[j] += a[j];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) St4(h + base + 128 * k, v + 4 * k);
+  }
+  float ss = 0;
+#pragma unroll
+  for (int j = 0; j < 4 * kVec; ++j) ss += v[j] * v[j];
+  ss = WarpSum(ss);
+  const float r = 1.0f / sqrtf((rms ? ss / static_cast<float>(d) : ss) + eps);
+  if (lane == 0) rstat[row] = r;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    float o[4];
+    if (w) Unpack4(Ld4(w + 4 * lane + 128 * k), o);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) o[c] = w ? v[4 * k + c] * r * o[c] : v[4 * k + c] * r;
+    y.Set4(base + 128 * k, Pack4(o));
+  }
+}
+
+// RmsNormBackwardKernel with a block of d / (4 kVec) threads per row: thread t holds values
+// 4 t + 4 blockDim.x k .. + 3, and its columns' weight-gradient sums in registers.
+template <int kVec>
+__global__ void RmsNormBackwardVecKernel(const float* x, const float* w, const float* rstd,
+                                         const float* dy, int64_t rows, int64_t d,
+                                         bool accumulate, float* dx, OperandOut dx_operand,
+                                         float* dw_partial) {
+  __shared__ float shm[32];
+  const int col = 4 * threadIdx.x, stride = 4 * blockDim.x;
+  float wv[4 * kVec], dw[4 * kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) Unpack4(Ld4(w + col + stride * k), wv + 4 * k);
+#pragma unroll
+  for (int j = 0; j < 4 * kVec; ++j) dw[j] = 0;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * d + col;
+    float xv[4 * kVec], dyv[4 * kVec], prev[4 * kVec];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      Unpack4(Ld4(x + base + stride * k), xv + 4 * k);
+      Unpack4(Ld4(dy + base + stride * k), dyv + 4 * k);
+      if (accumulate) Unpack4(Ld4(dx + base + stride * k), prev + 4 * k);
+    }
+    const float r = rstd[row];
+    float dot = 0;  // mean(dn * n) with dn = w * dy, n = x * r
+#pragma unroll
+    for (int j = 0; j < 4 * kVec; ++j) {
+      dot += wv[j] * dyv[j] * xv[j] * r;
+      dw[j] += dyv[j] * xv[j] * r;
+    }
+    dot = BlockReduce(dot, SumOp(), shm) / static_cast<float>(d);
+#pragma unroll
+    for (int j = 0; j < 4 * kVec; ++j)
+      prev[j] = (accumulate ? prev[j] : 0.0f) + r * (wv[j] * dyv[j] - xv[j] * r * dot);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      St4(dx + base + stride * k, prev + 4 * k);
+      if (dx_operand.p) dx_operand.Set4(base + stride * k, Pack4(prev + 4 * k));
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) St4(dw_partial + blockIdx.x * d + col + stride * k, dw + 4 * k);
+}
+
+// GatedRmsNormBackwardKernel, a warp per row of d = 128 kVec (lanes as in RowNormForwardVecKernel),
+// the weight-gradient sums in registers until the block adds its warps'.
+template <int kVec>
+__global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, const float* w,
+                                              const float* rstd, const float* dy, int64_t rows,
+                                              float* d_o, OperandOut dg, OperandOut y,
+                                              float* dw_partial) {
+  constexpr int d = 128 * kVec;
+  __shared__ float dw_warp[kRowsPerBlock][d];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float wv[4 * kVec], dw[4 * kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) Unpack4(Ld4(w + 4 * lane + 128 * k), wv + 4 * k);
+#pragma unroll
+  for (int j = 0; j < 4 * kVec; ++j) dw[j] = 0;
+  for (int64_t row = blockIdx.x * int64_t{kRowsPerBlock} + warp; row < rows;
+       row += int64_t{gridDim.x} * kRowsPerBlock) {
+    const int64_t base = row * d + 4 * lane;
+    float ov[4 * kVec], gv[4 * kVec], dyv[4 * kVec];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      Unpack4(Ld4(o + base + 128 * k), ov + 4 * k);
+      Unpack4(g.Load4(base + 128 * k), gv + 4 * k);
+      Unpack4(Ld4(dy + base + 128 * k), dyv + 4 * k);
+    }
+    const float r = rstd[row];
+    float dot = 0, dn[4 * kVec], dgv[4 * kVec], yv[4 * kVec];
+#pragma unroll
+    for (int j = 0; j < 4 * kVec; ++j) {
+      const float gi = gv[j], s = SigmoidF(gi), silu = gi * s;
+      const float n = ov[j] * r;
+      dn[j] = dyv[j] * wv[j] * silu;
+      dgv[j] = dyv[j] * n * wv[j] * s * (1.0f + gi * (1.0f - s));
+      dw[j] += dyv[j] * n * silu;
+      yv[j] = ov[j] * r * wv[j] * gi * s;  // the forward's expression
+      dot += dn[j] * n;
+    }
+    dot = WarpSum(dot) / static_cast<float>(d);
+#pragma unroll
+    for (int j = 0; j < 4 * kVec; ++j) dn[j] = r * (dn[j] - ov[j] * r * dot);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      St4(d_o + base + 128 * k, dn + 4 * k);
+      dg.Set4(base + 128 * k, Pack4(dgv + 4 * k));
+      if (y.p) y.Set4(base + 128 * k, Pack4(yv + 4 * k));
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kVec; ++k)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) dw_warp[warp][4 * lane + 128 * k + c] = dw[4 * k + c];
+  __syncthreads();
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float sum = 0;
+    for (int k = 0; k < kRowsPerBlock; ++k) sum += dw_warp[k][i];
+    dw_partial[blockIdx.x * int64_t{d} + i] = sum;
+  }
+}
+
+// kVec for a row of d values in a warp-per-row kernel above: d = 128 kVec, kVec <= max_vec, and
+// every tensor 4-value aligned; 0 when the scalar kernel must run.
+int WarpVec(int64_t d, int max_vec, std::initializer_list<const Tensor*> tensors) {
+  if (d % 128 != 0 || d / 128 > max_vec || (d / 128 & (d / 128 - 1)) != 0) return 0;
+  for (const Tensor* t : tensors)
+    if (t->defined() && !Aligned4(*t)) return 0;
+  return static_cast<int>(d / 128);
+}
+
 #undef GDN_WARP_ROW
 
+}  // namespace
+
+namespace {
+// The row-norm forward: res (and h) for the fused residual add, w for RMSNorm's weight; y float32
+// or bf16. Rows of 128, 256, 512 or 1024 values take the register kernel.
+void LaunchRowNorm(const Tensor& x, const Tensor* res, const Tensor* w, int64_t rows, int64_t d,
+                   double eps, bool rms, const Tensor* h, const Tensor& y, const Tensor& rstat) {
+  const float* pres = res ? F32(*res) : nullptr;
+  const float* pw = w ? F32(*w) : nullptr;
+  float* ph = h ? F32(*h) : nullptr;
+  const OperandOut py{y.raw(), y.dtype() == DType::kBF16};
+  const Tensor none;
+  const int vec = WarpVec(d, 8, {&x, res ? res : &none, w ? w : &none, h ? h : &none, &y});
+  const float e = static_cast<float>(eps);
+#define GDN_ROW_NORM_VEC(K)                                                                   \
+  RowNormForwardVecKernel<K><<<RowBlocks(rows), kThreads, 0, Stream()>>>(F32(x), pres, pw, rows, \
+                                                                          e, rms, ph, py,      \
+                                                                          F32(rstat))
+  switch (vec) {
+    case 1: GDN_ROW_NORM_VEC(1); break;
+    case 2: GDN_ROW_NORM_VEC(2); break;
+    case 4: GDN_ROW_NORM_VEC(4); break;
+    case 8: GDN_ROW_NORM_VEC(8); break;
+    default:
+      RowNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(F32(x), pres, pw, rows, d,
+                                                                        e, rms, ph, py,
+                                                                        F32(rstat));
+  }
+#undef GDN_ROW_NORM_VEC
+  CUDA_CHECK_LAUNCH();
+}
+
+// RmsNormBackwardVecKernel's shape for a row of d values: values per thread / 4 (kVec) and
+// threads (d / (4 kVec), a multiple of 32, at most 256 where d allows, else 1024); {0, 0} when
+// the scalar kernel must run.
+std::pair<int, int> RmsBackwardVec(int64_t d) {
+  if (d % 128 != 0) return {0, 0};
+  const int64_t m = d / 128;
+  for (const int64_t limit : {256, 1024})
+    for (const int vec : {1, 2, 4, 8})
+      if (m % vec == 0 && 32 * m / vec <= limit) return {vec, static_cast<int>(32 * m / vec)};
+  return {0, 0};
+}
 }  // namespace
 
 void RmsNormForward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
@@ -181,12 +387,10 @@ void RmsNormForward(const Tensor& x, const Tensor& w, double eps, const Tensor& 
   CheckF32(x, "RmsNormForward");
   CheckF32(w, "RmsNormForward");
   const int64_t d = w.numel(), n = x.numel() / d;
-  const OperandOut py = CheckOperandOut(y, x, "RmsNormForward");
+  CheckOperandOut(y, x, "RmsNormForward");
   CHECK_EQ(rstd.numel(), n);
   if (n == 0) return;
-  RowNormForwardKernel<<<RowBlocks(n), kThreads, 0, Stream()>>>(
-      F32(x), nullptr, F32(w), n, d, eps, true, nullptr, py, F32(rstd));
-  CUDA_CHECK_LAUNCH();
+  LaunchRowNorm(x, nullptr, &w, n, d, eps, true, nullptr, y, rstd);
 }
 
 void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, double eps,
@@ -196,12 +400,10 @@ void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, double
   CheckSame(x, r, "AddRmsNormForward");
   CheckSame(x, h, "AddRmsNormForward");
   const int64_t d = w.numel(), n = x.numel() / d;
-  const OperandOut py = CheckOperandOut(y, x, "AddRmsNormForward");
+  CheckOperandOut(y, x, "AddRmsNormForward");
   CHECK_EQ(rstd.numel(), n);
   if (n == 0) return;
-  RowNormForwardKernel<<<RowBlocks(n), kThreads, 0, Stream()>>>(
-      F32(x), F32(r), F32(w), n, d, eps, true, F32(h), py, F32(rstd));
-  CUDA_CHECK_LAUNCH();
+  LaunchRowNorm(x, &r, &w, n, d, eps, true, &h, y, rstd);
 }
 
 void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dy,
@@ -216,12 +418,35 @@ void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const
                               ? CheckOperandOut(dx_operand, x, "RmsNormBackward dx_operand")
                               : OperandOut{nullptr, false};
   if (n == 0) return;
+  auto [vec, vec_threads] = RmsBackwardVec(d);
+  for (const Tensor* t : {&x, &w, &dy, &dx, &dx_operand})
+    if (t->defined() && !Aligned4(*t)) vec = 0;
+  const float *px = F32(x), *pw = F32(w), *pr = F32(rstd), *pdy = F32(dy);
+  float* pdx = F32(dx);
+  if (vec > 0) {
+    const int blocks = static_cast<int>(std::min<int64_t>(n, 8 * int64_t{SmCount()}));
+    Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
+#define GDN_RMS_BACK_VEC(K)                                                                    \
+  RmsNormBackwardVecKernel<K><<<blocks, vec_threads, 0, Stream()>>>(px, pw, pr, pdy, n, d,     \
+                                                                    accumulate, pdx, pdxo,    \
+                                                                    F32(partial))
+    switch (vec) {
+      case 1: GDN_RMS_BACK_VEC(1); break;
+      case 2: GDN_RMS_BACK_VEC(2); break;
+      case 4: GDN_RMS_BACK_VEC(4); break;
+      case 8: GDN_RMS_BACK_VEC(8); break;
+    }
+#undef GDN_RMS_BACK_VEC
+    CUDA_CHECK_LAUNCH();
+    AddColumnSums(F32(partial), blocks, d, F32(dw));
+    return;
+  }
   const int threads = static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, kThreads));
   const size_t smem = d * sizeof(float);
   const int blocks = PartialBlocks(n, smem, reinterpret_cast<const void*>(RmsNormBackwardKernel));
   Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
-  RmsNormBackwardKernel<<<blocks, threads, smem, Stream()>>>(
-      F32(x), F32(w), F32(rstd), F32(dy), n, d, accumulate, F32(dx), pdxo, F32(partial));
+  RmsNormBackwardKernel<<<blocks, threads, smem, Stream()>>>(px, pw, pr, pdy, n, d, accumulate,
+                                                             pdx, pdxo, F32(partial));
   CUDA_CHECK_LAUNCH();
   AddColumnSums(F32(partial), blocks, d, F32(dw));
 }
@@ -233,10 +458,7 @@ void L2NormHeadsForward(const Tensor& x, int64_t head_dim, double eps, const Ten
   const int64_t rows = x.numel() / head_dim;
   CHECK_EQ(rnorm.numel(), rows);
   if (rows == 0) return;
-  RowNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
-      F32(x), nullptr, nullptr, rows, head_dim, eps, false, nullptr, OperandOut{F32(y), false},
-      F32(rnorm));
-  CUDA_CHECK_LAUNCH();
+  LaunchRowNorm(x, nullptr, nullptr, rows, head_dim, eps, false, nullptr, y, rnorm);
 }
 
 void L2NormHeadsBackward(const Tensor& y, const Tensor& rnorm, const Tensor& dy,
@@ -280,6 +502,24 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   CheckSame(w, dw, "GatedRmsNormBackward");
   const int64_t rows = o.numel() / head_dim, d = head_dim;
   if (rows == 0) return;
+  const int vec = WarpVec(d, 4, {&o, &g, &w, &dy, &d_o, &dg, &y});
+  if (vec > 0) {
+    const int blocks =
+        static_cast<int>(std::min<int64_t>(RowBlocks(rows), 8 * int64_t{SmCount()}));
+    Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
+#define GDN_GATED_BACK_VEC(K)                                                                \
+  GatedRmsNormBackwardVecKernel<K><<<blocks, kThreads, 0, Stream()>>>(                      \
+      F32(o), pg, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, py, F32(partial))
+    switch (vec) {
+      case 1: GDN_GATED_BACK_VEC(1); break;
+      case 2: GDN_GATED_BACK_VEC(2); break;
+      case 4: GDN_GATED_BACK_VEC(4); break;
+    }
+#undef GDN_GATED_BACK_VEC
+    CUDA_CHECK_LAUNCH();
+    AddColumnSums(F32(partial), blocks, d, F32(dw));
+    return;
+  }
   const size_t smem = kRowsPerBlock * d * sizeof(float);
   const int blocks = PartialBlocks(RowBlocks(rows), smem,
                                    reinterpret_cast<const void*>(GatedRmsNormBackwardKernel));
