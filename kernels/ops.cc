@@ -133,9 +133,9 @@ void SwigluForward(const Tensor& gate, const Tensor& up, const Tensor& h) {
   GDN_DISPATCH(gate, SwigluForward, gate, up, h);
 }
 
-void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, const Tensor& dgate, const Tensor& dup) {
+void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, const Tensor& dgate, const Tensor& dup, const Tensor& h) {
   ScopedOpTimer timer("SwigluBackward", gate);
-  GDN_DISPATCH(gate, SwigluBackward, gate, up, dh, dgate, dup);
+  GDN_DISPATCH(gate, SwigluBackward, gate, up, dh, dgate, dup, h);
 }
 
 void RmsNormForward(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd) {

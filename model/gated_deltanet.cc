@@ -178,16 +178,15 @@ void GatedDeltaNetMixer::ReleaseSaved() {
 Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const ModelDims& d = b_.dims;
   const int64_t B = B_, T = T_, N = B * T;
-  // LinearBackward for the output projection, split around the output norm's backward, which
-  // writes the norm's output y again (not kept from the forward) for the weight gradient.
-  const Tensor dym = ops::MatmulOperand(dout);
+  // The output norm's backward writes its output y again (not kept) for Wo's gradient.
   Tensor dy = b_.Empty({N, value_dim_});
-  ops::Matmul(dym, false, wo_->value, false, dy);
   Tensor d_o = b_.Empty({N, value_dim_}), dg = b_.OperandEmpty({N, value_dim_});
-  Tensor y = b_.OperandEmpty({N, value_dim_});
-  ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad, y);
-  ops::Matmul(dym, true, y, false, wo_->grad, 1.0, 1.0);
-  y = Tensor();
+  LinearBackwardRemakingInput(*wo_, dout, dy, [&] {
+    Tensor y = b_.OperandEmpty({N, value_dim_});
+    ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad,
+                              y);
+    return y;
+  });
 
   RecurrenceInputs in = MakeRecurrenceInputs(nullptr);
   Tensor dqn = b_.Empty({N, key_dim_}), dkn = b_.Empty({N, key_dim_});

@@ -64,5 +64,16 @@ inline void LinearBackward(const Tensor& x, const Parameter& w, const Tensor& dy
   ops::Matmul(dym, true, x, false, w.grad, 1.0, 1.0);
   ops::Matmul(dym, false, w.value, false, dx, 1.0, accumulate ? 1.0 : 0.0);
 }
+// LinearBackward for a layer whose input x the forward did not keep: dx = dy W first, then
+// remake_input() returns x, made again by the backward op that takes dx (it reads what x is made
+// from anyway), then dW += dy^T x.
+template <typename RemakeInput>
+void LinearBackwardRemakingInput(const Parameter& w, const Tensor& dy, const Tensor& dx,
+                                 RemakeInput remake_input) {
+  const Tensor dym = ops::MatmulOperand(dy);
+  ops::Matmul(dym, false, w.value, false, dx);
+  const Tensor x = remake_input();
+  ops::Matmul(dym, true, x, false, w.grad, 1.0, 1.0);
+}
 
 }  // namespace gdn

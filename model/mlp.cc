@@ -12,26 +12,26 @@ SwiGluMlp::SwiGluMlp(const std::string& prefix, const LayerBuilder& builder) : b
                  InitKind::kNormal, ShardDim::kCols);
 }
 
-Tensor SwiGluMlp::Hidden() const {
-  Tensor h = b_.OperandEmpty(gate_out_.shape());
-  ops::SwigluForward(gate_out_, up_out_, h);
-  return h;
-}
-
 Tensor SwiGluMlp::Forward(const Tensor& x) {
   // x and h feed products only: in their matrix-product form (bf16 in the bf16 mode), x rounded
-  // once for two products; gate and up are read by SwiGLU only: bf16 in the bf16 mode too.
+  // once for two products; gate and up are read by SwiGLU only: bf16 in the bf16 mode too. h is
+  // not kept: SwiGLU's backward writes it again for down's weight gradient.
   x_ = ops::MatmulOperand(x);
   gate_out_ = LinearForward(b_, x_, *gate_, true);
   up_out_ = LinearForward(b_, x_, *up_, true);
-  return LinearForward(b_, Hidden(), *down_);
+  Tensor h = b_.OperandEmpty(gate_out_.shape());
+  ops::SwigluForward(gate_out_, up_out_, h);
+  return LinearForward(b_, h, *down_);
 }
 
 Tensor SwiGluMlp::Backward(const Tensor& dout) {
   Tensor dh = b_.Empty(gate_out_.shape());  // float32: SwiGLU's backward reads it
-  LinearBackward(Hidden(), *down_, dout, dh, false);
   Tensor dgate = b_.OperandEmpty(dh.shape()), dup = b_.OperandEmpty(dh.shape());
-  ops::SwigluBackward(gate_out_, up_out_, dh, dgate, dup);
+  LinearBackwardRemakingInput(*down_, dout, dh, [&] {
+    Tensor h = b_.OperandEmpty(dh.shape());
+    ops::SwigluBackward(gate_out_, up_out_, dh, dgate, dup, h);
+    return h;
+  });
   Tensor dx = b_.Empty(x_.shape());  // float32, whatever x_'s form
   LinearBackward(x_, *gate_, dgate, dx, false);
   LinearBackward(x_, *up_, dup, dx, true);

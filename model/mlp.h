@@ -16,10 +16,6 @@ class SwiGluMlp {
   void ReleaseSaved() { x_ = gate_out_ = up_out_ = Tensor(); }
 
  private:
-  // h = silu(gate) * up, down's operand: made again for the backward (one pass over gate and up)
-  // instead of being kept.
-  Tensor Hidden() const;
-
   LayerBuilder b_;
   Parameter *gate_, *up_, *down_;
   Tensor x_, gate_out_, up_out_;  // saved (bf16 in the bf16 mode)

@@ -295,11 +295,12 @@ TEST(CudaOpsTest, MatmulOperand) {
 
 // The multi-tensor updates: pieces of many sizes (one spanning several 4096-element work items, an
 // empty one) with gaps between them, each with its own rate and decay, against the CPU; the
-// elements outside every piece must stay as they were.
+// elements outside every piece must stay as they were. Offsets that are multiples of 4 take
+// AdamW's 4-value loads (one with a 3-value tail), the others its scalar loop.
 TEST(CudaOpsTest, UpdatePieces) {
   GDN_REQUIRE_GPU();
   const int64_t n = 20000, s = 21000;
-  const double rows[][5] = {{0, 100, 1, 1e-2, 0.1},      {5, 200, 4000, 3e-3, 0},
+  const double rows[][5] = {{4008, 100, 7, 1e-2, 0.1},   {5, 200, 4000, 3e-3, 0},
                             {4100, 4300, 9000, 1e-3, 0.5}, {13200, 13400, 0, 1e-2, 0.1},
                             {13300, 13500, 6600, 2e-2, 0.01}};
   Tensor pieces = Tensor::Empty({5, 5}, DType::kF64);
@@ -319,7 +320,7 @@ TEST(CudaOpsTest, UpdatePieces) {
     ops::SgdUpdatePieces(dsp, Dev(g), dbuf, pieces, 0.9);
     Compare("SgdUpdatePieces", "p", dsp, sp, kTol);
     Compare("SgdUpdatePieces", "buf", dbuf, buf, kTol);
-    // Element 4 lies between the first two pieces, 13150 between the third and the last.
+    // Elements 4 and 13150 lie in no piece.
     const Tensor back = dsp.To(kCpu);
     EXPECT_EQ(back.at(4), p0.at(4));
     EXPECT_EQ(back.at(13150), p0.at(13150));
@@ -531,10 +532,13 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
     ops::SwigluForward(g, u, h16);
     ExpectRoundingOf("SwigluForward h", h16, h);
     const Tensor dg = f32(s), du = f32(s), dg16 = bf16(s), du16 = bf16(s);
-    ops::SwigluBackward(g, u, dh, dg, du);
-    ops::SwigluBackward(g, u, dh, dg16, du16);
+    const Tensor hb = f32(s), hb16 = bf16(s);
+    ops::SwigluBackward(g, u, dh, dg, du, hb);
+    ops::SwigluBackward(g, u, dh, dg16, du16, hb16);
     ExpectRoundingOf("SwigluBackward dgate", dg16, dg);
     ExpectRoundingOf("SwigluBackward dup", du16, du);
+    ExpectBitEqual("SwigluBackward h (the forward's)", hb, h);
+    ExpectRoundingOf("SwigluBackward h", hb16, h);
   }
 
   const int64_t head_dim = 128, n = 70;

@@ -254,6 +254,11 @@ TEST(OpsTest, SwigluBackwardMatchesFiniteDifferences) {
   ops::SwigluBackward(g, u, R, dg, du);
   EXPECT_LT(RelErr(dg, ng), kFdTol) << "dgate";
   EXPECT_LT(RelErr(du, nu), kFdTol) << "dup";
+  // The backward's h is the forward's, bit for bit.
+  loss();
+  Tensor h2 = Filled({5, 7}, 7);
+  ops::SwigluBackward(g, u, R, dg, du, h2);
+  for (int64_t i = 0; i < h.numel(); ++i) EXPECT_EQ(h2.at(i), h.at(i)) << i;
 }
 
 // ------------------------------------------------------------------------------ norms

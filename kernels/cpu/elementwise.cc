@@ -110,9 +110,10 @@ void SwigluForward(const Tensor& gate, const Tensor& up, const Tensor& h) {
 }
 
 void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, const Tensor& dgate,
-                    const Tensor& dup) {
+                    const Tensor& dup, const Tensor& h) {
   CheckSame(gate, up, "SwigluBackward");
   CheckSame(gate, dh, "SwigluBackward");
+  if (h.defined()) SwigluForward(gate, up, h);
   DispatchFloat(gate.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const T *pg = gate.data<T>(), *pu = up.data<T>(), *pdh = dh.data<T>();

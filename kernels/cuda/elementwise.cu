@@ -146,14 +146,17 @@ void SwigluForward(const Tensor& gate, const Tensor& up, const Tensor& h) {
 }
 
 void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, const Tensor& dgate,
-                    const Tensor& dup) {
+                    const Tensor& dup, const Tensor& h) {
   const StoredIn pg = CheckStoredIn(gate, dh.numel(), "SwigluBackward gate");
   const StoredIn pu = CheckStoredIn(up, dh.numel(), "SwigluBackward up");
   CheckF32(dh, "SwigluBackward");
   const OperandOut pdg = CheckOperandOut(dgate, dh, "SwigluBackward");
   const OperandOut pdu = CheckOperandOut(dup, dh, "SwigluBackward");
+  const OperandOut ph =
+      h.defined() ? CheckOperandOut(h, dh, "SwigluBackward h") : OperandOut{nullptr, false};
   const StoredIn pdh{dh.raw(), false};
-  if (Aligned4(gate) && Aligned4(up) && Aligned4(dh) && Aligned4(dgate) && Aligned4(dup)) {
+  if (Aligned4(gate) && Aligned4(up) && Aligned4(dh) && Aligned4(dgate) && Aligned4(dup) &&
+      (!h.defined() || Aligned4(h))) {
     ForEach4(dh.numel(), [=] __device__(int64_t i) {
       const float4 g = pg.Load4(i), u = pu.Load4(i), d = pdh.Load4(i);
       float4 dg, du;
@@ -163,6 +166,9 @@ void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, cons
       SwigluGrads(g.w, u.w, d.w, dg.w, du.w);
       pdg.Set4(i, dg);
       pdu.Set4(i, du);
+      if (ph.p)
+        ph.Set4(i, make_float4(SwigluValue(g.x, u.x), SwigluValue(g.y, u.y),
+                               SwigluValue(g.z, u.z), SwigluValue(g.w, u.w)));
     });
     return;
   }
@@ -171,6 +177,7 @@ void SwigluBackward(const Tensor& gate, const Tensor& up, const Tensor& dh, cons
     SwigluGrads(pg[i], pu[i], pdh[i], dg, du);
     pdg.Set(i, dg);
     pdu.Set(i, du);
+    if (ph.p) ph.Set(i, SwigluValue(pg[i], pu[i]));
   });
 }
 
@@ -241,23 +248,47 @@ PieceTable UploadPieces(const std::vector<UpdatePiece>& pieces) {
   return t;
 }
 
-// The tensors never overlap (__restrict__), so the unrolled iterations' loads are issued together
-// rather than each waiting for the previous iteration's stores.
+// One AdamW step of one value (p, m, v updated in place).
+__device__ __forceinline__ void AdamWValue(float& p, float g, float& m, float& v, float b1, float b2,
+                                           float e, float c1, float c2, float lr, float wd) {
+  m = b1 * m + (1.0f - b1) * g;
+  v = b2 * v + (1.0f - b2) * g * g;
+  p -= lr * (m * c1 / (sqrtf(v * c2) + e) + wd * p);
+}
+
+// A block per work item. Where the piece's parameter and state offsets are multiples of 4 (and
+// the buffers 16-byte aligned: vec), four values a load; the tensors never overlap
+// (__restrict__), so loads of several iterations can be in flight together.
 __global__ void AdamWPiecesKernel(const DevicePiece* pieces, const PieceItem* items,
                                   float* __restrict__ p, const float* __restrict__ g,
                                   float* __restrict__ m, float* __restrict__ v, float b1, float b2,
-                                  float e, float c1, float c2) {
+                                  float e, float c1, float c2, bool vec) {
   const PieceItem it = items[blockIdx.x];
   const DevicePiece pc = pieces[it.piece];
   const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
+  int64_t j0 = it.start;
+  if (vec && pc.p % 4 == 0 && pc.s % 4 == 0) {
+    const int64_t quads = (end - it.start) / 4;
+    for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+      const int64_t i = pc.p + it.start + 4 * q, k = pc.s + it.start + 4 * q;
+      float4 pp = *reinterpret_cast<const float4*>(p + i);
+      const float4 gg = *reinterpret_cast<const float4*>(g + i);
+      float4 mm = *reinterpret_cast<const float4*>(m + k);
+      float4 vv = *reinterpret_cast<const float4*>(v + k);
+      AdamWValue(pp.x, gg.x, mm.x, vv.x, b1, b2, e, c1, c2, pc.lr, pc.wd);
+      AdamWValue(pp.y, gg.y, mm.y, vv.y, b1, b2, e, c1, c2, pc.lr, pc.wd);
+      AdamWValue(pp.z, gg.z, mm.z, vv.z, b1, b2, e, c1, c2, pc.lr, pc.wd);
+      AdamWValue(pp.w, gg.w, mm.w, vv.w, b1, b2, e, c1, c2, pc.lr, pc.wd);
+      *reinterpret_cast<float4*>(p + i) = pp;
+      *reinterpret_cast<float4*>(m + k) = mm;
+      *reinterpret_cast<float4*>(v + k) = vv;
+    }
+    j0 += 4 * quads;
+  }
 #pragma unroll 4
-  for (int64_t j = it.start + threadIdx.x; j < end; j += blockDim.x) {
+  for (int64_t j = j0 + threadIdx.x; j < end; j += blockDim.x) {
     const int64_t i = pc.p + j, k = pc.s + j;
-    const float mi = b1 * m[k] + (1.0f - b1) * g[i];
-    const float vi = b2 * v[k] + (1.0f - b2) * g[i] * g[i];
-    m[k] = mi;
-    v[k] = vi;
-    p[i] -= pc.lr * (mi * c1 / (sqrtf(vi * c2) + e) + pc.wd * p[i]);
+    AdamWValue(p[i], g[i], m[k], v[k], b1, b2, e, c1, c2, pc.lr, pc.wd);
   }
 }
 
@@ -303,8 +334,10 @@ void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const 
   const float b1 = beta1, b2 = beta2, e = eps;
   const float c1 = 1.0f / (1.0f - std::pow(b1, static_cast<float>(step)));
   const float c2 = 1.0f / (1.0f - std::pow(b2, static_cast<float>(step)));
+  bool vec = true;
+  for (const Tensor* x : {&p, &g, &m, &v}) vec = vec && reinterpret_cast<uintptr_t>(x->raw()) % 16 == 0;
   AdamWPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
-      t.pieces, t.items, F32(p), F32(g), F32(m), F32(v), b1, b2, e, c1, c2);
+      t.pieces, t.items, F32(p), F32(g), F32(m), F32(v), b1, b2, e, c1, c2, vec);
   CUDA_CHECK_LAUNCH();
   DeviceFree(t.block);
 }
