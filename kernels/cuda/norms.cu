@@ -158,7 +158,8 @@ __global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const flo
 }
 
 // Blocks for a kernel that strides over `units` (rows, or groups of rows) and keeps `smem` bytes
-// of per-block partial sums: enough to fill the GPU, few enough that the partial rows stay small.
+// of per-block partial sums in dynamic shared memory (0: in registers or static): enough to fill
+// the GPU, few enough that the partial rows stay small.
 int PartialBlocks(int64_t units, size_t smem, const void* kernel) {
   static int max_smem = [] {
     int dev = 0, v = 0;
@@ -424,7 +425,8 @@ void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const
   const float *px = F32(x), *pw = F32(w), *pr = F32(rstd), *pdy = F32(dy);
   float* pdx = F32(dx);
   if (vec > 0) {
-    const int blocks = static_cast<int>(std::min<int64_t>(n, 8 * int64_t{SmCount()}));
+    const int blocks =
+        PartialBlocks(n, 0, reinterpret_cast<const void*>(RmsNormBackwardVecKernel<1>));
     Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
 #define GDN_RMS_BACK_VEC(K)                                                                    \
   RmsNormBackwardVecKernel<K><<<blocks, vec_threads, 0, Stream()>>>(px, pw, pr, pdy, n, d,     \
@@ -504,8 +506,8 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   if (rows == 0) return;
   const int vec = WarpVec(d, 4, {&o, &g, &w, &dy, &d_o, &dg, &y});
   if (vec > 0) {
-    const int blocks =
-        static_cast<int>(std::min<int64_t>(RowBlocks(rows), 8 * int64_t{SmCount()}));
+    const int blocks = PartialBlocks(
+        RowBlocks(rows), 0, reinterpret_cast<const void*>(GatedRmsNormBackwardVecKernel<1>));
     Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
 #define GDN_GATED_BACK_VEC(K)                                                                \
   GatedRmsNormBackwardVecKernel<K><<<blocks, kThreads, 0, Stream()>>>(                      \
