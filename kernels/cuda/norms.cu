@@ -3,6 +3,7 @@
 // rows are short and many), but for RMSNorm's backward. The backwards sum their weight gradients
 // per block as they go, then AddColumnSums adds the blocks' rows in a fixed order (deterministic).
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
@@ -338,9 +339,19 @@ int WarpVec(int64_t d, int max_vec, std::initializer_list<const Tensor*> tensors
 
 #undef GDN_WARP_ROW
 
-}  // namespace
+// Calls launch(std::integral_constant<int, K>{}) for K = vec, one of the register kernels' 1, 2, 4
+// or 8; false (nothing called) for any other vec.
+template <typename Launch>
+bool WithVec(int vec, Launch launch) {
+  switch (vec) {
+    case 1: launch(std::integral_constant<int, 1>{}); return true;
+    case 2: launch(std::integral_constant<int, 2>{}); return true;
+    case 4: launch(std::integral_constant<int, 4>{}); return true;
+    case 8: launch(std::integral_constant<int, 8>{}); return true;
+  }
+  return false;
+}
 
-namespace {
 // The row-norm forward: res (and h) for the fused residual add, w for RMSNorm's weight; y float32
 // or bf16. Rows of 128, 256, 512 or 1024 values take the register kernel.
 void LaunchRowNorm(const Tensor& x, const Tensor* res, const Tensor* w, int64_t rows, int64_t d,
@@ -352,21 +363,13 @@ void LaunchRowNorm(const Tensor& x, const Tensor* res, const Tensor* w, int64_t 
   const Tensor none;
   const int vec = WarpVec(d, 8, {&x, res ? res : &none, w ? w : &none, h ? h : &none, &y});
   const float e = static_cast<float>(eps);
-#define GDN_ROW_NORM_VEC(K)                                                                   \
-  RowNormForwardVecKernel<K><<<RowBlocks(rows), kThreads, 0, Stream()>>>(F32(x), pres, pw, rows, \
-                                                                          e, rms, ph, py,      \
-                                                                          F32(rstat))
-  switch (vec) {
-    case 1: GDN_ROW_NORM_VEC(1); break;
-    case 2: GDN_ROW_NORM_VEC(2); break;
-    case 4: GDN_ROW_NORM_VEC(4); break;
-    case 8: GDN_ROW_NORM_VEC(8); break;
-    default:
-      RowNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(F32(x), pres, pw, rows, d,
-                                                                        e, rms, ph, py,
-                                                                        F32(rstat));
-  }
-#undef GDN_ROW_NORM_VEC
+  const bool registers = WithVec(vec, [&](auto k) {
+    RowNormForwardVecKernel<decltype(k)::value><<<RowBlocks(rows), kThreads, 0, Stream()>>>(
+        F32(x), pres, pw, rows, e, rms, ph, py, F32(rstat));
+  });
+  if (!registers)
+    RowNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(F32(x), pres, pw, rows, d, e,
+                                                                      rms, ph, py, F32(rstat));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -419,36 +422,26 @@ void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const
                               ? CheckOperandOut(dx_operand, x, "RmsNormBackward dx_operand")
                               : OperandOut{nullptr, false};
   if (n == 0) return;
-  auto [vec, vec_threads] = RmsBackwardVec(d);
+  const std::pair<int, int> shape = RmsBackwardVec(d);
+  int vec = shape.first;
+  const int vec_threads = shape.second;
   for (const Tensor* t : {&x, &w, &dy, &dx, &dx_operand})
     if (t->defined() && !Aligned4(*t)) vec = 0;
   const float *px = F32(x), *pw = F32(w), *pr = F32(rstd), *pdy = F32(dy);
   float* pdx = F32(dx);
-  if (vec > 0) {
-    const int blocks =
-        PartialBlocks(n, 0, reinterpret_cast<const void*>(RmsNormBackwardVecKernel<1>));
-    Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
-#define GDN_RMS_BACK_VEC(K)                                                                    \
-  RmsNormBackwardVecKernel<K><<<blocks, vec_threads, 0, Stream()>>>(px, pw, pr, pdy, n, d,     \
-                                                                    accumulate, pdx, pdxo,    \
-                                                                    F32(partial))
-    switch (vec) {
-      case 1: GDN_RMS_BACK_VEC(1); break;
-      case 2: GDN_RMS_BACK_VEC(2); break;
-      case 4: GDN_RMS_BACK_VEC(4); break;
-      case 8: GDN_RMS_BACK_VEC(8); break;
-    }
-#undef GDN_RMS_BACK_VEC
-    CUDA_CHECK_LAUNCH();
-    AddColumnSums(F32(partial), blocks, d, F32(dw));
-    return;
-  }
-  const int threads = static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, kThreads));
-  const size_t smem = d * sizeof(float);
+  // The register kernel keeps its sums in registers; the scalar one needs d floats of shared memory.
+  const size_t smem = vec > 0 ? 0 : d * sizeof(float);
   const int blocks = PartialBlocks(n, smem, reinterpret_cast<const void*>(RmsNormBackwardKernel));
   Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
-  RmsNormBackwardKernel<<<blocks, threads, smem, Stream()>>>(px, pw, pr, pdy, n, d, accumulate,
-                                                             pdx, pdxo, F32(partial));
+  const bool registers = WithVec(vec, [&](auto k) {
+    RmsNormBackwardVecKernel<decltype(k)::value><<<blocks, vec_threads, 0, Stream()>>>(
+        px, pw, pr, pdy, n, d, accumulate, pdx, pdxo, F32(partial));
+  });
+  if (!registers) {
+    const int threads = static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, kThreads));
+    RmsNormBackwardKernel<<<blocks, threads, smem, Stream()>>>(px, pw, pr, pdy, n, d, accumulate,
+                                                               pdx, pdxo, F32(partial));
+  }
   CUDA_CHECK_LAUNCH();
   AddColumnSums(F32(partial), blocks, d, F32(dw));
 }
@@ -505,29 +498,18 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   const int64_t rows = o.numel() / head_dim, d = head_dim;
   if (rows == 0) return;
   const int vec = WarpVec(d, 4, {&o, &g, &w, &dy, &d_o, &dg, &y});
-  if (vec > 0) {
-    const int blocks = PartialBlocks(
-        RowBlocks(rows), 0, reinterpret_cast<const void*>(GatedRmsNormBackwardVecKernel<1>));
-    Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
-#define GDN_GATED_BACK_VEC(K)                                                                \
-  GatedRmsNormBackwardVecKernel<K><<<blocks, kThreads, 0, Stream()>>>(                      \
-      F32(o), pg, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, py, F32(partial))
-    switch (vec) {
-      case 1: GDN_GATED_BACK_VEC(1); break;
-      case 2: GDN_GATED_BACK_VEC(2); break;
-      case 4: GDN_GATED_BACK_VEC(4); break;
-    }
-#undef GDN_GATED_BACK_VEC
-    CUDA_CHECK_LAUNCH();
-    AddColumnSums(F32(partial), blocks, d, F32(dw));
-    return;
-  }
-  const size_t smem = kRowsPerBlock * d * sizeof(float);
+  // The register kernel's sums are static shared memory; the scalar one's are per warp, dynamic.
+  const size_t smem = vec > 0 ? 0 : kRowsPerBlock * d * sizeof(float);
   const int blocks = PartialBlocks(RowBlocks(rows), smem,
                                    reinterpret_cast<const void*>(GatedRmsNormBackwardKernel));
   Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
-  GatedRmsNormBackwardKernel<<<blocks, kThreads, smem, Stream()>>>(
-      F32(o), pg, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, py, F32(partial));
+  const bool registers = WithVec(vec, [&](auto k) {
+    GatedRmsNormBackwardVecKernel<decltype(k)::value><<<blocks, kThreads, 0, Stream()>>>(
+        F32(o), pg, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, py, F32(partial));
+  });
+  if (!registers)
+    GatedRmsNormBackwardKernel<<<blocks, kThreads, smem, Stream()>>>(
+        F32(o), pg, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, py, F32(partial));
   CUDA_CHECK_LAUNCH();
   AddColumnSums(F32(partial), blocks, d, F32(dw));
 }
