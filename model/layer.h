@@ -45,6 +45,8 @@ struct LayerBuilder {
   Tensor OperandEmpty(const Shape& shape) const {
     return Tensor::Empty(shape, ops::MatmulOperandType(dtype, device), device);
   }
+  // Whether OperandEmpty's tensors differ in type from Empty's (bf16 copies, the bf16 mode on CUDA).
+  bool OperandsRounded() const { return ops::MatmulOperandType(dtype, device) != dtype; }
 };
 
 // y = x W^T for x [N, in], W [out, in]; x may be an ops::MatmulOperand. stored: y is read only by

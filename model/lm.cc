@@ -215,9 +215,7 @@ double LanguageModel::HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* 
     // logits in place.
     Tensor dlogits;
     if (backward)
-      dlogits = ops::MatmulOperandType(logits.dtype(), logits.device()) != logits.dtype()
-                    ? builder_.OperandEmpty(logits.shape())
-                    : logits;
+      dlogits = builder_.OperandsRounded() ? builder_.OperandEmpty(logits.shape()) : logits;
     loss += share * Loss(logits, targets_.Rows(r0, r1), dlogits, share * grad_scale);
     if (!backward) continue;
     ops::Matmul(dlogits, true, x, false, head_->grad, out_mult_, 1.0);
@@ -252,7 +250,7 @@ void LanguageModel::Backward(const Tensor& dxf, GradientReducer* reducer) {
   // read it only through matrix products: in the bf16 mode the norms' backward also writes its
   // rounded copy, dx_operand, which the blocks take instead.
   Tensor dx = builder_.Empty({N, d.width});
-  const bool round = ops::MatmulOperandType(dx.dtype(), dx.device()) != dx.dtype();
+  const bool round = builder_.OperandsRounded();
   const Tensor dx_operand = round ? builder_.OperandEmpty({N, d.width}) : Tensor();
   const Tensor& dx_in = round ? dx_operand : dx;
   ops::RmsNormBackward(xf_in_, final_norm_->value, rf_, dxf, dx, final_norm_->grad, false,

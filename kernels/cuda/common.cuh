@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -93,6 +94,12 @@ inline StoredIn CheckStoredIn(const Tensor& in, int64_t numel, const char* what)
 }
 
 constexpr int kThreads = 256;
+// A kernel template's compile-time size chosen at run time: calls
+// f(std::integral_constant<int, K>{}) for the K of Ks equal to k; false (nothing called) when none is.
+template <int... Ks, typename F>
+bool WithConstant(int64_t k, F&& f) {
+  return ((k == Ks && (f(std::integral_constant<int, Ks>{}), true)) || ...);
+}
 // The device's streaming multiprocessors (the device is chosen once per process).
 inline int SmCount() {
   static const int count = [] {

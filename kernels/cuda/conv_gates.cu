@@ -76,35 +76,23 @@ int64_t ConvSegments(int64_t T, int64_t K, const char* op) {
 }
 }  // namespace
 
-// Runs KERNEL<K, In> on (channel block, sequence segment) blocks, In from x's type.
-#define GDN_CONV_CASE(KERNEL, KK, IN, XP, ...)                                           \
-  case KK:                                                                              \
-    KERNEL<KK, IN><<<grid_, 128, 0, Stream()>>>(XP, __VA_ARGS__, T_, C_, segments_);   \
-    break;
-#define GDN_CONV_SWITCH(KERNEL, IN, XP, ...)        \
-  switch (K_) {                                     \
-    GDN_CONV_CASE(KERNEL, 1, IN, XP, __VA_ARGS__)   \
-    GDN_CONV_CASE(KERNEL, 2, IN, XP, __VA_ARGS__)   \
-    GDN_CONV_CASE(KERNEL, 3, IN, XP, __VA_ARGS__)   \
-    GDN_CONV_CASE(KERNEL, 4, IN, XP, __VA_ARGS__)   \
-    GDN_CONV_CASE(KERNEL, 5, IN, XP, __VA_ARGS__)   \
-    GDN_CONV_CASE(KERNEL, 6, IN, XP, __VA_ARGS__)   \
-    GDN_CONV_CASE(KERNEL, 7, IN, XP, __VA_ARGS__)   \
-    GDN_CONV_CASE(KERNEL, 8, IN, XP, __VA_ARGS__)   \
-  }
-#define GDN_CONV_LAUNCH(KERNEL, K, B, T, C, segments, x, ...)                                   \
-  do {                                                                                          \
-    const int64_t K_ = (K), T_ = (T), C_ = (C), segments_ = (segments);                         \
-    const dim3 grid_(static_cast<unsigned>((C_ + 127) / 128),                                   \
-                     static_cast<unsigned>((B) * segments_));                                   \
-    if ((x).bf16) {                                                                             \
-      GDN_CONV_SWITCH(KERNEL, Bf16In, Bf16In{static_cast<const __nv_bfloat16*>((x).p)},         \
-                      __VA_ARGS__)                                                              \
-    } else {                                                                                    \
-      GDN_CONV_SWITCH(KERNEL, F32In, F32In{static_cast<const float*>((x).p)}, __VA_ARGS__)      \
-    }                                                                                           \
-    CUDA_CHECK_LAUNCH();                                                                        \
-  } while (0)
+namespace {
+// Calls launch(k, in) with k the tap count K as a std::integral_constant (1..kConvMaxTaps) and in
+// x in its type (F32In or Bf16In): the kernels' template arguments.
+template <typename Launch>
+void WithConvTemplate(int64_t K, const StoredIn& x, Launch launch) {
+  auto with_taps = [&](auto in) {
+    WithConstant<1, 2, 3, 4, 5, 6, 7, 8>(K, [&](auto k) { launch(k, in); });
+  };
+  static_assert(kConvMaxTaps == 8);
+  if (x.bf16) with_taps(Bf16In{static_cast<const __nv_bfloat16*>(x.p)});
+  else with_taps(F32In{static_cast<const float*>(x.p)});
+}
+// The kernels' blocks: (block of 128 channels, sequence segment).
+dim3 ConvGrid(int64_t B, int64_t C, int64_t segments) {
+  return dim3(static_cast<unsigned>((C + 127) / 128), static_cast<unsigned>(B * segments));
+}
+}  // namespace
 
 void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   const StoredIn px = CheckStoredIn(x, y.numel(), "CausalConvSiluForward x");
@@ -115,7 +103,11 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   CHECK_EQ(w.dim(0), C);
   const int64_t segments = ConvSegments(T, K, "CausalConvSiluForward");
   if (B * T * C == 0) return;
-  GDN_CONV_LAUNCH(ConvSiluForwardKernel, K, B, T, C, segments, px, F32(w), F32(y));
+  WithConvTemplate(K, px, [&](auto k, auto in) {
+    ConvSiluForwardKernel<decltype(k)::value, decltype(in)>
+        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, F32(w), F32(y), T, C, segments);
+  });
+  CUDA_CHECK_LAUNCH();
 }
 
 // The backward in one pass: each thread owns one channel of one segment of kSegment positions of
@@ -201,7 +193,11 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
   const float *pw = F32(w), *pdy = F32(dy);
   float* ppart = F32(partial);
-  GDN_CONV_LAUNCH(ConvSiluBackwardKernel, K, B, T, C, segments, px, pw, pdy, pdx, ppart);
+  WithConvTemplate(K, px, [&](auto k, auto in) {
+    ConvSiluBackwardKernel<decltype(k)::value, decltype(in)>
+        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, pw, pdy, pdx, ppart, T, C, segments);
+  });
+  CUDA_CHECK_LAUNCH();
   AddColumnSums(ppart, static_cast<int>(B * segments), C * K, F32(dw));
 }
 

@@ -182,15 +182,14 @@ double CrossEntropy(const Tensor& logits, const Tensor& targets, const Tensor& d
   const float gs = static_cast<float>(grad_scale / n);
   float* pr = F32(row_loss);
   int* pb = bad.data<int32_t>();
-  const int64_t per = (vocab + kRowThreads - 1) / kRowThreads;
-  if (per <= 1) CrossEntropyRowKernel<1><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
-  else if (per <= 2) CrossEntropyRowKernel<2><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
-  else if (per <= 4) CrossEntropyRowKernel<4><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
-  else if (per <= 8) CrossEntropyRowKernel<8><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
-  else if (per <= 16) CrossEntropyRowKernel<16><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
-  else if (per <= 32) CrossEntropyRowKernel<32><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
-  else if (per <= 64) CrossEntropyRowKernel<64><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
-  else CrossEntropyKernel<<<n, kThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
+  // Values a thread for a row in registers: the power of 2 at or above vocab / kRowThreads.
+  int64_t per = 1;
+  while (per * kRowThreads < vocab) per *= 2;
+  const bool registers = WithConstant<1, 2, 4, 8, 16, 32, 64>(per, [&](auto k) {
+    CrossEntropyRowKernel<decltype(k)::value><<<n, kRowThreads, 0, Stream()>>>(pl, pt, vocab, gs,
+                                                                               pr, pd, pb);
+  });
+  if (!registers) CrossEntropyKernel<<<n, kThreads, 0, Stream()>>>(pl, pt, vocab, gs, pr, pd, pb);
   CUDA_CHECK_LAUNCH();
   int host_bad = 0;
   CopyDeviceToHost(&host_bad, bad.raw(), sizeof(int));

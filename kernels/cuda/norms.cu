@@ -3,7 +3,6 @@
 // rows are short and many), but for RMSNorm's backward. The backwards sum their weight gradients
 // per block as they go, then AddColumnSums adds the blocks' rows in a fixed order (deterministic).
 #include <initializer_list>
-#include <type_traits>
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
@@ -339,19 +338,6 @@ int WarpVec(int64_t d, int max_vec, std::initializer_list<const Tensor*> tensors
 
 #undef GDN_WARP_ROW
 
-// Calls launch(std::integral_constant<int, K>{}) for K = vec, one of the register kernels' 1, 2, 4
-// or 8; false (nothing called) for any other vec.
-template <typename Launch>
-bool WithVec(int vec, Launch launch) {
-  switch (vec) {
-    case 1: launch(std::integral_constant<int, 1>{}); return true;
-    case 2: launch(std::integral_constant<int, 2>{}); return true;
-    case 4: launch(std::integral_constant<int, 4>{}); return true;
-    case 8: launch(std::integral_constant<int, 8>{}); return true;
-  }
-  return false;
-}
-
 // The row-norm forward: res (and h) for the fused residual add, w for RMSNorm's weight; y float32
 // or bf16. Rows of 128, 256, 512 or 1024 values take the register kernel.
 void LaunchRowNorm(const Tensor& x, const Tensor* res, const Tensor* w, int64_t rows, int64_t d,
@@ -363,7 +349,7 @@ void LaunchRowNorm(const Tensor& x, const Tensor* res, const Tensor* w, int64_t 
   const Tensor none;
   const int vec = WarpVec(d, 8, {&x, res ? res : &none, w ? w : &none, h ? h : &none, &y});
   const float e = static_cast<float>(eps);
-  const bool registers = WithVec(vec, [&](auto k) {
+  const bool registers = WithConstant<1, 2, 4, 8>(vec, [&](auto k) {
     RowNormForwardVecKernel<decltype(k)::value><<<RowBlocks(rows), kThreads, 0, Stream()>>>(
         F32(x), pres, pw, rows, e, rms, ph, py, F32(rstat));
   });
@@ -433,7 +419,7 @@ void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const
   const size_t smem = vec > 0 ? 0 : d * sizeof(float);
   const int blocks = PartialBlocks(n, smem, reinterpret_cast<const void*>(RmsNormBackwardKernel));
   Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
-  const bool registers = WithVec(vec, [&](auto k) {
+  const bool registers = WithConstant<1, 2, 4, 8>(vec, [&](auto k) {
     RmsNormBackwardVecKernel<decltype(k)::value><<<blocks, vec_threads, 0, Stream()>>>(
         px, pw, pr, pdy, n, d, accumulate, pdx, pdxo, F32(partial));
   });
@@ -503,7 +489,7 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   const int blocks = PartialBlocks(RowBlocks(rows), smem,
                                    reinterpret_cast<const void*>(GatedRmsNormBackwardKernel));
   Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
-  const bool registers = WithVec(vec, [&](auto k) {
+  const bool registers = WithConstant<1, 2, 4, 8>(vec, [&](auto k) {
     GatedRmsNormBackwardVecKernel<decltype(k)::value><<<blocks, kThreads, 0, Stream()>>>(
         F32(o), pg, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, py, F32(partial));
   });
