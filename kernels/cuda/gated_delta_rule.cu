@@ -53,7 +53,8 @@ namespace {
 constexpr int kC = 64;            // chunk size and tile edge
 constexpr int kLd = kC + 8;       // padded row length of a shared-memory tile (see the top)
 constexpr int kTile = kC * kLd;   // floats per tile
-constexpr int kThreads = 256;     // every kernel; Frag's 16 x 16 thread layout relies on it
+constexpr int kThreads = 256;     // every kernel; the 16 x 16 thread layouts of Frag and
+                                  // InvertUnitLower rely on it
 constexpr int kSmall = 1280;      // floats of per-token scratch ahead of the tiles
 constexpr int kMaxTiles = 256 / kC;  // dk, dv <= 256
 
@@ -487,6 +488,50 @@ __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int 
   __syncthreads();
 }
 
+// T = (I + M)^-1 for M (fp32 tile) strictly lower triangular, into the fp32 tile T, by 16 x 16
+// blocks: the four diagonal blocks by forward substitution (64 threads, one column each, chains
+// of at most 15 steps), then the blocks below them one block diagonal at a time,
+//   T_ij = -T_ii Y_ij,  Y_ij = sum_{j <= m < i} M_im T_mj   (block indices),
+// every thread one element of each block (Y in the scratch tile sY). A substitution over all 64
+// rows, one column per thread, was a dependent chain of about 2000 multiply-adds: 156 of
+// PrepKernel's 292 us at the reference model's layer (experiments/results/gdr-cuda.md). Ends with
+// a barrier.
+__device__ void InvertUnitLower(const float* sM, float* sT, float* sY) {
+  constexpr int kB = 16;  // block edge
+  static_assert(kThreads == kB * kB && kC % kB == 0);
+  const int t = threadIdx.x;
+  for (int e = t; e < kTile; e += kThreads) sT[e] = 0.f;  // the blocks above the diagonal stay 0
+  __syncthreads();
+  if (t < kC) {
+    const int col = t, end = (col & ~(kB - 1)) + kB;
+    for (int i = col; i < end; ++i) {
+      float x = i == col ? 1.f : 0.f;
+      for (int m = col; m < i; ++m) x -= sM[i * kLd + m] * sT[m * kLd + col];
+      sT[i * kLd + col] = x;
+    }
+  }
+  __syncthreads();
+  const int r = t / kB, c = t % kB;  // kThreads == kB * kB
+  for (int s = 1; s < kC / kB; ++s) {
+    for (int j = 0; j + s < kC / kB; ++j) {
+      const int i = j + s;
+      float y = 0.f;
+      for (int m = kB * j; m < kB * i; ++m)
+        y = fmaf(sM[(kB * i + r) * kLd + m], sT[m * kLd + kB * j + c], y);
+      sY[j * kB * kB + t] = y;
+    }
+    __syncthreads();
+    for (int j = 0; j + s < kC / kB; ++j) {
+      const int i = j + s;
+      float x = 0.f;
+      for (int q = 0; q <= r; ++q)
+        x = fmaf(-sT[(kB * i + r) * kLd + kB * i + q], sY[j * kB * kB + q * kB + c], x);
+      sT[(kB * i + r) * kLd + kB * j + c] = x;
+    }
+    __syncthreads();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward kernels.
 
@@ -503,7 +548,7 @@ __global__ void __launch_bounds__(kThreads)
   float* sE = smem + kSmall;
   float* sM = sE + kTile;
   float* sT = sM + kTile;
-  float* sX = sT + kTile;  // operand tile
+  float* sX = sT + kTile;  // operand tile (InvertUnitLower's scratch before)
   LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
   BuildE(sE, gs);
   const T* kc = k + d.Qk(b, t0, h);
@@ -520,17 +565,7 @@ __global__ void __launch_bounds__(kThreads)
     sM[r * kLd + cc] = r > cc ? gs.beta[r] * f.v[i][j] * sE[r * kLd + cc] : 0.f;
   }
   __syncthreads();
-  // Forward substitution, one column of T per thread: T_ij = -sum_{j<=m<i} M_im T_mj.
-  if (threadIdx.x < kC) {
-    const int j = threadIdx.x;
-    for (int i = 0; i < kC; ++i) {
-      float x = i == j ? 1.f : 0.f;
-      if (i > j)
-        for (int m = j; m < i; ++m) x -= sM[i * kLd + m] * sT[m * kLd + j];
-      sT[i * kLd + j] = x;
-    }
-  }
-  __syncthreads();
+  InvertUnitLower(sM, sT, sX);
   const int64_t ch = d.Chunk(b, hv, c);
   if (Tm != nullptr) StoreTile(Tm + ch * kC * kC, kC, sT);
   const float* opT = sT;  // T as an operand tile: on the tensor cores, its planes in sE's slot
