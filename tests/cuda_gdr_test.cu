@@ -325,6 +325,10 @@ TEST(CudaGatedDeltaRuleDeathTest, RejectsBadShapesAndAlignment) {
   EXPECT_DEATH(cuda::GdrBackward({1, 8, 2, 2, 64, 64}, null, null, null, null, null, 1.f, odd,
                                  out, out, out, out, out, nullptr),
                "d_o is not 16-byte aligned");
+  float* odd_out = reinterpret_cast<float*>(uintptr_t{0x1004});
+  EXPECT_DEATH(cuda::GdrBackward({1, 8, 2, 2, 64, 64}, null, null, null, null, null, 1.f, null,
+                                 out, out, odd_out, out, out, nullptr),
+               "dv is not 16-byte aligned");
 }
 
 }  // namespace

@@ -9,8 +9,8 @@
 // accumulated; dq and dk sum over the value heads of each key head. Everything runs on `stream`;
 // scratch memory is taken with cudaMallocAsync on it (the device's default memory pool, whose
 // release threshold is raised so repeated calls reuse it) and freed the same way.
-// Supported sizes: dk and dv multiples of 64 up to 256, HV a multiple of H, any T >= 0; q, k, v
-// and d_o 16-byte aligned. Anything else aborts with a message naming the field.
+// Supported sizes: dk and dv multiples of 64 up to 256, HV a multiple of H, any T >= 0; q, k, v,
+// d_o and dv 16-byte aligned. Anything else aborts with a message naming the field.
 // bf16 inputs and outputs use fp32 gates, state and accumulation; their block products run on
 // the tensor cores with split operands (fp32-grade results before the bf16 output rounding).
 // Scratch (fp32, per call): per-token W, U, V' and per-chunk states, plus T, per-chunk dL/dS and
