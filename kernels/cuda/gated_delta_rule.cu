@@ -154,11 +154,13 @@ __device__ __forceinline__ void PutOp4(float* slot, int r, int c, float x0, floa
   }
 }
 
+// Four consecutive values of row r from column c (a multiple of 4) on, as GetOp reads them.
 template <bool kTC>
 __device__ __forceinline__ float4 GetOp4(const float* slot, int r, int c) {
   if constexpr (kTC) {
     const __nv_bfloat16* p = reinterpret_cast<const __nv_bfloat16*>(slot) + r * kLd + c;
-    const uint2 h = *reinterpret_cast<const uint2*>(p), l = *reinterpret_cast<const uint2*>(p + kTile);
+    const uint2 h = *reinterpret_cast<const uint2*>(p);
+    const uint2 l = *reinterpret_cast<const uint2*>(p + kTile);
     const float2 h0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&h.x));
     const float2 h1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&h.y));
     const float2 l0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&l.x));
@@ -169,7 +171,9 @@ __device__ __forceinline__ float4 GetOp4(const float* slot, int r, int c) {
   }
 }
 // dst[0, 4) <- x (dst 16-byte aligned for fp32, 8-byte for bf16).
-__device__ __forceinline__ void Store4(float* dst, float4 x) { *reinterpret_cast<float4*>(dst) = x; }
+__device__ __forceinline__ void Store4(float* dst, float4 x) {
+  *reinterpret_cast<float4*>(dst) = x;
+}
 __device__ __forceinline__ void Store4(__nv_bfloat16* dst, float4 x) {
   const __nv_bfloat162 a = __floats2bfloat162_rn(x.x, x.y), b = __floats2bfloat162_rn(x.z, x.w);
   *reinterpret_cast<uint2*>(dst) =
