@@ -256,15 +256,16 @@ void SgdUpdate(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, d
 }
 
 void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step) {
+                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step,
+                       double grad_scale) {
   ScopedOpTimer timer("AdamWUpdatePieces", p);
-  GDN_DISPATCH(p, AdamWUpdatePieces, p, g, m, v, pieces, beta1, beta2, eps, step);
+  GDN_DISPATCH(p, AdamWUpdatePieces, p, g, m, v, pieces, beta1, beta2, eps, step, grad_scale);
 }
 
 void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const Tensor& pieces,
-                     double momentum) {
+                     double momentum, double grad_scale) {
   ScopedOpTimer timer("SgdUpdatePieces", p);
-  GDN_DISPATCH(p, SgdUpdatePieces, p, g, buf, pieces, momentum);
+  GDN_DISPATCH(p, SgdUpdatePieces, p, g, buf, pieces, momentum, grad_scale);
 }
 
 }  // namespace gdn::ops

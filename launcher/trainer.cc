@@ -414,8 +414,7 @@ StepResult TrainStep(LanguageModel& model, GradientReducer& reducer, Optimizer& 
   StepResult r;
   r.loss = SumOverDp(dp, local_loss);
   r.grad_norm = reducer.GradNorm();
-  reducer.ClipGradients(r.grad_norm, grad_clip);
-  optimizer.Step(step, lr);
+  optimizer.Step(step, lr, ClipScale(r.grad_norm, grad_clip));
   reducer.GatherValues();
   return r;
 }

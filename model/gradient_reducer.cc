@@ -144,13 +144,6 @@ double GradientReducer::GradNorm() const {
   return std::sqrt(ss.at(0));
 }
 
-void GradientReducer::ClipGradients(double norm, double max_norm) const {
-  if (max_norm <= 0 || !(norm > max_norm)) return;
-  const double scale = max_norm / norm;
-  if (!options_.shard_optimizer) return ops::Scale(flat_grad_, scale);
-  for (const Bucket& b : buckets_) ops::Scale(OwnChunk(flat_grad_, b), scale);
-}
-
 void GradientReducer::GatherValues() {
   if (!options_.shard_optimizer) return;
   for (const Bucket& b : buckets_)  // in place: this rank's chunk is its part of the result

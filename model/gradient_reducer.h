@@ -48,8 +48,6 @@ class GradientReducer {
   // The global gradient norm, sqrt(sum of squared reduced gradients), each element once: a
   // tensor-parallel shard on its rank, a replicated parameter on tensor-parallel rank 0 only.
   double GradNorm() const;
-  // Scales every gradient by max_norm / norm when norm > max_norm > 0.
-  void ClipGradients(double norm, double max_norm) const;
 
   // The optimizer's view. A piece of a parameter that this rank updates: elements [offset,
   // offset + length) of the parameter's flat value, at `flat` in the flat buffers and at

@@ -25,6 +25,10 @@ double ScheduledLearningRate(const OptimizerSpec& spec, int64_t step, int64_t to
   return lr;
 }
 
+double ClipScale(double norm, double max_norm) {
+  return max_norm > 0 && norm > max_norm ? max_norm / norm : 1.0;
+}
+
 Optimizer::Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
                      const GradientReducer* layout)
     : spec_(spec), params_(params), layout_(layout),
@@ -40,12 +44,13 @@ Optimizer::Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
       state_.push_back(Tensor::Zeros(p->value.shape(), p->value.dtype(), p->value.device()));
 }
 
-void Optimizer::Step(int64_t step, double lr) {
+void Optimizer::Step(int64_t step, double lr, double grad_scale) {
   const auto& all = params_.all();
   const bool adamw = spec_.kind() == OptimizerSpec::ADAMW;
   if (layout_ == nullptr) {
     for (size_t i = 0; i < all.size(); ++i) {
       const Parameter& p = *all[i];
+      if (grad_scale != 1.0) ops::Scale(p.grad, grad_scale);
       const double plr = lr * p.mult.lr, wd = spec_.weight_decay() * p.mult.weight_decay;
       const Tensor* state = &state_[per_param_ * i];
       if (adamw)
@@ -71,10 +76,10 @@ void Optimizer::Step(int64_t step, double lr) {
   }
   if (adamw)
     ops::AdamWUpdatePieces(layout_->flat_values(), layout_->flat_grads(), state_[0], state_[1],
-                           pieces, spec_.beta1(), spec_.beta2(), spec_.eps(), step);
+                           pieces, spec_.beta1(), spec_.beta2(), spec_.eps(), step, grad_scale);
   else
     ops::SgdUpdatePieces(layout_->flat_values(), layout_->flat_grads(), state_[0], pieces,
-                         spec_.momentum());
+                         spec_.momentum(), grad_scale);
 }
 
 std::vector<Tensor> Optimizer::FullState() const {

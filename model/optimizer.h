@@ -13,6 +13,10 @@ namespace gdn {
 // The base learning rate at optimizer step `step` (0-based) of `total_steps`.
 double ScheduledLearningRate(const OptimizerSpec& spec, int64_t step, int64_t total_steps);
 
+// Gradient clipping's factor for a global gradient norm: max_norm / norm when norm > max_norm > 0,
+// else 1. Optimizer::Step applies it.
+double ClipScale(double norm, double max_norm);
+
 class GradientReducer;
 
 class Optimizer {
@@ -24,7 +28,10 @@ class Optimizer {
   Optimizer(const OptimizerSpec& spec, const ParameterSet& params,
             const GradientReducer* layout = nullptr);
   // One update with base learning rate `lr`; `step` counts updates from 1 (Adam's bias correction).
-  void Step(int64_t step, double lr);
+  // Every gradient is taken times grad_scale (ClipScale's factor), exactly as if it had been
+  // scaled first: with a reducer inside the multi-tensor update, without a pass over the
+  // gradients (which stay as they are).
+  void Step(int64_t step, double lr, double grad_scale = 1.0);
   // The state as full per-parameter tensors (this rank's tensor-parallel slices), in parameter
   // order, m and v for AdamW, the momentum buffer for SGD: under ZeRO-1 gathered over the
   // data-parallel group (collective: every rank of it calls this), else views of the state.

@@ -312,7 +312,8 @@ TEST(CudaOpsTest, MatmulOperand) {
 // The multi-tensor updates: pieces of many sizes (one spanning several 4096-element work items, an
 // empty one) with gaps between them, each with its own rate and decay, against the CPU; the
 // elements outside every piece must stay as they were. Offsets that are multiples of 4 take
-// AdamW's 4-value loads (one with a 3-value tail), the others its scalar loop.
+// AdamW's 4-value loads (one with a 3-value tail), the others its scalar loop. A gradient scale
+// (clipping's factor) gives bit for bit what scaling the gradients first gives.
 TEST(CudaOpsTest, UpdatePieces) {
   GDN_REQUIRE_GPU();
   const int64_t n = 20000, s = 21000;
@@ -323,19 +324,29 @@ TEST(CudaOpsTest, UpdatePieces) {
   for (int r = 0; r < 5; ++r)
     for (int c = 0; c < 5; ++c) pieces.set(r * 5 + c, rows[r][c]);
   for (int step : {1, 7}) {
+    const double scale = step == 1 ? 1.0 : 0.37;
     const Tensor p = Rand({n}), g = Rand({n}), m = Rand({s}), v = Rand({s}, 0, 1);
     const Tensor dp = Dev(p), dm = Dev(m), dv = Dev(v);
-    ops::AdamWUpdatePieces(p, g, m, v, pieces, 0.9, 0.95, 1e-8, step);
-    ops::AdamWUpdatePieces(dp, Dev(g), dm, dv, pieces, 0.9, 0.95, 1e-8, step);
+    const Tensor dp2 = Dev(p), dm2 = Dev(m), dv2 = Dev(v), dg2 = Dev(g);
+    ops::AdamWUpdatePieces(p, g, m, v, pieces, 0.9, 0.95, 1e-8, step, scale);
+    ops::AdamWUpdatePieces(dp, Dev(g), dm, dv, pieces, 0.9, 0.95, 1e-8, step, scale);
     Compare("AdamWUpdatePieces", "p", dp, p, kTol);
     Compare("AdamWUpdatePieces", "m", dm, m, kTol);
     Compare("AdamWUpdatePieces", "v", dv, v, kTol);
+    ops::Scale(dg2, scale);
+    ops::AdamWUpdatePieces(dp2, dg2, dm2, dv2, pieces, 0.9, 0.95, 1e-8, step, 1.0);
+    ExpectBitEqual("AdamWUpdatePieces scaled p", dp, dp2);
+    ExpectBitEqual("AdamWUpdatePieces scaled m", dm, dm2);
+    ExpectBitEqual("AdamWUpdatePieces scaled v", dv, dv2);
     const Tensor p0 = Rand({n}), buf = Rand({s});
-    const Tensor sp = p0.Clone(), dsp = Dev(p0), dbuf = Dev(buf);
-    ops::SgdUpdatePieces(sp, g, buf, pieces, 0.9);
-    ops::SgdUpdatePieces(dsp, Dev(g), dbuf, pieces, 0.9);
+    const Tensor sp = p0.Clone(), dsp = Dev(p0), dbuf = Dev(buf), dsp2 = Dev(p0), dbuf2 = Dev(buf);
+    ops::SgdUpdatePieces(sp, g, buf, pieces, 0.9, scale);
+    ops::SgdUpdatePieces(dsp, Dev(g), dbuf, pieces, 0.9, scale);
     Compare("SgdUpdatePieces", "p", dsp, sp, kTol);
     Compare("SgdUpdatePieces", "buf", dbuf, buf, kTol);
+    ops::SgdUpdatePieces(dsp2, dg2, dbuf2, pieces, 0.9, 1.0);
+    ExpectBitEqual("SgdUpdatePieces scaled p", dsp, dsp2);
+    ExpectBitEqual("SgdUpdatePieces scaled buf", dbuf, dbuf2);
     // Elements 4 and 13150 lie in no piece.
     const Tensor back = dsp.To(kCpu);
     EXPECT_EQ(back.at(4), p0.at(4));

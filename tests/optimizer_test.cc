@@ -1,5 +1,5 @@
 // The optimizer layer (model/optimizer.h): the learning-rate schedule, the gradient norm and
-// clipping, AdamW and SGD-with-momentum updates against hand-written references (with
+// clipping (its factor applied inside the update), AdamW and SGD-with-momentum updates against hand-written references (with
 // per-parameter learning-rate and weight-decay multipliers), and short training runs that must
 // reduce the loss of a small model on a fixed batch.
 #include <gtest/gtest.h>
@@ -9,8 +9,10 @@
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "kernels/ops.h"
 #include "model/config.h"
 #include "model/gradient_reducer.h"
 #include "model/lm.h"
@@ -128,32 +130,58 @@ TEST(GradNorm, IsSqrtOfSumOfSquares) {
   EXPECT_DOUBLE_EQ(rs.reducer.GradNorm(), 5.0);
 }
 
-TEST(ClipGradients, ScalesToMaxNormExactly) {
+TEST(ClipScale, IsMaxNormOverNormAboveTheMaxOnly) {
+  EXPECT_DOUBLE_EQ(ClipScale(4.0, 1.0), 0.25);
+  EXPECT_EQ(ClipScale(1.0, 1.5), 1.0);   // below the max: untouched
+  EXPECT_EQ(ClipScale(1.0, 1.0), 1.0);   // equal to it: untouched
+  EXPECT_EQ(ClipScale(10.0, 0.0), 1.0);  // 0 turns clipping off
+  // Gradients taken times the factor have the max norm.
   ParameterSet ps = MakeParams(DType::kF64);
   OneRank r(ps);
   const double norm = r.reducer.GradNorm();
   ASSERT_GT(norm, 1.0);
-  std::vector<Tensor> before;
-  for (const auto& p : ps.all()) before.push_back(p->grad.Clone());
-  r.reducer.ClipGradients(norm, 1.0);
+  ops::Scale(r.reducer.flat_grads(), ClipScale(norm, 1.0));
   EXPECT_NEAR(r.reducer.GradNorm(), 1.0, 1e-14);
-  for (size_t k = 0; k < before.size(); ++k)  // same direction: every coordinate times 1/norm
-    for (int64_t i = 0; i < before[k].numel(); ++i)
-      EXPECT_NEAR(ps.all()[k]->grad.at(i), before[k].at(i) / norm, 1e-15);
 }
 
-TEST(ClipGradients, LeavesSmallNormsAndDisabledClipAlone) {
-  ParameterSet ps = MakeParams(DType::kF64);
-  OneRank r(ps);
-  const double norm = r.reducer.GradNorm();
-  std::vector<Tensor> before;
-  for (const auto& p : ps.all()) before.push_back(p->grad.Clone());
-  r.reducer.ClipGradients(norm, norm * 1.5);  // below max: untouched
-  r.reducer.ClipGradients(norm, norm);        // equal to max: untouched
-  r.reducer.ClipGradients(norm, 0.0);         // 0 turns clipping off
-  for (size_t k = 0; k < before.size(); ++k)
-    for (int64_t i = 0; i < before[k].numel(); ++i)
-      EXPECT_EQ(ps.all()[k]->grad.at(i), before[k].at(i));
+// Clipping inside the update: a step given the factor leaves the values and state that scaling
+// the gradients first and then stepping leaves, bit for bit, for AdamW and SGD, with the
+// trainer's reducer (the multi-tensor update, which leaves the gradients as they are) and
+// without one.
+TEST(ClipScale, StepWithTheFactorEqualsStepOnScaledGradients) {
+  for (auto kind : {OptimizerSpec::ADAMW, OptimizerSpec::SGD})
+    for (const bool with_reducer : {true, false}) {
+      SCOPED_TRACE(std::to_string(kind) + (with_reducer ? " flat" : " per parameter"));
+      ParameterSet a = MakeParams(DType::kF32), b = MakeParams(DType::kF32);
+      std::unique_ptr<OneRank> ra, rb;
+      if (with_reducer) ra = std::make_unique<OneRank>(a), rb = std::make_unique<OneRank>(b);
+      OptimizerSpec spec = Schedule(OptimizerSpec::CONSTANT, 0, 0.01, 0.0);
+      spec.set_kind(kind);
+      spec.set_weight_decay(0.1);
+      Optimizer oa(spec, a, ra ? &ra->reducer : nullptr), ob(spec, b, rb ? &rb->reducer : nullptr);
+      std::vector<Tensor> grads;
+      for (const auto& p : a.all()) grads.push_back(p->grad.Clone());
+      const double scale = 0.37;
+      for (int step = 1; step <= 2; ++step) {
+        oa.Step(step, 0.01, scale);
+        for (const auto& p : b.all()) ops::Scale(p->grad, scale);
+        ob.Step(step, 0.01);
+        for (size_t k = 0; k < grads.size(); ++k) {
+          if (with_reducer)
+            for (int64_t i = 0; i < grads[k].numel(); ++i)
+              ASSERT_EQ(a.all()[k]->grad.at(i), grads[k].at(i));
+          a.all()[k]->grad.CopyFrom(grads[k]);  // the same gradients again for step 2
+          b.all()[k]->grad.CopyFrom(grads[k]);
+        }
+      }
+      for (size_t k = 0; k < a.all().size(); ++k)
+        for (int64_t i = 0; i < a.all()[k]->value.numel(); ++i)
+          ASSERT_EQ(a.all()[k]->value.at(i), b.all()[k]->value.at(i));
+      const std::vector<Tensor> sa = oa.FullState(), sb = ob.FullState();
+      ASSERT_EQ(sa.size(), sb.size());
+      for (size_t k = 0; k < sa.size(); ++k)
+        for (int64_t i = 0; i < sa[k].numel(); ++i) ASSERT_EQ(sa[k].at(i), sb[k].at(i));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,8 +347,8 @@ std::vector<double> TrainFixedBatch(OptimizerSpec::Kind kind, double lr, int ste
   for (int step = 0; step < steps; ++step) {
     r.reducer.ZeroGrads();
     losses.push_back(model.ForwardBackward(tokens));
-    r.reducer.ClipGradients(r.reducer.GradNorm(), s.optimizer().grad_clip());
-    opt.Step(step + 1, ScheduledLearningRate(s.optimizer(), step, steps));
+    opt.Step(step + 1, ScheduledLearningRate(s.optimizer(), step, steps),
+             ClipScale(r.reducer.GradNorm(), s.optimizer().grad_clip()));
   }
   losses.push_back(model.ForwardLoss(tokens));
   return losses;

@@ -221,8 +221,8 @@ std::vector<double> Train(LanguageModel& model, const ExperimentSpec& spec, cons
   for (int step = 0; step < steps; ++step) {
     reducer.ZeroGrads();
     losses.push_back(model.ForwardBackward(tokens));
-    reducer.ClipGradients(reducer.GradNorm(), spec.optimizer().grad_clip());
-    opt.Step(step + 1, ScheduledLearningRate(spec.optimizer(), step, steps));
+    opt.Step(step + 1, ScheduledLearningRate(spec.optimizer(), step, steps),
+             ClipScale(reducer.GradNorm(), spec.optimizer().grad_clip()));
   }
   losses.push_back(model.ForwardLoss(tokens));
   return losses;

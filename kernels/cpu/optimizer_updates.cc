@@ -48,23 +48,34 @@ void SgdUpdate(const Tensor& p, const Tensor& g, const Tensor& buf, double lr, d
   });
 }
 
+namespace {
+// A piece's gradient times grad_scale (the reference scales a copy, as Scale would g).
+Tensor ScaledGrad(const Tensor& g, double grad_scale) {
+  if (grad_scale == 1.0) return g;
+  Tensor c = g.Clone();
+  Scale(c, grad_scale);
+  return c;
+}
+}  // namespace
+
 // The pieces one after the other, each through the one-tensor update (the reference).
 void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step) {
+                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step,
+                       double grad_scale) {
   CheckSame(m, v, "AdamWUpdatePieces");
   for (const UpdatePiece& u : ReadUpdatePieces(pieces, p, g, m, "AdamWUpdatePieces")) {
     const int64_t a = u.p_offset, s = u.state_offset, n = u.length;
-    AdamWUpdate(p.Rows(a, a + n), g.Rows(a, a + n), m.Rows(s, s + n), v.Rows(s, s + n), u.lr,
-                beta1, beta2, eps, u.weight_decay, step);
+    AdamWUpdate(p.Rows(a, a + n), ScaledGrad(g.Rows(a, a + n), grad_scale), m.Rows(s, s + n),
+                v.Rows(s, s + n), u.lr, beta1, beta2, eps, u.weight_decay, step);
   }
 }
 
 void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const Tensor& pieces,
-                     double momentum) {
+                     double momentum, double grad_scale) {
   for (const UpdatePiece& u : ReadUpdatePieces(pieces, p, g, buf, "SgdUpdatePieces")) {
     const int64_t a = u.p_offset, s = u.state_offset, n = u.length;
-    SgdUpdate(p.Rows(a, a + n), g.Rows(a, a + n), buf.Rows(s, s + n), u.lr, momentum,
-              u.weight_decay);
+    SgdUpdate(p.Rows(a, a + n), ScaledGrad(g.Rows(a, a + n), grad_scale), buf.Rows(s, s + n),
+              u.lr, momentum, u.weight_decay);
   }
 }
 

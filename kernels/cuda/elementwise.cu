@@ -248,9 +248,12 @@ PieceTable UploadPieces(const std::vector<UpdatePiece>& pieces) {
   return t;
 }
 
-// One AdamW step of one value (p, m, v updated in place).
+// One AdamW step of one value (p, m, v updated in place), the gradient taken times gs (Scale's
+// product, so the result is what scaling g first would give).
 __device__ __forceinline__ void AdamWValue(float& p, float g, float& m, float& v, float b1, float b2,
-                                           float e, float c1, float c2, float lr, float wd) {
+                                           float e, float c1, float c2, float lr, float wd,
+                                           float gs) {
+  g = __fmul_rn(g, gs);  // rounded as Scale rounds it (no fused multiply-add)
   m = b1 * m + (1.0f - b1) * g;
   v = b2 * v + (1.0f - b2) * g * g;
   p -= lr * (m * c1 / (sqrtf(v * c2) + e) + wd * p);
@@ -262,7 +265,7 @@ __device__ __forceinline__ void AdamWValue(float& p, float g, float& m, float& v
 __global__ void AdamWPiecesKernel(const DevicePiece* pieces, const PieceItem* items,
                                   float* __restrict__ p, const float* __restrict__ g,
                                   float* __restrict__ m, float* __restrict__ v, float b1, float b2,
-                                  float e, float c1, float c2, bool vec) {
+                                  float e, float c1, float c2, float gs, bool vec) {
   const PieceItem it = items[blockIdx.x];
   const DevicePiece pc = pieces[it.piece];
   const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
@@ -275,10 +278,10 @@ __global__ void AdamWPiecesKernel(const DevicePiece* pieces, const PieceItem* it
       const float4 gg = *reinterpret_cast<const float4*>(g + i);
       float4 mm = *reinterpret_cast<const float4*>(m + k);
       float4 vv = *reinterpret_cast<const float4*>(v + k);
-      AdamWValue(pp.x, gg.x, mm.x, vv.x, b1, b2, e, c1, c2, pc.lr, pc.wd);
-      AdamWValue(pp.y, gg.y, mm.y, vv.y, b1, b2, e, c1, c2, pc.lr, pc.wd);
-      AdamWValue(pp.z, gg.z, mm.z, vv.z, b1, b2, e, c1, c2, pc.lr, pc.wd);
-      AdamWValue(pp.w, gg.w, mm.w, vv.w, b1, b2, e, c1, c2, pc.lr, pc.wd);
+      AdamWValue(pp.x, gg.x, mm.x, vv.x, b1, b2, e, c1, c2, pc.lr, pc.wd, gs);
+      AdamWValue(pp.y, gg.y, mm.y, vv.y, b1, b2, e, c1, c2, pc.lr, pc.wd, gs);
+      AdamWValue(pp.z, gg.z, mm.z, vv.z, b1, b2, e, c1, c2, pc.lr, pc.wd, gs);
+      AdamWValue(pp.w, gg.w, mm.w, vv.w, b1, b2, e, c1, c2, pc.lr, pc.wd, gs);
       *reinterpret_cast<float4*>(p + i) = pp;
       *reinterpret_cast<float4*>(m + k) = mm;
       *reinterpret_cast<float4*>(v + k) = vv;
@@ -288,20 +291,20 @@ __global__ void AdamWPiecesKernel(const DevicePiece* pieces, const PieceItem* it
 #pragma unroll 4
   for (int64_t j = j0 + threadIdx.x; j < end; j += blockDim.x) {
     const int64_t i = pc.p + j, k = pc.s + j;
-    AdamWValue(p[i], g[i], m[k], v[k], b1, b2, e, c1, c2, pc.lr, pc.wd);
+    AdamWValue(p[i], g[i], m[k], v[k], b1, b2, e, c1, c2, pc.lr, pc.wd, gs);
   }
 }
 
 __global__ void SgdPiecesKernel(const DevicePiece* pieces, const PieceItem* items,
                                 float* __restrict__ p, const float* __restrict__ g,
-                                float* __restrict__ buf, float mu) {
+                                float* __restrict__ buf, float mu, float gs) {
   const PieceItem it = items[blockIdx.x];
   const DevicePiece pc = pieces[it.piece];
   const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
 #pragma unroll 4
   for (int64_t j = it.start + threadIdx.x; j < end; j += blockDim.x) {
     const int64_t i = pc.p + j, k = pc.s + j;
-    buf[k] = mu * buf[k] + g[i] + pc.wd * p[i];
+    buf[k] = mu * buf[k] + __fmul_rn(g[i], gs) + pc.wd * p[i];
     p[i] -= pc.lr * buf[k];
   }
 }
@@ -322,7 +325,8 @@ void CheckDisjoint(std::initializer_list<const Tensor*> ts, const char* op) {
 }  // namespace
 
 void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step) {
+                       const Tensor& pieces, double beta1, double beta2, double eps, int64_t step,
+                       double grad_scale) {
   CheckF32(p, "AdamWUpdatePieces");
   CheckF32(g, "AdamWUpdatePieces");
   CheckF32(m, "AdamWUpdatePieces");
@@ -337,13 +341,14 @@ void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const 
   bool vec = true;
   for (const Tensor* x : {&p, &g, &m, &v}) vec = vec && reinterpret_cast<uintptr_t>(x->raw()) % 16 == 0;
   AdamWPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
-      t.pieces, t.items, F32(p), F32(g), F32(m), F32(v), b1, b2, e, c1, c2, vec);
+      t.pieces, t.items, F32(p), F32(g), F32(m), F32(v), b1, b2, e, c1, c2,
+      static_cast<float>(grad_scale), vec);
   CUDA_CHECK_LAUNCH();
   DeviceFree(t.block);
 }
 
 void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const Tensor& pieces,
-                     double momentum) {
+                     double momentum, double grad_scale) {
   CheckF32(p, "SgdUpdatePieces");
   CheckF32(g, "SgdUpdatePieces");
   CheckF32(buf, "SgdUpdatePieces");
@@ -351,7 +356,8 @@ void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const 
   const PieceTable t = UploadPieces(ReadUpdatePieces(pieces, p, g, buf, "SgdUpdatePieces"));
   if (t.item_count == 0) return;
   SgdPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
-      t.pieces, t.items, F32(p), F32(g), F32(buf), static_cast<float>(momentum));
+      t.pieces, t.items, F32(p), F32(g), F32(buf), static_cast<float>(momentum),
+      static_cast<float>(grad_scale));
   CUDA_CHECK_LAUNCH();
   DeviceFree(t.block);
 }
