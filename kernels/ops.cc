@@ -82,6 +82,35 @@ Tensor MatmulOperand(const Tensor& x) {
   return x;
 }
 
+Tensor MatmulOperandRows(const std::vector<Tensor>& xs) {
+  CHECK(!xs.empty());
+  const Tensor& first = xs.front();
+  int64_t rows = 0;
+  for (const Tensor& x : xs) {
+    CHECK(x.rank() == 2 && x.dim(1) == first.dim(1) && x.dtype() == first.dtype() &&
+          x.device() == first.device())
+        << "MatmulOperandRows: " << ShapeString(x.shape()) << " " << DTypeName(x.dtype())
+        << " among " << ShapeString(first.shape()) << " " << DTypeName(first.dtype());
+    rows += x.dim(0);
+  }
+  ScopedOpTimer timer("MatmulOperand", first);
+  const DType type = MatmulOperandType(first.dtype(), first.device());
+  const Tensor out = Tensor::Empty({rows, first.dim(1)}, type, first.device());
+  int64_t row = 0;
+  for (const Tensor& x : xs) {
+    const Tensor part = out.Rows(row, row + x.dim(0));
+    row += x.dim(0);
+    if (type == x.dtype()) {
+      part.CopyFrom(x);
+      continue;
+    }
+#ifdef GDN_WITH_CUDA
+    cuda::ToBf16(x, part);
+#endif
+  }
+  return out;
+}
+
 std::map<std::string, OpTime> TakeProfile() {
   std::map<std::string, OpTime> p;
   p.swap(profile);

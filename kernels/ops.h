@@ -10,6 +10,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "runtime/tensor.h"
 
@@ -36,6 +37,9 @@ MatmulPrecision GetMatmulPrecision();
 // products (a layer input feeding many projections, an output gradient feeding dW and dx, a
 // saved activation) is rounded once this way, and kept in half the memory.
 Tensor MatmulOperand(const Tensor& x);
+// The 2-D tensors xs (the same number of columns) stacked by rows, in MatmulOperand's form: one
+// operand for a product over several weights at once (the mixer's input gradient).
+Tensor MatmulOperandRows(const std::vector<Tensor>& xs);
 // The dtype MatmulOperand gives a tensor of this dtype on this device. Ops whose output feeds
 // products only take an output of this dtype on CUDA and write it rounded (op_set.inc says which).
 DType MatmulOperandType(DType dtype, Device device);

@@ -132,6 +132,9 @@ Tensor Tensor::Zeros(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::View(const Shape& shape) const {
   CHECK_EQ(NumElements(shape), numel()) << ShapeString(shape_) << " -> " << ShapeString(shape);
+  CHECK(contiguous() || (!shape.empty() && shape.back() == dim(-1)))
+      << "a column view " << ShapeString(shape_) << " keeps its last dimension, not -> "
+      << ShapeString(shape);
   Tensor t = *this;
   t.shape_ = shape;
   return t;
@@ -140,9 +143,27 @@ Tensor Tensor::View(const Shape& shape) const {
 Tensor Tensor::Rows(int64_t begin, int64_t end) const {
   CHECK(rank() >= 1 && 0 <= begin && begin <= end && end <= shape_[0]);
   Tensor t = *this;
-  int64_t row = numel() / std::max<int64_t>(shape_[0], 1);
-  t.offset_ += begin * row * DTypeSize(dtype_);
+  const int64_t row = numel() / std::max<int64_t>(shape_[0], 1);  // elements per index
+  // In memory, an index spans row / dim(-1) rows of the last dimension.
+  const int64_t span = contiguous() ? row : row / dim(-1) * row_stride_;
+  t.offset_ += begin * span * DTypeSize(dtype_);
   t.shape_[0] = end - begin;
+  return t;
+}
+
+int64_t RowStride(const Tensor& t, int64_t cols, const char* what) {
+  if (t.contiguous()) return cols;
+  CHECK_EQ(t.dim(-1), cols) << what << ": a column view's rows must hold " << cols << " values";
+  return t.row_stride();
+}
+
+Tensor Tensor::Columns(int64_t begin, int64_t end) const {
+  CHECK(rank() == 2 && 0 <= begin && begin <= end && end <= shape_[1])
+      << "Columns(" << begin << ", " << end << ") of " << ShapeString(shape_);
+  Tensor t = *this;
+  t.offset_ += begin * DTypeSize(dtype_);
+  t.shape_[1] = end - begin;
+  t.row_stride_ = end - begin == shape_[1] ? row_stride_ : row_stride();
   return t;
 }
 
@@ -195,14 +216,19 @@ Tensor Tensor::To(DType dtype) const {
   return t;
 }
 
+int64_t Tensor::MemoryIndex(int64_t i) const {
+  return contiguous() ? i : i / dim(-1) * row_stride_ + i % dim(-1);
+}
+
 double Tensor::at(int64_t i) const {
   CHECK(device_ == Device::kCPU) << "at() reads CPU tensors only; copy with To(Device::kCPU)";
+  i = MemoryIndex(i);
   switch (dtype_) {
-    case DType::kF32: return data<float>()[i];
-    case DType::kF64: return data<double>()[i];
-    case DType::kI32: return data<int32_t>()[i];
+    case DType::kF32: return strided_data<float>()[i];
+    case DType::kF64: return strided_data<double>()[i];
+    case DType::kI32: return strided_data<int32_t>()[i];
     case DType::kBF16: {
-      const uint32_t bits = uint32_t{static_cast<const uint16_t*>(raw())[i]} << 16;
+      const uint32_t bits = uint32_t{static_cast<const uint16_t*>(strided_raw())[i]} << 16;
       float x;
       std::memcpy(&x, &bits, 4);
       return x;
@@ -213,16 +239,17 @@ double Tensor::at(int64_t i) const {
 
 void Tensor::set(int64_t i, double value) const {
   CHECK(device_ == Device::kCPU) << "set() writes CPU tensors only; copy with To(Device::kCPU)";
+  i = MemoryIndex(i);
   switch (dtype_) {
-    case DType::kF32: data<float>()[i] = static_cast<float>(value); break;
-    case DType::kF64: data<double>()[i] = value; break;
-    case DType::kI32: data<int32_t>()[i] = static_cast<int32_t>(value); break;
+    case DType::kF32: strided_data<float>()[i] = static_cast<float>(value); break;
+    case DType::kF64: strided_data<double>()[i] = value; break;
+    case DType::kI32: strided_data<int32_t>()[i] = static_cast<int32_t>(value); break;
     case DType::kBF16: {  // round to nearest even, as the GPU's conversion (finite values)
       const float x = static_cast<float>(value);
       uint32_t bits;
       std::memcpy(&bits, &x, 4);
       bits += 0x7fff + ((bits >> 16) & 1);
-      static_cast<uint16_t*>(raw())[i] = static_cast<uint16_t>(bits >> 16);
+      static_cast<uint16_t*>(strided_raw())[i] = static_cast<uint16_t>(bits >> 16);
       break;
     }
   }

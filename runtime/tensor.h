@@ -1,4 +1,5 @@
-// Tensor: a typed, shaped view of device memory. Dense, row-major, contiguous.
+// Tensor: a typed, shaped view of device memory. Dense and row-major: contiguous, or a column view
+// (Columns) whose rows of the last dimension lie row_stride() elements apart.
 // The model code is written against Tensor and kernels/ops.h only, so the same code runs in
 // float32 (training), float64 (gradient checks) and, with the CUDA device, on a GPU.
 #pragma once
@@ -56,17 +57,35 @@ class Tensor {
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
 
+  // The first element, for code that reads the tensor as contiguous (a column view fails here).
   template <typename T>
   T* data() const {
     CHECK(DTypeOf<T>() == dtype_) << "tensor is " << DTypeName(dtype_);
-    return reinterpret_cast<T*>(static_cast<char*>(storage_.get()) + offset_);
+    return static_cast<T*>(raw());
   }
-  void* raw() const { return static_cast<char*>(storage_.get()) + offset_; }
+  void* raw() const {
+    CHECK(contiguous()) << "a column view " << ShapeString(shape_) << " (row stride "
+                        << row_stride_ << ") passed to code that takes contiguous tensors only";
+    return strided_raw();
+  }
+  // Column views: rows of the last dimension row_stride() elements apart (its size when
+  // contiguous). Only ops that say they take column views read them, through strided_data().
+  bool contiguous() const { return row_stride_ == 0; }
+  int64_t row_stride() const { return row_stride_ != 0 ? row_stride_ : (rank() ? dim(-1) : 1); }
+  template <typename T>
+  T* strided_data() const {
+    CHECK(DTypeOf<T>() == dtype_) << "tensor is " << DTypeName(dtype_);
+    return static_cast<T*>(strided_raw());
+  }
+  void* strided_raw() const { return static_cast<char*>(storage_.get()) + offset_; }
 
-  // The same memory with another shape of the same element count.
+  // The same memory with another shape of the same element count (a column view keeps its last
+  // dimension).
   Tensor View(const Shape& shape) const;
   // Rows [begin, end) along dimension 0, sharing memory.
   Tensor Rows(int64_t begin, int64_t end) const;
+  // Columns [begin, end) of a 2-D tensor, sharing memory: a column view unless they are all of them.
+  Tensor Columns(int64_t begin, int64_t end) const;
   // A deep copy.
   Tensor Clone() const;
   // Copies the values of src (same element count and dtype) into this tensor, across devices too.
@@ -78,16 +97,24 @@ class Tensor {
   Tensor To(Device device) const;
 
   // Element access for tests and small host-side work (CPU tensors only; copy a device tensor
-  // with To(Device::kCPU) first): element i of the flat view, converted to double.
+  // with To(Device::kCPU) first): element i of the flat view (row-major over the shape, column
+  // views too), converted to double.
   double at(int64_t i) const;
   void set(int64_t i, double value) const;
 
  private:
+  int64_t MemoryIndex(int64_t i) const;  // element i of the flat view, from strided_data()
+
   std::shared_ptr<void> storage_;
   size_t offset_ = 0;
   Shape shape_;
+  int64_t row_stride_ = 0;  // 0: contiguous
   DType dtype_ = DType::kF32;
   Device device_ = Device::kCPU;
 };
+
+// For an op that takes a column view with rows of `cols` values: the stride between its rows
+// (cols when t is contiguous, whatever its shape). Fails when a column view's rows are not `cols`.
+int64_t RowStride(const Tensor& t, int64_t cols, const char* what);
 
 }  // namespace gdn

@@ -631,6 +631,114 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   ExpectRoundingOf("CrossEntropyFromStats dlogits", sdl16, sdl);
 }
 
+// Column views (Tensor::Columns) as outputs and operands, as the mixer's backward passes them:
+// each op writes in its columns what it writes into a contiguous tensor (float32 bit for bit,
+// bf16 its rounding) and nothing outside them.
+struct GpuColumns {
+  Tensor buffer, view;  // buffer [rows, width] of sevens on the GPU; view its columns
+  int64_t offset;
+};
+GpuColumns ColumnsOf(int64_t rows, int64_t cols, int64_t offset, int64_t width, DType dt) {
+  Tensor host = Tensor::Empty({rows, width}, dt);
+  for (int64_t i = 0; i < host.numel(); ++i) host.set(i, 7.0);
+  const Tensor buffer = Dev(host);
+  return {buffer, buffer.Columns(offset, offset + cols), offset};
+}
+void ExpectColumnsHold(const std::string& what, const GpuColumns& c, const Tensor& want_dev) {
+  const Tensor buf = c.buffer.To(kCpu), want = want_dev.To(kCpu);
+  const int64_t width = buf.dim(1), cols = c.view.dim(1);
+  ASSERT_EQ(want.numel(), c.view.numel()) << what;
+  const bool bf16 = buf.dtype() == DType::kBF16;
+  for (int64_t i = 0; i < buf.numel(); ++i) {
+    const int64_t r = i / width, j = i % width - c.offset;
+    if (j < 0 || j >= cols) {
+      ASSERT_EQ(buf.at(i), 7.0) << what << ": wrote outside its columns at " << i;
+      continue;
+    }
+    const double w = want.at(r * cols + j);
+    ASSERT_EQ(buf.at(i), bf16 ? RoundBf16(static_cast<float>(w)) : w) << what << " " << i;
+  }
+}
+
+TEST(CudaOpsTest, ColumnViews) {
+  GDN_REQUIRE_GPU();
+  for (const DType dt : {DType::kF32, DType::kBF16}) {
+    const std::string type = DTypeName(dt);
+    // The gated norm's dg, rows of 4 heads: head_dim 128 (register kernel), 48 (scalar kernel).
+    for (const int64_t hd : {int64_t{128}, int64_t{48}}) {
+      const int64_t n = 37, heads = 4;
+      const Shape ns{n, heads * hd};
+      const Tensor o = Dev(Rand(ns, -2, 2)), g = Dev(Rand(ns, -5, 5)), dy = Dev(Rand(ns));
+      const Tensor w = Dev(Rand({hd}, 0.5, 1.5));
+      const Tensor y = Tensor::Empty(ns, DType::kF32, kGpu);
+      const Tensor r = Tensor::Empty({n * heads}, DType::kF32, kGpu);
+      ops::GatedRmsNormForward(o, g, w, hd, 1e-5, y, r);
+      const Tensor d_o = Tensor::Empty(ns, DType::kF32, kGpu), dg = d_o.Clone();
+      const Tensor dw = Dev(Tensor::Zeros({hd}, DType::kF32));
+      ops::GatedRmsNormBackward(o, g, w, r, hd, dy, d_o, dg, dw);
+      const GpuColumns c = ColumnsOf(n, heads * hd, 8, heads * hd + 24, dt);
+      ops::GatedRmsNormBackward(o, g, w, r, hd, dy, d_o, c.view, dw);
+      ExpectColumnsHold("GatedRmsNormBackward dg " + type + " head_dim " + std::to_string(hd),
+                        c, dg);
+    }
+    {  // the conv's dx: a sequence over three segments
+      const int64_t B = 2, T = 130, C = 96;
+      const Tensor x = Dev(Rand({B, T, C})), cw = Dev(Rand({C, 4})), dy = Dev(Rand({B, T, C}));
+      const Tensor dx = Tensor::Empty({B, T, C}, DType::kF32, kGpu);
+      const Tensor dw = Dev(Tensor::Zeros({C, 4}, DType::kF32));
+      ops::CausalConvSiluBackward(x, cw, dy, dx, dw);
+      const GpuColumns c = ColumnsOf(B * T, C, 16, C + 40, dt);
+      ops::CausalConvSiluBackward(x, cw, dy, c.view.View({B, T, C}), dw);
+      ExpectColumnsHold("CausalConvSiluBackward dx " + type, c, dx);
+    }
+    {  // the gates' da and db
+      const int64_t n = 70, hv = 6;
+      const Tensor a = Dev(Rand({n, hv}, -30, 30)), b = Dev(Rand({n, hv}, -6, 6));
+      const Tensor al = Dev(Rand({hv}, -2, 2)), dt_b = Dev(Rand({hv}, -1, 1));
+      const Tensor dgm = Dev(Rand({n, hv})), dbe = Dev(Rand({n, hv}));
+      const Tensor da = Tensor::Empty({n, hv}, DType::kF32, kGpu), db = da.Clone();
+      const Tensor dal = Dev(Tensor::Zeros({hv}, DType::kF32)), ddt = dal.Clone();
+      const Tensor dal2 = dal.Clone(), ddt2 = dal.Clone();
+      ops::GatesBackward(a, b, al, dt_b, 2.0, dgm, dbe, da, db, dal, ddt);
+      const GpuColumns ca = ColumnsOf(n, hv, 3, 16, dt);
+      const GpuColumns cb{ca.buffer, ca.buffer.Columns(9, 9 + hv), 9};
+      ops::GatesBackward(a, b, al, dt_b, 2.0, dgm, dbe, ca.view, cb.view, dal2, ddt2);
+      const Tensor buf = ca.buffer.To(kCpu), hda = da.To(kCpu), hdb = db.To(kCpu);
+      const bool bf16 = dt == DType::kBF16;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < 16; ++j) {
+          const double got = buf.at(i * 16 + j);
+          double want = 7.0;
+          if (j >= 3 && j < 3 + hv) want = hda.at(i * hv + j - 3);
+          if (j >= 9 && j < 9 + hv) want = hdb.at(i * hv + j - 9);
+          if (bf16 && want != 7.0) want = RoundBf16(static_cast<float>(want));
+          ASSERT_EQ(got, want) << "GatesBackward " << type << " row " << i << " column " << j;
+        }
+      ExpectBitEqual("GatesBackward da_log " + type, dal2, dal);
+      ExpectBitEqual("GatesBackward ddt_bias " + type, ddt2, ddt);
+    }
+  }
+  // Matmul with column-view operands (bf16, the bf16 mode): dy^T x and dy W of the mixer.
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+  const int64_t m = 300, k = 96, n = 64;
+  const GpuColumns a = ColumnsOf(m, k, 8, k + 24, DType::kBF16);
+  const Tensor a_dense = ops::MatmulOperand(Dev(Rand({m, k})));
+  Tensor a_host = a.buffer.To(kCpu);
+  const Tensor a_dense_host = a_dense.To(kCpu);
+  for (int64_t i = 0; i < m * k; ++i) a_host.Columns(8, 8 + k).set(i, a_dense_host.at(i));
+  a.buffer.CopyFrom(a_host);
+  const Tensor b = Dev(Rand({k, n})), x = Dev(Rand({m, n}));
+  const Tensor c_view = Tensor::Empty({m, n}, DType::kF32, kGpu), c_dense = c_view.Clone();
+  ops::Matmul(a.view, false, b, false, c_view);
+  ops::Matmul(a_dense, false, b, false, c_dense);
+  const Tensor ct_view = Tensor::Empty({k, n}, DType::kF32, kGpu), ct_dense = ct_view.Clone();
+  ops::Matmul(a.view, true, x, false, ct_view);
+  ops::Matmul(a_dense, true, x, false, ct_dense);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
+  Compare("Matmul", "a column view", c_view, c_dense.To(kCpu), kTol);
+  Compare("Matmul", "a column view, transposed", ct_view, ct_dense.To(kCpu), kTol);
+}
+
 // The [stored] inputs (kernels/op_set.inc): a bf16 tensor gives bit for bit what a float32 tensor
 // holding the same (rounded) values gives. And Matmul's bf16 c (beta 0, the bf16 mode): the float32
 // product rounded once, within a bf16 rounding.

@@ -563,6 +563,101 @@ TEST(OpsTest, GatesBackwardMatchesFiniteDifferences) {
   });
 }
 
+// ------------------------------------------------------------------------- column views
+
+// A column view of columns [offset, offset + cols) of a [rows, width] buffer of sevens.
+struct ColumnBuffer {
+  Tensor buffer, view;
+  int64_t offset;
+};
+ColumnBuffer InColumns(int64_t rows, int64_t cols, int64_t offset, int64_t width, DType dt) {
+  Tensor buffer = Filled({rows, width}, 7, dt);
+  return {buffer, buffer.Columns(offset, offset + cols), offset};
+}
+// The view holds want bit for bit, and the buffer's other columns still hold their sevens.
+void ExpectWrittenInColumns(const ColumnBuffer& c, const Tensor& want, const char* what) {
+  ASSERT_EQ(c.view.numel(), want.numel()) << what;
+  const int64_t width = c.buffer.dim(1), cols = c.view.dim(1);
+  for (int64_t i = 0; i < c.buffer.numel(); ++i) {
+    const int64_t r = i / width, j = i % width - c.offset;
+    if (j >= 0 && j < cols) EXPECT_EQ(c.buffer.at(i), want.at(r * cols + j)) << what << " " << i;
+    else EXPECT_EQ(c.buffer.at(i), 7.0) << what << ": wrote outside its columns at " << i;
+  }
+}
+
+TEST(OpsTest, ColumnViewOutputsEqualContiguousOnes) {
+  for (DType dt : {kF32, kF64}) {
+    {  // the gated norm's dg: rows of two heads
+      const int64_t n = 4, heads = 2, hd = 6;
+      Tensor o = In({n, heads * hd}, 60, dt), g = In({n, heads * hd}, 61, dt, -3, 3);
+      Tensor w = In({hd}, 62, dt), dy = In({n, heads * hd}, 63, dt);
+      Tensor y = Tensor::Empty(o.shape(), dt), rstd = Tensor::Empty({n * heads}, dt);
+      ops::GatedRmsNormForward(o, g, w, hd, 1e-5, y, rstd);
+      Tensor d_o = Tensor::Empty(o.shape(), dt), dg = Tensor::Empty(o.shape(), dt);
+      Tensor dw = Tensor::Zeros({hd}, dt);
+      ops::GatedRmsNormBackward(o, g, w, rstd, hd, dy, d_o, dg, dw);
+      const ColumnBuffer c = InColumns(n, heads * hd, 3, 17, dt);
+      ops::GatedRmsNormBackward(o, g, w, rstd, hd, dy, d_o, c.view, dw);
+      ExpectWrittenInColumns(c, dg, "GatedRmsNormBackward dg");
+    }
+    {  // the conv's dx
+      const int64_t B = 2, T = 7, C = 3, K = 4;
+      Tensor x = In({B, T, C}, 64, dt), w = In({C, K}, 65, dt), dy = In({B, T, C}, 66, dt);
+      Tensor dx = Tensor::Empty(x.shape(), dt), dw = Tensor::Zeros({C, K}, dt);
+      ops::CausalConvSiluBackward(x, w, dy, dx, dw);
+      const ColumnBuffer c = InColumns(B * T, C, 5, 11, dt);
+      ops::CausalConvSiluBackward(x, w, dy, c.view.View({B, T, C}), dw);
+      ExpectWrittenInColumns(c, dx, "CausalConvSiluBackward dx");
+    }
+    {  // the gates' da and db, side by side in one buffer
+      const int64_t n = 5, hv = 4;
+      Tensor a = In({n, hv}, 67, dt, -4, 4), b = In({n, hv}, 68, dt, -4, 4);
+      Tensor alog = In({hv}, 69, dt), dtb = In({hv}, 70, dt);
+      Tensor dgamma = In({n, hv}, 71, dt), dbeta = In({n, hv}, 72, dt);
+      Tensor da = Tensor::Empty({n, hv}, dt), db = Tensor::Empty({n, hv}, dt);
+      Tensor dal = Tensor::Zeros({hv}, dt), ddt = Tensor::Zeros({hv}, dt);
+      ops::GatesBackward(a, b, alog, dtb, 2.0, dgamma, dbeta, da, db, dal, ddt);
+      const ColumnBuffer ca = InColumns(n, hv, 1, 9, dt);
+      const ColumnBuffer cb{ca.buffer, ca.buffer.Columns(5, 5 + hv), 5};
+      Tensor dal2 = Tensor::Zeros({hv}, dt), ddt2 = Tensor::Zeros({hv}, dt);
+      ops::GatesBackward(a, b, alog, dtb, 2.0, dgamma, dbeta, ca.view, cb.view, dal2, ddt2);
+      for (int64_t i = 0; i < n * hv; ++i) {
+        EXPECT_EQ(ca.view.at(i), da.at(i)) << "da " << i;
+        EXPECT_EQ(cb.view.at(i), db.at(i)) << "db " << i;
+      }
+      for (int64_t r = 0; r < n; ++r) EXPECT_EQ(ca.buffer.at(r * 9), 7.0) << "column 0, row " << r;
+      EXPECT_EQ(RelErr(dal2, dal), 0.0);
+      EXPECT_EQ(RelErr(ddt2, ddt), 0.0);
+    }
+    {  // Matmul's operands, as the mixer's backward takes them: dy^T x and dy W
+      const int64_t m = 9, k = 6, n = 5;
+      const ColumnBuffer a = InColumns(m, k, 2, 13, dt);
+      Tensor a_dense = In({m, k}, 73, dt), b = In({k, n}, 74, dt), bt = In({m, n}, 75, dt);
+      for (int64_t i = 0; i < a_dense.numel(); ++i) a.view.set(i, a_dense.at(i));
+      Tensor want = Tensor::Empty({m, n}, dt), got = Tensor::Empty({m, n}, dt);
+      ops::Matmul(a_dense, false, b, false, want);
+      ops::Matmul(a.view, false, b, false, got);
+      EXPECT_LT(RelErr(got, want), kExactTol) << "a column view";
+      Tensor want_t = Tensor::Empty({k, n}, dt), got_t = Tensor::Empty({k, n}, dt);
+      ops::Matmul(a_dense, true, bt, false, want_t);
+      ops::Matmul(a.view, true, bt, false, got_t);
+      EXPECT_LT(RelErr(got_t, want_t), kExactTol) << "a column view, transposed";
+      const ColumnBuffer bcols = InColumns(k, n, 4, 10, dt);
+      for (int64_t i = 0; i < b.numel(); ++i) bcols.view.set(i, b.at(i));
+      ops::Matmul(a_dense, false, bcols.view, false, got);
+      EXPECT_LT(RelErr(got, want), kExactTol) << "b a column view";
+    }
+  }
+}
+
+TEST(OpsTest, MatmulOperandRowsStacksWeights) {
+  Tensor a = In({3, 4}, 76, kF32), b = In({2, 4}, 77, kF32);
+  const Tensor s = ops::MatmulOperandRows({a, b});
+  ASSERT_EQ(s.shape(), (Shape{5, 4}));
+  for (int64_t i = 0; i < 12; ++i) EXPECT_EQ(s.at(i), a.at(i));
+  for (int64_t i = 0; i < 8; ++i) EXPECT_EQ(s.at(12 + i), b.at(i));
+}
+
 // ------------------------------------------------------------------------ embedding and loss
 
 TEST(OpsTest, EmbeddingForward) {

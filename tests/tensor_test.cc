@@ -1,5 +1,5 @@
 // Tests of runtime/tensor.h: allocation (Empty/Zeros and the block cache), View, Rows, Clone,
-// CopyFrom, SetZero, To(dtype) and element access at/set.
+// CopyFrom, SetZero, To(dtype), element access at/set and column views (Columns).
 #include "runtime/tensor.h"
 
 #include <gtest/gtest.h>
@@ -202,6 +202,39 @@ TEST(TensorTest, ToConvertsDTypes) {
   // The conversion is a copy.
   d.set(0, 5.0);
   EXPECT_NE(f.at(0), 5.0);
+}
+
+TEST(TensorTest, ColumnsViewSharesMemoryWithItsRowStride) {
+  Tensor t = Rand({4, 10}, DType::kF32, 9);
+  Tensor c = t.Columns(3, 7);
+  EXPECT_EQ(c.shape(), (Shape{4, 4}));
+  EXPECT_FALSE(c.contiguous());
+  EXPECT_EQ(c.row_stride(), 10);
+  EXPECT_EQ(c.strided_data<float>(), t.data<float>() + 3);
+  for (int64_t r = 0; r < 4; ++r)
+    for (int64_t j = 0; j < 4; ++j) EXPECT_EQ(c.at(r * 4 + j), t.at(r * 10 + 3 + j));
+  c.set(5, 42.0);  // row 1, column 1 of the view: t[1, 4]
+  EXPECT_EQ(t.at(14), 42.0);
+  // Columns of a column view, rows of one, and a view that keeps the last dimension.
+  Tensor cc = c.Columns(1, 3);
+  EXPECT_EQ(cc.row_stride(), 10);
+  EXPECT_EQ(cc.at(2), t.at(14));
+  Tensor rows = c.Rows(2, 4);
+  EXPECT_EQ(rows.at(0), t.at(23));
+  Tensor v3 = c.View({2, 2, 4});
+  EXPECT_EQ(v3.row_stride(), 10);
+  EXPECT_EQ(v3.Rows(1, 2).at(4), t.at(33));
+  // All the columns: contiguous again.
+  EXPECT_TRUE(t.Columns(0, 10).contiguous());
+  EXPECT_EQ(c.To(DType::kF64).at(5), 42.0);  // To(dtype) goes through at()
+}
+
+TEST(TensorDeathTest, ColumnViewsOnlyThroughStridedAccess) {
+  Tensor c = Tensor::Zeros({4, 10}, DType::kF32).Columns(0, 5);
+  EXPECT_DEATH(c.data<float>(), "column view");
+  EXPECT_DEATH(c.Clone(), "column view");
+  EXPECT_DEATH(c.View({20}), "keeps its last dimension");
+  EXPECT_DEATH(Tensor::Zeros({4}, DType::kF32).Columns(0, 1), "Columns");
 }
 
 }  // namespace

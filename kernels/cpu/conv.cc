@@ -67,7 +67,8 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   DispatchFloat(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const T *px = x.data<T>(), *pw = w.data<T>(), *pdy = dy.data<T>();
-    T* pdx = dx.data<T>();
+    T* pdx = dx.strided_data<T>();  // may be a column view
+    const int64_t ldx = RowStride(dx, C, "CausalConvSiluBackward dx");
     const std::vector<T> wt = TapsByRow(pw, C, K);
     // dpre = dy * silu'(pre), pre recomputed
     std::vector<T> dpre(x.numel());
@@ -87,7 +88,7 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
       for (int64_t b = 0; b < B; ++b)
         for (int64_t s = 0; s < T_; ++s) {
           // x[b,s] feeds pre[b, s + (K-1) - j] through tap j.
-          T* dxrow = pdx + (b * T_ + s) * C;
+          T* dxrow = pdx + (b * T_ + s) * ldx;
           const T* xrow = px + (b * T_ + s) * C;
           for (int64_t c = 0; c < C; ++c) dxrow[c] = 0;
           for (int64_t j = 0; j < K; ++j) {

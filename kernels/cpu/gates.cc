@@ -46,7 +46,9 @@ void GatesBackward(const Tensor& a, const Tensor& b, const Tensor& a_log, const 
     using T = decltype(zero);
     const T *pa = a.data<T>(), *pb = b.data<T>(), *pal = a_log.data<T>(), *pdt = dt_bias.data<T>(),
             *pdg = dgamma.data<T>(), *pdb = dbeta.data<T>();
-    T *pda = da.data<T>(), *pdbo = db.data<T>();
+    T *pda = da.strided_data<T>(), *pdbo = db.strided_data<T>();  // may be column views
+    const int64_t lda = RowStride(da, hv, "GatesBackward da");
+    const int64_t ldb = RowStride(db, hv, "GatesBackward db");
     const T bs = static_cast<T>(beta_scale);
     // Per-head sums are small (HV numbers): accumulate serially over rows for determinism.
     std::vector<T> dal(hv, T(0)), ddt(hv, T(0));
@@ -56,11 +58,11 @@ void GatesBackward(const Tensor& a, const Tensor& b, const Tensor& a_log, const 
         const T z = pa[j] + pdt[h], decay = std::exp(pal[h]);
         const T gamma = -decay * Softplus(z);
         const T dz = pdg[j] * (-decay) * Sigmoid(z);  // softplus' = sigmoid
-        pda[j] = dz;
+        pda[i * lda + h] = dz;
         ddt[h] += dz;
         dal[h] += pdg[j] * gamma;  // d gamma / d a_log = gamma
         const T s = Sigmoid(pb[j]);
-        pdbo[j] = pdb[j] * bs * s * (T(1) - s);
+        pdbo[i * ldb + h] = pdb[j] * bs * s * (T(1) - s);
       }
     T *pdal = da_log.data<T>(), *pddt = ddt_bias.data<T>();
     for (int64_t h = 0; h < hv; ++h) {

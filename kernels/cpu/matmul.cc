@@ -14,13 +14,14 @@ void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
   if (m == 0 || n == 0) return;
   const auto ta = trans_a ? CblasTrans : CblasNoTrans;
   const auto tb = trans_b ? CblasTrans : CblasNoTrans;
+  // a and b may be column views: their row strides are the leading dimensions.
   if (a.dtype() == DType::kF32) {
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha), a.data<float>(),
-                a.dim(1), b.data<float>(), b.dim(1), static_cast<float>(beta), c.data<float>(),
-                n);
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, static_cast<float>(alpha),
+                a.strided_data<float>(), a.row_stride(), b.strided_data<float>(), b.row_stride(),
+                static_cast<float>(beta), c.data<float>(), n);
   } else {
-    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.data<double>(), a.dim(1),
-                b.data<double>(), b.dim(1), beta, c.data<double>(), n);
+    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a.strided_data<double>(), a.row_stride(),
+                b.strided_data<double>(), b.row_stride(), beta, c.data<double>(), n);
   }
 }
 

@@ -177,7 +177,10 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
     using T = decltype(zero);
     const T *po = o.data<T>(), *pg = g.data<T>(), *pw = w.data<T>(), *pr = rstd.data<T>(),
             *pdy = dy.data<T>();
-    T *pdo = d_o.data<T>(), *pdg = dg.data<T>();
+    T *pdo = d_o.data<T>(), *pdg = dg.strided_data<T>();  // dg may be a column view
+    // dg's rows (tokens) hold dg_heads heads; a contiguous dg is taken as rows of one head.
+    const int64_t dg_heads = dg.contiguous() ? 1 : dg.dim(-1) / head_dim;
+    const int64_t ldg = RowStride(dg, dg_heads * head_dim, "GatedRmsNormBackward dg");
     T* py = y.defined() ? y.data<T>() : nullptr;
     WeightGradAccumulator<T> acc(head_dim);
 #pragma omp parallel
@@ -186,13 +189,14 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
         const int64_t base = row * head_dim;
+        T* dgrow = pdg + row / dg_heads * ldg + row % dg_heads * head_dim;
         const T r = pr[row];
         T dot = 0;
         for (int64_t i = 0; i < head_dim; ++i) {
           const T gi = pg[base + i], s = Sigmoid(gi), silu = gi * s;
           const T n = po[base + i] * r;
           const T dn = pdy[base + i] * pw[i] * silu;
-          pdg[base + i] = pdy[base + i] * n * pw[i] * s * (T(1) + gi * (T(1) - s));
+          dgrow[i] = pdy[base + i] * n * pw[i] * s * (T(1) + gi * (T(1) - s));
           dwl[i] += pdy[base + i] * n * silu;
           if (py) py[base + i] = po[base + i] * r * pw[i] * gi * s;  // the forward's expression
           dot += dn * n;

@@ -50,14 +50,25 @@ struct OperandOut {
     }
   }
 };
-inline OperandOut CheckOperandOut(const Tensor& out, const Tensor& like, const char* what) {
+// column_view: the op takes out as a column view too (Tensor::Columns; it indexes by row stride).
+inline OperandOut CheckOperandOut(const Tensor& out, const Tensor& like, const char* what,
+                                  bool column_view = false) {
   CHECK((out.dtype() == DType::kF32 || out.dtype() == DType::kBF16) &&
         out.device() == Device::kCUDA && out.numel() == like.numel())
       << what << ": output " << ShapeString(out.shape()) << " " << DTypeName(out.dtype()) << " "
       << DeviceName(out.device()) << " for " << ShapeString(like.shape())
       << " (float32 or bfloat16 CUDA)";
-  return {out.raw(), out.dtype() == DType::kBF16};
+  return {column_view ? out.strided_raw() : out.raw(), out.dtype() == DType::kBF16};
 }
+
+// Where row `row` of d values starts in an output that may be a column view: the op's rows are
+// heads per token row, token rows `stride` values apart (heads 1 and stride d when contiguous).
+struct RowsOf {
+  int64_t heads, stride;
+  __device__ __forceinline__ int64_t operator()(int64_t row, int64_t d) const {
+    return row / heads * stride + row % heads * d;
+  }
+};
 
 // An op's input marked [stored]: an activation kept for the backward, float32, or in the bf16 mode a
 // bf16 tensor (a matrix product's output that only elementwise ops read); read as float32.
@@ -80,10 +91,11 @@ struct StoredIn {
   }
 };
 // Whether a tensor takes 4-value loads and stores (Load4, Set4): a multiple of 4 values, starting
-// at a multiple of 4 values' bytes.
+// at a multiple of 4 values' bytes (a column view: rows of, and a row stride of, a multiple of 4).
 inline bool Aligned4(const Tensor& t) {
   return t.numel() % 4 == 0 &&
-         reinterpret_cast<uintptr_t>(t.raw()) % (4 * DTypeSize(t.dtype())) == 0;
+         (t.contiguous() || (t.dim(-1) % 4 == 0 && t.row_stride() % 4 == 0)) &&
+         reinterpret_cast<uintptr_t>(t.strided_raw()) % (4 * DTypeSize(t.dtype())) == 0;
 }
 inline StoredIn CheckStoredIn(const Tensor& in, int64_t numel, const char* what) {
   CHECK((in.dtype() == DType::kF32 || in.dtype() == DType::kBF16) &&

@@ -117,13 +117,14 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
 template <int K, typename In>
 __global__ void ConvSiluBackwardKernel(In x, const float* __restrict__ w,
                                        const float* __restrict__ dy,
-                                       OperandOut dx, float* __restrict__ dw_partial,
-                                       int64_t T, int64_t C, int64_t segments) {
+                                       OperandOut dx, int64_t ldx,
+                                       float* __restrict__ dw_partial, int64_t T, int64_t C,
+                                       int64_t segments) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= C) return;
   const int64_t b = blockIdx.y / segments, s0 = (blockIdx.y % segments) * kConvSegment;
   const int64_t s1 = s0 + kConvSegment < T ? s0 + kConvSegment : T;  // this segment: [s0, s1)
-  const int64_t base = b * T * C + c;
+  const int64_t base = b * T * C + c, dx_base = b * T * ldx + c;  // dx: rows ldx apart
   float wt[K], g[K], xs[K], dw[K];
   for (int j = 0; j < K; ++j) {
     wt[j] = w[c * K + j];
@@ -161,7 +162,7 @@ __global__ void ConvSiluBackwardKernel(In x, const float* __restrict__ w,
       if (sx >= s0) {
         float acc = 0;
         for (int j = 0; j < K; ++j) acc += wt[j] * g[j];
-        dx.Set(base + sx * C, acc);
+        dx.Set(dx_base + sx * ldx, acc);
       }
     }
   }
@@ -173,7 +174,7 @@ __global__ void ConvSiluBackwardKernel(In x, const float* __restrict__ w,
     if (sx < s0 || sx >= s1) continue;
     float acc = 0;
     for (int j = m + 1; j < K; ++j) acc += wt[j] * g[j - m - 1];
-    dx.Set(base + sx * C, acc);
+    dx.Set(dx_base + sx * ldx, acc);
   }
   float* out = dw_partial + blockIdx.y * C * K + c * K;
   for (int j = 0; j < K; ++j) out[j] = dw[j];
@@ -185,9 +186,10 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   CheckF32(dy, "CausalConvSiluBackward");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
-  const OperandOut pdx = CheckOperandOut(dx, dy, "CausalConvSiluBackward");
+  const OperandOut pdx = CheckOperandOut(dx, dy, "CausalConvSiluBackward", /*column_view=*/true);
   CheckSame(w, dw, "CausalConvSiluBackward");
   const int64_t segments = ConvSegments(T, K, "CausalConvSiluBackward");
+  const int64_t ldx = RowStride(dx, C, "CausalConvSiluBackward dx");
   if (B * T * C == 0) return;
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
@@ -195,7 +197,8 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   float* ppart = F32(partial);
   WithConvTemplate(K, px, [&](auto k, auto in) {
     ConvSiluBackwardKernel<decltype(k)::value, decltype(in)>
-        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, pw, pdy, pdx, ppart, T, C, segments);
+        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, pw, pdy, pdx, ldx, ppart, T, C,
+                                                          segments);
   });
   CUDA_CHECK_LAUNCH();
   AddColumnSums(ppart, static_cast<int>(B * segments), C * K, F32(dw));
@@ -228,25 +231,30 @@ void GatesBackward(const Tensor& a, const Tensor& b, const Tensor& a_log, const 
   const int64_t hv = a_log.numel(), n = a.numel() / hv;
   CheckSame(a, dgamma, "GatesBackward");
   CheckSame(a, dbeta, "GatesBackward");
-  CheckSame(a, da, "GatesBackward");
-  CheckSame(b, db, "GatesBackward");
+  CheckSame(a, b, "GatesBackward");
+  // da, db: [operand] outputs, possibly column views.
+  const OperandOut pda = CheckOperandOut(da, a, "GatesBackward da", /*column_view=*/true);
+  const OperandOut pdbo = CheckOperandOut(db, b, "GatesBackward db", /*column_view=*/true);
+  const int64_t lda = RowStride(da, hv, "GatesBackward da");
+  const int64_t ldb = RowStride(db, hv, "GatesBackward db");
   CheckSame(a_log, da_log, "GatesBackward");
   CheckSame(dt_bias, ddt_bias, "GatesBackward");
   const float *pa = F32(a), *pb = F32(b), *pal = F32(a_log), *pdt = F32(dt_bias),
               *pdg = F32(dgamma), *pdb = F32(dbeta);
-  float *pda = F32(da), *pdbo = F32(db);
   const float bs = static_cast<float>(beta_scale);
+  // dz = d loss / d(a + dt_bias), in float32 whatever da's type: softplus' = sigmoid.
+  auto dz = [=] __device__(int64_t j) {
+    return pdg[j] * (-expf(pal[j % hv])) * SigmoidF(pa[j] + pdt[j % hv]);
+  };
   ForEach(a.numel(), [=] __device__(int64_t j) {
-    const int64_t h = j % hv;
-    const float z = pa[j] + pdt[h], decay = expf(pal[h]);
-    pda[j] = pdg[j] * (-decay) * SigmoidF(z);  // softplus' = sigmoid
+    const int64_t i = j / hv, h = j % hv;
+    pda.Set(i * lda + h, dz(j));
     const float s = SigmoidF(pb[j]);
-    pdbo[j] = pdb[j] * bs * s * (1.0f - s);
+    pdbo.Set(i * ldb + h, pdb[j] * bs * s * (1.0f - s));
   });
-  // ddt_bias[h] += sum_i da[i, h];  da_log[h] += sum_i dgamma[i, h] * gamma[i, h]
+  // ddt_bias[h] += sum_i dz[i, h];  da_log[h] += sum_i dgamma[i, h] * gamma[i, h]
   // (d gamma / d a_log = gamma).
-  const float* pdac = pda;
-  AccumulateColumnSums([=] __device__(int64_t i, int64_t h) { return pdac[i * hv + h]; }, n, hv,
+  AccumulateColumnSums([=] __device__(int64_t i, int64_t h) { return dz(i * hv + h); }, n, hv,
                        F32(ddt_bias));
   AccumulateColumnSums(
       [=] __device__(int64_t i, int64_t h) {

@@ -11,4 +11,6 @@ namespace gdn::cuda {
 // A float32 CUDA tensor rounded to a new bf16 one (round to nearest even): the bf16 matrix
 // products' operands (ops::MatmulOperand, and Matmul for float32 operands).
 Tensor ToBf16(const Tensor& x);
+// The same into out, a bf16 CUDA tensor of x's element count.
+void ToBf16(const Tensor& x, const Tensor& out);
 }  // namespace gdn::cuda

@@ -59,10 +59,17 @@ void RoundToBf16(const float* in, void* out, int64_t n) {
 }  // namespace
 
 Tensor ToBf16(const Tensor& x) {
-  CheckF32(x, "ToBf16");
   Tensor out = Tensor::Empty(x.shape(), DType::kBF16, Device::kCUDA);
-  RoundToBf16(F32(x), out.raw(), x.numel());
+  ToBf16(x, out);
   return out;
+}
+
+void ToBf16(const Tensor& x, const Tensor& out) {
+  CheckF32(x, "ToBf16");
+  CHECK(out.dtype() == DType::kBF16 && out.device() == Device::kCUDA && out.numel() == x.numel())
+      << "ToBf16: output " << ShapeString(out.shape()) << " " << DTypeName(out.dtype()) << " for "
+      << ShapeString(x.shape());
+  RoundToBf16(F32(x), out.raw(), x.numel());
 }
 
 void Fill(const Tensor& x, double value) {

@@ -55,12 +55,13 @@ void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
   }
   if (m == 0 || n == 0) return;
   const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
-  // Leading dimensions are the row lengths of the row-major buffers (at least 1 for cuBLAS).
-  const int lda = static_cast<int>(std::max<int64_t>(1, a.dim(1)));
-  const int ldb = static_cast<int>(std::max<int64_t>(1, b.dim(1)));
+  // Leading dimensions are the row strides of the row-major buffers (at least 1 for cuBLAS); a and
+  // b may be column views.
+  const int lda = static_cast<int>(std::max<int64_t>(1, a.row_stride()));
+  const int ldb = static_cast<int>(std::max<int64_t>(1, b.row_stride()));
   if (bf16) {
     // bf16 tensor-core products with float32 accumulation, float32 (or bf16) out. float32
-    // operands are rounded to bf16 first, so cuBLAS runs its bf16 kernels
+    // operands (contiguous) are rounded to bf16 first, so cuBLAS runs its bf16 kernels
     // (kernels/cuda/gemm_bench.cu compares this with cuBLAS's float32-in form,
     // CUBLAS_COMPUTE_32F_FAST_16BF); bf16 operands are used as they are. A rounded copy goes back
     // to the stream-ordered cache when this returns, so later work on this stream reuses it only
@@ -69,16 +70,18 @@ void Matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const 
     const Tensor b16 = b.dtype() == DType::kBF16 ? b : ToBf16(b);
     CUBLAS_CHECK(cublasGemmEx(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                               trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
-                              static_cast<int>(m), static_cast<int>(k), &al, b16.raw(), CUDA_R_16BF,
-                              ldb, a16.raw(), CUDA_R_16BF, lda, &be, c.raw(),
+                              static_cast<int>(m), static_cast<int>(k), &al, b16.strided_raw(),
+                              CUDA_R_16BF, ldb, a16.strided_raw(), CUDA_R_16BF, lda, &be,
+                              c.raw(),
                               c.dtype() == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F,
                               static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return;
   }
   CUBLAS_CHECK(cublasSgemm(Handle(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                            trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
-                           static_cast<int>(m), static_cast<int>(k), &al, b.data<float>(), ldb,
-                           a.data<float>(), lda, &be, c.data<float>(), static_cast<int>(n)));
+                           static_cast<int>(m), static_cast<int>(k), &al, b.strided_data<float>(),
+                           ldb, a.strided_data<float>(), lda, &be, c.data<float>(),
+                           static_cast<int>(n)));
 }
 
 }  // namespace gdn::cuda

@@ -123,15 +123,15 @@ __global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, const floa
 // forward's output again, in the forward's order of operations.
 __global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const float* w,
                                            const float* rstd, const float* dy, int64_t rows,
-                                           int64_t d, float* d_o, OperandOut dg, OperandOut y,
-                                           float* dw_partial) {
+                                           int64_t d, float* d_o, OperandOut dg, RowsOf dg_rows,
+                                           OperandOut y, float* dw_partial) {
   extern __shared__ float dw_local[];  // [kRowsPerBlock][d]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float* mine = dw_local + warp * d;
   for (int64_t i = lane; i < d; i += 32) mine[i] = 0;
   for (int64_t row = blockIdx.x * int64_t{kRowsPerBlock} + warp; row < rows;
        row += int64_t{gridDim.x} * kRowsPerBlock) {
-    const int64_t base = row * d;
+    const int64_t base = row * d, dg_base = dg_rows(row, d);
     const float r = rstd[row];
     float dot = 0;
 #pragma unroll 4
@@ -139,7 +139,7 @@ __global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const flo
       const float gi = g[base + i], s = SigmoidF(gi), silu = gi * s;
       const float n = o[base + i] * r;
       const float dn = dy[base + i] * w[i] * silu;
-      dg.Set(base + i, dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s)));
+      dg.Set(dg_base + i, dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s)));
       mine[i] += dy[base + i] * n * silu;
       if (y.p) y.Set(base + i, o[base + i] * r * w[i] * gi * s);
       dot += dn * n;
@@ -273,8 +273,8 @@ __global__ void RmsNormBackwardVecKernel(const float* x, const float* w, const f
 template <int kVec>
 __global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, const float* w,
                                               const float* rstd, const float* dy, int64_t rows,
-                                              float* d_o, OperandOut dg, OperandOut y,
-                                              float* dw_partial) {
+                                              float* d_o, OperandOut dg, RowsOf dg_rows,
+                                              OperandOut y, float* dw_partial) {
   constexpr int d = 128 * kVec;
   __shared__ float dw_warp[kRowsPerBlock][d];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -311,7 +311,7 @@ __global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, const 
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       St4(d_o + base + 128 * k, dn + 4 * k);
-      dg.Set4(base + 128 * k, Pack4(dgv + 4 * k));
+      dg.Set4(dg_rows(row, d) + 4 * lane + 128 * k, Pack4(dgv + 4 * k));
       if (y.p) y.Set4(base + 128 * k, Pack4(yv + 4 * k));
     }
   }
@@ -477,12 +477,15 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   const StoredIn pg = CheckStoredIn(g, o.numel(), "GatedRmsNormBackward g");
   CheckSame(o, dy, "GatedRmsNormBackward");
   CheckSame(o, d_o, "GatedRmsNormBackward");
-  const OperandOut pdg = CheckOperandOut(dg, o, "GatedRmsNormBackward");
+  const OperandOut pdg = CheckOperandOut(dg, o, "GatedRmsNormBackward", /*column_view=*/true);
   const OperandOut py =
       y.defined() ? CheckOperandOut(y, o, "GatedRmsNormBackward y") : OperandOut{nullptr, false};
   CheckSame(w, dw, "GatedRmsNormBackward");
   const int64_t rows = o.numel() / head_dim, d = head_dim;
   if (rows == 0) return;
+  // dg's rows (tokens) hold dg_heads heads; a contiguous dg is taken as rows of one head.
+  const int64_t dg_heads = dg.contiguous() ? 1 : dg.dim(-1) / d;
+  const RowsOf dg_rows{dg_heads, RowStride(dg, dg_heads * d, "GatedRmsNormBackward dg")};
   const int vec = WarpVec(d, 4, {&o, &g, &w, &dy, &d_o, &dg, &y});
   // The register kernel's sums are static shared memory; the scalar one's are per warp, dynamic.
   const size_t smem = vec > 0 ? 0 : kRowsPerBlock * d * sizeof(float);
@@ -491,11 +494,12 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
   const bool registers = WithConstant<1, 2, 4, 8>(vec, [&](auto k) {
     GatedRmsNormBackwardVecKernel<decltype(k)::value><<<blocks, kThreads, 0, Stream()>>>(
-        F32(o), pg, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, py, F32(partial));
+        F32(o), pg, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, dg_rows, py, F32(partial));
   });
   if (!registers)
     GatedRmsNormBackwardKernel<<<blocks, kThreads, smem, Stream()>>>(
-        F32(o), pg, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, py, F32(partial));
+        F32(o), pg, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, dg_rows, py,
+        F32(partial));
   CUDA_CHECK_LAUNCH();
   AddColumnSums(F32(partial), blocks, d, F32(dw));
 }
