@@ -178,9 +178,24 @@ void GatedDeltaNetMixer::ReleaseSaved() {
 Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const ModelDims& d = b_.dims;
   const int64_t B = B_, T = T_, N = B * T;
+  // The six input projections' output gradients side by side in one buffer (rows padded to a
+  // multiple of 8 values: 16-byte aligned for the kernels and cuBLAS), each op writing its
+  // columns: dx is then one product over the stacked weights, not six each adding into dx.
+  const std::vector<const Parameter*> projections = InputProjections();
+  int64_t total = 0;
+  for (const Parameter* w : projections) total += w->value.dim(0);
+  const Tensor dp = b_.OperandEmpty({N, (total + 7) / 8 * 8});
+  std::vector<Tensor> dproj;  // column views of dp, one per projection
+  for (int64_t c = 0; const Parameter* w : projections) {
+    dproj.push_back(dp.Columns(c, c + w->value.dim(0)));
+    c += w->value.dim(0);
+  }
+  const Tensor &dqp = dproj[0], &dkp = dproj[1], &dvp = dproj[2], &dg = dproj[3], &da = dproj[4],
+               &db = dproj[5];
+
   // The output norm's backward writes its output y again (not kept) for Wo's gradient.
   Tensor dy = b_.Empty({N, value_dim_});
-  Tensor d_o = b_.Empty({N, value_dim_}), dg = b_.OperandEmpty({N, value_dim_});
+  Tensor d_o = b_.Empty({N, value_dim_});
   LinearBackwardRemakingInput(*wo_, dout, dy, [&] {
     Tensor y = b_.OperandEmpty({N, value_dim_});
     ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad,
@@ -198,7 +213,6 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
       d_o.View({B, T, value_heads_, d.dv}), dqn.View({B, T, heads_, d.dk}),
       dkn.View({B, T, heads_, d.dk}), dvc.View({B, T, value_heads_, d.dv}), dgamma, dbeta);
 
-  Tensor da = b_.Empty({N, value_heads_}), db = b_.Empty({N, value_heads_});
   ops::GatesBackward(a_, bb_, a_log_->value, dt_bias_->value, d.beta_scale, dgamma, dbeta, da, db,
                      a_log_->grad, dt_bias_->grad);
 
@@ -207,24 +221,24 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   ops::L2NormHeadsBackward(in.kn, in.k_rn, dkn, dkc);
   in = RecurrenceInputs();
 
-  auto conv_back = [&](const Tensor& in, const Parameter& w, const Tensor& dc) {
+  auto conv_back = [&](const Tensor& in, const Parameter& w, const Tensor& dc, const Tensor& din) {
     const int64_t c = in.dim(1);
-    Tensor din = b_.OperandEmpty({N, c});
     ops::CausalConvSiluBackward(in.View({B, T, c}), w.value, dc.View({B, T, c}),
                                 din.View({B, T, c}), w.grad);
-    return din;
   };
-  Tensor dqp = conv_back(qp_, *conv_q_, dqc);
-  Tensor dkp = conv_back(kp_, *conv_k_, dkc);
-  Tensor dvp = conv_back(vp_, *conv_v_, dvc);
+  conv_back(qp_, *conv_q_, dqc, dqp);
+  conv_back(kp_, *conv_k_, dkc, dkp);
+  conv_back(vp_, *conv_v_, dvc, dvp);
 
+  // dW += dy^T x per projection (x_ in its matrix-product form; dp is already in it), then
+  // dx = dp [Wq; Wk; Wv; Wg; Wa; Wb].
+  std::vector<Tensor> weights;
+  for (size_t i = 0; i < projections.size(); ++i) {
+    ops::Matmul(dproj[i], true, x_, false, projections[i]->grad, 1.0, 1.0);
+    weights.push_back(projections[i]->value);
+  }
   Tensor dx = b_.Empty({N, d.width});
-  LinearBackward(x_, *wq_, dqp, dx, false);  // x_ in its matrix-product form
-  LinearBackward(x_, *wk_, dkp, dx, true);
-  LinearBackward(x_, *wv_, dvp, dx, true);
-  LinearBackward(x_, *wa_, da, dx, true);
-  LinearBackward(x_, *wb_, db, dx, true);
-  LinearBackward(x_, *wg_, dg, dx, true);
+  ops::Matmul(dp.Columns(0, total), false, ops::MatmulOperandRows(weights), false, dx);
   return dx;
 }
 

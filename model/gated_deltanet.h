@@ -49,6 +49,10 @@ class GatedDeltaNetMixer {
     Tensor qn, kn, vc, q_rn, k_rn;
   };
   RecurrenceInputs MakeRecurrenceInputs(Probes* probes) const;
+  // The input projections in the order the backward lays out their output gradients.
+  std::vector<const Parameter*> InputProjections() const {
+    return {wq_, wk_, wv_, wg_, wa_, wb_};
+  }
   // y = the gated norm of o_ (o_rstd_ written): Wo's input, in Wo's operand form unless float32
   // (probes). Not kept: the norm's backward writes it again for Wo's gradient.
   Tensor OutputNorm(bool float32) const;
