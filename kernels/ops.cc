@@ -82,30 +82,33 @@ Tensor MatmulOperand(const Tensor& x) {
   return x;
 }
 
-Tensor MatmulOperandRows(const std::vector<Tensor>& xs) {
-  CHECK(!xs.empty());
+Tensor MatmulOperandRows(const std::vector<Tensor>& xs, const std::vector<int64_t>& first_rows,
+                         int64_t rows) {
+  CHECK(!xs.empty() && xs.size() == first_rows.size());
   const Tensor& first = xs.front();
-  int64_t rows = 0;
-  for (const Tensor& x : xs) {
+  int64_t covered = 0, end = 0;  // pieces in order, not overlapping
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const Tensor& x = xs[i];
     CHECK(x.rank() == 2 && x.dim(1) == first.dim(1) && x.dtype() == first.dtype() &&
-          x.device() == first.device())
+          x.device() == first.device() && first_rows[i] >= end && first_rows[i] + x.dim(0) <= rows)
         << "MatmulOperandRows: " << ShapeString(x.shape()) << " " << DTypeName(x.dtype())
-        << " among " << ShapeString(first.shape()) << " " << DTypeName(first.dtype());
-    rows += x.dim(0);
+        << " at row " << first_rows[i] << " of " << rows << ", among "
+        << ShapeString(first.shape()) << " " << DTypeName(first.dtype());
+    covered += x.dim(0);
+    end = first_rows[i] + x.dim(0);
   }
   ScopedOpTimer timer("MatmulOperand", first);
   const DType type = MatmulOperandType(first.dtype(), first.device());
   const Tensor out = Tensor::Empty({rows, first.dim(1)}, type, first.device());
-  int64_t row = 0;
-  for (const Tensor& x : xs) {
-    const Tensor part = out.Rows(row, row + x.dim(0));
-    row += x.dim(0);
-    if (type == x.dtype()) {
-      part.CopyFrom(x);
+  if (covered < rows) out.SetZero();  // the rows between pieces
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const Tensor part = out.Rows(first_rows[i], first_rows[i] + xs[i].dim(0));
+    if (type == xs[i].dtype()) {
+      part.CopyFrom(xs[i]);
       continue;
     }
 #ifdef GDN_WITH_CUDA
-    cuda::ToBf16(x, part);
+    cuda::ToBf16(xs[i], part);
 #endif
   }
   return out;

@@ -38,8 +38,10 @@ MatmulPrecision GetMatmulPrecision();
 // saved activation) is rounded once this way, and kept in half the memory.
 Tensor MatmulOperand(const Tensor& x);
 // The 2-D tensors xs (the same number of columns) stacked by rows, in MatmulOperand's form: one
-// operand for a product over several weights at once (the mixer's input gradient).
-Tensor MatmulOperandRows(const std::vector<Tensor>& xs);
+// operand for a product over several weights at once (the mixer's input gradient). xs[i] goes to
+// rows [first_rows[i], + its rows) of the result's `rows`; rows no x covers are zero.
+Tensor MatmulOperandRows(const std::vector<Tensor>& xs, const std::vector<int64_t>& first_rows,
+                         int64_t rows);
 // The dtype MatmulOperand gives a tensor of this dtype on this device. Ops whose output feeds
 // products only take an output of this dtype on CUDA and write it rounded (op_set.inc says which).
 DType MatmulOperandType(DType dtype, Device device);

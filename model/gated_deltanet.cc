@@ -178,17 +178,25 @@ void GatedDeltaNetMixer::ReleaseSaved() {
 Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const ModelDims& d = b_.dims;
   const int64_t B = B_, T = T_, N = B * T;
-  // The six input projections' output gradients side by side in one buffer (rows padded to a
-  // multiple of 8 values: 16-byte aligned for the kernels and cuBLAS), each op writing its
-  // columns: dx is then one product over the stacked weights, not six each adding into dx.
+  // The six input projections' output gradients side by side in one buffer dp, each op writing
+  // its columns: dx is then one product over the stacked weights, not six each adding into dx.
+  // Each projection's columns start at a multiple of 8 (16-byte aligned for the kernels and
+  // cuBLAS, which otherwise falls back to slow kernels); the gaps are zeros, as are the stacked
+  // weights' rows there.
   const std::vector<const Parameter*> projections = InputProjections();
-  int64_t total = 0;
-  for (const Parameter* w : projections) total += w->value.dim(0);
-  const Tensor dp = b_.OperandEmpty({N, (total + 7) / 8 * 8});
+  std::vector<int64_t> first_col;
+  int64_t width = 0;
+  for (const Parameter* w : projections) {
+    first_col.push_back(width);
+    width += (w->value.dim(0) + 7) / 8 * 8;
+  }
+  const Tensor dp = b_.OperandEmpty({N, width});
   std::vector<Tensor> dproj;  // column views of dp, one per projection
-  for (int64_t c = 0; const Parameter* w : projections) {
-    dproj.push_back(dp.Columns(c, c + w->value.dim(0)));
-    c += w->value.dim(0);
+  for (size_t i = 0; i < projections.size(); ++i) {
+    const int64_t c0 = first_col[i], c1 = c0 + projections[i]->value.dim(0);
+    dproj.push_back(dp.Columns(c0, c1));
+    const int64_t next = i + 1 < projections.size() ? first_col[i + 1] : width;
+    if (c1 < next) dp.Columns(c1, next).SetZero();
   }
   const Tensor &dqp = dproj[0], &dkp = dproj[1], &dvp = dproj[2], &dg = dproj[3], &da = dproj[4],
                &db = dproj[5];
@@ -231,14 +239,14 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   conv_back(vp_, *conv_v_, dvc, dvp);
 
   // dW += dy^T x per projection (x_ in its matrix-product form; dp is already in it), then
-  // dx = dp [Wq; Wk; Wv; Wg; Wa; Wb].
+  // dx = dp [Wq; Wk; Wv; Wg; Wa; Wb] (with dp's gaps as zero rows).
   std::vector<Tensor> weights;
   for (size_t i = 0; i < projections.size(); ++i) {
     ops::Matmul(dproj[i], true, x_, false, projections[i]->grad, 1.0, 1.0);
     weights.push_back(projections[i]->value);
   }
   Tensor dx = b_.Empty({N, d.width});
-  ops::Matmul(dp.Columns(0, total), false, ops::MatmulOperandRows(weights), false, dx);
+  ops::Matmul(dp, false, ops::MatmulOperandRows(weights, first_col, width), false, dx);
   return dx;
 }
 

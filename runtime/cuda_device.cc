@@ -149,6 +149,11 @@ void MemsetZero(void* p, size_t bytes) {
   CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, Stream()));
 }
 
+void MemsetZero2D(void* p, size_t pitch, size_t bytes, size_t rows) {
+  if (bytes == 0 || rows == 0) return;
+  CUDA_CHECK(cudaMemset2DAsync(p, pitch, 0, bytes, rows, Stream()));
+}
+
 void Synchronize() { CUDA_CHECK(cudaStreamSynchronize(Stream())); }
 
 }  // namespace gdn::cuda

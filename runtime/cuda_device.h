@@ -49,6 +49,8 @@ void CopyHostToDevice(void* dst, const void* src, size_t bytes);
 void CopyDeviceToHost(void* dst, const void* src, size_t bytes);
 void CopyDeviceToDevice(void* dst, const void* src, size_t bytes);
 void MemsetZero(void* p, size_t bytes);
+// Zeros `rows` rows of `bytes` bytes each, `pitch` bytes apart.
+void MemsetZero2D(void* p, size_t pitch, size_t bytes, size_t rows);
 // Waits for all work queued on the process's stream (and checks it for errors).
 void Synchronize();
 

@@ -163,7 +163,7 @@ Tensor Tensor::Columns(int64_t begin, int64_t end) const {
   Tensor t = *this;
   t.offset_ += begin * DTypeSize(dtype_);
   t.shape_[1] = end - begin;
-  t.row_stride_ = end - begin == shape_[1] ? row_stride_ : row_stride();
+  t.row_stride_ = end - begin == shape_[1] || end == begin ? row_stride_ : row_stride();
   return t;
 }
 
@@ -193,12 +193,23 @@ void Tensor::CopyFrom(const Tensor& src) const {
 }
 
 void Tensor::SetZero() const {
+  if (contiguous()) {
+    if (device_ == Device::kCPU) std::memset(raw(), 0, nbytes());
+#ifdef GDN_WITH_CUDA
+    else cuda::MemsetZero(raw(), nbytes());
+#endif
+    return;
+  }
+  // A column view: rows of dim(-1) values, row_stride() apart.
+  const size_t rows = numel() / dim(-1), bytes = dim(-1) * DTypeSize(dtype_);
+  const size_t pitch = row_stride() * DTypeSize(dtype_);
+  char* p = static_cast<char*>(strided_raw());
   if (device_ == Device::kCPU) {
-    std::memset(raw(), 0, nbytes());
+    for (size_t r = 0; r < rows; ++r) std::memset(p + r * pitch, 0, bytes);
     return;
   }
 #ifdef GDN_WITH_CUDA
-  cuda::MemsetZero(raw(), nbytes());
+  cuda::MemsetZero2D(p, pitch, bytes, rows);
 #endif
 }
 

@@ -90,7 +90,7 @@ class Tensor {
   Tensor Clone() const;
   // Copies the values of src (same element count and dtype) into this tensor, across devices too.
   void CopyFrom(const Tensor& src) const;
-  void SetZero() const;
+  void SetZero() const;  // column views too
   // Converts to another dtype (CPU), e.g. float32 parameters into a float64 model for checks.
   Tensor To(DType dtype) const;
   // A copy on another device (this tensor itself when it is already there).

@@ -718,6 +718,13 @@ TEST(CudaOpsTest, ColumnViews) {
       ExpectBitEqual("GatesBackward ddt_bias " + type, ddt2, ddt);
     }
   }
+  {  // SetZero on a column view (the mixer zeroes the gaps between its columns this way)
+    const GpuColumns c = ColumnsOf(70, 6, 3, 16, DType::kBF16);
+    c.view.SetZero();
+    const Tensor buf = c.buffer.To(kCpu);
+    for (int64_t i = 0; i < buf.numel(); ++i)
+      ASSERT_EQ(buf.at(i), i % 16 >= 3 && i % 16 < 9 ? 0.0 : 7.0) << "SetZero " << i;
+  }
   // Matmul with column-view operands (bf16, the bf16 mode): dy^T x and dy W of the mixer.
   ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
   const int64_t m = 300, k = 96, n = 64;

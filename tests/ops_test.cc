@@ -650,12 +650,27 @@ TEST(OpsTest, ColumnViewOutputsEqualContiguousOnes) {
   }
 }
 
-TEST(OpsTest, MatmulOperandRowsStacksWeights) {
+TEST(OpsTest, MatmulOperandRowsStacksWeightsWithZeroGaps) {
   Tensor a = In({3, 4}, 76, kF32), b = In({2, 4}, 77, kF32);
-  const Tensor s = ops::MatmulOperandRows({a, b});
-  ASSERT_EQ(s.shape(), (Shape{5, 4}));
+  const Tensor s = ops::MatmulOperandRows({a, b}, {0, 4}, 8);  // rows 3, 6 and 7 are gaps
+  ASSERT_EQ(s.shape(), (Shape{8, 4}));
   for (int64_t i = 0; i < 12; ++i) EXPECT_EQ(s.at(i), a.at(i));
-  for (int64_t i = 0; i < 8; ++i) EXPECT_EQ(s.at(12 + i), b.at(i));
+  for (int64_t i = 0; i < 8; ++i) EXPECT_EQ(s.at(16 + i), b.at(i));
+  for (int64_t i : {12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}) EXPECT_EQ(s.at(i), 0.0) << i;
+  const Tensor packed = ops::MatmulOperandRows({a, b}, {0, 3}, 5);
+  for (int64_t i = 0; i < 8; ++i) EXPECT_EQ(packed.at(12 + i), b.at(i));
+}
+
+TEST(OpsDeathTest, MatmulOperandRowsRefusesOverlaps) {
+  Tensor a = In({3, 4}, 76, kF32), b = In({2, 4}, 77, kF32);
+  EXPECT_DEATH(ops::MatmulOperandRows({a, b}, {0, 2}, 8), "MatmulOperandRows");
+  EXPECT_DEATH(ops::MatmulOperandRows({a, b}, {0, 7}, 8), "MatmulOperandRows");
+}
+
+TEST(TensorColumnsTest, SetZeroClearsOnlyItsColumns) {
+  Tensor t = Filled({3, 5}, 7, kF32);
+  t.Columns(1, 3).SetZero();
+  for (int64_t i = 0; i < 15; ++i) EXPECT_EQ(t.at(i), i % 5 == 1 || i % 5 == 2 ? 0.0 : 7.0) << i;
 }
 
 // ------------------------------------------------------------------------ embedding and loss
