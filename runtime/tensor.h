@@ -86,9 +86,10 @@ class Tensor {
   Tensor Rows(int64_t begin, int64_t end) const;
   // Columns [begin, end) of a 2-D tensor, sharing memory: a column view unless they are all of them.
   Tensor Columns(int64_t begin, int64_t end) const;
-  // A deep copy.
+  // A deep copy (contiguous, also of a column view).
   Tensor Clone() const;
-  // Copies the values of src (same element count and dtype) into this tensor, across devices too.
+  // Copies the values of src (same element count and dtype) into this tensor, across devices too
+  // (between column views and contiguous tensors with rows of the same length: on one device).
   void CopyFrom(const Tensor& src) const;
   void SetZero() const;  // column views too
   // Converts to another dtype (CPU), e.g. float32 parameters into a float64 model for checks.
