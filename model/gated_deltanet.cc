@@ -52,15 +52,16 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   const int64_t N = B * T;
   B_ = B;
   T_ = T;
-  // x feeds products only: kept in its matrix-product form (bf16 in the bf16 mode), rounded once
-  // for its six projections.
+  // x feeds products only: kept in its matrix-product form (bf16 in the bf16 mode). Its six
+  // projections are one product into the columns of p_ (Projections()).
   x_ = ops::MatmulOperand(x);
-  qp_ = LinearForward(b_, x_, *wq_, true);
-  kp_ = LinearForward(b_, x_, *wk_, true);
-  vp_ = LinearForward(b_, x_, *wv_, true);
-  a_ = LinearForward(b_, x_, *wa_);  // the gates stay float32
-  bb_ = LinearForward(b_, x_, *wb_);
-  g_ = LinearForward(b_, x_, *wg_, true);
+  const ProjectionColumns pc = Projections();
+  p_ = b_.OperandEmpty({N, pc.stride});
+  ops::Matmul(x_, false, StackedProjectionWeights(pc), true, p_);
+  std::vector<Tensor> cols;
+  for (size_t i = 0; i < pc.weights.size(); ++i)
+    cols.push_back(p_.Columns(pc.first[i], pc.first[i] + pc.weights[i]->value.dim(0)));
+  qp_ = cols[0], kp_ = cols[1], vp_ = cols[2], g_ = cols[3], a_ = cols[4], bb_ = cols[5];
   const RecurrenceInputs in = MakeRecurrenceInputs(probes);
 
   gamma_ = b_.Empty({N, value_heads_});
@@ -171,33 +172,41 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
 }
 
 void GatedDeltaNetMixer::ReleaseSaved() {
-  for (Tensor* t : {&x_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &gamma_, &beta_, &o_, &o_rstd_})
+  for (Tensor* t : {&x_, &p_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &gamma_, &beta_, &o_, &o_rstd_})
     *t = Tensor();
+}
+
+GatedDeltaNetMixer::ProjectionColumns GatedDeltaNetMixer::Projections() const {
+  ProjectionColumns p;
+  p.weights = {wq_, wk_, wv_, wg_, wa_, wb_};
+  for (const Parameter* w : p.weights) {
+    p.first.push_back(p.width);
+    p.width += (w->value.dim(0) + 7) / 8 * 8;
+  }
+  p.stride = (p.width + 63) / 64 * 64;
+  return p;
+}
+
+Tensor GatedDeltaNetMixer::StackedProjectionWeights(const ProjectionColumns& p) const {
+  std::vector<Tensor> weights;
+  for (const Parameter* w : p.weights) weights.push_back(w->value);
+  return ops::MatmulOperandRows(weights, p.first, p.stride);
 }
 
 Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const ModelDims& d = b_.dims;
   const int64_t B = B_, T = T_, N = B * T;
-  // The six input projections' output gradients side by side in one buffer dp, each op writing
-  // its columns: dx is then one product over the stacked weights, not six each adding into dx.
-  // Each projection's columns start at a multiple of 8 (16-byte aligned for the kernels and
-  // cuBLAS, which otherwise falls back to slow kernels); the gaps are zeros, as are the stacked
-  // weights' rows there. dp's rows are padded to a multiple of 64 values: at a row stride of 4624
-  // cuBLAS's weight-gradient products took 63 and 106 us, at 4672 49 and 77 (H200).
-  const std::vector<const Parameter*> projections = InputProjections();
-  std::vector<int64_t> first_col;
-  int64_t width = 0;
-  for (const Parameter* w : projections) {
-    first_col.push_back(width);
-    width += (w->value.dim(0) + 7) / 8 * 8;
-  }
-  const int64_t stride = (width + 63) / 64 * 64;
-  const Tensor dp = b_.OperandEmpty({N, stride}).Columns(0, width);
+  // The six input projections' output gradients side by side in one buffer dp (the forward's
+  // layout, Projections()), each op writing its columns: dx is then one product over the stacked
+  // weights, not six each adding into dx. The gaps are zeros, as are the stacked weights' rows
+  // there.
+  const ProjectionColumns pc = Projections();
+  const Tensor dp = b_.OperandEmpty({N, pc.stride}).Columns(0, pc.width);
   std::vector<Tensor> dproj;  // column views of dp, one per projection
-  for (size_t i = 0; i < projections.size(); ++i) {
-    const int64_t c0 = first_col[i], c1 = c0 + projections[i]->value.dim(0);
+  for (size_t i = 0; i < pc.weights.size(); ++i) {
+    const int64_t c0 = pc.first[i], c1 = c0 + pc.weights[i]->value.dim(0);
     dproj.push_back(dp.Columns(c0, c1));
-    const int64_t next = i + 1 < projections.size() ? first_col[i + 1] : width;
+    const int64_t next = i + 1 < pc.weights.size() ? pc.first[i + 1] : pc.width;
     if (c1 < next) dp.Columns(c1, next).SetZero();
   }
   const Tensor &dqp = dproj[0], &dkp = dproj[1], &dvp = dproj[2], &dg = dproj[3], &da = dproj[4],
@@ -242,16 +251,14 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
 
   // dW += dy^T x per projection (x_ in its matrix-product form; dp is already in it), then
   // dx = dp [Wq; Wk; Wv; Wg; Wa; Wb] (with dp's gaps as zero rows).
-  std::vector<Tensor> weights;
-  for (size_t i = 0; i < projections.size(); ++i) {
+  for (size_t i = 0; i < pc.weights.size(); ++i) {
     // The gates' narrow columns are copied out first: cuBLAS took 46 to 51 us for their product
     // from dp (an align-1 kernel), 21 us from a contiguous copy (H200).
     const Tensor dy = dproj[i].dim(1) < 64 ? dproj[i].Clone() : dproj[i];
-    ops::Matmul(dy, true, x_, false, projections[i]->grad, 1.0, 1.0);
-    weights.push_back(projections[i]->value);
+    ops::Matmul(dy, true, x_, false, pc.weights[i]->grad, 1.0, 1.0);
   }
   Tensor dx = b_.Empty({N, d.width});
-  ops::Matmul(dp, false, ops::MatmulOperandRows(weights, first_col, width), false, dx);
+  ops::Matmul(dp, false, StackedProjectionWeights(pc).Rows(0, pc.width), false, dx);
   return dx;
 }
 

@@ -8,6 +8,8 @@
 // parallel, so `out` is this rank's partial sum (the caller reduces it over the group).
 #pragma once
 
+#include <vector>
+
 #include "model/layer.h"
 
 namespace gdn {
@@ -49,18 +51,30 @@ class GatedDeltaNetMixer {
     Tensor qn, kn, vc, q_rn, k_rn;
   };
   RecurrenceInputs MakeRecurrenceInputs(Probes* probes) const;
-  // The input projections in the order the backward lays out their output gradients.
-  std::vector<const Parameter*> InputProjections() const {
-    return {wq_, wk_, wv_, wg_, wa_, wb_};
-  }
+  // The six input projections run as one product: their outputs (and, in the backward, their
+  // output gradients) are columns of one buffer [N, stride], in this order, each starting at a
+  // multiple of 8 columns (16-byte aligned); the gaps and the columns past `width` are zeros.
+  // The stride is a multiple of 64: cuBLAS chose slower kernels for products reading columns of
+  // a buffer of 4624 (weight gradients of 768 and 1536 rows: 63 and 106 us against 49 and 77 at
+  // 4672, H200).
+  struct ProjectionColumns {
+    std::vector<const Parameter*> weights;  // q, k, v, g, a, b
+    std::vector<int64_t> first;             // each one's first column
+    int64_t width = 0, stride = 0;
+  };
+  ProjectionColumns Projections() const;
+  // The six weights stacked by rows at their columns' places, zero rows elsewhere ([stride, d]),
+  // in the products' operand form.
+  Tensor StackedProjectionWeights(const ProjectionColumns& p) const;
   // y = the gated norm of o_ (o_rstd_ written): Wo's input, in Wo's operand form unless float32
   // (probes). Not kept: the norm's backward writes it again for Wo's gradient.
   Tensor OutputNorm(bool float32) const;
 
-  // Saved activations; in the bf16 mode x_ (the projections' operand) and the projections qp_,
-  // kp_, vp_, g_ (read only by the conv and the gated norm) are bf16.
+  // Saved activations; in the bf16 mode x_ (the projections' operand) and the projections p_
+  // (read only by the conv, the gates and the gated norm) are bf16. qp_, kp_, vp_, g_, a_, bb_ are
+  // column views of p_.
   int64_t B_ = 0, T_ = 0;
-  Tensor x_, qp_, kp_, vp_, a_, bb_, g_, gamma_, beta_, o_, o_rstd_;
+  Tensor x_, p_, qp_, kp_, vp_, a_, bb_, g_, gamma_, beta_, o_, o_rstd_;
 };
 
 }  // namespace gdn

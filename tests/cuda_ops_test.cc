@@ -747,6 +747,81 @@ TEST(CudaOpsTest, ColumnViews) {
   Compare("Matmul", "a column view, transposed", ct_view, ct_dense.To(kCpu), kTol);
 }
 
+// Column-view inputs (the mixer's projections, columns of one product's output): the same
+// values read through a column view give the same outputs bit for bit, float32 and bf16.
+TEST(CudaOpsTest, ColumnViewInputs) {
+  GDN_REQUIRE_GPU();
+  // x's values (rounded to dt) on the GPU, contiguous and as columns [offset, +cols) of a wider
+  // buffer.
+  auto both = [](const Tensor& x, DType dt, int64_t offset, int64_t width) {
+    const Tensor host = x.To(dt);
+    const int64_t cols = x.dim(-1), rows = x.numel() / cols;
+    Tensor buf = Tensor::Empty({rows, width}, dt);
+    for (int64_t i = 0; i < buf.numel(); ++i) buf.set(i, 7.0);
+    const Tensor view = buf.Columns(offset, offset + cols);
+    for (int64_t i = 0; i < host.numel(); ++i) view.set(i, host.at(i));
+    return std::pair{Dev(host), Dev(buf).Columns(offset, offset + cols)};
+  };
+  auto f32 = [](const Shape& s) { return Tensor::Empty(s, DType::kF32, kGpu); };
+  for (const DType dt : {DType::kF32, DType::kBF16}) {
+    const std::string type = DTypeName(dt);
+    {  // the conv's x
+      const int64_t B = 2, T = 130, C = 96;
+      const auto [x, xv] = both(Rand({B * T, C}), dt, 8, C + 40);
+      const Tensor w = Dev(Rand({C, 4})), dy = Dev(Rand({B, T, C}));
+      const Tensor y = f32({B, T, C}), y2 = f32({B, T, C});
+      ops::CausalConvSiluForward(x.View({B, T, C}), w, y);
+      ops::CausalConvSiluForward(xv.View({B, T, C}), w, y2);
+      ExpectBitEqual("conv forward " + type, y2, y);
+      const Tensor dx = f32({B, T, C}), dx2 = f32({B, T, C});
+      const Tensor dw = Dev(Tensor::Zeros({C, 4}, DType::kF32)), dw2 = dw.Clone();
+      ops::CausalConvSiluBackward(x.View({B, T, C}), w, dy, dx, dw);
+      ops::CausalConvSiluBackward(xv.View({B, T, C}), w, dy, dx2, dw2);
+      ExpectBitEqual("conv backward dx " + type, dx2, dx);
+      ExpectBitEqual("conv backward dw " + type, dw2, dw);
+    }
+    for (const int64_t hd : {int64_t{128}, int64_t{48}}) {  // the gated norm's g
+      const int64_t n = 37, heads = 4;
+      const Shape ns{n, heads * hd};
+      const auto [g, gv] = both(Rand(ns, -5, 5), dt, 16, heads * hd + 48);
+      const Tensor o = Dev(Rand(ns, -2, 2)), dy = Dev(Rand(ns)), w = Dev(Rand({hd}, 0.5, 1.5));
+      const Tensor y = f32(ns), y2 = f32(ns), r = f32({n * heads}), r2 = f32({n * heads});
+      ops::GatedRmsNormForward(o, g, w, hd, 1e-5, y, r);
+      ops::GatedRmsNormForward(o, gv, w, hd, 1e-5, y2, r2);
+      const std::string what = "gated norm " + type + " head_dim " + std::to_string(hd);
+      ExpectBitEqual(what + " forward", y2, y);
+      const Tensor d_o = f32(ns), d_o2 = f32(ns), dg = f32(ns), dg2 = f32(ns);
+      const Tensor dw = Dev(Tensor::Zeros({hd}, DType::kF32)), dw2 = dw.Clone();
+      ops::GatedRmsNormBackward(o, g, w, r, hd, dy, d_o, dg, dw);
+      ops::GatedRmsNormBackward(o, gv, w, r, hd, dy, d_o2, dg2, dw2);
+      ExpectBitEqual(what + " backward d_o", d_o2, d_o);
+      ExpectBitEqual(what + " backward dg", dg2, dg);
+      ExpectBitEqual(what + " backward dw", dw2, dw);
+    }
+    {  // the gates' a and b
+      const int64_t n = 70, hv = 6;
+      const auto [a, av] = both(Rand({n, hv}, -30, 30), dt, 0, 24);
+      const auto [b, bv] = both(Rand({n, hv}, -6, 6), dt, 8, 24);
+      const Tensor al = Dev(Rand({hv}, -2, 2)), dtb = Dev(Rand({hv}, -1, 1));
+      const Tensor gm = f32({n, hv}), be = f32({n, hv}), gm2 = f32({n, hv}), be2 = f32({n, hv});
+      ops::GatesForward(a, b, al, dtb, 2.0, gm, be);
+      ops::GatesForward(av, bv, al, dtb, 2.0, gm2, be2);
+      ExpectBitEqual("gates forward gamma " + type, gm2, gm);
+      ExpectBitEqual("gates forward beta " + type, be2, be);
+      const Tensor dgm = Dev(Rand({n, hv})), dbe = Dev(Rand({n, hv}));
+      const Tensor da = f32({n, hv}), db = f32({n, hv}), da2 = f32({n, hv}), db2 = f32({n, hv});
+      const Tensor dal = Dev(Tensor::Zeros({hv}, DType::kF32)), ddt = dal.Clone();
+      const Tensor dal2 = dal.Clone(), ddt2 = dal.Clone();
+      ops::GatesBackward(a, b, al, dtb, 2.0, dgm, dbe, da, db, dal, ddt);
+      ops::GatesBackward(av, bv, al, dtb, 2.0, dgm, dbe, da2, db2, dal2, ddt2);
+      ExpectBitEqual("gates backward da " + type, da2, da);
+      ExpectBitEqual("gates backward db " + type, db2, db);
+      ExpectBitEqual("gates backward da_log " + type, dal2, dal);
+      ExpectBitEqual("gates backward ddt_bias " + type, ddt2, ddt);
+    }
+  }
+}
+
 // The [stored] inputs (kernels/op_set.inc): a bf16 tensor gives bit for bit what a float32 tensor
 // holding the same (rounded) values gives. And Matmul's bf16 c (beta 0, the bf16 mode): the float32
 // product rounded once, within a bf16 rounding.

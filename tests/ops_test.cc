@@ -17,6 +17,7 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace gdn {
@@ -646,6 +647,78 @@ TEST(OpsTest, ColumnViewOutputsEqualContiguousOnes) {
       for (int64_t i = 0; i < b.numel(); ++i) bcols.view.set(i, b.at(i));
       ops::Matmul(a_dense, false, bcols.view, false, got);
       EXPECT_LT(RelErr(got, want), kExactTol) << "b a column view";
+    }
+  }
+}
+
+// The same values read through a column view give the same outputs bit for bit.
+Tensor AsColumns(const Tensor& x, int64_t offset, int64_t width) {
+  const int64_t cols = x.dim(-1), rows = x.numel() / cols;
+  const Tensor view = Filled({rows, width}, 7, x.dtype()).Columns(offset, offset + cols);
+  for (int64_t i = 0; i < x.numel(); ++i) view.set(i, x.at(i));
+  return view;
+}
+void ExpectSameValues(const Tensor& got, const Tensor& want, const std::string& what) {
+  ASSERT_EQ(got.numel(), want.numel()) << what;
+  for (int64_t i = 0; i < got.numel(); ++i) ASSERT_EQ(got.at(i), want.at(i)) << what << " " << i;
+}
+
+TEST(OpsTest, ColumnViewInputsEqualContiguousOnes) {
+  for (DType dt : {kF32, kF64}) {
+    const std::string type = DTypeName(dt);
+    {  // the conv's x, forward and backward
+      const int64_t B = 2, T = 7, C = 3, K = 4;
+      Tensor x = In({B, T, C}, 80, dt), w = In({C, K}, 81, dt), dy = In({B, T, C}, 82, dt);
+      const Tensor xv = AsColumns(x.View({B * T, C}), 2, 9).View({B, T, C});
+      Tensor y = Tensor::Empty(x.shape(), dt), y2 = Tensor::Empty(x.shape(), dt);
+      ops::CausalConvSiluForward(x, w, y);
+      ops::CausalConvSiluForward(xv, w, y2);
+      ExpectSameValues(y2, y, "conv forward " + type);
+      Tensor dx = Tensor::Empty(x.shape(), dt), dx2 = Tensor::Empty(x.shape(), dt);
+      Tensor dw = Tensor::Zeros({C, K}, dt), dw2 = Tensor::Zeros({C, K}, dt);
+      ops::CausalConvSiluBackward(x, w, dy, dx, dw);
+      ops::CausalConvSiluBackward(xv, w, dy, dx2, dw2);
+      ExpectSameValues(dx2, dx, "conv backward dx " + type);
+      ExpectSameValues(dw2, dw, "conv backward dw " + type);
+    }
+    {  // the gated norm's g, forward and backward
+      const int64_t n = 4, heads = 2, hd = 6;
+      Tensor o = In({n, heads * hd}, 83, dt), g = In({n, heads * hd}, 84, dt, -3, 3);
+      Tensor w = In({hd}, 85, dt), dy = In({n, heads * hd}, 86, dt);
+      const Tensor gv = AsColumns(g, 5, 20);
+      Tensor y = Tensor::Empty(o.shape(), dt), y2 = Tensor::Empty(o.shape(), dt);
+      Tensor r = Tensor::Empty({n * heads}, dt), r2 = Tensor::Empty({n * heads}, dt);
+      ops::GatedRmsNormForward(o, g, w, hd, 1e-5, y, r);
+      ops::GatedRmsNormForward(o, gv, w, hd, 1e-5, y2, r2);
+      ExpectSameValues(y2, y, "gated norm forward " + type);
+      Tensor d_o = Tensor::Empty(o.shape(), dt), d_o2 = Tensor::Empty(o.shape(), dt);
+      Tensor dg = Tensor::Empty(o.shape(), dt), dg2 = Tensor::Empty(o.shape(), dt);
+      Tensor dw = Tensor::Zeros({hd}, dt), dw2 = Tensor::Zeros({hd}, dt);
+      ops::GatedRmsNormBackward(o, g, w, r, hd, dy, d_o, dg, dw);
+      ops::GatedRmsNormBackward(o, gv, w, r, hd, dy, d_o2, dg2, dw2);
+      ExpectSameValues(d_o2, d_o, "gated norm backward d_o " + type);
+      ExpectSameValues(dg2, dg, "gated norm backward dg " + type);
+      ExpectSameValues(dw2, dw, "gated norm backward dw " + type);
+    }
+    {  // the gates' a and b, forward and backward
+      const int64_t n = 5, hv = 4;
+      Tensor a = In({n, hv}, 87, dt, -4, 4), b = In({n, hv}, 88, dt, -4, 4);
+      Tensor alog = In({hv}, 89, dt), dtb = In({hv}, 90, dt);
+      const Tensor av = AsColumns(a, 1, 11), bv = AsColumns(b, 6, 11);
+      Tensor gm = Tensor::Empty({n, hv}, dt), be = gm.Clone(), gm2 = gm.Clone(), be2 = gm.Clone();
+      ops::GatesForward(a, b, alog, dtb, 2.0, gm, be);
+      ops::GatesForward(av, bv, alog, dtb, 2.0, gm2, be2);
+      ExpectSameValues(gm2, gm, "gates forward gamma " + type);
+      ExpectSameValues(be2, be, "gates forward beta " + type);
+      Tensor dgm = In({n, hv}, 91, dt), dbe = In({n, hv}, 92, dt);
+      Tensor da = Tensor::Empty({n, hv}, dt), db = da.Clone(), da2 = da.Clone(), db2 = da.Clone();
+      Tensor dal = Tensor::Zeros({hv}, dt), ddt = dal.Clone(), dal2 = dal.Clone(), ddt2 = dal.Clone();
+      ops::GatesBackward(a, b, alog, dtb, 2.0, dgm, dbe, da, db, dal, ddt);
+      ops::GatesBackward(av, bv, alog, dtb, 2.0, dgm, dbe, da2, db2, dal2, ddt2);
+      ExpectSameValues(da2, da, "gates backward da " + type);
+      ExpectSameValues(db2, db, "gates backward db " + type);
+      ExpectSameValues(dal2, dal, "gates backward da_log " + type);
+      ExpectSameValues(ddt2, ddt, "gates backward ddt_bias " + type);
     }
   }
 }

@@ -23,8 +23,8 @@ std::vector<T> TapsByRow(const T* pw, int64_t C, int64_t K) {
 
 // pre[b,t,c] for every position: the conv before the SiLU (forward, and the backward's recompute).
 template <typename T>
-void ConvPre(const T* px, const std::vector<T>& wt, int64_t B, int64_t T_, int64_t C, int64_t K,
-             T* pp) {
+void ConvPre(const T* px, int64_t ldx, const std::vector<T>& wt, int64_t B, int64_t T_, int64_t C,
+             int64_t K, T* pp) {
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T_; ++t) {
@@ -33,7 +33,7 @@ void ConvPre(const T* px, const std::vector<T>& wt, int64_t B, int64_t T_, int64
       for (int64_t j = 0; j < K; ++j) {
         const int64_t s = t - (K - 1) + j;
         if (s < 0) continue;
-        const T* xrow = px + (b * T_ + s) * C;
+        const T* xrow = px + (b * T_ + s) * ldx;
         const T* wrow = wt.data() + j * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) prow[c] += wrow[c] * xrow[c];
@@ -50,7 +50,9 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   DispatchFloat(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
     T* py = y.data<T>();
-    ConvPre(x.data<T>(), TapsByRow(w.data<T>(), C, K), B, T_, C, K, py);  // pre, then SiLU
+    // x may be a column view; pre, then SiLU
+    ConvPre(x.strided_data<T>(), RowStride(x, C, "CausalConvSiluForward x"),
+            TapsByRow(w.data<T>(), C, K), B, T_, C, K, py);
     const int64_t n = x.numel();
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i) py[i] = py[i] * Sigmoid(py[i]);
@@ -66,13 +68,14 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   CheckSame(x, dx, "CausalConvSiluBackward");
   DispatchFloat(x.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const T *px = x.data<T>(), *pw = w.data<T>(), *pdy = dy.data<T>();
+    const T *px = x.strided_data<T>(), *pw = w.data<T>(), *pdy = dy.data<T>();  // x, dx: may be
+    const int64_t ldx_in = RowStride(x, C, "CausalConvSiluBackward x");          // column views
     T* pdx = dx.strided_data<T>();  // may be a column view
     const int64_t ldx = RowStride(dx, C, "CausalConvSiluBackward dx");
     const std::vector<T> wt = TapsByRow(pw, C, K);
     // dpre = dy * silu'(pre), pre recomputed
     std::vector<T> dpre(x.numel());
-    ConvPre(px, wt, B, T_, C, K, dpre.data());
+    ConvPre(px, ldx_in, wt, B, T_, C, K, dpre.data());
     const int64_t n = x.numel();
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i) {
@@ -89,7 +92,7 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
         for (int64_t s = 0; s < T_; ++s) {
           // x[b,s] feeds pre[b, s + (K-1) - j] through tap j.
           T* dxrow = pdx + (b * T_ + s) * ldx;
-          const T* xrow = px + (b * T_ + s) * C;
+          const T* xrow = px + (b * T_ + s) * ldx_in;
           for (int64_t c = 0; c < C; ++c) dxrow[c] = 0;
           for (int64_t j = 0; j < K; ++j) {
             const int64_t t = s + (K - 1) - j;

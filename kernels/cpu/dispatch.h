@@ -26,6 +26,15 @@ inline void CheckSame(const Tensor& a, const Tensor& b, const char* what) {
       << ShapeString(b.shape()) << " " << DTypeName(b.dtype());
 }
 
+// Where row `row` of d values starts in an op's tensor that may be a column view whose token rows
+// hold whole rows of d values (a multiple of d); a contiguous tensor is taken as rows of one.
+struct HeadRows {
+  HeadRows(const Tensor& t, int64_t d, const char* what)
+      : heads(t.contiguous() ? 1 : t.dim(-1) / d), stride(RowStride(t, heads * d, what)), d(d) {}
+  int64_t operator()(int64_t row) const { return row / heads * stride + row % heads * d; }
+  int64_t heads, stride, d;
+};
+
 template <typename T>
 inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 

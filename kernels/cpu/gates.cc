@@ -22,15 +22,19 @@ void GatesForward(const Tensor& a, const Tensor& b, const Tensor& a_log, const T
   CheckSame(a, beta, "GatesForward");
   DispatchFloat(a.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const T *pa = a.data<T>(), *pb = b.data<T>(), *pal = a_log.data<T>(), *pdt = dt_bias.data<T>();
+    // a and b may be column views.
+    const T *pa = a.strided_data<T>(), *pb = b.strided_data<T>(), *pal = a_log.data<T>(),
+            *pdt = dt_bias.data<T>();
+    const int64_t lda = RowStride(a, hv, "GatesForward a");
+    const int64_t ldb = RowStride(b, hv, "GatesForward b");
     T *pg = gamma.data<T>(), *pbe = beta.data<T>();
     const T bs = static_cast<T>(beta_scale);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i)
       for (int64_t h = 0; h < hv; ++h) {
         const int64_t j = i * hv + h;
-        pg[j] = -std::exp(pal[h]) * Softplus(pa[j] + pdt[h]);
-        pbe[j] = bs * Sigmoid(pb[j]);
+        pg[j] = -std::exp(pal[h]) * Softplus(pa[i * lda + h] + pdt[h]);
+        pbe[j] = bs * Sigmoid(pb[i * ldb + h]);
       }
   });
 }
@@ -44,9 +48,12 @@ void GatesBackward(const Tensor& a, const Tensor& b, const Tensor& a_log, const 
   CheckSame(b, db, "GatesBackward");
   DispatchFloat(a.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const T *pa = a.data<T>(), *pb = b.data<T>(), *pal = a_log.data<T>(), *pdt = dt_bias.data<T>(),
-            *pdg = dgamma.data<T>(), *pdb = dbeta.data<T>();
-    T *pda = da.strided_data<T>(), *pdbo = db.strided_data<T>();  // may be column views
+    // a, b, da and db may be column views.
+    const T *pa = a.strided_data<T>(), *pb = b.strided_data<T>(), *pal = a_log.data<T>(),
+            *pdt = dt_bias.data<T>(), *pdg = dgamma.data<T>(), *pdb = dbeta.data<T>();
+    const int64_t la = RowStride(a, hv, "GatesBackward a");
+    const int64_t lb = RowStride(b, hv, "GatesBackward b");
+    T *pda = da.strided_data<T>(), *pdbo = db.strided_data<T>();
     const int64_t lda = RowStride(da, hv, "GatesBackward da");
     const int64_t ldb = RowStride(db, hv, "GatesBackward db");
     const T bs = static_cast<T>(beta_scale);
@@ -55,13 +62,13 @@ void GatesBackward(const Tensor& a, const Tensor& b, const Tensor& a_log, const 
     for (int64_t i = 0; i < n; ++i)
       for (int64_t h = 0; h < hv; ++h) {
         const int64_t j = i * hv + h;
-        const T z = pa[j] + pdt[h], decay = std::exp(pal[h]);
+        const T z = pa[i * la + h] + pdt[h], decay = std::exp(pal[h]);
         const T gamma = -decay * Softplus(z);
         const T dz = pdg[j] * (-decay) * Sigmoid(z);  // softplus' = sigmoid
         pda[i * lda + h] = dz;
         ddt[h] += dz;
         dal[h] += pdg[j] * gamma;  // d gamma / d a_log = gamma
-        const T s = Sigmoid(pb[j]);
+        const T s = Sigmoid(pb[i * lb + h]);
         pdbo[i * ldb + h] = pdb[j] * bs * s * (T(1) - s);
       }
     T *pdal = da_log.data<T>(), *pddt = ddt_bias.data<T>();

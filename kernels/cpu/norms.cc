@@ -149,11 +149,12 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
   CHECK_EQ(rstd.numel(), rows);
   DispatchFloat(o.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const T *po = o.data<T>(), *pg = g.data<T>(), *pw = w.data<T>();
+    const T *po = o.data<T>(), *pg = g.strided_data<T>(), *pw = w.data<T>();  // g: may be a
+    const HeadRows g_rows(g, head_dim, "GatedRmsNormForward g");              // column view
     T *py = y.data<T>(), *pr = rstd.data<T>();
 #pragma omp parallel for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
-      const T *orow = po + row * head_dim, *grow = pg + row * head_dim;
+      const T *orow = po + row * head_dim, *grow = pg + g_rows(row);
       T ss = 0;
       for (int64_t i = 0; i < head_dim; ++i) ss += orow[i] * orow[i];
       const T r = T(1) / std::sqrt(ss / head_dim + static_cast<T>(eps));
@@ -175,12 +176,12 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   const int64_t rows = o.numel() / head_dim;
   DispatchFloat(o.dtype(), [&](auto zero) {
     using T = decltype(zero);
-    const T *po = o.data<T>(), *pg = g.data<T>(), *pw = w.data<T>(), *pr = rstd.data<T>(),
-            *pdy = dy.data<T>();
-    T *pdo = d_o.data<T>(), *pdg = dg.strided_data<T>();  // dg may be a column view
-    // dg's rows (tokens) hold dg_heads heads; a contiguous dg is taken as rows of one head.
-    const int64_t dg_heads = dg.contiguous() ? 1 : dg.dim(-1) / head_dim;
-    const int64_t ldg = RowStride(dg, dg_heads * head_dim, "GatedRmsNormBackward dg");
+    // g and dg may be column views.
+    const T *po = o.data<T>(), *pg = g.strided_data<T>(), *pw = w.data<T>(),
+            *pr = rstd.data<T>(), *pdy = dy.data<T>();
+    T *pdo = d_o.data<T>(), *pdg = dg.strided_data<T>();
+    const HeadRows g_rows(g, head_dim, "GatedRmsNormBackward g");
+    const HeadRows dg_rows(dg, head_dim, "GatedRmsNormBackward dg");
     T* py = y.defined() ? y.data<T>() : nullptr;
     WeightGradAccumulator<T> acc(head_dim);
 #pragma omp parallel
@@ -189,11 +190,12 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
         const int64_t base = row * head_dim;
-        T* dgrow = pdg + row / dg_heads * ldg + row % dg_heads * head_dim;
+        T* dgrow = pdg + dg_rows(row);
+        const T* grow = pg + g_rows(row);
         const T r = pr[row];
         T dot = 0;
         for (int64_t i = 0; i < head_dim; ++i) {
-          const T gi = pg[base + i], s = Sigmoid(gi), silu = gi * s;
+          const T gi = grow[i], s = Sigmoid(gi), silu = gi * s;
           const T n = po[base + i] * r;
           const T dn = pdy[base + i] * pw[i] * silu;
           dgrow[i] = pdy[base + i] * n * pw[i] * s * (T(1) + gi * (T(1) - s));

@@ -61,7 +61,7 @@ inline OperandOut CheckOperandOut(const Tensor& out, const Tensor& like, const c
   return {column_view ? out.strided_raw() : out.raw(), out.dtype() == DType::kBF16};
 }
 
-// Where row `row` of d values starts in an output that may be a column view: the op's rows are
+// Where row `row` of d values starts in a tensor that may be a column view: the op's rows are
 // heads per token row, token rows `stride` values apart (heads 1 and stride d when contiguous).
 struct RowsOf {
   int64_t heads, stride;
@@ -69,6 +69,12 @@ struct RowsOf {
     return row / heads * stride + row % heads * d;
   }
 };
+// RowsOf for t, an op's tensor of rows of d values: a column view's token rows hold whole rows of
+// d (a multiple of d values); a contiguous t is taken as rows of one.
+inline RowsOf RowsOfTensor(const Tensor& t, int64_t d, const char* what) {
+  const int64_t heads = t.contiguous() ? 1 : t.dim(-1) / d;
+  return {heads, RowStride(t, heads * d, what)};
+}
 
 // An op's input marked [stored]: an activation kept for the backward, float32, or in the bf16 mode a
 // bf16 tensor (a matrix product's output that only elementwise ops read); read as float32.
@@ -97,12 +103,14 @@ inline bool Aligned4(const Tensor& t) {
          (t.contiguous() || (t.dim(-1) % 4 == 0 && t.row_stride() % 4 == 0)) &&
          reinterpret_cast<uintptr_t>(t.strided_raw()) % (4 * DTypeSize(t.dtype())) == 0;
 }
-inline StoredIn CheckStoredIn(const Tensor& in, int64_t numel, const char* what) {
+// column_view: the op takes `in` as a column view too (it indexes by row stride).
+inline StoredIn CheckStoredIn(const Tensor& in, int64_t numel, const char* what,
+                              bool column_view = false) {
   CHECK((in.dtype() == DType::kF32 || in.dtype() == DType::kBF16) &&
         in.device() == Device::kCUDA && in.numel() == numel)
       << what << ": input " << ShapeString(in.shape()) << " " << DTypeName(in.dtype()) << " "
       << DeviceName(in.device()) << " (float32 or bfloat16 CUDA, " << numel << " elements)";
-  return {in.raw(), in.dtype() == DType::kBF16};
+  return {column_view ? in.strided_raw() : in.raw(), in.dtype() == DType::kBF16};
 }
 
 constexpr int kThreads = 256;

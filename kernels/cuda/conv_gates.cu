@@ -34,24 +34,24 @@ struct Bf16In {
 };
 
 template <int K, typename In>
-__global__ void ConvSiluForwardKernel(In x, const float* __restrict__ w,
+__global__ void ConvSiluForwardKernel(In x, int64_t ldx, const float* __restrict__ w,
                                       float* __restrict__ y, int64_t T, int64_t C,
                                       int64_t segments) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= C) return;
   const int64_t b = blockIdx.y / segments, s0 = (blockIdx.y % segments) * kConvSegment;
   const int64_t s1 = s0 + kConvSegment < T ? s0 + kConvSegment : T;
-  const int64_t base = b * T * C + c;
+  const int64_t base = b * T * C + c, x_base = b * T * ldx + c;  // x: rows ldx apart
   float wt[K], xs[K];
   for (int j = 0; j < K; ++j) {
     wt[j] = w[c * K + j];
     const int64_t p = s0 - (K - 1) + j;  // xs[j] = x[t - (K-1) + j] for t = s0
-    xs[j] = j < K - 1 && p >= 0 ? x[base + p * C] : 0;
+    xs[j] = j < K - 1 && p >= 0 ? x[x_base + p * ldx] : 0;
   }
   for (int64_t t0 = s0; t0 < s1; t0 += kConvBatch) {
     float xb[kConvBatch];  // loaded together, so that their latencies overlap
 #pragma unroll
-    for (int u = 0; u < kConvBatch; ++u) xb[u] = t0 + u < s1 ? x[base + (t0 + u) * C] : 0;
+    for (int u = 0; u < kConvBatch; ++u) xb[u] = t0 + u < s1 ? x[x_base + (t0 + u) * ldx] : 0;
 #pragma unroll
     for (int u = 0; u < kConvBatch; ++u) {
       const int64_t t = t0 + u;
@@ -95,17 +95,20 @@ dim3 ConvGrid(int64_t B, int64_t C, int64_t segments) {
 }  // namespace
 
 void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
-  const StoredIn px = CheckStoredIn(x, y.numel(), "CausalConvSiluForward x");
+  const StoredIn px =
+      CheckStoredIn(x, y.numel(), "CausalConvSiluForward x", /*column_view=*/true);
   CheckF32(w, "CausalConvSiluForward");
   CheckF32(y, "CausalConvSiluForward");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   CHECK_EQ(w.dim(0), C);
   const int64_t segments = ConvSegments(T, K, "CausalConvSiluForward");
+  const int64_t ldx = RowStride(x, C, "CausalConvSiluForward x");
   if (B * T * C == 0) return;
   WithConvTemplate(K, px, [&](auto k, auto in) {
     ConvSiluForwardKernel<decltype(k)::value, decltype(in)>
-        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, F32(w), F32(y), T, C, segments);
+        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, ldx, F32(w), F32(y), T, C,
+                                                          segments);
   });
   CUDA_CHECK_LAUNCH();
 }
@@ -115,7 +118,7 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
 // x and of dpre = dy silu'(pre) in registers (pre recomputed from the x window in the forward's
 // order of terms), writes dx and its K partial sums of dw.
 template <int K, typename In>
-__global__ void ConvSiluBackwardKernel(In x, const float* __restrict__ w,
+__global__ void ConvSiluBackwardKernel(In x, int64_t ldx_in, const float* __restrict__ w,
                                        const float* __restrict__ dy,
                                        OperandOut dx, int64_t ldx,
                                        float* __restrict__ dw_partial, int64_t T, int64_t C,
@@ -124,7 +127,8 @@ __global__ void ConvSiluBackwardKernel(In x, const float* __restrict__ w,
   if (c >= C) return;
   const int64_t b = blockIdx.y / segments, s0 = (blockIdx.y % segments) * kConvSegment;
   const int64_t s1 = s0 + kConvSegment < T ? s0 + kConvSegment : T;  // this segment: [s0, s1)
-  const int64_t base = b * T * C + c, dx_base = b * T * ldx + c;  // dx: rows ldx apart
+  // x and dx: rows ldx_in and ldx apart (column views); dy: C apart.
+  const int64_t base = b * T * C + c, x_base = b * T * ldx_in + c, dx_base = b * T * ldx + c;
   float wt[K], g[K], xs[K], dw[K];
   for (int j = 0; j < K; ++j) {
     wt[j] = w[c * K + j];
@@ -132,7 +136,7 @@ __global__ void ConvSiluBackwardKernel(In x, const float* __restrict__ w,
     dw[j] = 0;
     // xs[j] = x[t - (K-1) + j] for the first t = s0 (zeros before the sequence starts).
     const int64_t p = s0 - (K - 1) + j;
-    xs[j] = j < K - 1 && p >= 0 ? x[base + p * C] : 0;
+    xs[j] = j < K - 1 && p >= 0 ? x[x_base + p * ldx_in] : 0;
   }
   const int64_t tend = s1 + (K - 1) < T ? s1 + (K - 1) : T;  // with the halo after the segment
   for (int64_t t0 = s0; t0 < tend; t0 += kConvBatch) {
@@ -140,7 +144,7 @@ __global__ void ConvSiluBackwardKernel(In x, const float* __restrict__ w,
 #pragma unroll
     for (int u = 0; u < kConvBatch; ++u) {
       const bool in = t0 + u < tend;
-      xb[u] = in ? x[base + (t0 + u) * C] : 0;
+      xb[u] = in ? x[x_base + (t0 + u) * ldx_in] : 0;
       db[u] = in ? dy[base + (t0 + u) * C] : 0;
     }
 #pragma unroll
@@ -182,7 +186,8 @@ __global__ void ConvSiluBackwardKernel(In x, const float* __restrict__ w,
 
 void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
                             const Tensor& dw) {
-  const StoredIn px = CheckStoredIn(x, dy.numel(), "CausalConvSiluBackward x");
+  const StoredIn px =
+      CheckStoredIn(x, dy.numel(), "CausalConvSiluBackward x", /*column_view=*/true);
   CheckF32(dy, "CausalConvSiluBackward");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
@@ -190,6 +195,7 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   CheckSame(w, dw, "CausalConvSiluBackward");
   const int64_t segments = ConvSegments(T, K, "CausalConvSiluBackward");
   const int64_t ldx = RowStride(dx, C, "CausalConvSiluBackward dx");
+  const int64_t ldx_in = RowStride(x, C, "CausalConvSiluBackward x");
   if (B * T * C == 0) return;
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
@@ -197,27 +203,39 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   float* ppart = F32(partial);
   WithConvTemplate(K, px, [&](auto k, auto in) {
     ConvSiluBackwardKernel<decltype(k)::value, decltype(in)>
-        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, pw, pdy, pdx, ldx, ppart, T, C,
-                                                          segments);
+        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, ldx_in, pw, pdy, pdx, ldx, ppart,
+                                                          T, C, segments);
   });
   CUDA_CHECK_LAUNCH();
   AddColumnSums(ppart, static_cast<int>(B * segments), C * K, F32(dw));
 }
 
+namespace {
+// The gates' a or b ([stored], possibly a column view [N, hv]): value j of the flat [N, hv] view.
+struct GateIn {
+  StoredIn p;
+  int64_t hv, ld;
+  __device__ __forceinline__ float operator[](int64_t j) const { return p[j / hv * ld + j % hv]; }
+};
+GateIn CheckGateIn(const Tensor& t, int64_t numel, int64_t hv, const char* what) {
+  return {CheckStoredIn(t, numel, what, /*column_view=*/true), hv, RowStride(t, hv, what)};
+}
+}  // namespace
+
 void GatesForward(const Tensor& a, const Tensor& b, const Tensor& a_log, const Tensor& dt_bias,
                   double beta_scale, const Tensor& gamma, const Tensor& beta) {
-  CheckF32(a, "GatesForward");
   CheckF32(a_log, "GatesForward");
   CheckF32(dt_bias, "GatesForward");
+  CheckF32(gamma, "GatesForward");
   const int64_t hv = a_log.numel();
-  CheckSame(a, b, "GatesForward");
-  CheckSame(a, gamma, "GatesForward");
-  CheckSame(a, beta, "GatesForward");
+  const GateIn pa = CheckGateIn(a, gamma.numel(), hv, "GatesForward a");
+  const GateIn pb = CheckGateIn(b, gamma.numel(), hv, "GatesForward b");
+  CheckSame(gamma, beta, "GatesForward");
   CHECK_EQ(dt_bias.numel(), hv);
-  const float *pa = F32(a), *pb = F32(b), *pal = F32(a_log), *pdt = F32(dt_bias);
+  const float *pal = F32(a_log), *pdt = F32(dt_bias);
   float *pg = F32(gamma), *pbe = F32(beta);
   const float bs = static_cast<float>(beta_scale);
-  ForEach(a.numel(), [=] __device__(int64_t j) {
+  ForEach(gamma.numel(), [=] __device__(int64_t j) {
     const int64_t h = j % hv;
     pg[j] = -expf(pal[h]) * SoftplusF(pa[j] + pdt[h]);
     pbe[j] = bs * SigmoidF(pb[j]);
@@ -227,26 +245,25 @@ void GatesForward(const Tensor& a, const Tensor& b, const Tensor& a_log, const T
 void GatesBackward(const Tensor& a, const Tensor& b, const Tensor& a_log, const Tensor& dt_bias,
                    double beta_scale, const Tensor& dgamma, const Tensor& dbeta, const Tensor& da,
                    const Tensor& db, const Tensor& da_log, const Tensor& ddt_bias) {
-  CheckF32(a, "GatesBackward");
-  const int64_t hv = a_log.numel(), n = a.numel() / hv;
-  CheckSame(a, dgamma, "GatesBackward");
-  CheckSame(a, dbeta, "GatesBackward");
-  CheckSame(a, b, "GatesBackward");
+  CheckF32(dgamma, "GatesBackward");
+  const int64_t hv = a_log.numel(), n = dgamma.numel() / hv;
+  const GateIn pa = CheckGateIn(a, dgamma.numel(), hv, "GatesBackward a");
+  const GateIn pb = CheckGateIn(b, dgamma.numel(), hv, "GatesBackward b");
+  CheckSame(dgamma, dbeta, "GatesBackward");
   // da, db: [operand] outputs, possibly column views.
-  const OperandOut pda = CheckOperandOut(da, a, "GatesBackward da", /*column_view=*/true);
-  const OperandOut pdbo = CheckOperandOut(db, b, "GatesBackward db", /*column_view=*/true);
+  const OperandOut pda = CheckOperandOut(da, dgamma, "GatesBackward da", /*column_view=*/true);
+  const OperandOut pdbo = CheckOperandOut(db, dgamma, "GatesBackward db", /*column_view=*/true);
   const int64_t lda = RowStride(da, hv, "GatesBackward da");
   const int64_t ldb = RowStride(db, hv, "GatesBackward db");
   CheckSame(a_log, da_log, "GatesBackward");
   CheckSame(dt_bias, ddt_bias, "GatesBackward");
-  const float *pa = F32(a), *pb = F32(b), *pal = F32(a_log), *pdt = F32(dt_bias),
-              *pdg = F32(dgamma), *pdb = F32(dbeta);
+  const float *pal = F32(a_log), *pdt = F32(dt_bias), *pdg = F32(dgamma), *pdb = F32(dbeta);
   const float bs = static_cast<float>(beta_scale);
   // dz = d loss / d(a + dt_bias), in float32 whatever da's type: softplus' = sigmoid.
   auto dz = [=] __device__(int64_t j) {
     return pdg[j] * (-expf(pal[j % hv])) * SigmoidF(pa[j] + pdt[j % hv]);
   };
-  ForEach(a.numel(), [=] __device__(int64_t j) {
+  ForEach(dgamma.numel(), [=] __device__(int64_t j) {
     const int64_t i = j / hv, h = j % hv;
     pda.Set(i * lda + h, dz(j));
     const float s = SigmoidF(pb[j]);

@@ -100,9 +100,9 @@ __global__ void L2NormHeadsBackwardKernel(const float* y, const float* rnorm, co
   for (int64_t i = lane; i < d; i += 32) dx[row * d + i] = rn * (dyr[i] - yr[i] * dot);
 }
 
-__global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, const float* w,
-                                          int64_t rows, int64_t d, float eps, OperandOut y,
-                                          float* rstd) {
+__global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, RowsOf g_rows,
+                                          const float* w, int64_t rows, int64_t d, float eps,
+                                          OperandOut y, float* rstd) {
   GDN_WARP_ROW(rows);
   const float* orow = o + row * d;
   float ss = 0;
@@ -112,7 +112,7 @@ __global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, const floa
   const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
   if (lane == 0) rstd[row] = r;
   for (int64_t i = lane; i < d; i += 32) {
-    const float gi = g[row * d + i];
+    const float gi = g[g_rows(row, d) + i];
     y.Set(row * d + i, orow[i] * r * w[i] * gi * SigmoidF(gi));
   }
 }
@@ -121,7 +121,8 @@ __global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, const floa
 // gradient's partial sums of its lanes' columns in shared memory; the block adds its warps' in
 // order and writes one partial row (no second pass over o, g and dy for dw). y, when given: the
 // forward's output again, in the forward's order of operations.
-__global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const float* w,
+__global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, RowsOf g_rows,
+                                           const float* w,
                                            const float* rstd, const float* dy, int64_t rows,
                                            int64_t d, float* d_o, OperandOut dg, RowsOf dg_rows,
                                            OperandOut y, float* dw_partial) {
@@ -131,12 +132,12 @@ __global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, const flo
   for (int64_t i = lane; i < d; i += 32) mine[i] = 0;
   for (int64_t row = blockIdx.x * int64_t{kRowsPerBlock} + warp; row < rows;
        row += int64_t{gridDim.x} * kRowsPerBlock) {
-    const int64_t base = row * d, dg_base = dg_rows(row, d);
+    const int64_t base = row * d, g_base = g_rows(row, d), dg_base = dg_rows(row, d);
     const float r = rstd[row];
     float dot = 0;
 #pragma unroll 4
     for (int64_t i = lane; i < d; i += 32) {
-      const float gi = g[base + i], s = SigmoidF(gi), silu = gi * s;
+      const float gi = g[g_base + i], s = SigmoidF(gi), silu = gi * s;
       const float n = o[base + i] * r;
       const float dn = dy[base + i] * w[i] * silu;
       dg.Set(dg_base + i, dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s)));
@@ -271,7 +272,8 @@ __global__ void RmsNormBackwardVecKernel(const float* x, const float* w, const f
 // GatedRmsNormBackwardKernel, a warp per row of d = 128 kVec (lanes as in RowNormForwardVecKernel),
 // the weight-gradient sums in registers until the block adds its warps'.
 template <int kVec>
-__global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, const float* w,
+__global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, RowsOf g_rows,
+                                              const float* w,
                                               const float* rstd, const float* dy, int64_t rows,
                                               float* d_o, OperandOut dg, RowsOf dg_rows,
                                               OperandOut y, float* dw_partial) {
@@ -290,7 +292,7 @@ __global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, const 
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       Unpack4(Ld4(o + base + 128 * k), ov + 4 * k);
-      Unpack4(g.Load4(base + 128 * k), gv + 4 * k);
+      Unpack4(g.Load4(g_rows(row, d) + 4 * lane + 128 * k), gv + 4 * k);
       Unpack4(Ld4(dy + base + 128 * k), dyv + 4 * k);
     }
     const float r = rstd[row];
@@ -458,15 +460,17 @@ void L2NormHeadsBackward(const Tensor& y, const Tensor& rnorm, const Tensor& dy,
 void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int64_t head_dim,
                          double eps, const Tensor& y, const Tensor& rstd) {
   CheckF32(o, "GatedRmsNormForward");
-  const StoredIn pg = CheckStoredIn(g, o.numel(), "GatedRmsNormForward g");
+  const StoredIn pg =
+      CheckStoredIn(g, o.numel(), "GatedRmsNormForward g", /*column_view=*/true);
   const OperandOut py = CheckOperandOut(y, o, "GatedRmsNormForward");
   CheckF32(w, "GatedRmsNormForward");
   CHECK_EQ(w.numel(), head_dim);
   const int64_t rows = o.numel() / head_dim;
   CHECK_EQ(rstd.numel(), rows);
   if (rows == 0) return;
+  const RowsOf g_rows = RowsOfTensor(g, head_dim, "GatedRmsNormForward g");
   GatedRmsNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
-      F32(o), pg, F32(w), rows, head_dim, eps, py, F32(rstd));
+      F32(o), pg, g_rows, F32(w), rows, head_dim, eps, py, F32(rstd));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -474,7 +478,8 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
                           int64_t head_dim, const Tensor& dy, const Tensor& d_o, const Tensor& dg,
                           const Tensor& dw, const Tensor& y) {
   CheckF32(o, "GatedRmsNormBackward");
-  const StoredIn pg = CheckStoredIn(g, o.numel(), "GatedRmsNormBackward g");
+  const StoredIn pg =
+      CheckStoredIn(g, o.numel(), "GatedRmsNormBackward g", /*column_view=*/true);
   CheckSame(o, dy, "GatedRmsNormBackward");
   CheckSame(o, d_o, "GatedRmsNormBackward");
   const OperandOut pdg = CheckOperandOut(dg, o, "GatedRmsNormBackward", /*column_view=*/true);
@@ -483,9 +488,8 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   CheckSame(w, dw, "GatedRmsNormBackward");
   const int64_t rows = o.numel() / head_dim, d = head_dim;
   if (rows == 0) return;
-  // dg's rows (tokens) hold dg_heads heads; a contiguous dg is taken as rows of one head.
-  const int64_t dg_heads = dg.contiguous() ? 1 : dg.dim(-1) / d;
-  const RowsOf dg_rows{dg_heads, RowStride(dg, dg_heads * d, "GatedRmsNormBackward dg")};
+  const RowsOf g_rows = RowsOfTensor(g, d, "GatedRmsNormBackward g");
+  const RowsOf dg_rows = RowsOfTensor(dg, d, "GatedRmsNormBackward dg");
   const int vec = WarpVec(d, 4, {&o, &g, &w, &dy, &d_o, &dg, &y});
   // The register kernel's sums are static shared memory; the scalar one's are per warp, dynamic.
   const size_t smem = vec > 0 ? 0 : kRowsPerBlock * d * sizeof(float);
@@ -494,11 +498,12 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
   const bool registers = WithConstant<1, 2, 4, 8>(vec, [&](auto k) {
     GatedRmsNormBackwardVecKernel<decltype(k)::value><<<blocks, kThreads, 0, Stream()>>>(
-        F32(o), pg, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, dg_rows, py, F32(partial));
+        F32(o), pg, g_rows, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, dg_rows, py,
+        F32(partial));
   });
   if (!registers)
     GatedRmsNormBackwardKernel<<<blocks, kThreads, smem, Stream()>>>(
-        F32(o), pg, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, dg_rows, py,
+        F32(o), pg, g_rows, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, dg_rows, py,
         F32(partial));
   CUDA_CHECK_LAUNCH();
   AddColumnSums(F32(partial), blocks, d, F32(dw));
