@@ -259,26 +259,25 @@ void GatesBackward(const Tensor& a, const Tensor& b, const Tensor& a_log, const 
   CheckSame(dt_bias, ddt_bias, "GatesBackward");
   const float *pal = F32(a_log), *pdt = F32(dt_bias), *pdg = F32(dgamma), *pdb = F32(dbeta);
   const float bs = static_cast<float>(beta_scale);
-  // dz = d loss / d(a + dt_bias), in float32 whatever da's type: softplus' = sigmoid.
-  auto dz = [=] __device__(int64_t j) {
-    return pdg[j] * (-expf(pal[j % hv])) * SigmoidF(pa[j] + pdt[j % hv]);
-  };
+  // The per-head sums' terms in float32, whatever da's type: dz = d loss / d(a + dt_bias) and
+  // dgamma * gamma (d gamma / d a_log = gamma).
+  Tensor terms = Tensor::Empty({2, dgamma.numel()}, DType::kF32, Device::kCUDA);
+  float *pdz = F32(terms), *pgt = pdz + dgamma.numel();
   ForEach(dgamma.numel(), [=] __device__(int64_t j) {
     const int64_t i = j / hv, h = j % hv;
-    pda.Set(i * lda + h, dz(j));
+    const float z = pa[j] + pdt[h], decay = expf(pal[h]);
+    const float dz = pdg[j] * (-decay) * SigmoidF(z);  // softplus' = sigmoid
+    pdz[j] = dz;
+    pgt[j] = pdg[j] * (-decay * SoftplusF(z));
+    pda.Set(i * lda + h, dz);
     const float s = SigmoidF(pb[j]);
     pdbo.Set(i * ldb + h, pdb[j] * bs * s * (1.0f - s));
   });
-  // ddt_bias[h] += sum_i dz[i, h];  da_log[h] += sum_i dgamma[i, h] * gamma[i, h]
-  // (d gamma / d a_log = gamma).
-  AccumulateColumnSums([=] __device__(int64_t i, int64_t h) { return dz(i * hv + h); }, n, hv,
+  // ddt_bias[h] += sum_i dz[i, h];  da_log[h] += sum_i dgamma[i, h] * gamma[i, h].
+  AccumulateColumnSums([=] __device__(int64_t i, int64_t h) { return pdz[i * hv + h]; }, n, hv,
                        F32(ddt_bias));
-  AccumulateColumnSums(
-      [=] __device__(int64_t i, int64_t h) {
-        const int64_t j = i * hv + h;
-        return pdg[j] * (-expf(pal[h]) * SoftplusF(pa[j] + pdt[h]));
-      },
-      n, hv, F32(da_log));
+  AccumulateColumnSums([=] __device__(int64_t i, int64_t h) { return pgt[i * hv + h]; }, n, hv,
+                       F32(da_log));
 }
 
 }  // namespace gdn::cuda
