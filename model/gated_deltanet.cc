@@ -254,8 +254,8 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   for (size_t i = 0; i < pc.weights.size(); ++i) {
     // The gates' narrow columns are copied out first: cuBLAS took 46 to 51 us for their product
     // from dp (an align-1 kernel), 21 us from a contiguous copy (H200).
-    const Tensor dy = dproj[i].dim(1) < 64 ? dproj[i].Clone() : dproj[i];
-    ops::Matmul(dy, true, x_, false, pc.weights[i]->grad, 1.0, 1.0);
+    const Tensor dproj_i = dproj[i].dim(1) < 64 ? dproj[i].Clone() : dproj[i];
+    ops::Matmul(dproj_i, true, x_, false, pc.weights[i]->grad, 1.0, 1.0);
   }
   Tensor dx = b_.Empty({N, d.width});
   ops::Matmul(dp, false, StackedProjectionWeights(pc).Rows(0, pc.width), false, dx);

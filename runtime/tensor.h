@@ -84,7 +84,8 @@ class Tensor {
   Tensor View(const Shape& shape) const;
   // Rows [begin, end) along dimension 0, sharing memory.
   Tensor Rows(int64_t begin, int64_t end) const;
-  // Columns [begin, end) of a 2-D tensor, sharing memory: a column view unless they are all of them.
+  // Columns [begin, end) of a 2-D tensor, sharing memory: a column view unless that is all of
+  // them.
   Tensor Columns(int64_t begin, int64_t end) const;
   // A deep copy (contiguous, also of a column view).
   Tensor Clone() const;

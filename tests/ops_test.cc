@@ -712,7 +712,8 @@ TEST(OpsTest, ColumnViewInputsEqualContiguousOnes) {
       ExpectSameValues(be2, be, "gates forward beta " + type);
       Tensor dgm = In({n, hv}, 91, dt), dbe = In({n, hv}, 92, dt);
       Tensor da = Tensor::Empty({n, hv}, dt), db = da.Clone(), da2 = da.Clone(), db2 = da.Clone();
-      Tensor dal = Tensor::Zeros({hv}, dt), ddt = dal.Clone(), dal2 = dal.Clone(), ddt2 = dal.Clone();
+      Tensor dal = Tensor::Zeros({hv}, dt), ddt = dal.Clone();
+      Tensor dal2 = dal.Clone(), ddt2 = dal.Clone();
       ops::GatesBackward(a, b, alog, dtb, 2.0, dgm, dbe, da, db, dal, ddt);
       ops::GatesBackward(av, bv, alog, dtb, 2.0, dgm, dbe, da2, db2, dal2, ddt2);
       ExpectSameValues(da2, da, "gates backward da " + type);
