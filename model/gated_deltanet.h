@@ -53,10 +53,10 @@ class GatedDeltaNetMixer {
   RecurrenceInputs MakeRecurrenceInputs(Probes* probes) const;
   // The six input projections run as one product: their outputs (and, in the backward, their
   // output gradients) are columns of one buffer [N, stride], in this order, each starting at a
-  // multiple of 8 columns (16-byte aligned); the gaps and the columns past `width` are zeros.
-  // The stride is a multiple of 64: cuBLAS chose slower kernels for products reading columns of
-  // a buffer of 4624 (weight gradients of 768 and 1536 rows: 63 and 106 us against 49 and 77 at
-  // 4672, H200).
+  // multiple of 8 columns (16-byte aligned); the gaps between them are zeros (products read
+  // them), the columns past `width` are never read. The stride is a multiple of 64: cuBLAS chose
+  // slower kernels for products reading columns of a buffer of 4624 (weight gradients of 768 and
+  // 1536 rows: 63 and 106 us against 49 and 77 at 4672, H200).
   struct ProjectionColumns {
     std::vector<const Parameter*> weights;  // q, k, v, g, a, b
     std::vector<int64_t> first;             // each one's first column
