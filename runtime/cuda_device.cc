@@ -144,13 +144,6 @@ void CopyDeviceToDevice(void* dst, const void* src, size_t bytes) {
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, Stream()));
 }
 
-void CopyDeviceToDevice2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
-                          size_t bytes, size_t rows) {
-  if (bytes == 0 || rows == 0) return;
-  CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, bytes, rows,
-                               cudaMemcpyDeviceToDevice, Stream()));
-}
-
 void MemsetZero(void* p, size_t bytes) {
   if (bytes == 0) return;
   CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, Stream()));

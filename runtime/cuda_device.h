@@ -48,9 +48,6 @@ size_t DeviceBytesInUseByAll();
 void CopyHostToDevice(void* dst, const void* src, size_t bytes);
 void CopyDeviceToHost(void* dst, const void* src, size_t bytes);
 void CopyDeviceToDevice(void* dst, const void* src, size_t bytes);
-// `rows` rows of `bytes` bytes, dst_pitch and src_pitch bytes apart (column views).
-void CopyDeviceToDevice2D(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
-                          size_t bytes, size_t rows);
 void MemsetZero(void* p, size_t bytes);
 // Zeros `rows` rows of `bytes` bytes each, `pitch` bytes apart.
 void MemsetZero2D(void* p, size_t pitch, size_t bytes, size_t rows);

@@ -177,26 +177,6 @@ void Tensor::CopyFrom(const Tensor& src) const {
   CHECK(src.dtype_ == dtype_ && src.numel() == numel())
       << ShapeString(src.shape_) << " " << DTypeName(src.dtype_) << " -> " << ShapeString(shape_)
       << " " << DTypeName(dtype_);
-  if (!contiguous() || !src.contiguous()) {  // column views: row by row, on one device
-    CHECK(device_ == src.device_ && dim(-1) == src.dim(-1))
-        << "copying a column view: both on one device, rows of the same length ("
-        << ShapeString(src.shape_) << " " << DeviceName(src.device_) << " -> "
-        << ShapeString(shape_) << " " << DeviceName(device_) << ")";
-    const size_t rows = numel() / std::max<int64_t>(dim(-1), 1);
-    const size_t bytes = dim(-1) * DTypeSize(dtype_);
-    const size_t pitch = row_stride() * DTypeSize(dtype_);
-    const size_t src_pitch = src.row_stride() * DTypeSize(dtype_);
-    char* d = static_cast<char*>(strided_raw());
-    const char* p = static_cast<const char*>(src.strided_raw());
-    if (device_ == Device::kCPU) {
-      for (size_t r = 0; r < rows; ++r) std::memcpy(d + r * pitch, p + r * src_pitch, bytes);
-      return;
-    }
-#ifdef GDN_WITH_CUDA
-    cuda::CopyDeviceToDevice2D(d, pitch, p, src_pitch, bytes, rows);
-#endif
-    return;
-  }
   if (device_ == Device::kCPU && src.device_ == Device::kCPU) {
     std::memcpy(raw(), src.raw(), nbytes());
     return;

@@ -87,10 +87,9 @@ class Tensor {
   // Columns [begin, end) of a 2-D tensor, sharing memory: a column view unless that is all of
   // them.
   Tensor Columns(int64_t begin, int64_t end) const;
-  // A deep copy (contiguous, also of a column view).
+  // A deep copy.
   Tensor Clone() const;
-  // Copies the values of src (same element count and dtype) into this tensor, across devices too
-  // (between column views and contiguous tensors with rows of the same length: on one device).
+  // Copies the values of src (same element count and dtype) into this tensor, across devices too.
   void CopyFrom(const Tensor& src) const;
   void SetZero() const;  // column views too
   // Converts to another dtype (CPU), e.g. float32 parameters into a float64 model for checks.

@@ -227,22 +227,12 @@ TEST(TensorTest, ColumnsViewSharesMemoryWithItsRowStride) {
   // All the columns: contiguous again.
   EXPECT_TRUE(t.Columns(0, 10).contiguous());
   EXPECT_EQ(c.To(DType::kF64).at(5), 42.0);  // To(dtype) goes through at()
-  // Clone: a contiguous copy; CopyFrom back into the view.
-  Tensor copy = c.Clone();
-  EXPECT_TRUE(copy.contiguous());
-  for (int64_t i = 0; i < 16; ++i) EXPECT_EQ(copy.at(i), c.at(i)) << i;
-  const Tensor other = Rand({4, 4}, DType::kF32, 10), before = t.Clone();
-  c.CopyFrom(other);
-  for (int64_t i = 0; i < 40; ++i) {
-    const int64_t r = i / 10, j = i % 10;
-    EXPECT_EQ(t.at(i), j >= 3 && j < 7 ? other.at(r * 4 + j - 3) : before.at(i)) << i;
-  }
 }
 
 TEST(TensorDeathTest, ColumnViewsOnlyThroughStridedAccess) {
   Tensor c = Tensor::Zeros({4, 10}, DType::kF32).Columns(0, 5);
   EXPECT_DEATH(c.data<float>(), "column view");
-  EXPECT_DEATH(c.Clone().View({5, 4}).Columns(0, 2).data<float>(), "column view");
+  EXPECT_DEATH(c.Clone(), "column view");
   EXPECT_DEATH(c.View({20}), "keeps its last dimension");
   EXPECT_DEATH(Tensor::Zeros({4}, DType::kF32).Columns(0, 1), "Columns");
 }
