@@ -58,9 +58,7 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   const ProjectionColumns pc = Projections();
   p_ = b_.OperandEmpty({N, pc.stride});
   ops::Matmul(x_, false, StackedProjectionWeights(pc), true, p_);
-  std::vector<Tensor> cols;
-  for (size_t i = 0; i < pc.weights.size(); ++i)
-    cols.push_back(p_.Columns(pc.first[i], pc.first[i] + pc.weights[i]->value.dim(0)));
+  const std::vector<Tensor> cols = pc.Of(p_);
   qp_ = cols[0], kp_ = cols[1], vp_ = cols[2], g_ = cols[3], a_ = cols[4], bb_ = cols[5];
   const RecurrenceInputs in = MakeRecurrenceInputs(probes);
 
@@ -187,6 +185,12 @@ GatedDeltaNetMixer::ProjectionColumns GatedDeltaNetMixer::Projections() const {
   return p;
 }
 
+std::vector<Tensor> GatedDeltaNetMixer::ProjectionColumns::Of(const Tensor& buffer) const {
+  std::vector<Tensor> views;
+  for (size_t i = 0; i < weights.size(); ++i) views.push_back(buffer.Columns(first[i], end(i)));
+  return views;
+}
+
 Tensor GatedDeltaNetMixer::StackedProjectionWeights(const ProjectionColumns& p) const {
   std::vector<Tensor> weights;
   for (const Parameter* w : p.weights) weights.push_back(w->value);
@@ -202,12 +206,10 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   // there.
   const ProjectionColumns pc = Projections();
   const Tensor dp = b_.OperandEmpty({N, pc.stride}).Columns(0, pc.width);
-  std::vector<Tensor> dproj;  // column views of dp, one per projection
-  for (size_t i = 0; i < pc.weights.size(); ++i) {
-    const int64_t c0 = pc.first[i], c1 = c0 + pc.weights[i]->value.dim(0);
-    dproj.push_back(dp.Columns(c0, c1));
+  const std::vector<Tensor> dproj = pc.Of(dp);
+  for (size_t i = 0; i < pc.weights.size(); ++i) {  // the gaps
     const int64_t next = i + 1 < pc.weights.size() ? pc.first[i + 1] : pc.width;
-    if (c1 < next) dp.Columns(c1, next).SetZero();
+    if (pc.end(i) < next) dp.Columns(pc.end(i), next).SetZero();
   }
   const Tensor &dqp = dproj[0], &dkp = dproj[1], &dvp = dproj[2], &dg = dproj[3], &da = dproj[4],
                &db = dproj[5];
@@ -257,8 +259,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
     const Tensor dw = b_.Empty({pc.width, d.width});
     ops::Matmul(dp, true, x_, false, dw);
     for (size_t i = 0; i < pc.weights.size(); ++i)
-      ops::Axpy(1.0, dw.Rows(pc.first[i], pc.first[i] + pc.weights[i]->value.dim(0)),
-                pc.weights[i]->grad);
+      ops::Axpy(1.0, dw.Rows(pc.first[i], pc.end(i)), pc.weights[i]->grad);
   }
   Tensor dx = b_.Empty({N, d.width});
   ops::Matmul(dp, false, StackedProjectionWeights(pc).Rows(0, pc.width), false, dx);

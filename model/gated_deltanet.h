@@ -61,6 +61,9 @@ class GatedDeltaNetMixer {
     std::vector<const Parameter*> weights;  // q, k, v, g, a, b
     std::vector<int64_t> first;             // each one's first column
     int64_t width = 0, stride = 0;
+    int64_t end(size_t i) const { return first[i] + weights[i]->value.dim(0); }
+    // Each projection's columns of `buffer` ([N, stride] or a view of its first `width` columns).
+    std::vector<Tensor> Of(const Tensor& buffer) const;
   };
   ProjectionColumns Projections() const;
   // The six weights stacked by rows at their columns' places, zero rows elsewhere ([stride, d]),
