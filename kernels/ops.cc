@@ -114,6 +114,29 @@ Tensor MatmulOperandRows(const std::vector<Tensor>& xs, const std::vector<int64_
   return out;
 }
 
+void CopyToMatmulOperands(const std::vector<Tensor>& xs, const std::vector<Tensor>& operands) {
+  CHECK_EQ(xs.size(), operands.size());
+  if (xs.empty()) return;
+  ScopedOpTimer timer("MatmulOperand", xs.front());
+  std::vector<Tensor> round_in, round_out;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    CHECK(xs[i].shape() == operands[i].shape() &&
+          operands[i].dtype() == MatmulOperandType(xs[i].dtype(), xs[i].device()))
+        << "CopyToMatmulOperands: " << ShapeString(operands[i].shape()) << " "
+        << DTypeName(operands[i].dtype()) << " for " << ShapeString(xs[i].shape()) << " "
+        << DTypeName(xs[i].dtype());
+    if (operands[i].dtype() == xs[i].dtype()) {
+      operands[i].CopyFrom(xs[i]);
+    } else {
+      round_in.push_back(xs[i]);
+      round_out.push_back(operands[i]);
+    }
+  }
+#ifdef GDN_WITH_CUDA
+  if (!round_in.empty()) cuda::ToBf16Pieces(round_in, round_out);
+#endif
+}
+
 std::map<std::string, OpTime> TakeProfile() {
   std::map<std::string, OpTime> p;
   p.swap(profile);

@@ -45,6 +45,14 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBui
   o_norm_->tp_partial_grad = true;
   wo_ = b_.Add(prefix + "o_proj", {d.width, d.value_dim}, ParamClass::kHidden, InitKind::kNormal,
                ShardDim::kCols);
+  b_.KeepOperand(wo_);
+  if (b_.OperandsRounded()) {
+    const ProjectionColumns pc = Projections();
+    stacked_operand_ = b_.OperandEmpty({pc.stride, wq_->value.dim(1)});
+    stacked_operand_.SetZero();  // the rows between the weights stay zero
+    for (size_t i = 0; i < pc.weights.size(); ++i)
+      b_.KeepOperand(pc.weights[i], stacked_operand_.Rows(pc.first[i], pc.end(i)));
+  }
 }
 
 Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes* probes) {
@@ -192,6 +200,7 @@ std::vector<Tensor> GatedDeltaNetMixer::ProjectionColumns::Of(const Tensor& buff
 }
 
 Tensor GatedDeltaNetMixer::StackedProjectionWeights(const ProjectionColumns& p) const {
+  if (stacked_operand_.defined()) return stacked_operand_;
   std::vector<Tensor> weights;
   for (const Parameter* w : p.weights) weights.push_back(w->value);
   return ops::MatmulOperandRows(weights, p.first, p.stride);

@@ -58,7 +58,7 @@ class GatedDeltaNetMixer {
   // slower kernels for products reading columns of a buffer of 4624 (weight gradients of 768 and
   // 1536 rows: 63 and 106 us against 49 and 77 at 4672, H200).
   struct ProjectionColumns {
-    std::vector<const Parameter*> weights;  // q, k, v, g, a, b
+    std::vector<Parameter*> weights;  // q, k, v, g, a, b
     std::vector<int64_t> first;             // each one's first column
     int64_t width = 0, stride = 0;
     int64_t end(size_t i) const { return first[i] + weights[i]->value.dim(0); }
@@ -67,8 +67,11 @@ class GatedDeltaNetMixer {
   };
   ProjectionColumns Projections() const;
   // The six weights stacked by rows at their columns' places, zero rows elsewhere ([stride, d]),
-  // in the products' operand form.
+  // in the products' operand form: stacked_operand_ where the weights keep bf16 copies.
   Tensor StackedProjectionWeights(const ProjectionColumns& p) const;
+  // In the bf16 mode on CUDA: the six weights' kept bf16 copies (Parameter::operand) are its rows,
+  // so the stacked operand is made once a step by ParameterSet::RoundOperands.
+  Tensor stacked_operand_;
   // y = the gated norm of o_ (o_rstd_ written): Wo's input, in Wo's operand form unless float32
   // (probes). Not kept: the norm's backward writes it again for Wo's gradient.
   Tensor OutputNorm(bool float32) const;

@@ -47,6 +47,12 @@ struct LayerBuilder {
   }
   // Whether OperandEmpty's tensors differ in type from Empty's (bf16 copies, the bf16 mode on CUDA).
   bool OperandsRounded() const { return ops::MatmulOperandType(dtype, device) != dtype; }
+  // Gives the weight w a kept bf16 copy for matrix products (Parameter::operand) where operands
+  // are rounded: `storage` (w's shape, OperandEmpty's type) when given, else a new tensor.
+  void KeepOperand(Parameter* w, const Tensor& storage = Tensor()) const {
+    if (!OperandsRounded()) return;
+    w->operand = storage.defined() ? storage : OperandEmpty(w->value.shape());
+  }
 };
 
 // y = x W^T for x [N, in], W [out, in]; x may be an ops::MatmulOperand. stored: y is read only by
@@ -56,7 +62,7 @@ inline Tensor LinearForward(const LayerBuilder& b, const Tensor& x, const Parame
                             bool stored = false) {
   const Shape shape{x.dim(0), w.value.dim(0)};
   Tensor y = stored ? b.OperandEmpty(shape) : b.Empty(shape);
-  ops::Matmul(x, false, w.value, true, y);
+  ops::Matmul(x, false, w.Operand(), true, y);
   return y;
 }
 // dW += dy^T x;  dx = dy W + accumulate * dx (x as LinearForward had it).
@@ -64,7 +70,7 @@ inline void LinearBackward(const Tensor& x, const Parameter& w, const Tensor& dy
                            bool accumulate) {
   const Tensor dym = ops::MatmulOperand(dy);  // one rounding for both products
   ops::Matmul(dym, true, x, false, w.grad, 1.0, 1.0);
-  ops::Matmul(dym, false, w.value, false, dx, 1.0, accumulate ? 1.0 : 0.0);
+  ops::Matmul(dym, false, w.Operand(), false, dx, 1.0, accumulate ? 1.0 : 0.0);
 }
 // LinearBackward for a layer whose input x the forward did not keep: dx = dy W first, then
 // remake_input() returns x, made again by the backward op that takes dx (it reads what x is made
@@ -73,7 +79,7 @@ template <typename RemakeInput>
 void LinearBackwardRemakingInput(const Parameter& w, const Tensor& dy, const Tensor& dx,
                                  RemakeInput remake_input) {
   const Tensor dym = ops::MatmulOperand(dy);
-  ops::Matmul(dym, false, w.value, false, dx);
+  ops::Matmul(dym, false, w.Operand(), false, dx);
   const Tensor x = remake_input();
   ops::Matmul(dym, true, x, false, w.grad, 1.0, 1.0);
 }

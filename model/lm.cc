@@ -52,6 +52,7 @@ LanguageModel::LanguageModel(const ExperimentSpec& spec, DType dtype, TensorPara
   head_ = d.tied ? embedding_
                  : builder_.Add("lm_head", {d.vocab, d.width}, ParamClass::kOutput,
                                 InitKind::kNormal, ShardDim::kRows);
+  builder_.KeepOperand(head_);
 }
 
 void LanguageModel::Initialize(uint64_t seed) {
@@ -68,6 +69,7 @@ double LanguageModel::MatmulFlopsPerToken() const {
 
 void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logits) {
   const ModelDims& d = builder_.dims;
+  params_.RoundOperands();  // the weights' bf16 copies from this step's values
   CHECK_EQ(tokens.rank(), 2);
   const int64_t B = tokens.dim(0), T = tokens.dim(1) - 1, N = B * T;
   batch_ = B;
@@ -109,7 +111,7 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logi
   rf_ = r;
   if (!full_logits) return;
   logits_ = builder_.Empty({N, d.vocab / builder_.tp.size});
-  ops::Matmul(xf_, false, head_->value, true, logits_, out_mult_);
+  ops::Matmul(xf_, false, head_->Operand(), true, logits_, out_mult_);
 }
 
 Tensor LanguageModel::BlockForward(Block& blk, const Tensor& n1, int64_t B, int64_t T,
@@ -201,8 +203,8 @@ double LanguageModel::HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* 
   const int64_t rows = std::clamp<int64_t>(max_logits_elements_ / V, 1, N);
   const bool backward = dxf.defined();
   double loss = 0;
-  // Each operand rounded once for all the chunks' products (bf16 mode).
-  const Tensor xm = ops::MatmulOperand(xf_), w = ops::MatmulOperand(head_->value);
+  // x rounded once for all the chunks' products (bf16 mode); the head's copy is kept.
+  const Tensor xm = ops::MatmulOperand(xf_), w = head_->Operand();
   for (int64_t r0 = 0; r0 < N; r0 += rows) {
     const int64_t r1 = std::min(N, r0 + rows);
     // Each chunk's mean weighs its share of the rows (exactly 1 for a single chunk).

@@ -10,6 +10,7 @@ SwiGluMlp::SwiGluMlp(const std::string& prefix, const LayerBuilder& builder) : b
                InitKind::kNormal, ShardDim::kRows);
   down_ = b_.Add(prefix + "down_proj", {d.width, d.mlp_hidden}, ParamClass::kHidden,
                  InitKind::kNormal, ShardDim::kCols);
+  for (Parameter* w : {gate_, up_, down_}) b_.KeepOperand(w);
 }
 
 Tensor SwiGluMlp::Forward(const Tensor& x) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/ops.h"
 #include "runtime/rng.h"
 
 namespace gdn {
@@ -90,6 +91,16 @@ Parameter* ParameterSet::Find(const std::string& name) const {
 
 void ParameterSet::ZeroGrads() const {
   for (const auto& p : params_) p->grad.SetZero();
+}
+
+void ParameterSet::RoundOperands() const {
+  std::vector<Tensor> values, operands;
+  for (const auto& p : params_) {
+    if (!p->operand.defined()) continue;
+    values.push_back(p->value);
+    operands.push_back(p->operand);
+  }
+  ops::CopyToMatmulOperands(values, operands);
 }
 
 int64_t ParameterSet::NumElements() const {

@@ -41,6 +41,12 @@ struct Parameter {
   bool tp_partial_grad = false;
   Tensor value;  // this rank's slice
   Tensor grad;   // same shape as value
+  // For a weight that matrix products read, in the bf16 mode on CUDA: its bf16 copy (the layer's
+  // storage, LayerBuilder::KeepOperand), rounded from value once before each forward
+  // (ParameterSet::RoundOperands) instead of at every product. Undefined otherwise.
+  Tensor operand;
+  // What matrix products read: the copy where there is one, else value.
+  const Tensor& Operand() const { return operand.defined() ? operand : value; }
 
   // Shape of this rank's slice.
   Shape LocalShape(const TensorParallel& tp) const;
@@ -64,6 +70,10 @@ class ParameterSet {
   const std::vector<std::unique_ptr<Parameter>>& all() const { return params_; }
   Parameter* Find(const std::string& name) const;
   void ZeroGrads() const;
+  // Rounds every parameter's value into its operand copy (one launch): after the values last
+  // changed (optimizer step, gather, checkpoint load) and before the products read the copies.
+  // The model calls it at the start of each forward.
+  void RoundOperands() const;
   int64_t NumElements() const;  // global element count
 
  private:

@@ -309,6 +309,34 @@ TEST(CudaOpsTest, MatmulOperand) {
   ExpectBitEqual("Matmul one bf16 operand", cmix, c32);
 }
 
+// Kept weight copies refreshed in one launch (ParameterSet::RoundOperands): pieces of many sizes
+// (one spanning several 4096-value work items, an empty one, one with a 3-value tail), some read
+// at offsets that are not 16-byte aligned (the scalar path), written into rows of one buffer whose
+// other rows must stay as they were; each copy the bf16 rounding of its tensor.
+TEST(CudaOpsTest, CopyToMatmulOperands) {
+  GDN_REQUIRE_GPU();
+  const Tensor src = Dev(Rand({20000}, -300, 300));
+  const std::vector<std::pair<int64_t, int64_t>> cuts = {{0, 9000}, {9001, 9001}, {9003, 9010},
+                                                         {9012, 9015}, {10000, 19999}};
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+  const Tensor out = Dev(Tensor::Zeros({20000}, DType::kBF16));
+  std::vector<Tensor> xs, outs;
+  for (const auto& [b, e] : cuts) {
+    xs.push_back(src.Rows(b, e));
+    outs.push_back(out.Rows(b + 1, e + 1));  // shifted by one: the bf16 side misaligned too
+  }
+  ops::CopyToMatmulOperands(xs, outs);
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
+  for (size_t i = 0; i < cuts.size(); ++i)
+    ExpectRoundingOf("CopyToMatmulOperands piece " + std::to_string(i), outs[i], xs[i]);
+  const Tensor host = out.To(Device::kCPU);
+  std::vector<bool> written(20000, false);
+  for (const auto& [b, e] : cuts)
+    for (int64_t j = b + 1; j < e + 1; ++j) written[j] = true;
+  for (int64_t j = 0; j < 20000; ++j)
+    if (!written[j]) ASSERT_EQ(host.at(j), 0.0) << "outside every piece: " << j;
+}
+
 // The multi-tensor updates: pieces of many sizes (one spanning several 4096-element work items, an
 // empty one) with gaps between them, each with its own rate and decay, against the CPU; the
 // elements outside every piece must stay as they were. Offsets that are multiples of 4 take

@@ -3,6 +3,8 @@
 // stream (runtime/cuda_check.h) except those that return a value to the host.
 #pragma once
 
+#include <vector>
+
 #include "runtime/tensor.h"
 
 namespace gdn::cuda {
@@ -13,4 +15,6 @@ namespace gdn::cuda {
 Tensor ToBf16(const Tensor& x);
 // The same into out, a bf16 CUDA tensor of x's element count.
 void ToBf16(const Tensor& x, const Tensor& out);
+// Each of xs into the same-index out (as ToBf16), in one launch.
+void ToBf16Pieces(const std::vector<Tensor>& xs, const std::vector<Tensor>& outs);
 }  // namespace gdn::cuda

@@ -226,23 +226,22 @@ struct PieceItem {
 struct PieceTable {
   void* block = nullptr;
   size_t bytes = 0;
-  const DevicePiece* pieces = nullptr;
+  const void* pieces = nullptr;
   const PieceItem* items = nullptr;
   int64_t item_count = 0;
+  template <typename Piece>
+  const Piece* as() const { return static_cast<const Piece*>(pieces); }
 };
-PieceTable UploadPieces(const std::vector<UpdatePiece>& pieces) {
-  std::vector<DevicePiece> dp;
+// Piece: the kernel's description of a piece, n its length in values.
+template <typename Piece>
+PieceTable UploadPieces(const std::vector<Piece>& dp) {
   std::vector<PieceItem> items;
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    const UpdatePiece& u = pieces[i];
-    dp.push_back({u.p_offset, u.state_offset, u.length, static_cast<float>(u.lr),
-                  static_cast<float>(u.weight_decay)});
-    for (int64_t start = 0; start < u.length; start += kPieceChunk)
+  for (size_t i = 0; i < dp.size(); ++i)
+    for (int64_t start = 0; start < dp[i].n; start += kPieceChunk)
       items.push_back({static_cast<int64_t>(i), start});
-  }
   PieceTable t;
   t.item_count = static_cast<int64_t>(items.size());
-  const size_t piece_bytes = dp.size() * sizeof(DevicePiece);
+  const size_t piece_bytes = dp.size() * sizeof(Piece);
   t.bytes = piece_bytes + items.size() * sizeof(PieceItem);
   if (t.bytes == 0) return t;
   std::vector<char> host(t.bytes);
@@ -250,9 +249,16 @@ PieceTable UploadPieces(const std::vector<UpdatePiece>& pieces) {
   std::memcpy(host.data() + piece_bytes, items.data(), items.size() * sizeof(PieceItem));
   t.block = DeviceAlloc(t.bytes);
   CopyHostToDevice(t.block, host.data(), t.bytes);
-  t.pieces = static_cast<const DevicePiece*>(t.block);
+  t.pieces = t.block;
   t.items = reinterpret_cast<const PieceItem*>(static_cast<const char*>(t.block) + piece_bytes);
   return t;
+}
+PieceTable UploadPieces(const std::vector<UpdatePiece>& pieces) {
+  std::vector<DevicePiece> dp;
+  for (const UpdatePiece& u : pieces)
+    dp.push_back({u.p_offset, u.state_offset, u.length, static_cast<float>(u.lr),
+                  static_cast<float>(u.weight_decay)});
+  return UploadPieces(dp);
 }
 
 // One AdamW step of one value (p, m, v updated in place), the gradient taken times gs (Scale's
@@ -348,7 +354,7 @@ void AdamWUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& m, const 
   bool vec = true;
   for (const Tensor* x : {&p, &g, &m, &v}) vec = vec && reinterpret_cast<uintptr_t>(x->raw()) % 16 == 0;
   AdamWPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
-      t.pieces, t.items, F32(p), F32(g), F32(m), F32(v), b1, b2, e, c1, c2,
+      t.as<DevicePiece>(), t.items, F32(p), F32(g), F32(m), F32(v), b1, b2, e, c1, c2,
       static_cast<float>(grad_scale), vec);
   CUDA_CHECK_LAUNCH();
   DeviceFree(t.block);
@@ -363,8 +369,52 @@ void SgdUpdatePieces(const Tensor& p, const Tensor& g, const Tensor& buf, const 
   const PieceTable t = UploadPieces(ReadUpdatePieces(pieces, p, g, buf, "SgdUpdatePieces"));
   if (t.item_count == 0) return;
   SgdPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
-      t.pieces, t.items, F32(p), F32(g), F32(buf), static_cast<float>(momentum),
+      t.as<DevicePiece>(), t.items, F32(p), F32(g), F32(buf), static_cast<float>(momentum),
       static_cast<float>(grad_scale));
+  CUDA_CHECK_LAUNCH();
+  DeviceFree(t.block);
+}
+
+namespace {
+struct RoundPiece {
+  const float* src;
+  __nv_bfloat16* dst;
+  int64_t n;
+};
+// A block per work item: four values a load where both pointers allow (as RoundToBf16).
+__global__ void RoundPiecesKernel(const RoundPiece* pieces, const PieceItem* items) {
+  const PieceItem it = items[blockIdx.x];
+  const RoundPiece pc = pieces[it.piece];
+  const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
+  int64_t j0 = it.start;
+  const auto src_at = reinterpret_cast<uintptr_t>(pc.src), dst_at = reinterpret_cast<uintptr_t>(pc.dst);
+  if (src_at % 16 == 0 && dst_at % 8 == 0) {
+    const int64_t quads = (end - it.start) / 4;
+    const StoredIn src{pc.src + it.start, false};
+    const OperandOut dst{pc.dst + it.start, true};
+    for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) dst.Set4(4 * q, src.Load4(4 * q));
+    j0 += 4 * quads;
+  }
+  for (int64_t j = j0 + threadIdx.x; j < end; j += blockDim.x)
+    pc.dst[j] = __float2bfloat16_rn(pc.src[j]);
+}
+}  // namespace
+
+void ToBf16Pieces(const std::vector<Tensor>& xs, const std::vector<Tensor>& outs) {
+  CHECK_EQ(xs.size(), outs.size());
+  std::vector<RoundPiece> pieces;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    CheckF32(xs[i], "ToBf16Pieces");
+    CHECK(outs[i].dtype() == DType::kBF16 && outs[i].device() == Device::kCUDA &&
+          outs[i].numel() == xs[i].numel())
+        << "ToBf16Pieces: output " << ShapeString(outs[i].shape()) << " "
+        << DTypeName(outs[i].dtype()) << " for " << ShapeString(xs[i].shape());
+    pieces.push_back({F32(xs[i]), static_cast<__nv_bfloat16*>(outs[i].raw()), xs[i].numel()});
+  }
+  const PieceTable t = UploadPieces(pieces);
+  if (t.item_count == 0) return;
+  RoundPiecesKernel<<<static_cast<unsigned>(t.item_count), kThreads, 0, Stream()>>>(
+      t.as<RoundPiece>(), t.items);
   CUDA_CHECK_LAUNCH();
   DeviceFree(t.block);
 }

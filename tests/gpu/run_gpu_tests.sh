@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the project with CUDA on a GPU machine and runs the GPU tests: the CUDA ops against the
-# CPU (tests/cuda_ops_test.cc), the CPU kernel tests, then compute-sanitizer memcheck (all CUDA
-# tests) and racecheck (the shared-memory kernels) on the CUDA test binary. Full logs go to the
+# CPU (tests/cuda_ops_test.cc), the chunked recurrence against its float64 reference, the
+# model's CUDA-only checks (tests/cuda_model_test.cc), the CPU kernel tests, then
+# compute-sanitizer memcheck (all CUDA tests) and racecheck (the shared-memory kernels) on the
+# CUDA test binary. Full logs go to the
 # log directory as they are written; a summary (per-op maximum relative errors, sanitizer
 # verdicts) ends the output.
 #
@@ -19,7 +21,7 @@ source "$root/tests/gpu/gpu_build.sh"
 gdn_gpu_configure || exit 1
 
 step "build"
-cmake --build "$build" -j "$(nproc)" --target cuda_tests cuda_gdr_tests kernel_tests gdn gdr_cuda_bench gemm_bench 2>&1 | tee -a "$log/build.log" \
+cmake --build "$build" -j "$(nproc)" --target cuda_tests cuda_gdr_tests cuda_model_tests kernel_tests gdn gdr_cuda_bench gemm_bench 2>&1 | tee -a "$log/build.log" \
   || { echo "build failed"; exit 1; }
 
 step "CUDA ops vs CPU"
@@ -31,6 +33,8 @@ if ! "$build/tests/cuda_tests" 2>&1 | tee "$log/cuda_tests.log"; then
 fi
 step "chunked gated delta rule vs the float64 reference" | tee -a "$log/cuda_tests.log"
 "$build/tests/cuda_gdr_tests" 2>&1 | tee -a "$log/cuda_tests.log" | grep -E '^\[  (PASSED|FAILED)' || status=1
+step "the model on CUDA (bf16 mode's kept weight copies)" | tee -a "$log/cuda_tests.log"
+"$build/tests/cuda_model_tests" 2>&1 | tee -a "$log/cuda_tests.log" | grep -E '^\[  (PASSED|FAILED)' || status=1
 step "CPU kernel tests" | tee -a "$log/cuda_tests.log"
 OMP_NUM_THREADS=$(nproc) "$build/tests/kernel_tests" 2>&1 | tee -a "$log/cuda_tests.log" | tail -1 || status=1
 

@@ -1,0 +1,107 @@
+// The model on CUDA where the CPU cannot stand in for it: the bf16 mode's kept weight copies
+// (Parameter::operand). Skips each case without a GPU (tests/gpu/run_gpu_tests.sh runs it).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+#include "model/config.h"
+#include "model/lm.h"
+#include "runtime/cuda_device.h"
+#include "runtime/spec.h"
+#include "tests/model_test_util.h"
+
+namespace gdn {
+namespace {
+
+#define GDN_REQUIRE_GPU()                                            \
+  do {                                                               \
+    std::string why;                                                 \
+    if (!cuda::GpuAvailable(&why)) {                                 \
+      std::fprintf(stderr, "skipping CUDA test: %s\n", why.c_str()); \
+      GTEST_SKIP() << why;                                           \
+    }                                                                \
+  } while (0)
+
+ExperimentSpec SmallSpec() {
+  ExperimentSpec s;
+  FillDefaults(&s);
+  s.mutable_model()->set_vocab_size(96);
+  s.mutable_model()->set_width(256);
+  s.mutable_model()->set_depth(2);
+  s.mutable_model()->set_head_dim(64);
+  EXPECT_TRUE(ValidateModelSpec(s).ok()) << ValidateModelSpec(s);
+  return s;
+}
+
+int KeptCopies(LanguageModel& m) {
+  int n = 0;
+  for (const auto& p : m.params().all()) n += p->operand.defined() ? 1 : 0;
+  return n;
+}
+
+// Sets the global product precision for a scope.
+struct Precision {
+  explicit Precision(ops::MatmulPrecision p) : saved(ops::GetMatmulPrecision()) {
+    ops::SetMatmulPrecision(p);
+  }
+  ~Precision() { ops::SetMatmulPrecision(saved); }
+  ops::MatmulPrecision saved;
+};
+
+// A model built in the bf16 mode keeps bf16 copies of its product weights, rounded once before
+// each forward; one built in the float32 mode has none, so with bf16 products switched on its
+// products round the weights at every use. Both must give the same loss and gradients, bit for
+// bit; and after the values change (as an optimizer step, a gather or a checkpoint load changes
+// them) the next forward must read the new values, not stale copies.
+TEST(CudaModelTest, KeptWeightCopiesEqualRoundingAtEveryProduct) {
+  GDN_REQUIRE_GPU();
+  const ExperimentSpec s = SmallSpec();
+  const Tensor tokens = RandomTokens(2, 131, 96, 5);  // T = 130: chunks of 64 and a tail
+  std::unique_ptr<LanguageModel> rounding;
+  {
+    Precision fp32(ops::MatmulPrecision::kFloat32);
+    rounding = std::make_unique<LanguageModel>(s, DType::kF32, TensorParallel{}, nullptr,
+                                               Device::kCUDA);
+  }
+  Precision bf16(ops::MatmulPrecision::kBfloat16);
+  LanguageModel kept(s, DType::kF32, TensorParallel{}, nullptr, Device::kCUDA);
+  LanguageModel other(s, DType::kF32, TensorParallel{}, nullptr, Device::kCUDA);
+  rounding->Initialize(1);
+  kept.Initialize(1);
+  other.Initialize(2);
+  // Per layer: the six input projections, the output projection, gate, up, down; and the head.
+  EXPECT_EQ(KeptCopies(kept), 2 * 10 + 1);
+  EXPECT_EQ(KeptCopies(*rounding), 0);
+
+  const double want = rounding->ForwardBackward(tokens);
+  EXPECT_EQ(kept.ForwardBackward(tokens), want);
+  const auto &pk = kept.params().all(), &pr = rounding->params().all();
+  ASSERT_EQ(pk.size(), pr.size());
+  for (size_t i = 0; i < pk.size(); ++i) {
+    const Tensor a = pk[i]->grad.To(Device::kCPU), b = pr[i]->grad.To(Device::kCPU);
+    // The embedding's gradient adds repeated tokens' rows with atomics, in varying order: equal
+    // to float32 rounding of its largest values.
+    const bool atomics = pk[i]->name == "embedding";
+    double largest = 0;
+    for (int64_t j = 0; j < b.numel(); ++j) largest = std::max(largest, std::abs(b.at(j)));
+    for (int64_t j = 0; j < a.numel(); ++j) {
+      if (atomics)
+        ASSERT_NEAR(a.at(j), b.at(j), 1e-6 * largest) << "embedding " << j;
+      else
+        ASSERT_EQ(a.at(j), b.at(j)) << pk[i]->name << " gradient " << j;
+    }
+  }
+
+  const double other_loss = other.ForwardLoss(tokens);
+  EXPECT_NE(other_loss, want);
+  const auto& po = other.params().all();
+  for (size_t i = 0; i < pk.size(); ++i) pk[i]->value.CopyFrom(po[i]->value);
+  EXPECT_EQ(kept.ForwardLoss(tokens), other_loss);
+}
+
+}  // namespace
+}  // namespace gdn
