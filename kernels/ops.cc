@@ -233,6 +233,19 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   GDN_DISPATCH(x, CausalConvSiluForward, x, w, y);
 }
 
+void CausalConvSiluL2NormForward(const Tensor& x, const Tensor& w, int64_t head_dim, double eps,
+                                 const Tensor& y, const Tensor& rnorm) {
+  ScopedOpTimer timer("CausalConvSiluL2NormForward", x);
+  GDN_DISPATCH(x, CausalConvSiluL2NormForward, x, w, head_dim, eps, y, rnorm);
+}
+
+void CausalConvSiluL2NormBackward(const Tensor& x, const Tensor& w, const Tensor& y,
+                                  const Tensor& rnorm, const Tensor& dy, const Tensor& dx,
+                                  const Tensor& dw) {
+  ScopedOpTimer timer("CausalConvSiluL2NormBackward", x);
+  GDN_DISPATCH(x, CausalConvSiluL2NormBackward, x, w, y, rnorm, dy, dx, dw);
+}
+
 void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx, const Tensor& dw) {
   ScopedOpTimer timer("CausalConvSiluBackward", x);
   GDN_DISPATCH(x, CausalConvSiluBackward, x, w, dy, dx, dw);

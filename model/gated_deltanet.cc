@@ -6,6 +6,10 @@
 
 namespace gdn {
 
+namespace {
+constexpr double kQkNormEps = 1e-6;  // the L2 norm of q and k heads, as the public models use
+}  // namespace
+
 GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBuilder& builder)
     : b_(builder) {
   const ModelDims& d = b_.dims;
@@ -121,19 +125,27 @@ GatedDeltaNetMixer::RecurrenceInputs GatedDeltaNetMixer::MakeRecurrenceInputs(
     return out.View({N, c});
   };
   RecurrenceInputs in;
-  const Tensor qc = conv(qp_, *conv_q_), kc = conv(kp_, *conv_k_);
   in.vc = conv(vp_, *conv_v_);
   in.qn = b_.Empty({N, key_dim_});
   in.kn = b_.Empty({N, key_dim_});
   in.q_rn = b_.Empty({N * heads_});
   in.k_rn = b_.Empty({N * heads_});
-  ops::L2NormHeadsForward(qc, d.dk, 1e-6, in.qn, in.q_rn);
-  ops::L2NormHeadsForward(kc, d.dk, 1e-6, in.kn, in.k_rn);
-  if (probes) {
+  if (probes) {  // the coordinate check measures the conv's outputs: the two ops apart
+    const Tensor qc = conv(qp_, *conv_q_), kc = conv(kp_, *conv_k_);
+    ops::L2NormHeadsForward(qc, d.dk, kQkNormEps, in.qn, in.q_rn);
+    ops::L2NormHeadsForward(kc, d.dk, kQkNormEps, in.kn, in.k_rn);
     (*probes)["q_conv"] += ops::MeanAbs(qc);
     (*probes)["k_conv"] += ops::MeanAbs(kc);
     (*probes)["v_conv"] += ops::MeanAbs(in.vc);
+    return in;
   }
+  auto conv_norm = [&](const Tensor& x, const Parameter& w, const Tensor& out, const Tensor& rn) {
+    const int64_t c = x.dim(1);
+    ops::CausalConvSiluL2NormForward(x.View({B, T, c}), w.value, d.dk, kQkNormEps,
+                                     out.View({B, T, c}), rn);
+  };
+  conv_norm(qp_, *conv_q_, in.qn, in.q_rn);
+  conv_norm(kp_, *conv_k_, in.kn, in.k_rn);
   return in;
 }
 
@@ -163,8 +175,8 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
   Tensor g = LinearForward(b_, x, *wg_);
   Tensor qn = b_.Empty({B, key_dim_}), kn = b_.Empty({B, key_dim_});
   Tensor rn = b_.Empty({B * heads_});
-  ops::L2NormHeadsForward(qc, d.dk, 1e-6, qn, rn);
-  ops::L2NormHeadsForward(kc, d.dk, 1e-6, kn, rn);
+  ops::L2NormHeadsForward(qc, d.dk, kQkNormEps, qn, rn);
+  ops::L2NormHeadsForward(kc, d.dk, kQkNormEps, kn, rn);
   Tensor gamma = b_.Empty({B, value_heads_}), beta = b_.Empty({B, value_heads_});
   ops::GatesForward(a, bb, a_log_->value, dt_bias_->value, d.beta_scale, gamma, beta);
   Tensor o = b_.Empty({B, value_dim_});
@@ -246,19 +258,21 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   ops::GatesBackward(a_, bb_, a_log_->value, dt_bias_->value, d.beta_scale, dgamma, dbeta, da, db,
                      a_log_->grad, dt_bias_->grad);
 
-  Tensor dqc = b_.Empty({N, key_dim_}), dkc = b_.Empty({N, key_dim_});
-  ops::L2NormHeadsBackward(in.qn, in.q_rn, dqn, dqc);
-  ops::L2NormHeadsBackward(in.kn, in.k_rn, dkn, dkc);
-  in = RecurrenceInputs();
-
-  auto conv_back = [&](const Tensor& in, const Parameter& w, const Tensor& dc, const Tensor& din) {
-    const int64_t c = in.dim(1);
-    ops::CausalConvSiluBackward(in.View({B, T, c}), w.value, dc.View({B, T, c}),
-                                din.View({B, T, c}), w.grad);
+  // q and k: the L2 norm's backward and the conv's in one op.
+  auto conv_back = [&](const Tensor& x, const Parameter& w, const Tensor& dc, const Tensor& dx,
+                       const Tensor* normed, const Tensor* rnorm) {
+    const int64_t c = x.dim(1);
+    const Shape s{B, T, c};
+    if (normed)
+      ops::CausalConvSiluL2NormBackward(x.View(s), w.value, normed->View(s), *rnorm, dc.View(s),
+                                        dx.View(s), w.grad);
+    else
+      ops::CausalConvSiluBackward(x.View(s), w.value, dc.View(s), dx.View(s), w.grad);
   };
-  conv_back(qp_, *conv_q_, dqc, dqp);
-  conv_back(kp_, *conv_k_, dkc, dkp);
-  conv_back(vp_, *conv_v_, dvc, dvp);
+  conv_back(qp_, *conv_q_, dqn, dqp, &in.qn, &in.q_rn);
+  conv_back(kp_, *conv_k_, dkn, dkp, &in.kn, &in.k_rn);
+  in = RecurrenceInputs();
+  conv_back(vp_, *conv_v_, dvc, dvp, nullptr, nullptr);
 
   // The six weight gradients as one product, dp^T x (x_ in its matrix-product form; dp is
   // already in it), each weight's rows then added to its gradient (lt_tune, H200: 238 us against

@@ -574,6 +574,63 @@ TEST(CudaOpsTest, CausalConvSilu) {
     }
 }
 
+// The conv fused with the per-head L2 norm, forward and backward, against the CPU's two ops each
+// way: heads of 32 to 256 channels (the fused kernels; heads of 8, and x at an offset that is
+// not 4-value aligned, take the two ops), sequences shorter than and spanning several segments,
+// float32 and bf16 x read through a column view, a head of zeros (weights of 0: normalised by
+// eps alone) and very large inputs.
+TEST(CudaOpsTest, CausalConvSiluL2Norm) {
+  GDN_REQUIRE_GPU();
+  for (const int64_t hd : {int64_t{128}, int64_t{32}, int64_t{64}, int64_t{256}, int64_t{8}})
+    for (const int64_t T : {int64_t{1}, int64_t{5}, int64_t{33}, int64_t{64}, int64_t{130},
+                            int64_t{1000}})
+      for (const int64_t K : {int64_t{4}, int64_t{1}, int64_t{3}})
+        for (const DType dt : {DType::kF32, DType::kBF16}) {
+          const int64_t B = 2, C = 4 * hd, rows = B * T * 4;
+          const int64_t offset = K == 3 ? 3 : 8;  // 3: not 4-value aligned
+          const Tensor x = Rand({B * T, C}, -3, 3).To(dt).To(DType::kF32);  // exact in dt
+          Tensor w = Rand({C, K});
+          for (int64_t j = 0; j < K; ++j) w.set(j, 0.0);  // channel 0: all zeros
+          for (int64_t j = 0; j < K; ++j) w.set(hd * K + j, 0.0);  // the second head: zeros
+          for (int64_t j = 0; j < K; ++j) w.set((2 * hd + 1) * K + j, 40.0);  // a large channel
+          const Tensor y = Tensor::Empty({B, T, C}, DType::kF32);
+          const Tensor rn = Tensor::Empty({rows}, DType::kF32);
+          ops::CausalConvSiluL2NormForward(x.View({B, T, C}), w, hd, 1e-6, y, rn);
+          // On the GPU: x in a wider buffer of type dt, read through a column view.
+          Tensor buf = Tensor::Empty({B * T, C + 24}, dt);
+          for (int64_t i = 0; i < buf.numel(); ++i) buf.set(i, 7.0);
+          const Tensor view = buf.Columns(offset, offset + C);
+          for (int64_t i = 0; i < x.numel(); ++i) view.set(i, x.at(i));
+          const Tensor xd = Dev(buf).Columns(offset, offset + C);
+          const Tensor yd = Tensor::Empty({B, T, C}, DType::kF32, kGpu);
+          const Tensor rnd = Tensor::Empty({rows}, DType::kF32, kGpu);
+          ops::CausalConvSiluL2NormForward(xd.View({B, T, C}), Dev(w), hd, 1e-6, yd, rnd);
+          const std::string what = "head_dim " + std::to_string(hd) + " T " + std::to_string(T) +
+                                   " K " + std::to_string(K) + " offset " +
+                                   std::to_string(offset) + " " + DTypeName(dt);
+          Compare("CausalConvSiluL2NormForward " + what, "y", yd, y, kTol);
+          Compare("CausalConvSiluL2NormForward " + what, "rnorm", rnd, rn, kTol);
+
+          // The backward from each side's forward outputs; dw accumulates; a bf16 dx is the
+          // rounding of the float32 one.
+          const Tensor dy = Rand({B, T, C}), dw0 = Rand({C, K});
+          const Tensor dx = Tensor::Empty({B, T, C}, DType::kF32), dw = dw0.Clone();
+          ops::CausalConvSiluL2NormBackward(x.View({B, T, C}), w, y, rn, dy, dx, dw);
+          const Tensor dxd = Tensor::Empty({B, T, C}, DType::kF32, kGpu), dwd = Dev(dw0);
+          const Tensor dx16 = Tensor::Empty({B, T, C}, DType::kBF16, kGpu), dwd2 = Dev(dw0);
+          ops::CausalConvSiluL2NormBackward(xd.View({B, T, C}), Dev(w), yd, rnd, Dev(dy), dxd,
+                                            dwd);
+          ops::CausalConvSiluL2NormBackward(xd.View({B, T, C}), Dev(w), yd, rnd, Dev(dy), dx16,
+                                            dwd2);
+          // The norm's backward, dy - y (y . dy), cancels most digits in the head that one
+          // large channel dominates (y there is nearly a unit vector): float32 sums in another
+          // order differ there by up to 1.5e-5 (heads of 8 through the two ops, H200).
+          Compare("CausalConvSiluL2NormBackward " + what, "dx", dxd, dx, 5 * kTol);
+          Compare("CausalConvSiluL2NormBackward " + what, "dw", dwd, dw, kTol);
+          ExpectRoundingOf("CausalConvSiluL2NormBackward bf16 dx " + what, dx16, dxd);
+        }
+}
+
 // The [operand] outputs (kernels/op_set.inc): given a bf16 tensor, each op writes exactly the
 // bf16 rounding of what it writes into a float32 one; the other outputs do not change.
 TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
@@ -792,8 +849,8 @@ TEST(CudaOpsTest, ColumnViewInputs) {
   auto f32 = [](const Shape& s) { return Tensor::Empty(s, DType::kF32, kGpu); };
   for (const DType dt : {DType::kF32, DType::kBF16}) {
     const std::string type = DTypeName(dt);
-    {  // the conv's x
-      const int64_t B = 2, T = 130, C = 96;
+    for (const int64_t C : {int64_t{96}, int64_t{128}}) {  // the conv's x (both kernels)
+      const int64_t B = 2, T = 130;
       const auto [x, xv] = both(Rand({B * T, C}), dt, 8, C + 40);
       const Tensor w = Dev(Rand({C, 4})), dy = Dev(Rand({B, T, C}));
       const Tensor y = f32({B, T, C}), y2 = f32({B, T, C});

@@ -454,6 +454,30 @@ TEST(OpsTest, CausalConvSiluForward) {
   }
 }
 
+// The conv fused with the per-head L2 norm: each head of silu(conv(x)) divided by
+// sqrt(|head|^2 + eps), checked against NaiveConv and the norm written out here.
+TEST(OpsTest, CausalConvSiluL2NormForward) {
+  const int64_t B = 2, T = 7, C = 12, K = 4;
+  for (const int64_t hd : {int64_t{4}, int64_t{12}})
+    for (DType dt : {kF32, kF64}) {
+      Tensor x = Rand({B, T, C}, 31, -2, 2, dt), w = Rand({C, K}, 32, -1, 1, dt);
+      const int64_t rows = B * T * C / hd;
+      Tensor y = Tensor::Empty(x.shape(), dt), rn = Tensor::Empty({rows}, dt);
+      ops::CausalConvSiluL2NormForward(x, w, hd, 1e-6, y, rn);
+      Vec wp, wy, wrn(rows);
+      NaiveConv(x, w, wp, wy);
+      for (int64_t r = 0; r < rows; ++r) {
+        double ss = 0;
+        for (int64_t i = 0; i < hd; ++i) ss += wy[r * hd + i] * wy[r * hd + i];
+        wrn[r] = 1 / std::sqrt(ss + 1e-6);
+        for (int64_t i = 0; i < hd; ++i) wy[r * hd + i] *= wrn[r];
+      }
+      const double tol = dt == kF64 ? kExactTol : kF32Tol;
+      EXPECT_LT(RelErr(y, wy), tol) << hd;
+      EXPECT_LT(RelErr(rn, wrn), tol) << hd;
+    }
+}
+
 TEST(OpsTest, CausalConvSiluIsCausal) {
   const int64_t B = 2, T = 7, C = 5, K = 4;
   Tensor x = Rand({B, T, C}, 29, -2, 2), w = Rand({C, K}, 30);
@@ -494,6 +518,27 @@ TEST(OpsTest, CausalConvSiluBackwardMatchesFiniteDifferences) {
   EXPECT_LT(RelErr(dw, nw), kFdTol) << "dw";
   ExpectAccumulates("CausalConvSilu dw", {C, K},
                     [&](const Tensor& g) { ops::CausalConvSiluBackward(x, w, R, dx, g); });
+}
+
+// The conv fused with the L2 norm: its backward against finite differences of its forward.
+TEST(OpsTest, CausalConvSiluL2NormBackwardMatchesFiniteDifferences) {
+  const int64_t B = 2, T = 7, C = 6, K = 4, hd = 3;
+  Tensor x = Rand({B, T, C}, 34, -2, 2), w = Rand({C, K}, 35), R = Rand(x.shape(), 36);
+  Tensor y = Tensor::Empty(x.shape(), kF64), rn = Tensor::Empty({B * T * C / hd}, kF64);
+  auto loss = [&] {
+    ops::CausalConvSiluL2NormForward(x, w, hd, 1e-6, y, rn);
+    return Dot(y, R);
+  };
+  const Vec nx = NumGrad(x, loss), nw = NumGrad(w, loss);
+  loss();
+  Tensor dx = Filled(x.shape(), 7), dw = Tensor::Zeros({C, K}, kF64);
+  ops::CausalConvSiluL2NormBackward(x, w, y, rn, R, dx, dw);
+  EXPECT_LT(RelErr(dx, nx), kFdTol) << "dx";
+  EXPECT_LT(RelErr(dw, nw), kFdTol) << "dw";
+  ExpectAccumulates("CausalConvSiluL2Norm dw", {C, K},
+                    [&](const Tensor& g) {
+                      ops::CausalConvSiluL2NormBackward(x, w, y, rn, R, dx, g);
+                    });
 }
 
 // ------------------------------------------------------------------------------------ gates

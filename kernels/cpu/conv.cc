@@ -59,6 +59,20 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   });
 }
 
+void CausalConvSiluL2NormForward(const Tensor& x, const Tensor& w, int64_t head_dim, double eps,
+                                 const Tensor& y, const Tensor& rnorm) {
+  CausalConvSiluForward(x, w, y);
+  L2NormHeadsForward(y, head_dim, eps, y, rnorm);  // in place: each row is read before written
+}
+
+void CausalConvSiluL2NormBackward(const Tensor& x, const Tensor& w, const Tensor& y,
+                                  const Tensor& rnorm, const Tensor& dy, const Tensor& dx,
+                                  const Tensor& dw) {
+  const Tensor dc = Tensor::Empty(dy.shape(), dy.dtype());
+  L2NormHeadsBackward(y, rnorm, dy, dc);
+  CausalConvSiluBackward(x, w, dc, dx, dw);
+}
+
 void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
                             const Tensor& dw) {
   CHECK_EQ(x.rank(), 3);

@@ -135,6 +135,24 @@ inline int GridFor(int64_t n, int threads = kThreads) {
   return static_cast<int>(std::clamp<int64_t>((n + threads - 1) / threads, 1, 1 << 16));
 }
 __device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
+// Four floats between registers and memory (16-byte aligned).
+__device__ __forceinline__ void Unpack4(float4 t, float* a) {
+  a[0] = t.x, a[1] = t.y, a[2] = t.z, a[3] = t.w;
+}
+__device__ __forceinline__ float4 Pack4(const float* a) {
+  return make_float4(a[0], a[1], a[2], a[3]);
+}
+__device__ __forceinline__ float4 Ld4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ void St4(float* p, const float* a) {
+  *reinterpret_cast<float4*>(p) = Pack4(a);
+}
+// The sum over a warp's 32 lanes, in every lane (a fixed tree: deterministic).
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
 
 // f(i) for every i < n, f a __device__ functor (a grid-stride loop).
 template <typename Fn>

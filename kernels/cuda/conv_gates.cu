@@ -1,5 +1,7 @@
 // The short convolution (causal depthwise conv1d + SiLU) and the gated delta rule's gates on CUDA
 // (twins of kernels/cpu/conv.cc and kernels/cpu/gates.cc, same arithmetic in float32).
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -24,13 +26,16 @@ constexpr int kConvBatch = 8;  // positions whose loads are issued together
 
 // x ([stored]) as the kernels read it, its type fixed at compile time: a runtime choice in the
 // unrolled loads measured 136 registers a thread for the backward.
+// Load4: values i .. i+3 in one load (i a multiple of 4, the tensor Aligned4).
 struct F32In {
   const float* p;
   __device__ __forceinline__ float operator[](int64_t i) const { return p[i]; }
+  __device__ __forceinline__ float4 Load4(int64_t i) const { return StoredIn{p, false}.Load4(i); }
 };
 struct Bf16In {
   const __nv_bfloat16* p;
   __device__ __forceinline__ float operator[](int64_t i) const { return __bfloat162float(p[i]); }
+  __device__ __forceinline__ float4 Load4(int64_t i) const { return StoredIn{p, true}.Load4(i); }
 };
 
 template <int K, typename In>
@@ -94,6 +99,134 @@ dim3 ConvGrid(int64_t B, int64_t C, int64_t segments) {
 }
 }  // namespace
 
+// The forward by warps, for channel counts that are a multiple of 128 and 4-value aligned x and y
+// (the model's q, k and v): a warp owns kP * 128 channels over one segment of `seg` positions,
+// each lane 4 adjacent channels of each 128 (one 4-value load and store each), so every load and
+// store of the warp moves whole lines, and kB positions' loads are in flight together. The
+// launch sizes segments so that all warps run in one wave (a second, partial wave would leave
+// most of the GPU idle). With kLanes > 0 the per-head L2 norm is fused in (the mixer's q and k): a head is
+// kLanes lanes' channels (heads of 32 to 128), or a warp's (kP = 2: heads of 256), its sum of
+// squares a sum over those lanes, and the conv's output never goes to memory.
+template <int K, int kP, int kLanes, typename In>
+__global__ void __launch_bounds__(128)
+    ConvSiluRowsKernel(In x, int64_t ldx, const float* __restrict__ w, float eps,
+                       float* __restrict__ y, float* __restrict__ rnorm, int64_t T, int64_t C,
+                       int64_t head_dim, int64_t seg, int64_t segments, int64_t items) {
+  constexpr int kV = 4 * kP, kB = kP == 1 ? 8 : 4;  // values a lane; positions loaded together
+  const int64_t item = blockIdx.x * int64_t{4} + (threadIdx.x >> 5);  // (b, segment, group)
+  if (item >= items) return;  // the whole warp
+  const int lane = threadIdx.x & 31;
+  const int64_t groups = C / (128 * kP), group = item % groups, bs = item / groups;
+  const int64_t b = bs / segments, s0 = (bs % segments) * seg;
+  const int64_t s1 = s0 + seg < T ? s0 + seg : T;
+  const int64_t c0 = group * 128 * kP + 4 * lane;  // channels c0 + 128 p + i, i < 4
+  const int64_t x_base = b * T * ldx + c0;
+  float wt[kV][K], xs[kV][K];
+#pragma unroll
+  for (int v = 0; v < kV; ++v)
+    for (int j = 0; j < K; ++j) {
+      wt[v][j] = w[(c0 + 128 * (v / 4) + v % 4) * K + j];
+      const int64_t p = s0 - (K - 1) + j;  // xs[v][j] = x[t - (K-1) + j] for t = s0
+      xs[v][j] = j < K - 1 && p >= 0 ? x[x_base + p * ldx + 128 * (v / 4) + v % 4] : 0;
+    }
+  for (int64_t t0 = s0; t0 < s1; t0 += kB) {
+    float yb[kB][kV];  // the inputs in, silu(conv) out
+#pragma unroll
+    for (int u = 0; u < kB; ++u)
+#pragma unroll
+      for (int p = 0; p < kP; ++p) {
+        const int64_t t = t0 + u < s1 ? t0 + u : s1 - 1;  // past the end: loaded, not used
+        Unpack4(x.Load4(x_base + t * ldx + 128 * p), yb[u] + 4 * p);
+      }
+#pragma unroll
+    for (int u = 0; u < kB; ++u) {
+      const int64_t t = t0 + u;
+      if (t >= s1) break;  // the same t in every lane
+      float ss = 0;
+#pragma unroll
+      for (int v = 0; v < kV; ++v) {
+        xs[v][K - 1] = yb[u][v];
+        float acc = 0;
+        for (int j = 0; j < K; ++j)
+          if (t - (K - 1) + j >= 0) acc += wt[v][j] * xs[v][j];
+        yb[u][v] = acc * SigmoidF(acc);
+        ss += yb[u][v] * yb[u][v];
+        for (int j = 0; j < K - 1; ++j) xs[v][j] = xs[v][j + 1];
+      }
+      float r = 1.0f;
+      const int64_t row = b * T + t;
+      if constexpr (kLanes > 0) {
+        for (int o = kLanes / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        r = 1.0f / sqrtf(ss + eps);
+        if (lane % kLanes == 0) rnorm[row * (C / head_dim) + c0 / head_dim] = r;
+      }
+#pragma unroll
+      for (int p = 0; p < kP; ++p)
+        *reinterpret_cast<float4*>(y + row * C + c0 + 128 * p) =
+            make_float4(yb[u][4 * p] * r, yb[u][4 * p + 1] * r, yb[u][4 * p + 2] * r,
+                        yb[u][4 * p + 3] * r);
+    }
+  }
+}
+
+namespace {
+// The positions of a segment for the warp kernels (ConvSiluRows*Kernel, 128-thread blocks): a
+// multiple of 8, as long as makes all warps resident at once. groups: warps a segment needs.
+template <typename Kernel>
+int64_t RowSegment(Kernel kernel, int64_t T, int64_t groups) {
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, 0));
+  const int64_t warps = std::max(1, per_sm) * int64_t{SmCount()} * 4;
+  const int64_t want = std::max<int64_t>(1, warps / groups);  // segments a sequence
+  return ((T + want - 1) / want + 7) / 8 * 8;
+}
+// The shapes the warp kernels take: C a multiple of 128 (256 for heads of 256), 4-value aligned
+// x, y (or dy) and dx, heads (head_dim > 0: the fused norm) of 32, 64, 128 or 256 values.
+// Returns the 128-value passes a lane group makes (kP), 0 when the shapes do not fit.
+int RowPasses(int64_t C, int64_t head_dim, std::initializer_list<const Tensor*> aligned) {
+  if (head_dim != 0 && head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256)
+    return 0;
+  const int passes = head_dim == 256 ? 2 : 1;
+  if (C % (128 * passes) != 0) return 0;
+  for (const Tensor* t : aligned)
+    if (!Aligned4(*t)) return 0;
+  return passes;
+}
+// Calls launch(p, l) with p = kP and l = kLanes (lanes a head spans, 0: no norm) as
+// std::integral_constants.
+template <typename Launch>
+void WithRowTemplate(int passes, int64_t head_dim, Launch launch) {
+  using I = std::integral_constant<int, 1>;
+  if (passes == 2) launch(std::integral_constant<int, 2>{}, std::integral_constant<int, 32>{});
+  else if (head_dim == 0) launch(I{}, std::integral_constant<int, 0>{});
+  else WithConstant<8, 16, 32>(head_dim / 4, [&](auto l) { launch(I{}, l); });
+}
+
+// Launches ConvSiluRowsKernel when its shapes allow (C a multiple of 128, x and y Aligned4; with
+// the norm, heads of 32, 64, 128 or 256), returning whether it ran. head_dim 0: no norm.
+bool LaunchConvSiluRows(const Tensor& x, const StoredIn& px, int64_t ldx, const Tensor& w,
+                        int64_t head_dim, double eps, const Tensor& y, const Tensor& rnorm) {
+  const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
+  const int passes = RowPasses(C, head_dim, {&x, &y});
+  if (passes == 0) return false;
+  const int64_t groups = B * (C / (128 * passes));  // warps a segment of positions needs
+  float* pr = head_dim == 0 ? nullptr : F32(rnorm);
+  WithConvTemplate(K, px, [&](auto k, auto in) {
+    WithRowTemplate(passes, head_dim, [&](auto p, auto l) {
+      const auto kernel = ConvSiluRowsKernel<decltype(k)::value, decltype(p)::value,
+                                             decltype(l)::value, decltype(in)>;
+      const int64_t seg = RowSegment(kernel, T, groups);
+      const int64_t segments = (T + seg - 1) / seg, items = groups * segments;
+      kernel<<<static_cast<unsigned>((items + 3) / 4), 128, 0, Stream()>>>(
+          in, ldx, F32(w), static_cast<float>(eps), F32(y), pr, T, C, head_dim, seg, segments,
+          items);
+    });
+  });
+  CUDA_CHECK_LAUNCH();
+  return true;
+}
+}  // namespace
+
 void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   const StoredIn px =
       CheckStoredIn(x, y.numel(), "CausalConvSiluForward x", /*column_view=*/true);
@@ -105,12 +238,34 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   const int64_t segments = ConvSegments(T, K, "CausalConvSiluForward");
   const int64_t ldx = RowStride(x, C, "CausalConvSiluForward x");
   if (B * T * C == 0) return;
+  if (LaunchConvSiluRows(x, px, ldx, w, 0, 0.0, y, Tensor())) return;
   WithConvTemplate(K, px, [&](auto k, auto in) {
     ConvSiluForwardKernel<decltype(k)::value, decltype(in)>
         <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, ldx, F32(w), F32(y), T, C,
                                                           segments);
   });
   CUDA_CHECK_LAUNCH();
+}
+
+void CausalConvSiluL2NormForward(const Tensor& x, const Tensor& w, int64_t head_dim, double eps,
+                                 const Tensor& y, const Tensor& rnorm) {
+  CHECK_EQ(x.rank(), 3);
+  const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
+  CHECK(head_dim > 0 && C % head_dim == 0)
+      << "CausalConvSiluL2NormForward: " << C << " channels are not whole heads of " << head_dim;
+  CHECK_EQ(rnorm.numel(), B * T * (C / head_dim));
+  CheckF32(rnorm, "CausalConvSiluL2NormForward");
+  const StoredIn px =
+      CheckStoredIn(x, y.numel(), "CausalConvSiluL2NormForward x", /*column_view=*/true);
+  CheckF32(w, "CausalConvSiluL2NormForward");
+  CheckF32(y, "CausalConvSiluL2NormForward");
+  CHECK_EQ(w.dim(0), C);
+  const int64_t ldx = RowStride(x, C, "CausalConvSiluL2NormForward x");
+  ConvSegments(T, K, "CausalConvSiluL2NormForward");  // checks K
+  if (B * T * C == 0) return;
+  if (LaunchConvSiluRows(x, px, ldx, w, head_dim, eps, y, rnorm)) return;
+  CausalConvSiluForward(x, w, y);  // other shapes: the two ops
+  L2NormHeadsForward(y, head_dim, eps, y, rnorm);
 }
 
 // The backward in one pass: each thread owns one channel of one segment of kSegment positions of
@@ -184,6 +339,141 @@ __global__ void ConvSiluBackwardKernel(In x, int64_t ldx_in, const float* __rest
   for (int j = 0; j < K; ++j) out[j] = dw[j];
 }
 
+// The backward by warps (ConvSiluRowsKernel's layout and shapes), ConvSiluBackwardKernel's
+// arithmetic for each of a lane's channels. With kLanes > 0 the per-head L2 norm's backward is
+// fused in (the mixer's q and k): dy is the gradient of the normalised output yn, and the
+// conv's output gradient rn (dy - yn (yn . dy)) is made per position (a sum over the head's lanes)
+// without going to memory. dw_partial: a row per (sequence, segment), as ConvSiluBackwardKernel.
+template <int K, int kP, int kLanes, typename In>
+__global__ void __launch_bounds__(128)
+    ConvSiluRowsBackwardKernel(In x, int64_t ldx_in, const float* __restrict__ w,
+                               const float* __restrict__ yn, const float* __restrict__ rn,
+                               const float* __restrict__ dy, OperandOut dx, int64_t ldx,
+                               float* __restrict__ dw_partial, int64_t T, int64_t C,
+                               int64_t head_dim, int64_t seg, int64_t segments, int64_t items) {
+  // Positions whose loads are issued together: 2 with the norm (147 registers), 4 without (164);
+  // 3 blocks an SM either way.
+  constexpr int kV = 4 * kP, kB = kLanes > 0 ? 2 : 4;
+  const int64_t item = blockIdx.x * int64_t{4} + (threadIdx.x >> 5);
+  if (item >= items) return;  // the whole warp
+  const int lane = threadIdx.x & 31;
+  const int64_t groups = C / (128 * kP), group = item % groups, bs = item / groups;
+  const int64_t b = bs / segments, s0 = (bs % segments) * seg;
+  const int64_t s1 = s0 + seg < T ? s0 + seg : T;  // this segment: [s0, s1)
+  const int64_t c0 = group * 128 * kP + 4 * lane;  // channels c0 + 128 p + i, i < 4
+  const int64_t x_base = b * T * ldx_in + c0, dx_base = b * T * ldx + c0, base = b * T * C + c0;
+  float wt[kV][K], g[kV][K], xs[kV][K], dw[kV][K];
+#pragma unroll
+  for (int v = 0; v < kV; ++v)
+    for (int j = 0; j < K; ++j) {
+      wt[v][j] = w[(c0 + 128 * (v / 4) + v % 4) * K + j];
+      g[v][j] = 0;
+      dw[v][j] = 0;
+      const int64_t p = s0 - (K - 1) + j;
+      xs[v][j] = j < K - 1 && p >= 0 ? x[x_base + p * ldx_in + 128 * (v / 4) + v % 4] : 0;
+    }
+  const int64_t tend = s1 + (K - 1) < T ? s1 + (K - 1) : T;  // with the halo after the segment
+  for (int64_t t0 = s0; t0 < tend; t0 += kB) {
+    float xb[kB][kV], db[kB][kV], yb[kLanes > 0 ? kB : 1][kV], rb[kB];
+#pragma unroll
+    for (int u = 0; u < kB; ++u) {
+      const int64_t t = t0 + u < tend ? t0 + u : tend - 1;  // past the end: loaded, not used
+#pragma unroll
+      for (int p = 0; p < kP; ++p) {
+        Unpack4(x.Load4(x_base + t * ldx_in + 128 * p), xb[u] + 4 * p);
+        Unpack4(Ld4(dy + base + t * C + 128 * p), db[u] + 4 * p);
+        if constexpr (kLanes > 0) Unpack4(Ld4(yn + base + t * C + 128 * p), yb[u] + 4 * p);
+      }
+      if constexpr (kLanes > 0) rb[u] = rn[(b * T + t) * (C / head_dim) + c0 / head_dim];
+    }
+#pragma unroll
+    for (int u = 0; u < kB; ++u) {
+      const int64_t t = t0 + u;
+      if (t >= tend) break;  // the same t in every lane
+      if constexpr (kLanes > 0) {  // d(x / |x|) = (dy - y (y . dy)) / |x|
+        float dot = 0;
+#pragma unroll
+        for (int v = 0; v < kV; ++v) dot += yb[u][v] * db[u][v];
+        for (int o = kLanes / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+#pragma unroll
+        for (int v = 0; v < kV; ++v) db[u][v] = rb[u] * (db[u][v] - yb[u][v] * dot);
+      }
+      float acc[kV];
+#pragma unroll
+      for (int v = 0; v < kV; ++v) {
+        for (int j = K - 1; j > 0; --j) g[v][j] = g[v][j - 1];  // g[j] = dpre[t - j]
+        xs[v][K - 1] = xb[u][v];
+        float pt = 0;
+        for (int j = 0; j < K; ++j) pt += wt[v][j] * xs[v][j];
+        g[v][0] = db[u][v] * SiluGrad(pt);
+        if (t < s1)
+          for (int j = 0; j < K; ++j) dw[v][j] += g[v][0] * xs[v][j];
+        for (int j = 0; j < K - 1; ++j) xs[v][j] = xs[v][j + 1];
+        acc[v] = 0;
+        for (int j = 0; j < K; ++j) acc[v] += wt[v][j] * g[v][j];
+      }
+      const int64_t sx = t - (K - 1);  // dx there has all its taps now
+      if (sx >= s0)
+#pragma unroll
+        for (int p = 0; p < kP; ++p)
+          dx.Set4(dx_base + sx * ldx + 128 * p,
+                  make_float4(acc[4 * p], acc[4 * p + 1], acc[4 * p + 2], acc[4 * p + 3]));
+    }
+  }
+  // The sequence's last K-1 positions (as ConvSiluBackwardKernel).
+  for (int m = 0; m < K - 1; ++m) {
+    const int64_t sx = T - (K - 1) + m;
+    if (sx < s0 || sx >= s1) continue;
+    float acc[kV];
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
+      acc[v] = 0;
+      for (int j = m + 1; j < K; ++j) acc[v] += wt[v][j] * g[v][j - m - 1];
+    }
+#pragma unroll
+    for (int p = 0; p < kP; ++p)
+      dx.Set4(dx_base + sx * ldx + 128 * p,
+              make_float4(acc[4 * p], acc[4 * p + 1], acc[4 * p + 2], acc[4 * p + 3]));
+  }
+  float* out = dw_partial + bs * C * K;
+#pragma unroll
+  for (int v = 0; v < kV; ++v)
+    for (int j = 0; j < K; ++j) out[(c0 + 128 * (v / 4) + v % 4) * K + j] = dw[v][j];
+}
+
+namespace {
+// Launches ConvSiluRowsBackwardKernel when the shapes allow (RowPasses), then adds the dw partial
+// sums into dw; returns whether it ran. head_dim 0: no norm (yn, rn undefined).
+bool LaunchConvSiluRowsBackward(const Tensor& x, const StoredIn& px, int64_t ldx_in,
+                                const Tensor& w, const Tensor& yn, const Tensor& rn,
+                                const Tensor& dy, const Tensor& dx, const OperandOut& pdx,
+                                int64_t ldx, const Tensor& dw, int64_t head_dim) {
+  const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
+  const int passes = head_dim == 0 ? RowPasses(C, 0, {&x, &dy, &dx})
+                                   : RowPasses(C, head_dim, {&x, &dy, &dx, &yn});
+  if (passes == 0) return false;
+  const int64_t groups = B * (C / (128 * passes));
+  const float* pyn = head_dim == 0 ? nullptr : F32(yn);
+  const float* prn = head_dim == 0 ? nullptr : F32(rn);
+  Tensor partial;
+  WithConvTemplate(K, px, [&](auto k, auto in) {
+    WithRowTemplate(passes, head_dim, [&](auto p, auto l) {
+      const auto kernel = ConvSiluRowsBackwardKernel<decltype(k)::value, decltype(p)::value,
+                                                     decltype(l)::value, decltype(in)>;
+      const int64_t seg = RowSegment(kernel, T, groups);
+      const int64_t segments = (T + seg - 1) / seg, items = groups * segments;
+      partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
+      kernel<<<static_cast<unsigned>((items + 3) / 4), 128, 0, Stream()>>>(
+          in, ldx_in, F32(w), pyn, prn, F32(dy), pdx, ldx, F32(partial), T, C, head_dim, seg,
+          segments, items);
+    });
+  });
+  CUDA_CHECK_LAUNCH();
+  AddColumnSums(F32(partial), static_cast<int>(partial.dim(0)), C * K, F32(dw));
+  return true;
+}
+}  // namespace
+
 void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, const Tensor& dx,
                             const Tensor& dw) {
   const StoredIn px =
@@ -197,6 +487,8 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   const int64_t ldx = RowStride(dx, C, "CausalConvSiluBackward dx");
   const int64_t ldx_in = RowStride(x, C, "CausalConvSiluBackward x");
   if (B * T * C == 0) return;
+  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, Tensor(), Tensor(), dy, dx, pdx, ldx, dw, 0))
+    return;
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
   const float *pw = F32(w), *pdy = F32(dy);
@@ -208,6 +500,32 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   });
   CUDA_CHECK_LAUNCH();
   AddColumnSums(ppart, static_cast<int>(B * segments), C * K, F32(dw));
+}
+
+void CausalConvSiluL2NormBackward(const Tensor& x, const Tensor& w, const Tensor& y,
+                                  const Tensor& rnorm, const Tensor& dy, const Tensor& dx,
+                                  const Tensor& dw) {
+  const StoredIn px =
+      CheckStoredIn(x, dy.numel(), "CausalConvSiluL2NormBackward x", /*column_view=*/true);
+  CheckF32(y, "CausalConvSiluL2NormBackward");
+  CheckF32(rnorm, "CausalConvSiluL2NormBackward");
+  CheckSame(y, dy, "CausalConvSiluL2NormBackward");
+  CHECK_EQ(x.rank(), 3);
+  const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
+  const OperandOut pdx =
+      CheckOperandOut(dx, dy, "CausalConvSiluL2NormBackward", /*column_view=*/true);
+  CheckSame(w, dw, "CausalConvSiluL2NormBackward");
+  ConvSegments(T, K, "CausalConvSiluL2NormBackward");  // checks K
+  CHECK(rnorm.numel() > 0 && (B * T * C) % rnorm.numel() == 0)
+      << "CausalConvSiluL2NormBackward: rnorm of " << rnorm.numel() << " for " << B * T * C;
+  const int64_t head_dim = B * T * C / rnorm.numel();
+  const int64_t ldx = RowStride(dx, C, "CausalConvSiluL2NormBackward dx");
+  const int64_t ldx_in = RowStride(x, C, "CausalConvSiluL2NormBackward x");
+  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, y, rnorm, dy, dx, pdx, ldx, dw, head_dim))
+    return;
+  const Tensor dc = Tensor::Empty(dy.shape(), DType::kF32, Device::kCUDA);  // other shapes
+  L2NormHeadsBackward(y, rnorm, dy, dc);
+  CausalConvSiluBackward(x, w, dc, dx, dw);
 }
 
 namespace {

@@ -79,11 +79,6 @@ __device__ void Step(const Idx& ix, int b, int t, int h, int hv, const float* k,
   }
 }
 
-__device__ float WarpSum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
 // One block per (b, key head): the value heads of the group run one after another, so the block
 // owns its rows of dq and dk (no atomics). Shared memory: D = dL/dS [dk][dv], du [dv].
 // workspace (per block): checkpoints [nblocks][dk*dv], states of one block [kBlock+1][dk*dv],

@@ -15,10 +15,6 @@ namespace {
 constexpr int kRowsPerBlock = 8;  // warps of a block of kThreads, one row each
 static_assert(kThreads == 32 * kRowsPerBlock);
 
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 inline unsigned RowBlocks(int64_t rows) {
   return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
 }
@@ -180,14 +176,6 @@ int PartialBlocks(int64_t units, size_t smem, const void* kernel) {
 // --- The same kernels with the row in registers, four values a load: for rows of d = 128 m
 // values (the models' widths and head sizes, 4-value aligned tensors), each value is read once and
 // written once; the scalar kernels above take every other shape.
-__device__ __forceinline__ void Unpack4(float4 t, float* a) {
-  a[0] = t.x, a[1] = t.y, a[2] = t.z, a[3] = t.w;
-}
-__device__ __forceinline__ float4 Pack4(const float* a) { return make_float4(a[0], a[1], a[2], a[3]); }
-__device__ __forceinline__ float4 Ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ void St4(float* p, const float* a) {
-  *reinterpret_cast<float4*>(p) = Pack4(a);
-}
 
 // RowNormForwardKernel, a warp per row of d = 128 kVec: lane holds values 4 lane + 128 k .. + 3.
 template <int kVec>
