@@ -257,6 +257,34 @@ __global__ void RmsNormBackwardVecKernel(const float* x, const float* w, const f
   for (int k = 0; k < kVec; ++k) St4(dw_partial + blockIdx.x * d + col + stride * k, dw + 4 * k);
 }
 
+// GatedRmsNormForwardKernel, a warp per row of d = 128 kVec (lanes as in RowNormForwardVecKernel):
+// o and g read once, in 4-value loads.
+template <int kVec>
+__global__ void GatedRmsNormForwardVecKernel(const float* o, StoredIn g, RowsOf g_rows,
+                                             const float* w, int64_t rows, float eps, OperandOut y,
+                                             float* rstd) {
+  constexpr int d = 128 * kVec;
+  GDN_WARP_ROW(rows);
+  const int64_t base = row * d + 4 * lane;
+  float ov[4 * kVec], gv[4 * kVec], wv[4 * kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    Unpack4(Ld4(o + base + 128 * k), ov + 4 * k);
+    Unpack4(g.Load4(g_rows(row, d) + 4 * lane + 128 * k), gv + 4 * k);
+    Unpack4(Ld4(w + 4 * lane + 128 * k), wv + 4 * k);
+  }
+  float ss = 0;
+#pragma unroll
+  for (int j = 0; j < 4 * kVec; ++j) ss += ov[j] * ov[j];
+  const float r = 1.0f / sqrtf(WarpSum(ss) / static_cast<float>(d) + eps);
+  if (lane == 0) rstd[row] = r;
+  float yv[4 * kVec];
+#pragma unroll
+  for (int j = 0; j < 4 * kVec; ++j) yv[j] = ov[j] * r * wv[j] * gv[j] * SigmoidF(gv[j]);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) y.Set4(base + 128 * k, Pack4(yv + 4 * k));
+}
+
 // GatedRmsNormBackwardKernel, a warp per row of d = 128 kVec (lanes as in RowNormForwardVecKernel),
 // the weight-gradient sums in registers until the block adds its warps'.
 template <int kVec>
@@ -457,8 +485,14 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
   CHECK_EQ(rstd.numel(), rows);
   if (rows == 0) return;
   const RowsOf g_rows = RowsOfTensor(g, head_dim, "GatedRmsNormForward g");
-  GatedRmsNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
-      F32(o), pg, g_rows, F32(w), rows, head_dim, eps, py, F32(rstd));
+  const int vec = WarpVec(head_dim, 4, {&o, &g, &w, &y});
+  const bool registers = WithConstant<1, 2, 4, 8>(vec, [&](auto k) {
+    GatedRmsNormForwardVecKernel<decltype(k)::value><<<RowBlocks(rows), kThreads, 0, Stream()>>>(
+        F32(o), pg, g_rows, F32(w), rows, static_cast<float>(eps), py, F32(rstd));
+  });
+  if (!registers)
+    GatedRmsNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
+        F32(o), pg, g_rows, F32(w), rows, head_dim, eps, py, F32(rstd));
   CUDA_CHECK_LAUNCH();
 }
 
