@@ -11,20 +11,12 @@
 #include "model/config.h"
 #include "model/lm.h"
 #include "runtime/cuda_device.h"
+#include "tests/cuda_test_util.h"
 #include "runtime/spec.h"
 #include "tests/model_test_util.h"
 
 namespace gdn {
 namespace {
-
-#define GDN_REQUIRE_GPU()                                            \
-  do {                                                               \
-    std::string why;                                                 \
-    if (!cuda::GpuAvailable(&why)) {                                 \
-      std::fprintf(stderr, "skipping CUDA test: %s\n", why.c_str()); \
-      GTEST_SKIP() << why;                                           \
-    }                                                                \
-  } while (0)
 
 ExperimentSpec SmallSpec() {
   ExperimentSpec s;

@@ -29,21 +29,13 @@
 
 #include "kernels/ops.h"
 #include "runtime/cuda_device.h"
+#include "tests/cuda_test_util.h"
 
 namespace gdn {
 namespace {
 
 constexpr double kTol = 1e-5;
 constexpr Device kGpu = Device::kCUDA, kCpu = Device::kCPU;
-
-#define GDN_REQUIRE_GPU()                                        \
-  do {                                                           \
-    std::string why;                                             \
-    if (!cuda::GpuAvailable(&why)) {                             \
-      std::fprintf(stderr, "skipping CUDA test: %s\n", why.c_str()); \
-      GTEST_SKIP() << why;                                       \
-    }                                                            \
-  } while (0)
 
 std::mt19937_64& Gen() {
   static std::mt19937_64* gen = [] {
