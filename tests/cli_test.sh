@@ -154,23 +154,33 @@ cat >long.textproto <<'SPEC'
 model { depth: 1 head_dim: 8 }
 parametrization { base_width: 32 }
 data { train_path: "data/train.bin" val_path: "data/val.bin" seq_len: 32 batch_size: 4 }
-run { steps: 200 eval_interval: 100 eval_batches: 2 checkpoint_interval: 50 }
+run { steps: 200 eval_interval: 100 eval_batches: 2 checkpoint_interval: 50 log_interval: 1 }
 sweep { widths: [32, 64] learning_rates: [0.001, 0.002] dir: "runs/long" }
 SPEC
-OMP_NUM_THREADS=1 "$gdn" sweep run --spec long.textproto --parallel 2 >long.log 2>&1 &
-sweep_pid=$!
-# Signal as soon as both first runs have taken a step (their handlers are then in place): waiting
-# longer lets a loaded machine finish one run before the other gets going.
-for _ in $(seq 1 1200); do
-  [ "$(cat runs/long/w32_lr1e-03-*/metrics.jsonl 2>/dev/null | wc -l)" -ge 1 ] &&
-    [ "$(cat runs/long/w32_lr2e-03-*/metrics.jsonl 2>/dev/null | wc -l)" -ge 1 ] && break
-  sleep 0.05
+# Signals as soon as both first runs have taken a step (their handlers are then in place). On a
+# loaded machine the second run can start so late that the first has finished all its steps
+# before the signal (seen once in a CI run: "1 done, 1 preempted"): then the scenario did not
+# happen, and it is tried again from scratch (at most 3 times).
+preempt_long_sweep() {
+  rm -rf runs/long
+  OMP_NUM_THREADS=1 "$gdn" sweep run --spec long.textproto --parallel 2 >long.log 2>&1 &
+  sweep_pid=$!
+  for _ in $(seq 1 1200); do
+    [ "$(cat runs/long/w32_lr1e-03-*/metrics.jsonl 2>/dev/null | wc -l)" -ge 1 ] &&
+      [ "$(cat runs/long/w32_lr2e-03-*/metrics.jsonl 2>/dev/null | wc -l)" -ge 1 ] && break
+    sleep 0.05
+  done
+  kill -USR2 $sweep_pid
+  for _ in $(seq 1 600); do kill -0 $sweep_pid 2>/dev/null || break; sleep 0.1; done
+  kill -0 $sweep_pid 2>/dev/null && { fail "the preempted sweep did not stop within 60 s"; kill -9 $sweep_pid; }
+  wait $sweep_pid
+}
+for attempt in 1 2 3; do
+  preempt_long_sweep
+  rc=$?
+  "$gdn" sweep status --spec long.textproto | grep -q "4 runs: 2 preempted, 2 pending" && break
+  echo "note: attempt $attempt did not preempt two running runs: $("$gdn" sweep status --spec long.textproto | tail -1)"
 done
-kill -USR2 $sweep_pid
-for _ in $(seq 1 600); do kill -0 $sweep_pid 2>/dev/null || break; sleep 0.1; done
-kill -0 $sweep_pid 2>/dev/null && { fail "the preempted sweep did not stop within 60 s"; kill -9 $sweep_pid; }
-wait $sweep_pid
-rc=$?
 [ $rc -eq 4 ] && ok || fail "a preempted sweep should exit 4, got $rc: $(cat long.log)"
 expect 0 "4 runs: 2 preempted, 2 pending" -- "$gdn" sweep status --spec long.textproto
 OMP_NUM_THREADS=1 expect 0 "w64_lr2e-03-.*: done | step 200" -- "$gdn" sweep run --spec long.textproto --parallel 2
