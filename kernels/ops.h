@@ -43,8 +43,8 @@ Tensor MatmulOperand(const Tensor& x);
 Tensor MatmulOperandRows(const std::vector<Tensor>& xs, const std::vector<int64_t>& first_rows,
                          int64_t rows);
 // Copies each xs[i] into operands[i], a tensor of its shape in MatmulOperand's form (kept copies
-// of weights, refreshed once a step: ParameterSet::RoundOperands): bf16 copies are rounded in one
-// launch on CUDA.
+// of weights, refreshed once each forward: ParameterSet::RoundOperands): bf16 copies are rounded
+// in one launch on CUDA.
 void CopyToMatmulOperands(const std::vector<Tensor>& xs, const std::vector<Tensor>& operands);
 // The dtype MatmulOperand gives a tensor of this dtype on this device. Ops whose output feeds
 // products only take an output of this dtype on CUDA and write it rounded (op_set.inc says which).

@@ -70,7 +70,7 @@ class GatedDeltaNetMixer {
   // in the products' operand form: stacked_operand_ where the weights keep bf16 copies.
   Tensor StackedProjectionWeights(const ProjectionColumns& p) const;
   // In the bf16 mode on CUDA: the six weights' kept bf16 copies (Parameter::operand) are its rows,
-  // so the stacked operand is made once a step by ParameterSet::RoundOperands.
+  // so the stacked operand is made once each forward by ParameterSet::RoundOperands.
   Tensor stacked_operand_;
   // y = the gated norm of o_ (o_rstd_ written): Wo's input, in Wo's operand form unless float32
   // (probes). Not kept: the norm's backward writes it again for Wo's gradient.

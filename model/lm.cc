@@ -158,6 +158,7 @@ LanguageModel::DecodeState LanguageModel::NewDecodeState(int64_t B) const {
 Tensor LanguageModel::ForwardStep(const Tensor& tokens, DecodeState& state) {
   CHECK_EQ(builder_.tp.size, 1) << "ForwardStep runs on one rank";
   const ModelDims& d = builder_.dims;
+  params_.RoundOperands();  // its products read the kept copies too (none on the CPU)
   const int64_t B = tokens.numel();
   CHECK_EQ(state.mixers.size(), blocks_.size());
   Tensor x = builder_.Empty({B, d.width});
@@ -176,7 +177,7 @@ Tensor LanguageModel::ForwardStep(const Tensor& tokens, DecodeState& state) {
   }
   ops::RmsNormForward(x, final_norm_->value, d.norm_eps, n, r);
   Tensor logits = builder_.Empty({B, d.vocab});
-  ops::Matmul(n, false, head_->value, true, logits, out_mult_);
+  ops::Matmul(n, false, head_->Operand(), true, logits, out_mult_);
   ++state.position;
   return logits;
 }

@@ -302,29 +302,33 @@ TEST(CudaOpsTest, MatmulOperand) {
 }
 
 // Kept weight copies refreshed in one launch (ParameterSet::RoundOperands): pieces of many sizes
-// (one spanning several 4096-value work items, an empty one, one with a 3-value tail), some read
-// at offsets that are not 16-byte aligned (the scalar path), written into rows of one buffer whose
-// other rows must stay as they were; each copy the bf16 rounding of its tensor.
+// (one spanning several 4096-value work items with a 3-value tail, an empty one, one of exactly 4
+// values), some aligned on both sides (4-value loads) and some shifted by one value on the bf16
+// side or read from an unaligned offset (the scalar loop), written into one buffer whose other
+// values must stay as they were; each copy the bf16 rounding of its tensor.
 TEST(CudaOpsTest, CopyToMatmulOperands) {
   GDN_REQUIRE_GPU();
   const Tensor src = Dev(Rand({20000}, -300, 300));
-  const std::vector<std::pair<int64_t, int64_t>> cuts = {{0, 9000}, {9001, 9001}, {9003, 9010},
-                                                         {9012, 9015}, {10000, 19999}};
+  struct Piece {
+    int64_t begin, end, shift;  // src [begin, end) -> out [begin + shift, end + shift)
+  };
+  const std::vector<Piece> pieces = {
+      {0, 9003, 0}, {9004, 9004, 0}, {9005, 9012, 1}, {9016, 9020, 0}, {10001, 19999, 1}};
   ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
   const Tensor out = Dev(Tensor::Zeros({20000}, DType::kBF16));
   std::vector<Tensor> xs, outs;
-  for (const auto& [b, e] : cuts) {
-    xs.push_back(src.Rows(b, e));
-    outs.push_back(out.Rows(b + 1, e + 1));  // shifted by one: the bf16 side misaligned too
+  for (const Piece& p : pieces) {
+    xs.push_back(src.Rows(p.begin, p.end));
+    outs.push_back(out.Rows(p.begin + p.shift, p.end + p.shift));
   }
   ops::CopyToMatmulOperands(xs, outs);
   ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
-  for (size_t i = 0; i < cuts.size(); ++i)
+  for (size_t i = 0; i < pieces.size(); ++i)
     ExpectRoundingOf("CopyToMatmulOperands piece " + std::to_string(i), outs[i], xs[i]);
   const Tensor host = out.To(Device::kCPU);
   std::vector<bool> written(20000, false);
-  for (const auto& [b, e] : cuts)
-    for (int64_t j = b + 1; j < e + 1; ++j) written[j] = true;
+  for (const Piece& p : pieces)
+    for (int64_t j = p.begin + p.shift; j < p.end + p.shift; ++j) written[j] = true;
   for (int64_t j = 0; j < 20000; ++j)
     if (!written[j]) ASSERT_EQ(host.at(j), 0.0) << "outside every piece: " << j;
 }
@@ -576,14 +580,15 @@ TEST(CudaOpsTest, CausalConvSiluL2Norm) {
   for (const int64_t hd : {int64_t{128}, int64_t{32}, int64_t{64}, int64_t{256}, int64_t{8}})
     for (const int64_t T : {int64_t{1}, int64_t{5}, int64_t{33}, int64_t{64}, int64_t{130},
                             int64_t{1000}})
-      for (const int64_t K : {int64_t{4}, int64_t{1}, int64_t{3}})
+      for (const int64_t K : {int64_t{4}, int64_t{1}, int64_t{2}, int64_t{3}, int64_t{8}})
         for (const DType dt : {DType::kF32, DType::kBF16}) {
           const int64_t B = 2, C = 4 * hd, rows = B * T * 4;
-          const int64_t offset = K == 3 ? 3 : 8;  // 3: not 4-value aligned
+          // 3: not 4-value aligned (the two ops)
+          const int64_t offset = K == 3 && dt == DType::kBF16 ? 3 : 8;
           const Tensor x = Rand({B * T, C}, -3, 3).To(dt).To(DType::kF32);  // exact in dt
           Tensor w = Rand({C, K});
           for (int64_t j = 0; j < K; ++j) w.set(j, 0.0);  // channel 0: all zeros
-          for (int64_t j = 0; j < K; ++j) w.set(hd * K + j, 0.0);  // the second head: zeros
+          for (int64_t j = 0; j < hd * K; ++j) w.set(hd * K + j, 0.0);  // the second head: zeros
           for (int64_t j = 0; j < K; ++j) w.set((2 * hd + 1) * K + j, 40.0);  // a large channel
           const Tensor y = Tensor::Empty({B, T, C}, DType::kF32);
           const Tensor rn = Tensor::Empty({rows}, DType::kF32);

@@ -61,6 +61,9 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
 
 void CausalConvSiluL2NormForward(const Tensor& x, const Tensor& w, int64_t head_dim, double eps,
                                  const Tensor& y, const Tensor& rnorm) {
+  CHECK(x.rank() == 3 && head_dim > 0 && x.dim(2) % head_dim == 0)
+      << "CausalConvSiluL2NormForward: " << ShapeString(x.shape()) << " is not whole heads of "
+      << head_dim;
   CausalConvSiluForward(x, w, y);
   L2NormHeadsForward(y, head_dim, eps, y, rnorm);  // in place: each row is read before written
 }

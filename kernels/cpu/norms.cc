@@ -123,7 +123,9 @@ void L2NormHeadsBackward(const Tensor& y, const Tensor& rnorm, const Tensor& dy,
                          const Tensor& dx) {
   CheckSame(y, dy, "L2NormHeadsBackward");
   CheckSame(y, dx, "L2NormHeadsBackward");
-  const int64_t rows = rnorm.numel(), head_dim = y.numel() / rows;
+  const int64_t rows = rnorm.numel();
+  if (rows == 0) return;
+  const int64_t head_dim = y.numel() / rows;
   DispatchFloat(y.dtype(), [&](auto zero) {
     using T = decltype(zero);
     const T *py = y.data<T>(), *pr = rnorm.data<T>(), *pdy = dy.data<T>();

@@ -516,6 +516,7 @@ void CausalConvSiluL2NormBackward(const Tensor& x, const Tensor& w, const Tensor
       CheckOperandOut(dx, dy, "CausalConvSiluL2NormBackward", /*column_view=*/true);
   CheckSame(w, dw, "CausalConvSiluL2NormBackward");
   ConvSegments(T, K, "CausalConvSiluL2NormBackward");  // checks K
+  if (B * T * C == 0) return;
   CHECK(rnorm.numel() > 0 && (B * T * C) % rnorm.numel() == 0)
       << "CausalConvSiluL2NormBackward: rnorm of " << rnorm.numel() << " for " << B * T * C;
   const int64_t head_dim = B * T * C / rnorm.numel();
