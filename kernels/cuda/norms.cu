@@ -96,6 +96,12 @@ __global__ void L2NormHeadsBackwardKernel(const float* y, const float* rnorm, co
   for (int64_t i = lane; i < d; i += 32) dx[row * d + i] = rn * (dyr[i] - yr[i] * dot);
 }
 
+// The gated norm's output, one expression for both forwards and for the backwards' y, which must
+// equal the forward's bit for bit.
+__device__ __forceinline__ float GatedNormOut(float o, float r, float w, float g, float sig_g) {
+  return o * r * w * g * sig_g;
+}
+
 __global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, RowsOf g_rows,
                                           const float* w, int64_t rows, int64_t d, float eps,
                                           OperandOut y, float* rstd) {
@@ -109,7 +115,7 @@ __global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, RowsOf g_r
   if (lane == 0) rstd[row] = r;
   for (int64_t i = lane; i < d; i += 32) {
     const float gi = g[g_rows(row, d) + i];
-    y.Set(row * d + i, orow[i] * r * w[i] * gi * SigmoidF(gi));
+    y.Set(row * d + i, GatedNormOut(orow[i], r, w[i], gi, SigmoidF(gi)));
   }
 }
 
@@ -138,7 +144,7 @@ __global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, RowsOf g_
       const float dn = dy[base + i] * w[i] * silu;
       dg.Set(dg_base + i, dy[base + i] * n * w[i] * s * (1.0f + gi * (1.0f - s)));
       mine[i] += dy[base + i] * n * silu;
-      if (y.p) y.Set(base + i, o[base + i] * r * w[i] * gi * s);
+      if (y.p) y.Set(base + i, GatedNormOut(o[base + i], r, w[i], gi, s));
       dot += dn * n;
       d_o[base + i] = dn;  // dn for now; normalised below (by this same thread)
     }
@@ -280,7 +286,7 @@ __global__ void GatedRmsNormForwardVecKernel(const float* o, StoredIn g, RowsOf 
   if (lane == 0) rstd[row] = r;
   float yv[4 * kVec];
 #pragma unroll
-  for (int j = 0; j < 4 * kVec; ++j) yv[j] = ov[j] * r * wv[j] * gv[j] * SigmoidF(gv[j]);
+  for (int j = 0; j < 4 * kVec; ++j) yv[j] = GatedNormOut(ov[j], r, wv[j], gv[j], SigmoidF(gv[j]));
 #pragma unroll
   for (int k = 0; k < kVec; ++k) y.Set4(base + 128 * k, Pack4(yv + 4 * k));
 }
@@ -320,7 +326,7 @@ __global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, RowsOf
       dn[j] = dyv[j] * wv[j] * silu;
       dgv[j] = dyv[j] * n * wv[j] * s * (1.0f + gi * (1.0f - s));
       dw[j] += dyv[j] * n * silu;
-      yv[j] = ov[j] * r * wv[j] * gi * s;  // the forward's expression
+      yv[j] = GatedNormOut(ov[j], r, wv[j], gi, s);
       dot += dn[j] * n;
     }
     dot = WarpSum(dot) / static_cast<float>(d);
