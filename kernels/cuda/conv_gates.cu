@@ -99,14 +99,30 @@ dim3 ConvGrid(int64_t B, int64_t C, int64_t segments) {
 }
 }  // namespace
 
+// In the warp kernels below: lane value v's channel, counted from the lane's first (4 adjacent
+// channels in each 128).
+__device__ __forceinline__ int LaneChannel(int v) { return 128 * (v / 4) + v % 4; }
+// A warp's work item (sequence b, segment [s0, s1), group of kP * 128 channels; items in that
+// order, the group fastest) and its lane's first channel c0. bs: the (sequence, segment) index.
+struct RowWork {
+  int64_t b, bs, s0, s1, c0;
+};
+template <int kP>
+__device__ __forceinline__ RowWork RowWorkOf(int64_t item, int lane, int64_t T, int64_t C,
+                                             int64_t seg, int64_t segments) {
+  const int64_t groups = C / (128 * kP), group = item % groups, bs = item / groups;
+  const int64_t s0 = (bs % segments) * seg;
+  return {bs / segments, bs, s0, s0 + seg < T ? s0 + seg : T, group * 128 * kP + 4 * lane};
+}
+
 // The forward by warps, for channel counts that are a multiple of 128 and 4-value aligned x and y
 // (the model's q, k and v): a warp owns kP * 128 channels over one segment of `seg` positions,
 // each lane 4 adjacent channels of each 128 (one 4-value load and store each), so every load and
 // store of the warp moves whole lines, and kB positions' loads are in flight together. The
 // launch sizes segments so that all warps run in one wave (a second, partial wave would leave
-// most of the GPU idle). With kLanes > 0 the per-head L2 norm is fused in (the mixer's q and k): a head is
-// kLanes lanes' channels (heads of 32 to 128), or a warp's (kP = 2: heads of 256), its sum of
-// squares a sum over those lanes, and the conv's output never goes to memory.
+// most of the GPU idle). With kLanes > 0 the per-head L2 norm is fused in (the mixer's q and k):
+// a head is kLanes lanes' channels (heads of 32 to 128), or a warp's (kP = 2: heads of 256), its
+// sum of squares a sum over those lanes, and the conv's output never goes to memory.
 template <int K, int kP, int kLanes, typename In>
 __global__ void __launch_bounds__(128)
     ConvSiluRowsKernel(In x, int64_t ldx, const float* __restrict__ w, float eps,
@@ -116,18 +132,15 @@ __global__ void __launch_bounds__(128)
   const int64_t item = blockIdx.x * int64_t{4} + (threadIdx.x >> 5);  // (b, segment, group)
   if (item >= items) return;  // the whole warp
   const int lane = threadIdx.x & 31;
-  const int64_t groups = C / (128 * kP), group = item % groups, bs = item / groups;
-  const int64_t b = bs / segments, s0 = (bs % segments) * seg;
-  const int64_t s1 = s0 + seg < T ? s0 + seg : T;
-  const int64_t c0 = group * 128 * kP + 4 * lane;  // channels c0 + 128 p + i, i < 4
+  const auto [b, bs, s0, s1, c0] = RowWorkOf<kP>(item, lane, T, C, seg, segments);
   const int64_t x_base = b * T * ldx + c0;
   float wt[kV][K], xs[kV][K];
 #pragma unroll
   for (int v = 0; v < kV; ++v)
     for (int j = 0; j < K; ++j) {
-      wt[v][j] = w[(c0 + 128 * (v / 4) + v % 4) * K + j];
+      wt[v][j] = w[(c0 + LaneChannel(v)) * K + j];
       const int64_t p = s0 - (K - 1) + j;  // xs[v][j] = x[t - (K-1) + j] for t = s0
-      xs[v][j] = j < K - 1 && p >= 0 ? x[x_base + p * ldx + 128 * (v / 4) + v % 4] : 0;
+      xs[v][j] = j < K - 1 && p >= 0 ? x[x_base + p * ldx + LaneChannel(v)] : 0;
     }
   for (int64_t t0 = s0; t0 < s1; t0 += kB) {
     float yb[kB][kV];  // the inputs in, silu(conv) out
@@ -170,26 +183,32 @@ __global__ void __launch_bounds__(128)
 }
 
 namespace {
-// The positions of a segment for the warp kernels (ConvSiluRows*Kernel, 128-thread blocks): a
-// multiple of 8, as long as makes all warps resident at once. groups: warps a segment needs.
+// The grid of a warp kernel (ConvSiluRows*Kernel, 128-thread blocks of 4 warps): segments of
+// `seg` positions, a multiple of 8, as long as makes all warps resident at once; a warp per
+// (sequence, segment, group). groups: warps one segment of positions needs.
+struct RowGrid {
+  int64_t seg, segments, items;
+  unsigned blocks() const { return static_cast<unsigned>((items + 3) / 4); }
+};
 template <typename Kernel>
-int64_t RowSegment(Kernel kernel, int64_t T, int64_t groups) {
+RowGrid RowGridFor(Kernel kernel, int64_t T, int64_t groups) {
   int per_sm = 0;
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, 0));
   const int64_t warps = std::max(1, per_sm) * int64_t{SmCount()} * 4;
   const int64_t want = std::max<int64_t>(1, warps / groups);  // segments a sequence
-  return ((T + want - 1) / want + 7) / 8 * 8;
+  const int64_t seg = ((T + want - 1) / want + 7) / 8 * 8, segments = (T + seg - 1) / seg;
+  return {seg, segments, groups * segments};
 }
 // The shapes the warp kernels take: C a multiple of 128 (256 for heads of 256), 4-value aligned
-// x, y (or dy) and dx, heads (head_dim > 0: the fused norm) of 32, 64, 128 or 256 values.
-// Returns the 128-value passes a lane group makes (kP), 0 when the shapes do not fit.
+// tensors (undefined ones skipped), heads (head_dim > 0: the fused norm) of 32, 64, 128 or 256
+// values. Returns the 128-value passes a lane group makes (kP), 0 when the shapes do not fit.
 int RowPasses(int64_t C, int64_t head_dim, std::initializer_list<const Tensor*> aligned) {
   if (head_dim != 0 && head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256)
     return 0;
   const int passes = head_dim == 256 ? 2 : 1;
   if (C % (128 * passes) != 0) return 0;
   for (const Tensor* t : aligned)
-    if (!Aligned4(*t)) return 0;
+    if (t->defined() && !Aligned4(*t)) return 0;
   return passes;
 }
 // Calls launch(p, l) with p = kP and l = kLanes (lanes a head spans, 0: no norm) as
@@ -215,11 +234,9 @@ bool LaunchConvSiluRows(const Tensor& x, const StoredIn& px, int64_t ldx, const 
     WithRowTemplate(passes, head_dim, [&](auto p, auto l) {
       const auto kernel = ConvSiluRowsKernel<decltype(k)::value, decltype(p)::value,
                                              decltype(l)::value, decltype(in)>;
-      const int64_t seg = RowSegment(kernel, T, groups);
-      const int64_t segments = (T + seg - 1) / seg, items = groups * segments;
-      kernel<<<static_cast<unsigned>((items + 3) / 4), 128, 0, Stream()>>>(
-          in, ldx, F32(w), static_cast<float>(eps), F32(y), pr, T, C, head_dim, seg, segments,
-          items);
+      const RowGrid g = RowGridFor(kernel, T, groups);
+      kernel<<<g.blocks(), 128, 0, Stream()>>>(in, ldx, F32(w), static_cast<float>(eps), F32(y),
+                                               pr, T, C, head_dim, g.seg, g.segments, g.items);
     });
   });
   CUDA_CHECK_LAUNCH();
@@ -357,20 +374,17 @@ __global__ void __launch_bounds__(128)
   const int64_t item = blockIdx.x * int64_t{4} + (threadIdx.x >> 5);
   if (item >= items) return;  // the whole warp
   const int lane = threadIdx.x & 31;
-  const int64_t groups = C / (128 * kP), group = item % groups, bs = item / groups;
-  const int64_t b = bs / segments, s0 = (bs % segments) * seg;
-  const int64_t s1 = s0 + seg < T ? s0 + seg : T;  // this segment: [s0, s1)
-  const int64_t c0 = group * 128 * kP + 4 * lane;  // channels c0 + 128 p + i, i < 4
+  const auto [b, bs, s0, s1, c0] = RowWorkOf<kP>(item, lane, T, C, seg, segments);
   const int64_t x_base = b * T * ldx_in + c0, dx_base = b * T * ldx + c0, base = b * T * C + c0;
   float wt[kV][K], g[kV][K], xs[kV][K], dw[kV][K];
 #pragma unroll
   for (int v = 0; v < kV; ++v)
     for (int j = 0; j < K; ++j) {
-      wt[v][j] = w[(c0 + 128 * (v / 4) + v % 4) * K + j];
+      wt[v][j] = w[(c0 + LaneChannel(v)) * K + j];
       g[v][j] = 0;
       dw[v][j] = 0;
       const int64_t p = s0 - (K - 1) + j;
-      xs[v][j] = j < K - 1 && p >= 0 ? x[x_base + p * ldx_in + 128 * (v / 4) + v % 4] : 0;
+      xs[v][j] = j < K - 1 && p >= 0 ? x[x_base + p * ldx_in + LaneChannel(v)] : 0;
     }
   const int64_t tend = s1 + (K - 1) < T ? s1 + (K - 1) : T;  // with the halo after the segment
   for (int64_t t0 = s0; t0 < tend; t0 += kB) {
@@ -438,7 +452,7 @@ __global__ void __launch_bounds__(128)
   float* out = dw_partial + bs * C * K;
 #pragma unroll
   for (int v = 0; v < kV; ++v)
-    for (int j = 0; j < K; ++j) out[(c0 + 128 * (v / 4) + v % 4) * K + j] = dw[v][j];
+    for (int j = 0; j < K; ++j) out[(c0 + LaneChannel(v)) * K + j] = dw[v][j];
 }
 
 namespace {
@@ -449,8 +463,7 @@ bool LaunchConvSiluRowsBackward(const Tensor& x, const StoredIn& px, int64_t ldx
                                 const Tensor& dy, const Tensor& dx, const OperandOut& pdx,
                                 int64_t ldx, const Tensor& dw, int64_t head_dim) {
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
-  const int passes = head_dim == 0 ? RowPasses(C, 0, {&x, &dy, &dx})
-                                   : RowPasses(C, head_dim, {&x, &dy, &dx, &yn});
+  const int passes = RowPasses(C, head_dim, {&x, &dy, &dx, &yn});
   if (passes == 0) return false;
   const int64_t groups = B * (C / (128 * passes));
   const float* pyn = head_dim == 0 ? nullptr : F32(yn);
@@ -460,12 +473,11 @@ bool LaunchConvSiluRowsBackward(const Tensor& x, const StoredIn& px, int64_t ldx
     WithRowTemplate(passes, head_dim, [&](auto p, auto l) {
       const auto kernel = ConvSiluRowsBackwardKernel<decltype(k)::value, decltype(p)::value,
                                                      decltype(l)::value, decltype(in)>;
-      const int64_t seg = RowSegment(kernel, T, groups);
-      const int64_t segments = (T + seg - 1) / seg, items = groups * segments;
-      partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
-      kernel<<<static_cast<unsigned>((items + 3) / 4), 128, 0, Stream()>>>(
-          in, ldx_in, F32(w), pyn, prn, F32(dy), pdx, ldx, F32(partial), T, C, head_dim, seg,
-          segments, items);
+      const RowGrid g = RowGridFor(kernel, T, groups);
+      partial = Tensor::Empty({B * g.segments, C * K}, DType::kF32, Device::kCUDA);
+      kernel<<<g.blocks(), 128, 0, Stream()>>>(in, ldx_in, F32(w), pyn, prn, F32(dy), pdx, ldx,
+                                               F32(partial), T, C, head_dim, g.seg, g.segments,
+                                               g.items);
     });
   });
   CUDA_CHECK_LAUNCH();
