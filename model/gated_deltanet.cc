@@ -117,12 +117,11 @@ Tensor GatedDeltaNetMixer::OutputNorm(bool float32) const {
 GatedDeltaNetMixer::RecurrenceInputs GatedDeltaNetMixer::MakeRecurrenceInputs(
     Probes* probes) const {
   const ModelDims& d = b_.dims;
-  const int64_t B = B_, T = T_, N = B * T;
-  auto conv = [&](const Tensor& in, const Parameter& w) {
-    const int64_t c = in.dim(1);
-    Tensor out = b_.Empty({B, T, c});
-    ops::CausalConvSiluForward(in.View({B, T, c}), w.value, out);
-    return out.View({N, c});
+  const int64_t N = B_ * T_;
+  auto conv = [&](const Tensor& x, const Parameter& w) {
+    Tensor out = b_.Empty({N, x.dim(1)});
+    ops::CausalConvSiluForward(BySequence(x), w.value, BySequence(out));
+    return out;
   };
   RecurrenceInputs in;
   in.vc = conv(vp_, *conv_v_);
@@ -139,14 +138,15 @@ GatedDeltaNetMixer::RecurrenceInputs GatedDeltaNetMixer::MakeRecurrenceInputs(
     (*probes)["v_conv"] += ops::MeanAbs(in.vc);
     return in;
   }
-  auto conv_norm = [&](const Tensor& x, const Parameter& w, const Tensor& out, const Tensor& rn) {
-    const int64_t c = x.dim(1);
-    ops::CausalConvSiluL2NormForward(x.View({B, T, c}), w.value, d.dk, kQkNormEps,
-                                     out.View({B, T, c}), rn);
-  };
-  conv_norm(qp_, *conv_q_, in.qn, in.q_rn);
-  conv_norm(kp_, *conv_k_, in.kn, in.k_rn);
+  ops::CausalConvSiluL2NormForward(BySequence(qp_), conv_q_->value, d.dk, kQkNormEps,
+                                   BySequence(in.qn), in.q_rn);
+  ops::CausalConvSiluL2NormForward(BySequence(kp_), conv_k_->value, d.dk, kQkNormEps,
+                                   BySequence(in.kn), in.k_rn);
   return in;
+}
+
+Tensor GatedDeltaNetMixer::BySequence(const Tensor& t) const {
+  return t.View({B_, T_, t.dim(1)});
 }
 
 GatedDeltaNetMixer::State GatedDeltaNetMixer::NewState(int64_t B) const {
@@ -259,20 +259,13 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
                      a_log_->grad, dt_bias_->grad);
 
   // q and k: the L2 norm's backward and the conv's in one op.
-  auto conv_back = [&](const Tensor& x, const Parameter& w, const Tensor& dc, const Tensor& dx,
-                       const Tensor* normed, const Tensor* rnorm) {
-    const int64_t c = x.dim(1);
-    const Shape s{B, T, c};
-    if (normed)
-      ops::CausalConvSiluL2NormBackward(x.View(s), w.value, normed->View(s), *rnorm, dc.View(s),
-                                        dx.View(s), w.grad);
-    else
-      ops::CausalConvSiluBackward(x.View(s), w.value, dc.View(s), dx.View(s), w.grad);
-  };
-  conv_back(qp_, *conv_q_, dqn, dqp, &in.qn, &in.q_rn);
-  conv_back(kp_, *conv_k_, dkn, dkp, &in.kn, &in.k_rn);
+  ops::CausalConvSiluL2NormBackward(BySequence(qp_), conv_q_->value, BySequence(in.qn), in.q_rn,
+                                    BySequence(dqn), BySequence(dqp), conv_q_->grad);
+  ops::CausalConvSiluL2NormBackward(BySequence(kp_), conv_k_->value, BySequence(in.kn), in.k_rn,
+                                    BySequence(dkn), BySequence(dkp), conv_k_->grad);
   in = RecurrenceInputs();
-  conv_back(vp_, *conv_v_, dvc, dvp, nullptr, nullptr);
+  ops::CausalConvSiluBackward(BySequence(vp_), conv_v_->value, BySequence(dvc), BySequence(dvp),
+                              conv_v_->grad);
 
   // The six weight gradients as one product, dp^T x (x_ in its matrix-product form; dp is
   // already in it), each weight's rows then added to its gradient (lt_tune, H200: 238 us against

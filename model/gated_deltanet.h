@@ -51,6 +51,8 @@ class GatedDeltaNetMixer {
     Tensor qn, kn, vc, q_rn, k_rn;
   };
   RecurrenceInputs MakeRecurrenceInputs(Probes* probes) const;
+  // A [B_ * T_, columns] tensor (or column view) as [B_, T_, columns]: the conv's layout.
+  Tensor BySequence(const Tensor& t) const;
   // The six input projections run as one product: their outputs (and, in the backward, their
   // output gradients) are columns of one buffer [N, stride], in this order, each starting at a
   // multiple of 8 columns (16-byte aligned); the gaps between them are zeros (products read
