@@ -585,11 +585,16 @@ TEST(CudaOpsTest, CausalConvSiluL2Norm) {
           const int64_t B = 2, C = 4 * hd, rows = B * T * 4;
           // 3: not 4-value aligned (the two ops)
           const int64_t offset = K == 3 && dt == DType::kBF16 ? 3 : 8;
-          const Tensor x = Rand({B * T, C}, -3, 3).To(dt).To(DType::kF32);  // exact in dt
+          Tensor x = Rand({B * T, C}, -3, 3).To(dt).To(DType::kF32);  // exact in dt
           Tensor w = Rand({C, K});
           for (int64_t j = 0; j < K; ++j) w.set(j, 0.0);  // channel 0: all zeros
           for (int64_t j = 0; j < hd * K; ++j) w.set(hd * K + j, 0.0);  // the second head: zeros
-          for (int64_t j = 0; j < K; ++j) w.set((2 * hd + 1) * K + j, 40.0);  // a large channel
+          // A large channel: weights of 40 on inputs of one sign, so that its conv is large
+          // everywhere (random signs cancel in some sums, leaving a small value with the large
+          // terms' rounding: 1.4e-5 of the head's norm at K = 8, heads of 8).
+          const int64_t big = 2 * hd + 1;
+          for (int64_t j = 0; j < K; ++j) w.set(big * K + j, 40.0);
+          for (int64_t i = 0; i < B * T; ++i) x.set(i * C + big, std::abs(x.at(i * C + big)));
           const Tensor y = Tensor::Empty({B, T, C}, DType::kF32);
           const Tensor rn = Tensor::Empty({rows}, DType::kF32);
           ops::CausalConvSiluL2NormForward(x.View({B, T, C}), w, hd, 1e-6, y, rn);
