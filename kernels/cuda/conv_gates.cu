@@ -10,10 +10,8 @@ namespace gdn::cuda {
 namespace {
 __device__ __forceinline__ float SoftplusF(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 // d silu(p)/dp = s (1 + p (1 - s)), s = sigmoid(p)
-__device__ __forceinline__ float SiluGrad(float p) {
-  const float s = SigmoidF(p);
-  return s * (1.0f + p * (1.0f - s));
-}
+__device__ __forceinline__ float SiluGrad(float p, float s) { return s * (1.0f + p * (1.0f - s)); }
+__device__ __forceinline__ float SiluGrad(float p) { return SiluGrad(p, SigmoidF(p)); }
 }  // namespace
 
 // The forward in one pass: each thread owns one channel of one segment of kConvSegment positions
@@ -360,16 +358,18 @@ __global__ void ConvSiluBackwardKernel(In x, int64_t ldx_in, const float* __rest
 // arithmetic for each of a lane's channels. With kLanes > 0 the per-head L2 norm's backward is
 // fused in (the mixer's q and k): dy is the gradient of the normalised output yn, and the
 // conv's output gradient rn (dy - yn (yn . dy)) is made per position (a sum over the head's lanes)
-// without going to memory. dw_partial: a row per (sequence, segment), as ConvSiluBackwardKernel.
+// without going to memory. yn is remade from the recomputed conv and the forward's rn, as the
+// forward made it, rather than read. dw_partial: a row per (sequence, segment), as
+// ConvSiluBackwardKernel.
 template <int K, int kP, int kLanes, typename In>
 __global__ void __launch_bounds__(128)
     ConvSiluRowsBackwardKernel(In x, int64_t ldx_in, const float* __restrict__ w,
-                               const float* __restrict__ yn, const float* __restrict__ rn,
-                               const float* __restrict__ dy, OperandOut dx, int64_t ldx,
-                               float* __restrict__ dw_partial, int64_t T, int64_t C,
-                               int64_t head_dim, int64_t seg, int64_t segments, int64_t items) {
-  // Positions whose loads are issued together: 2 with the norm (147 registers), 4 without (164);
-  // 3 blocks an SM either way.
+                               const float* __restrict__ rn, const float* __restrict__ dy,
+                               OperandOut dx, int64_t ldx, float* __restrict__ dw_partial,
+                               int64_t T, int64_t C, int64_t head_dim, int64_t seg,
+                               int64_t segments, int64_t items) {
+  // Positions whose loads are issued together: 2 with the norm, 4 without; 3 blocks an SM
+  // either way.
   constexpr int kV = 4 * kP, kB = kLanes > 0 ? 2 : 4;
   const int64_t item = blockIdx.x * int64_t{4} + (threadIdx.x >> 5);
   if (item >= items) return;  // the whole warp
@@ -388,7 +388,7 @@ __global__ void __launch_bounds__(128)
     }
   const int64_t tend = s1 + (K - 1) < T ? s1 + (K - 1) : T;  // with the halo after the segment
   for (int64_t t0 = s0; t0 < tend; t0 += kB) {
-    float xb[kB][kV], db[kB][kV], yb[kLanes > 0 ? kB : 1][kV], rb[kB];
+    float xb[kB][kV], db[kB][kV], rb[kB];
 #pragma unroll
     for (int u = 0; u < kB; ++u) {
       const int64_t t = t0 + u < tend ? t0 + u : tend - 1;  // past the end: loaded, not used
@@ -396,7 +396,6 @@ __global__ void __launch_bounds__(128)
       for (int p = 0; p < kP; ++p) {
         Unpack4(x.Load4(x_base + t * ldx_in + 128 * p), xb[u] + 4 * p);
         Unpack4(Ld4(dy + base + t * C + 128 * p), db[u] + 4 * p);
-        if constexpr (kLanes > 0) Unpack4(Ld4(yn + base + t * C + 128 * p), yb[u] + 4 * p);
       }
       if constexpr (kLanes > 0) rb[u] = rn[(b * T + t) * (C / head_dim) + c0 / head_dim];
     }
@@ -404,22 +403,30 @@ __global__ void __launch_bounds__(128)
     for (int u = 0; u < kB; ++u) {
       const int64_t t = t0 + u;
       if (t >= tend) break;  // the same t in every lane
-      if constexpr (kLanes > 0) {  // d(x / |x|) = (dy - y (y . dy)) / |x|
-        float dot = 0;
+      float pt[kV], sg[kV];  // the conv's pre-activation and its sigmoid
 #pragma unroll
-        for (int v = 0; v < kV; ++v) dot += yb[u][v] * db[u][v];
+      for (int v = 0; v < kV; ++v) {
+        xs[v][K - 1] = xb[u][v];
+        pt[v] = 0;
+        for (int j = 0; j < K; ++j) pt[v] += wt[v][j] * xs[v][j];
+        sg[v] = SigmoidF(pt[v]);
+      }
+      if constexpr (kLanes > 0) {  // d(x / |x|) = (dy - y (y . dy)) / |x|
+        float yn[kV], dot = 0;
+#pragma unroll
+        for (int v = 0; v < kV; ++v) {
+          yn[v] = pt[v] * sg[v] * rb[u];
+          dot += yn[v] * db[u][v];
+        }
         for (int o = kLanes / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
 #pragma unroll
-        for (int v = 0; v < kV; ++v) db[u][v] = rb[u] * (db[u][v] - yb[u][v] * dot);
+        for (int v = 0; v < kV; ++v) db[u][v] = rb[u] * (db[u][v] - yn[v] * dot);
       }
       float acc[kV];
 #pragma unroll
       for (int v = 0; v < kV; ++v) {
         for (int j = K - 1; j > 0; --j) g[v][j] = g[v][j - 1];  // g[j] = dpre[t - j]
-        xs[v][K - 1] = xb[u][v];
-        float pt = 0;
-        for (int j = 0; j < K; ++j) pt += wt[v][j] * xs[v][j];
-        g[v][0] = db[u][v] * SiluGrad(pt);
+        g[v][0] = db[u][v] * SiluGrad(pt[v], sg[v]);
         if (t < s1)
           for (int j = 0; j < K; ++j) dw[v][j] += g[v][0] * xs[v][j];
         for (int j = 0; j < K - 1; ++j) xs[v][j] = xs[v][j + 1];
@@ -457,16 +464,15 @@ __global__ void __launch_bounds__(128)
 
 namespace {
 // Launches ConvSiluRowsBackwardKernel when the shapes allow (RowPasses), then adds the dw partial
-// sums into dw; returns whether it ran. head_dim 0: no norm (yn, rn undefined).
+// sums into dw; returns whether it ran. head_dim 0: no norm (rn undefined).
 bool LaunchConvSiluRowsBackward(const Tensor& x, const StoredIn& px, int64_t ldx_in,
-                                const Tensor& w, const Tensor& yn, const Tensor& rn,
-                                const Tensor& dy, const Tensor& dx, const OperandOut& pdx,
-                                int64_t ldx, const Tensor& dw, int64_t head_dim) {
+                                const Tensor& w, const Tensor& rn, const Tensor& dy,
+                                const Tensor& dx, const OperandOut& pdx, int64_t ldx,
+                                const Tensor& dw, int64_t head_dim) {
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
-  const int passes = RowPasses(C, head_dim, {&x, &dy, &dx, &yn});
+  const int passes = RowPasses(C, head_dim, {&x, &dy, &dx});
   if (passes == 0) return false;
   const int64_t groups = B * (C / (128 * passes));
-  const float* pyn = head_dim == 0 ? nullptr : F32(yn);
   const float* prn = head_dim == 0 ? nullptr : F32(rn);
   Tensor partial;
   WithConvTemplate(K, px, [&](auto k, auto in) {
@@ -475,7 +481,7 @@ bool LaunchConvSiluRowsBackward(const Tensor& x, const StoredIn& px, int64_t ldx
                                                      decltype(l)::value, decltype(in)>;
       const RowGrid g = RowGridFor(kernel, T, groups);
       partial = Tensor::Empty({B * g.segments, C * K}, DType::kF32, Device::kCUDA);
-      kernel<<<g.blocks(), 128, 0, Stream()>>>(in, ldx_in, F32(w), pyn, prn, F32(dy), pdx, ldx,
+      kernel<<<g.blocks(), 128, 0, Stream()>>>(in, ldx_in, F32(w), prn, F32(dy), pdx, ldx,
                                                F32(partial), T, C, head_dim, g.seg, g.segments,
                                                g.items);
     });
@@ -499,7 +505,7 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   const int64_t ldx = RowStride(dx, C, "CausalConvSiluBackward dx");
   const int64_t ldx_in = RowStride(x, C, "CausalConvSiluBackward x");
   if (B * T * C == 0) return;
-  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, Tensor(), Tensor(), dy, dx, pdx, ldx, dw, 0))
+  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, Tensor(), dy, dx, pdx, ldx, dw, 0))
     return;
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
@@ -534,7 +540,7 @@ void CausalConvSiluL2NormBackward(const Tensor& x, const Tensor& w, const Tensor
   const int64_t head_dim = B * T * C / rnorm.numel();
   const int64_t ldx = RowStride(dx, C, "CausalConvSiluL2NormBackward dx");
   const int64_t ldx_in = RowStride(x, C, "CausalConvSiluL2NormBackward x");
-  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, y, rnorm, dy, dx, pdx, ldx, dw, head_dim))
+  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, rnorm, dy, dx, pdx, ldx, dw, head_dim))
     return;
   const Tensor dc = Tensor::Empty(dy.shape(), DType::kF32, Device::kCUDA);  // other shapes
   L2NormHeadsBackward(y, rnorm, dy, dc);
