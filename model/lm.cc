@@ -211,14 +211,15 @@ double LanguageModel::HeadAndLoss(double grad_scale, const Tensor& dxf, Probes* 
     // Each chunk's mean weighs its share of the rows (exactly 1 for a single chunk).
     const double share = static_cast<double>(r1 - r0) / N;
     const Tensor x = xm.Rows(r0, r1);
-    Tensor logits = builder_.Empty({r1 - r0, V});
+    // The loss reads the logits as [stored] input: in the bf16 mode the product writes them in
+    // bf16 (half the traffic and memory; the loss's arithmetic stays float32), float32 where
+    // probes measure them. The loss gradient, in its products' form, overwrites them.
+    const Shape shape{r1 - r0, V};
+    Tensor logits = probes ? builder_.Empty(shape) : builder_.OperandEmpty(shape);
     ops::Matmul(x, false, w, true, logits, out_mult_);
     if (probes) (*probes)["logits"] += share * ops::MeanAbs(logits);
-    // The loss gradient in its products' form: written rounded (bf16 mode), or over the chunk's
-    // logits in place.
     Tensor dlogits;
-    if (backward)
-      dlogits = builder_.OperandsRounded() ? builder_.OperandEmpty(logits.shape()) : logits;
+    if (backward) dlogits = probes ? builder_.OperandEmpty(shape) : logits;
     loss += share * Loss(logits, targets_.Rows(r0, r1), dlogits, share * grad_scale);
     if (!backward) continue;
     ops::Matmul(dlogits, true, x, false, head_->grad, out_mult_, 1.0);

@@ -973,6 +973,38 @@ TEST(CudaOpsTest, StoredInputsAreReadAsTheirFloat32Values) {
     ExpectBitEqual("CausalConvSiluBackward dw", cdw2, cdw);
   }
 
+  // The loss over bf16 logits (the bf16 mode's head writes them), with rows in registers (1000,
+  // 32000) and not (10, 50257): the same loss and gradient; written over its logits, the
+  // gradient's rounding.
+  for (const int64_t V : {int64_t{10}, int64_t{1000}, int64_t{32000}, int64_t{50257}}) {
+    const Shape ls{6, V};
+    const auto [l16, l] = pair(ls, -8, 8);
+    const Tensor tgt = Dev(RandTokens(6, 0, V)), dl = f32(ls), dl2 = f32(ls);
+    const double loss = ops::CrossEntropy(l, tgt, dl, 0.5);
+    EXPECT_EQ(ops::CrossEntropy(l16, tgt, dl2, 0.5), loss) << V;
+    ExpectBitEqual("CrossEntropy dlogits from bf16 logits", dl2, dl);
+    EXPECT_EQ(ops::CrossEntropy(l16, tgt, Tensor()), ops::CrossEntropy(l, tgt, Tensor())) << V;
+    EXPECT_EQ(ops::CrossEntropy(l16, tgt, l16, 0.5), loss) << V;
+    ExpectRoundingOf("CrossEntropy dlogits over bf16 logits", l16, dl);
+  }
+  {
+    const Shape vs{6, 300};
+    const auto [l16, l] = pair(vs, -8, 8);
+    const Tensor tgt = Dev(RandTokens(6, 0, 1000));
+    const Tensor mx = f32({6}), mx2 = f32({6}), se = f32({6}), se2 = f32({6});
+    const Tensor tl = f32({6}), tl2 = f32({6}), dl = f32(vs), dl2 = f32(vs);
+    ops::RowMax(l, mx);
+    ops::RowMax(l16, mx2);
+    ExpectBitEqual("RowMax of bf16 logits", mx2, mx);
+    ops::SoftmaxRowStats(l, tgt, 100, mx, se, tl);
+    ops::SoftmaxRowStats(l16, tgt, 100, mx, se2, tl2);
+    ExpectBitEqual("SoftmaxRowStats sum_exp of bf16 logits", se2, se);
+    ExpectBitEqual("SoftmaxRowStats target_logit of bf16 logits", tl2, tl);
+    const double loss = ops::CrossEntropyFromStats(l, tgt, 100, mx, se, tl, dl, 0.5);
+    EXPECT_EQ(ops::CrossEntropyFromStats(l16, tgt, 100, mx, se, tl, dl2, 0.5), loss);
+    ExpectBitEqual("CrossEntropyFromStats dlogits from bf16 logits", dl2, dl);
+  }
+
   // Matmul into a bf16 c, as LinearForward's stored outputs: against the float32 c of the same
   // bf16 products, |c16 - c| <= 2^-8 |c| (one rounding is at most 2^-9; cuBLAS may sum in another
   // order for the bf16 output).
