@@ -78,7 +78,9 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   beta_ = b_.Empty({N, value_heads_});
   ops::GatesForward(a_, bb_, a_log_->value, dt_bias_->value, d.beta_scale, gamma_, beta_);
 
-  o_ = b_.Empty({N, value_dim_});
+  // The recurrence's inputs and output are [stored] / [operand] tensors (bf16 in the bf16 mode,
+  // its arithmetic float32), float32 where probes measure them.
+  o_ = probes ? b_.Empty({N, value_dim_}) : b_.OperandEmpty({N, value_dim_});
   Tensor state;
   if (probes) state = b_.Empty({B, value_heads_, d.dk, d.dv});
   ops::GatedDeltaRuleForward(in.qn.View({B, T, heads_, d.dk}), in.kn.View({B, T, heads_, d.dk}),
@@ -118,15 +120,20 @@ GatedDeltaNetMixer::RecurrenceInputs GatedDeltaNetMixer::MakeRecurrenceInputs(
     Probes* probes) const {
   const ModelDims& d = b_.dims;
   const int64_t N = B_ * T_;
+  // The recurrence's inputs: bf16 in the bf16 mode (as its output, Forward), float32 where probes
+  // measure them.
+  auto empty = [&](int64_t cols) {
+    return probes ? b_.Empty({N, cols}) : b_.OperandEmpty({N, cols});
+  };
   auto conv = [&](const Tensor& x, const Parameter& w) {
-    Tensor out = b_.Empty({N, x.dim(1)});
+    Tensor out = empty(x.dim(1));
     ops::CausalConvSiluForward(BySequence(x), w.value, BySequence(out));
     return out;
   };
   RecurrenceInputs in;
   in.vc = conv(vp_, *conv_v_);
-  in.qn = b_.Empty({N, key_dim_});
-  in.kn = b_.Empty({N, key_dim_});
+  in.qn = empty(key_dim_);
+  in.kn = empty(key_dim_);
   in.q_rn = b_.Empty({N * heads_});
   in.k_rn = b_.Empty({N * heads_});
   if (probes) {  // the coordinate check measures the conv's outputs: the two ops apart
@@ -237,7 +244,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
 
   // The output norm's backward writes its output y again (not kept) for Wo's gradient.
   Tensor dy = b_.Empty({N, value_dim_});
-  Tensor d_o = b_.Empty({N, value_dim_});
+  Tensor d_o = b_.OperandEmpty({N, value_dim_});  // the recurrence's (MakeRecurrenceInputs)
   LinearBackwardRemakingInput(*wo_, dout, dy, [&] {
     Tensor y = b_.OperandEmpty({N, value_dim_});
     ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad,
@@ -246,8 +253,8 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   });
 
   RecurrenceInputs in = MakeRecurrenceInputs(nullptr);
-  Tensor dqn = b_.Empty({N, key_dim_}), dkn = b_.Empty({N, key_dim_});
-  Tensor dvc = b_.Empty({N, value_dim_});
+  Tensor dqn = b_.OperandEmpty({N, key_dim_}), dkn = b_.OperandEmpty({N, key_dim_});
+  Tensor dvc = b_.OperandEmpty({N, value_dim_});
   Tensor dgamma = b_.Empty({N, value_heads_}), dbeta = b_.Empty({N, value_heads_});
   ops::GatedDeltaRuleBackward(
       in.qn.View({B, T, heads_, d.dk}), in.kn.View({B, T, heads_, d.dk}),

@@ -280,6 +280,21 @@ void ExpectBitEqual(const std::string& what, const Tensor& a, const Tensor& b) {
   for (int64_t i = 0; i < ha.numel(); ++i) ASSERT_EQ(ha.at(i), hb.at(i)) << what << " " << i;
 }
 
+// A CPU float32 tensor's values rounded to bf16 (CPU, float32), and the same values as a bf16 CUDA
+// tensor: a [stored] input of the bf16 mode and the float32 values it stands for.
+Tensor RoundedToBf16(const Tensor& host) {
+  Tensor r = host.Clone();
+  for (int64_t i = 0; i < r.numel(); ++i) r.data<float>()[i] = RoundBf16(r.data<float>()[i]);
+  return r;
+}
+Tensor Bf16Dev(const Tensor& rounded) {
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
+  Tensor b16 = ops::MatmulOperand(Dev(rounded));
+  ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
+  EXPECT_EQ(b16.dtype(), DType::kBF16);
+  return b16;
+}
+
 TEST(CudaOpsTest, MatmulOperand) {
   GDN_REQUIRE_GPU();
   const Tensor a = Rand({300, 512}), b = Rand({96, 512});
@@ -673,6 +688,37 @@ TEST(CudaOpsTest, OperandOutputsAreRoundedFloat32Outputs) {
   ExpectRoundingOf("GatedRmsNormBackward y", yb16, y);
   ExpectBitEqual("GatedRmsNormBackward d_o", d_o2, d_o);
   ExpectBitEqual("GatedRmsNormBackward dw", dw2, dw);
+  // d_o (the recurrence's output gradient) in bf16, by the register kernel (heads of 128) and the
+  // scalar one (heads of 96).
+  for (const int64_t hd : {int64_t{128}, int64_t{96}}) {
+    const Shape ds{n, 4 * hd};
+    const Tensor o2 = Dev(Rand(ds, -2, 2)), g2 = Dev(Rand(ds, -5, 5)), dy2 = Dev(Rand(ds));
+    const Tensor w2 = Dev(Rand({hd}, 0.5, 1.5)), r3 = f32({n * 4});
+    ops::GatedRmsNormForward(o2, g2, w2, hd, 1e-5, f32(ds), r3);
+    const Tensor e = f32(ds), e16 = bf16(ds), dg3 = f32(ds), dg4 = f32(ds);
+    const Tensor dw3 = Dev(Tensor::Zeros({hd}, DType::kF32)), dw4 = dw3.Clone();
+    ops::GatedRmsNormBackward(o2, g2, w2, r3, hd, dy2, e, dg3, dw3);
+    ops::GatedRmsNormBackward(o2, g2, w2, r3, hd, dy2, e16, dg4, dw4);
+    ExpectRoundingOf("GatedRmsNormBackward d_o", e16, e);
+    ExpectBitEqual("GatedRmsNormBackward dg (bf16 d_o)", dg4, dg3);
+    ExpectBitEqual("GatedRmsNormBackward dw (bf16 d_o)", dw4, dw3);
+  }
+  // The conv's output (the recurrence's inputs) in bf16: the warp kernels (256 channels, heads of
+  // 128) and the per-channel kernel and the two-op norm (96 channels, heads of 48).
+  for (const int64_t C : {int64_t{256}, int64_t{96}}) {
+    const Shape cs{2, 130, C};
+    const int64_t hd = C == 256 ? 128 : 48;
+    const Tensor x = Dev(Rand(cs)), cw = Dev(Rand({C, 4}));
+    const Tensor cy = f32(cs), cy16 = bf16(cs);
+    ops::CausalConvSiluForward(x, cw, cy);
+    ops::CausalConvSiluForward(x, cw, cy16);
+    ExpectRoundingOf("CausalConvSiluForward y", cy16, cy);
+    const Tensor ny = f32(cs), ny16 = bf16(cs), rn = f32({2 * 130 * C / hd}), rn2 = rn.Clone();
+    ops::CausalConvSiluL2NormForward(x, cw, hd, 1e-6, ny, rn);
+    ops::CausalConvSiluL2NormForward(x, cw, hd, 1e-6, ny16, rn2);
+    ExpectRoundingOf("CausalConvSiluL2NormForward y", ny16, ny);
+    ExpectBitEqual("CausalConvSiluL2NormForward rnorm (bf16 y)", rn2, rn);
+  }
 
   const Shape rs{37, 1024};
   const Tensor rx = Dev(Rand(rs, -3, 3)), res = Dev(Rand(rs)), rw = Dev(Rand({1024}, 0.5, 1.5));
@@ -916,13 +962,8 @@ TEST(CudaOpsTest, StoredInputsAreReadAsTheirFloat32Values) {
   auto f32 = [](const Shape& s) { return Tensor::Empty(s, DType::kF32, kGpu); };
   // A random tensor's bf16 form (device) and the same values in float32 (device).
   auto pair = [](const Shape& s, double lo, double hi) {
-    Tensor r = Rand(s, lo, hi);
-    for (int64_t i = 0; i < r.numel(); ++i) r.data<float>()[i] = RoundBf16(r.data<float>()[i]);
-    ops::SetMatmulPrecision(ops::MatmulPrecision::kBfloat16);
-    Tensor b16 = ops::MatmulOperand(Dev(r));
-    ops::SetMatmulPrecision(ops::MatmulPrecision::kFloat32);
-    EXPECT_EQ(b16.dtype(), DType::kBF16);
-    return std::pair<Tensor, Tensor>{b16, Dev(r)};
+    const Tensor r = RoundedToBf16(Rand(s, lo, hi));
+    return std::pair<Tensor, Tensor>{Bf16Dev(r), Dev(r)};
   };
   for (const Shape s : {Shape{37, 512}, Shape{5, 7}}) {  // 4 values a thread, and one
     const auto [g16, g] = pair(s, -6, 6);
@@ -956,6 +997,48 @@ TEST(CudaOpsTest, StoredInputsAreReadAsTheirFloat32Values) {
   ExpectBitEqual("GatedRmsNormBackward d_o", d_o2, d_o);
   ExpectBitEqual("GatedRmsNormBackward dg", dgn2, dgn);
   ExpectBitEqual("GatedRmsNormBackward dw", dw2, dw);
+  // o (the recurrence's output) in bf16, by the register kernel (heads of 128) and the scalar one
+  // (heads of 96).
+  for (const int64_t hd : {int64_t{128}, int64_t{96}}) {
+    const Shape os{n, 4 * hd};
+    const auto [o16, of] = pair(os, -2, 2);
+    const Tensor og = Dev(Rand(os, -5, 5)), ody = Dev(Rand(os)), ow = Dev(Rand({hd}, 0.5, 1.5));
+    const Tensor oy = f32(os), oy2 = f32(os), orr = f32({n * 4}), orr2 = f32({n * 4});
+    ops::GatedRmsNormForward(of, og, ow, hd, 1e-5, oy, orr);
+    ops::GatedRmsNormForward(o16, og, ow, hd, 1e-5, oy2, orr2);
+    ExpectBitEqual("GatedRmsNormForward y (bf16 o)", oy2, oy);
+    ExpectBitEqual("GatedRmsNormForward rstd (bf16 o)", orr2, orr);
+    const Tensor e = f32(os), e2 = f32(os), eg = f32(os), eg2 = f32(os);
+    const Tensor ew = Dev(Rand({hd})), ew2 = ew.Clone();
+    ops::GatedRmsNormBackward(of, og, ow, orr, hd, ody, e, eg, ew);
+    ops::GatedRmsNormBackward(o16, og, ow, orr, hd, ody, e2, eg2, ew2);
+    ExpectBitEqual("GatedRmsNormBackward d_o (bf16 o)", e2, e);
+    ExpectBitEqual("GatedRmsNormBackward dg (bf16 o)", eg2, eg);
+    ExpectBitEqual("GatedRmsNormBackward dw (bf16 o)", ew2, ew);
+  }
+  // The conv backwards' dy (the recurrence's input gradients) and the norm's y in bf16: the warp
+  // kernels (256 channels, heads of 128; y is not read there) and the per-channel kernel and the
+  // two-op norm (96 channels, heads of 48).
+  for (const int64_t C : {int64_t{256}, int64_t{96}}) {
+    const Shape cs{2, 130, C};
+    const int64_t hd = C == 256 ? 128 : 48;
+    const Tensor x = Dev(Rand(cs)), cw = Dev(Rand({C, 4}));
+    const auto [dy16, dyf] = pair(cs, -1, 1);
+    const Tensor dx = f32(cs), dx2 = f32(cs), cdw = Dev(Rand({C, 4})), cdw2 = cdw.Clone();
+    ops::CausalConvSiluBackward(x, cw, dyf, dx, cdw);
+    ops::CausalConvSiluBackward(x, cw, dy16, dx2, cdw2);
+    ExpectBitEqual("CausalConvSiluBackward dx (bf16 dy)", dx2, dx);
+    ExpectBitEqual("CausalConvSiluBackward dw (bf16 dy)", cdw2, cdw);
+    const Tensor ny = f32(cs), rn = f32({2 * 130 * C / hd});
+    ops::CausalConvSiluL2NormForward(x, cw, hd, 1e-6, ny, rn);
+    const Tensor yr = RoundedToBf16(ny.To(kCpu));
+    const Tensor y16 = Bf16Dev(yr), yf = Dev(yr);
+    const Tensor nx = f32(cs), nx2 = f32(cs), ndw = Dev(Rand({C, 4})), ndw2 = ndw.Clone();
+    ops::CausalConvSiluL2NormBackward(x, cw, yf, rn, dyf, nx, ndw);
+    ops::CausalConvSiluL2NormBackward(x, cw, y16, rn, dy16, nx2, ndw2);
+    ExpectBitEqual("CausalConvSiluL2NormBackward dx (bf16 y, dy)", nx2, nx);
+    ExpectBitEqual("CausalConvSiluL2NormBackward dw (bf16 y, dy)", ndw2, ndw);
+  }
 
   for (const int64_t K : {int64_t{4}, int64_t{2}}) {
     const Shape cs{2, 130, 96};  // a sequence spanning three of the backward's segments
@@ -1139,6 +1222,35 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
     // T = 1); a wrong term would still be off by order one.
     Compare("GatedDeltaRuleBackward", "dbeta", hb, gb, gb.numel() < 16 ? 1e-4 : kTol,
             term_scale["dbeta"]);
+  }
+
+  // bf16 q, k, v, d_o and outputs (the bf16 mode): against the CPU on the same (rounded) values,
+  // within the bf16 band for the bf16 outputs (one rounding is 2^-9); the float32 outputs (the
+  // state, dgamma, dbeta) are computed from exact inputs, so within 1e-4.
+  const Tensor q16 = RoundedToBf16(q), k16 = RoundedToBf16(k), v16 = RoundedToBf16(v),
+               do16 = RoundedToBf16(d_o);
+  const Tensor o_r = Tensor::Empty(v.shape(), DType::kF32), s_r = Tensor::Empty(s.shape(), DType::kF32);
+  ops::GatedDeltaRuleForward(q16, k16, v16, gamma, beta, scale, 0, o_r, s_r);
+  const Tensor rq = empty(q, kCpu), rk = empty(k, kCpu), rv = empty(v, kCpu),
+               rg = empty(gamma, kCpu), rb = empty(beta, kCpu);
+  ops::GatedDeltaRuleBackward(q16, k16, v16, gamma, beta, scale, 0, do16, rq, rk, rv, rg, rb);
+  const Tensor bq = Bf16Dev(q16), bk = Bf16Dev(k16), bv = Bf16Dev(v16), bdo = Bf16Dev(do16);
+  constexpr double kBf16Tol = 1e-2;
+  for (const int64_t chunk : {int64_t{0}, int64_t{64}}) {
+    SCOPED_TRACE(testing::Message() << "bf16, chunk " << chunk);
+    auto b16 = [](const Tensor& like) { return Tensor::Empty(like.shape(), DType::kBF16, kGpu); };
+    const Tensor od = b16(v), sd = Tensor::Empty(s.shape(), DType::kF32, kGpu);
+    ops::GatedDeltaRuleForward(bq, bk, bv, dg_, db_, scale, chunk, od, sd);
+    Compare("GatedDeltaRuleForward bf16", "o", od, o_r, kBf16Tol, term_scale["o"]);
+    Compare("GatedDeltaRuleForward bf16", "final_state", sd, s_r, 1e-4);
+    const Tensor hq = b16(q), hk = b16(k), hv_ = b16(v), hg = empty(gamma, kGpu),
+                 hb = empty(beta, kGpu);
+    ops::GatedDeltaRuleBackward(bq, bk, bv, dg_, db_, scale, chunk, bdo, hq, hk, hv_, hg, hb);
+    Compare("GatedDeltaRuleBackward bf16", "dq", hq, rq, kBf16Tol, term_scale["dq"]);
+    Compare("GatedDeltaRuleBackward bf16", "dk", hk, rk, kBf16Tol, term_scale["dk"]);
+    Compare("GatedDeltaRuleBackward bf16", "dv", hv_, rv, kBf16Tol, term_scale["dv"]);
+    if (T > 1) Compare("GatedDeltaRuleBackward bf16", "dgamma", hg, rg, 1e-4);
+    Compare("GatedDeltaRuleBackward bf16", "dbeta", hb, rb, 1e-4, term_scale["dbeta"]);
   }
 }
 

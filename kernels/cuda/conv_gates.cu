@@ -37,9 +37,8 @@ struct Bf16In {
 };
 
 template <int K, typename In>
-__global__ void ConvSiluForwardKernel(In x, int64_t ldx, const float* __restrict__ w,
-                                      float* __restrict__ y, int64_t T, int64_t C,
-                                      int64_t segments) {
+__global__ void ConvSiluForwardKernel(In x, int64_t ldx, const float* __restrict__ w, OperandOut y,
+                                      int64_t T, int64_t C, int64_t segments) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= C) return;
   const int64_t b = blockIdx.y / segments, s0 = (blockIdx.y % segments) * kConvSegment;
@@ -63,7 +62,7 @@ __global__ void ConvSiluForwardKernel(In x, int64_t ldx, const float* __restrict
       float acc = 0;
       for (int j = 0; j < K; ++j)
         if (t - (K - 1) + j >= 0) acc += wt[j] * xs[j];
-      y[base + t * C] = acc * SigmoidF(acc);
+      y.Set(base + t * C, acc * SigmoidF(acc));
       for (int j = 0; j < K - 1; ++j) xs[j] = xs[j + 1];
     }
   }
@@ -80,16 +79,27 @@ int64_t ConvSegments(int64_t T, int64_t K, const char* op) {
 }  // namespace
 
 namespace {
+// Calls f(in) with in the [stored] input s in its type (F32In or Bf16In).
+template <typename F>
+void WithStoredType(const StoredIn& s, F&& f) {
+  if (s.bf16) f(Bf16In{static_cast<const __nv_bfloat16*>(s.p)});
+  else f(F32In{static_cast<const float*>(s.p)});
+}
 // Calls launch(k, in) with k the tap count K as a std::integral_constant (1..kConvMaxTaps) and in
 // x in its type (F32In or Bf16In): the kernels' template arguments.
 template <typename Launch>
 void WithConvTemplate(int64_t K, const StoredIn& x, Launch launch) {
-  auto with_taps = [&](auto in) {
-    WithConstant<1, 2, 3, 4, 5, 6, 7, 8>(K, [&](auto k) { launch(k, in); });
-  };
   static_assert(kConvMaxTaps == 8);
-  if (x.bf16) with_taps(Bf16In{static_cast<const __nv_bfloat16*>(x.p)});
-  else with_taps(F32In{static_cast<const float*>(x.p)});
+  WithStoredType(x, [&](auto in) {
+    WithConstant<1, 2, 3, 4, 5, 6, 7, 8>(K, [&](auto k) { launch(k, in); });
+  });
+}
+// The same with dy's type too (the backwards): launch(k, in, dy_in).
+template <typename Launch>
+void WithConvTemplate(int64_t K, const StoredIn& x, const StoredIn& dy, Launch launch) {
+  WithStoredType(dy, [&](auto din) {
+    WithConvTemplate(K, x, [&](auto k, auto in) { launch(k, in, din); });
+  });
 }
 // The kernels' blocks: (block of 128 channels, sequence segment).
 dim3 ConvGrid(int64_t B, int64_t C, int64_t segments) {
@@ -123,9 +133,9 @@ __device__ __forceinline__ RowWork RowWorkOf(int64_t item, int lane, int64_t T, 
 // sum of squares a sum over those lanes, and the conv's output never goes to memory.
 template <int K, int kP, int kLanes, typename In>
 __global__ void __launch_bounds__(128)
-    ConvSiluRowsKernel(In x, int64_t ldx, const float* __restrict__ w, float eps,
-                       float* __restrict__ y, float* __restrict__ rnorm, int64_t T, int64_t C,
-                       int64_t head_dim, int64_t seg, int64_t segments, int64_t items) {
+    ConvSiluRowsKernel(In x, int64_t ldx, const float* __restrict__ w, float eps, OperandOut y,
+                       float* __restrict__ rnorm, int64_t T, int64_t C, int64_t head_dim,
+                       int64_t seg, int64_t segments, int64_t items) {
   constexpr int kV = 4 * kP, kB = kP == 1 ? 8 : 4;  // values a lane; positions loaded together
   const int64_t item = blockIdx.x * int64_t{4} + (threadIdx.x >> 5);  // (b, segment, group)
   if (item >= items) return;  // the whole warp
@@ -173,9 +183,8 @@ __global__ void __launch_bounds__(128)
       }
 #pragma unroll
       for (int p = 0; p < kP; ++p)
-        *reinterpret_cast<float4*>(y + row * C + c0 + 128 * p) =
-            make_float4(yb[u][4 * p] * r, yb[u][4 * p + 1] * r, yb[u][4 * p + 2] * r,
-                        yb[u][4 * p + 3] * r);
+        y.Set4(row * C + c0 + 128 * p, make_float4(yb[u][4 * p] * r, yb[u][4 * p + 1] * r,
+                                                   yb[u][4 * p + 2] * r, yb[u][4 * p + 3] * r));
     }
   }
 }
@@ -222,7 +231,8 @@ void WithRowTemplate(int passes, int64_t head_dim, Launch launch) {
 // Launches ConvSiluRowsKernel when its shapes allow (C a multiple of 128, x and y Aligned4; with
 // the norm, heads of 32, 64, 128 or 256), returning whether it ran. head_dim 0: no norm.
 bool LaunchConvSiluRows(const Tensor& x, const StoredIn& px, int64_t ldx, const Tensor& w,
-                        int64_t head_dim, double eps, const Tensor& y, const Tensor& rnorm) {
+                        int64_t head_dim, double eps, const Tensor& y, const OperandOut& py,
+                        const Tensor& rnorm) {
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   const int passes = RowPasses(C, head_dim, {&x, &y});
   if (passes == 0) return false;
@@ -233,8 +243,8 @@ bool LaunchConvSiluRows(const Tensor& x, const StoredIn& px, int64_t ldx, const 
       const auto kernel = ConvSiluRowsKernel<decltype(k)::value, decltype(p)::value,
                                              decltype(l)::value, decltype(in)>;
       const RowGrid g = RowGridFor(kernel, T, groups);
-      kernel<<<g.blocks(), 128, 0, Stream()>>>(in, ldx, F32(w), static_cast<float>(eps), F32(y),
-                                               pr, T, C, head_dim, g.seg, g.segments, g.items);
+      kernel<<<g.blocks(), 128, 0, Stream()>>>(in, ldx, F32(w), static_cast<float>(eps), py, pr,
+                                               T, C, head_dim, g.seg, g.segments, g.items);
     });
   });
   CUDA_CHECK_LAUNCH();
@@ -246,18 +256,17 @@ void CausalConvSiluForward(const Tensor& x, const Tensor& w, const Tensor& y) {
   const StoredIn px =
       CheckStoredIn(x, y.numel(), "CausalConvSiluForward x", /*column_view=*/true);
   CheckF32(w, "CausalConvSiluForward");
-  CheckF32(y, "CausalConvSiluForward");
+  const OperandOut py = CheckOperandOut(y, x, "CausalConvSiluForward y");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   CHECK_EQ(w.dim(0), C);
   const int64_t segments = ConvSegments(T, K, "CausalConvSiluForward");
   const int64_t ldx = RowStride(x, C, "CausalConvSiluForward x");
   if (B * T * C == 0) return;
-  if (LaunchConvSiluRows(x, px, ldx, w, 0, 0.0, y, Tensor())) return;
+  if (LaunchConvSiluRows(x, px, ldx, w, 0, 0.0, y, py, Tensor())) return;
   WithConvTemplate(K, px, [&](auto k, auto in) {
     ConvSiluForwardKernel<decltype(k)::value, decltype(in)>
-        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, ldx, F32(w), F32(y), T, C,
-                                                          segments);
+        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, ldx, F32(w), py, T, C, segments);
   });
   CUDA_CHECK_LAUNCH();
 }
@@ -273,23 +282,24 @@ void CausalConvSiluL2NormForward(const Tensor& x, const Tensor& w, int64_t head_
   const StoredIn px =
       CheckStoredIn(x, y.numel(), "CausalConvSiluL2NormForward x", /*column_view=*/true);
   CheckF32(w, "CausalConvSiluL2NormForward");
-  CheckF32(y, "CausalConvSiluL2NormForward");
+  const OperandOut py = CheckOperandOut(y, x, "CausalConvSiluL2NormForward y");
   CHECK_EQ(w.dim(0), C);
   const int64_t ldx = RowStride(x, C, "CausalConvSiluL2NormForward x");
   ConvSegments(T, K, "CausalConvSiluL2NormForward");  // checks K
   if (B * T * C == 0) return;
-  if (LaunchConvSiluRows(x, px, ldx, w, head_dim, eps, y, rnorm)) return;
-  CausalConvSiluForward(x, w, y);  // other shapes: the two ops
-  L2NormHeadsForward(y, head_dim, eps, y, rnorm);
+  if (LaunchConvSiluRows(x, px, ldx, w, head_dim, eps, y, py, rnorm)) return;
+  // Other shapes: the two ops, the conv's output in float32.
+  const Tensor c = py.bf16 ? Tensor::Empty(y.shape(), DType::kF32, Device::kCUDA) : y;
+  CausalConvSiluForward(x, w, c);
+  L2NormHeadsForward(c, head_dim, eps, y, rnorm);
 }
 
 // The backward in one pass: each thread owns one channel of one segment of kSegment positions of
 // one sequence, reads dy and x there once (plus K-1 positions of halo), keeps the last K values of
 // x and of dpre = dy silu'(pre) in registers (pre recomputed from the x window in the forward's
 // order of terms), writes dx and its K partial sums of dw.
-template <int K, typename In>
-__global__ void ConvSiluBackwardKernel(In x, int64_t ldx_in, const float* __restrict__ w,
-                                       const float* __restrict__ dy,
+template <int K, typename In, typename DyIn>
+__global__ void ConvSiluBackwardKernel(In x, int64_t ldx_in, const float* __restrict__ w, DyIn dy,
                                        OperandOut dx, int64_t ldx,
                                        float* __restrict__ dw_partial, int64_t T, int64_t C,
                                        int64_t segments) {
@@ -361,11 +371,10 @@ __global__ void ConvSiluBackwardKernel(In x, int64_t ldx_in, const float* __rest
 // without going to memory. yn is remade from the recomputed conv and the forward's rn, as the
 // forward made it, rather than read. dw_partial: a row per (sequence, segment), as
 // ConvSiluBackwardKernel.
-template <int K, int kP, int kLanes, typename In>
+template <int K, int kP, int kLanes, typename In, typename DyIn>
 __global__ void __launch_bounds__(128)
     ConvSiluRowsBackwardKernel(In x, int64_t ldx_in, const float* __restrict__ w,
-                               const float* __restrict__ rn, const float* __restrict__ dy,
-                               OperandOut dx, int64_t ldx, float* __restrict__ dw_partial,
+                               const float* __restrict__ rn, DyIn dy, OperandOut dx, int64_t ldx, float* __restrict__ dw_partial,
                                int64_t T, int64_t C, int64_t head_dim, int64_t seg,
                                int64_t segments, int64_t items) {
   // Positions whose loads are issued together: 2 with the norm, 4 without; 3 blocks an SM
@@ -395,7 +404,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int p = 0; p < kP; ++p) {
         Unpack4(x.Load4(x_base + t * ldx_in + 128 * p), xb[u] + 4 * p);
-        Unpack4(Ld4(dy + base + t * C + 128 * p), db[u] + 4 * p);
+        Unpack4(dy.Load4(base + t * C + 128 * p), db[u] + 4 * p);
       }
       if constexpr (kLanes > 0) rb[u] = rn[(b * T + t) * (C / head_dim) + c0 / head_dim];
     }
@@ -467,21 +476,22 @@ namespace {
 // sums into dw; returns whether it ran. head_dim 0: no norm (rn undefined).
 bool LaunchConvSiluRowsBackward(const Tensor& x, const StoredIn& px, int64_t ldx_in,
                                 const Tensor& w, const Tensor& rn, const Tensor& dy,
-                                const Tensor& dx, const OperandOut& pdx, int64_t ldx,
-                                const Tensor& dw, int64_t head_dim) {
+                                const StoredIn& pdy, const Tensor& dx, const OperandOut& pdx,
+                                int64_t ldx, const Tensor& dw, int64_t head_dim) {
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   const int passes = RowPasses(C, head_dim, {&x, &dy, &dx});
   if (passes == 0) return false;
   const int64_t groups = B * (C / (128 * passes));
   const float* prn = head_dim == 0 ? nullptr : F32(rn);
   Tensor partial;
-  WithConvTemplate(K, px, [&](auto k, auto in) {
+  WithConvTemplate(K, px, pdy, [&](auto k, auto in, auto din) {
     WithRowTemplate(passes, head_dim, [&](auto p, auto l) {
-      const auto kernel = ConvSiluRowsBackwardKernel<decltype(k)::value, decltype(p)::value,
-                                                     decltype(l)::value, decltype(in)>;
+      const auto kernel =
+          ConvSiluRowsBackwardKernel<decltype(k)::value, decltype(p)::value, decltype(l)::value,
+                                     decltype(in), decltype(din)>;
       const RowGrid g = RowGridFor(kernel, T, groups);
       partial = Tensor::Empty({B * g.segments, C * K}, DType::kF32, Device::kCUDA);
-      kernel<<<g.blocks(), 128, 0, Stream()>>>(in, ldx_in, F32(w), prn, F32(dy), pdx, ldx,
+      kernel<<<g.blocks(), 128, 0, Stream()>>>(in, ldx_in, F32(w), prn, din, pdx, ldx,
                                                F32(partial), T, C, head_dim, g.seg, g.segments,
                                                g.items);
     });
@@ -496,7 +506,7 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
                             const Tensor& dw) {
   const StoredIn px =
       CheckStoredIn(x, dy.numel(), "CausalConvSiluBackward x", /*column_view=*/true);
-  CheckF32(dy, "CausalConvSiluBackward");
+  const StoredIn pdy = CheckStoredIn(dy, dy.numel(), "CausalConvSiluBackward dy");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   const OperandOut pdx = CheckOperandOut(dx, dy, "CausalConvSiluBackward", /*column_view=*/true);
@@ -505,15 +515,15 @@ void CausalConvSiluBackward(const Tensor& x, const Tensor& w, const Tensor& dy, 
   const int64_t ldx = RowStride(dx, C, "CausalConvSiluBackward dx");
   const int64_t ldx_in = RowStride(x, C, "CausalConvSiluBackward x");
   if (B * T * C == 0) return;
-  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, Tensor(), dy, dx, pdx, ldx, dw, 0))
+  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, Tensor(), dy, pdy, dx, pdx, ldx, dw, 0))
     return;
   // Per (sequence, segment) partial sums of dw, then one fixed-order sum: deterministic.
   Tensor partial = Tensor::Empty({B * segments, C * K}, DType::kF32, Device::kCUDA);
-  const float *pw = F32(w), *pdy = F32(dy);
+  const float* pw = F32(w);
   float* ppart = F32(partial);
-  WithConvTemplate(K, px, [&](auto k, auto in) {
-    ConvSiluBackwardKernel<decltype(k)::value, decltype(in)>
-        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, ldx_in, pw, pdy, pdx, ldx, ppart,
+  WithConvTemplate(K, px, pdy, [&](auto k, auto in, auto din) {
+    ConvSiluBackwardKernel<decltype(k)::value, decltype(in), decltype(din)>
+        <<<ConvGrid(B, C, segments), 128, 0, Stream()>>>(in, ldx_in, pw, din, pdx, ldx, ppart,
                                                           T, C, segments);
   });
   CUDA_CHECK_LAUNCH();
@@ -525,9 +535,9 @@ void CausalConvSiluL2NormBackward(const Tensor& x, const Tensor& w, const Tensor
                                   const Tensor& dw) {
   const StoredIn px =
       CheckStoredIn(x, dy.numel(), "CausalConvSiluL2NormBackward x", /*column_view=*/true);
-  CheckF32(y, "CausalConvSiluL2NormBackward");
+  CheckStoredIn(y, dy.numel(), "CausalConvSiluL2NormBackward y");
+  const StoredIn pdy = CheckStoredIn(dy, x.numel(), "CausalConvSiluL2NormBackward dy");
   CheckF32(rnorm, "CausalConvSiluL2NormBackward");
-  CheckSame(y, dy, "CausalConvSiluL2NormBackward");
   CHECK_EQ(x.rank(), 3);
   const int64_t B = x.dim(0), T = x.dim(1), C = x.dim(2), K = w.dim(1);
   const OperandOut pdx =
@@ -540,10 +550,12 @@ void CausalConvSiluL2NormBackward(const Tensor& x, const Tensor& w, const Tensor
   const int64_t head_dim = B * T * C / rnorm.numel();
   const int64_t ldx = RowStride(dx, C, "CausalConvSiluL2NormBackward dx");
   const int64_t ldx_in = RowStride(x, C, "CausalConvSiluL2NormBackward x");
-  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, rnorm, dy, dx, pdx, ldx, dw, head_dim))
+  if (LaunchConvSiluRowsBackward(x, px, ldx_in, w, rnorm, dy, pdy, dx, pdx, ldx, dw, head_dim))
     return;
-  const Tensor dc = Tensor::Empty(dy.shape(), DType::kF32, Device::kCUDA);  // other shapes
-  L2NormHeadsBackward(y, rnorm, dy, dc);
+  // Other shapes: the two ops, in float32.
+  auto f32 = [](const Tensor& t) { return t.dtype() == DType::kF32 ? t : ToFloat32(t); };
+  const Tensor dc = Tensor::Empty(dy.shape(), DType::kF32, Device::kCUDA);
+  L2NormHeadsBackward(f32(y), rnorm, f32(dy), dc);
   CausalConvSiluBackward(x, w, dc, dx, dw);
 }
 

@@ -15,6 +15,8 @@ namespace gdn::cuda {
 Tensor ToBf16(const Tensor& x);
 // The same into out, a bf16 CUDA tensor of x's element count.
 void ToBf16(const Tensor& x, const Tensor& out);
+// A float32 or bf16 CUDA tensor as a new float32 one (exact).
+Tensor ToFloat32(const Tensor& x);
 // Each of xs into the same-index out (as ToBf16), in one launch.
 void ToBf16Pieces(const std::vector<Tensor>& xs, const std::vector<Tensor>& outs);
 }  // namespace gdn::cuda

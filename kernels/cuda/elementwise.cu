@@ -77,6 +77,14 @@ void ToBf16(const Tensor& x, const Tensor& out) {
   RoundToBf16(F32(x), out.raw(), x.numel());
 }
 
+Tensor ToFloat32(const Tensor& x) {
+  const StoredIn px = CheckStoredIn(x, x.numel(), "ToFloat32");
+  Tensor out = Tensor::Empty(x.shape(), DType::kF32, Device::kCUDA);
+  float* po = F32(out);
+  ForEach(x.numel(), [=] __device__(int64_t i) { po[i] = px[i]; });
+  return out;
+}
+
 void Fill(const Tensor& x, double value) {
   CheckF32(x, "Fill");
   float* p = F32(x);

@@ -1,7 +1,9 @@
 // The gated delta rule op on CUDA tensors (twin of kernels/cpu/gdr_op.cc): shape checks, then
 // chunk > 0: the chunked kernel of gated_delta_rule.cuh (its chunk is always 64: the chunk size
 // changes only rounding) where its sizes allow (dk, dv multiples of 64 up to 256, 16-byte aligned
-// tensors); otherwise, and for chunk == 0, the sequential kernel of gdr_sequential.cuh.
+// tensors); otherwise, and for chunk == 0, the sequential kernel of gdr_sequential.cuh. q, k, v,
+// o (and d_o, dq, dk, dv) are all float32 or all bf16 (the bf16 mode's [stored] inputs and
+// [operand] outputs); the sequential kernel takes bf16 ones through float32 copies.
 #include <cstdint>
 #include <limits>
 
@@ -23,9 +25,17 @@ GdrSeqShape ShapeOf(const Tensor& q, const Tensor& v, const Tensor& gamma, const
                 static_cast<int>(v.dim(2)), static_cast<int>(q.dim(3)), static_cast<int>(v.dim(3))};
   CHECK(v.dim(0) == s.B && v.dim(1) == s.T && s.HV % s.H == 0);
   CHECK(gamma.numel() == int64_t{s.B} * s.T * s.HV && beta.numel() == gamma.numel());
-  for (const Tensor* t : {&q, &v, &gamma, &beta}) CheckF32(*t, "GatedDeltaRule");
+  for (const Tensor* t : {&gamma, &beta}) CheckF32(*t, "GatedDeltaRule");
+  CHECK(q.dtype() == DType::kF32 || q.dtype() == DType::kBF16)
+      << "GatedDeltaRule: q, k, v must be float32 or bf16, got " << DTypeName(q.dtype());
+  CHECK(q.device() == Device::kCUDA && v.device() == Device::kCUDA);
   return s;
 }
+
+using Bf16 = __nv_bfloat16;
+const Bf16* B16(const Tensor& t) { return static_cast<const Bf16*>(t.raw()); }
+Bf16* B16Out(const Tensor& t) { return static_cast<Bf16*>(t.raw()); }
+
 // Whether the chunked kernel takes these sizes and every tensor's alignment.
 bool UseChunked(int64_t chunk, const GdrSeqShape& s, std::initializer_list<const Tensor*> tensors) {
   if (chunk <= 0) return false;
@@ -52,6 +62,7 @@ void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, co
                            const Tensor& final_state) {
   const GdrSeqShape s = ShapeOf(q, v, gamma, beta);
   CheckSame(q, k, "GatedDeltaRuleForward");
+  CHECK(q.dtype() == v.dtype()) << "GatedDeltaRuleForward: q and v of one type (float32 or bf16)";
   CheckSame(v, o, "GatedDeltaRuleForward");
   CHECK_GE(chunk, 0);
   float* state = nullptr;
@@ -60,14 +71,27 @@ void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, co
     CHECK_EQ(final_state.numel(), int64_t{s.B} * s.HV * s.dk * s.dv);
     state = F32(final_state);
   }
+  const bool bf16 = q.dtype() == DType::kBF16;
+  const float sc = static_cast<float>(scale);
   if (UseChunked(chunk, s, {&q, &k, &v, &o})) {
-    GdrForward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta), static_cast<float>(scale),
-               F32(o), state, Stream(), Products());
+    if (bf16)
+      GdrForward(Chunked(s), B16(q), B16(k), B16(v), F32(gamma), F32(beta), sc, B16Out(o), state,
+                 Stream());
+    else
+      GdrForward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta), sc, F32(o), state,
+                 Stream(), Products());
     CUDA_CHECK_LAUNCH();
     return;
   }
-  GdrSequentialForward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta),
-                       static_cast<float>(scale), F32(o), state, Stream());
+  if (bf16) {  // the sequential kernel in float32
+    const Tensor of = Tensor::Empty(o.shape(), DType::kF32, Device::kCUDA);
+    GatedDeltaRuleForward(ToFloat32(q), ToFloat32(k), ToFloat32(v), gamma, beta, scale, chunk, of,
+                          final_state);
+    ToBf16(of, o);
+    return;
+  }
+  GdrSequentialForward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta), sc, F32(o), state,
+                       Stream());
 }
 
 void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -76,6 +100,7 @@ void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
                             const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta) {
   const GdrSeqShape s = ShapeOf(q, v, gamma, beta);
   CheckSame(q, k, "GatedDeltaRuleBackward");
+  CHECK(q.dtype() == v.dtype()) << "GatedDeltaRuleBackward: q and v of one type (float32 or bf16)";
   CheckSame(q, dq, "GatedDeltaRuleBackward");
   CheckSame(k, dk, "GatedDeltaRuleBackward");
   CheckSame(v, dv, "GatedDeltaRuleBackward");
@@ -83,18 +108,30 @@ void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
   CheckSame(gamma, dgamma, "GatedDeltaRuleBackward");
   CheckSame(beta, dbeta, "GatedDeltaRuleBackward");
   CHECK_GE(chunk, 0);
+  const bool bf16 = q.dtype() == DType::kBF16;
+  const float sc = static_cast<float>(scale);
   if (UseChunked(chunk, s, {&q, &k, &v, &d_o, &dq, &dk, &dv})) {
-    GdrBackward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta),
-                static_cast<float>(scale), F32(d_o), F32(dq), F32(dk), F32(dv), F32(dgamma),
-                F32(dbeta), Stream(), Products());
+    if (bf16)
+      GdrBackward(Chunked(s), B16(q), B16(k), B16(v), F32(gamma), F32(beta), sc, B16(d_o),
+                  B16Out(dq), B16Out(dk), B16Out(dv), F32(dgamma), F32(dbeta), Stream());
+    else
+      GdrBackward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta), sc, F32(d_o),
+                  F32(dq), F32(dk), F32(dv), F32(dgamma), F32(dbeta), Stream(), Products());
     CUDA_CHECK_LAUNCH();
+    return;
+  }
+  if (bf16) {  // the sequential kernel in float32
+    auto f32 = [](const Tensor& t) { return Tensor::Empty(t.shape(), DType::kF32, Device::kCUDA); };
+    const Tensor dqf = f32(dq), dkf = f32(dk), dvf = f32(dv);
+    GatedDeltaRuleBackward(ToFloat32(q), ToFloat32(k), ToFloat32(v), gamma, beta, scale, chunk,
+                           ToFloat32(d_o), dqf, dkf, dvf, dgamma, dbeta);
+    ToBf16(dqf, dq), ToBf16(dkf, dk), ToBf16(dvf, dv);
     return;
   }
   Tensor workspace =
       Tensor::Empty({GdrSequentialBackwardWorkspace(s)}, DType::kF32, Device::kCUDA);
-  GdrSequentialBackward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta),
-                        static_cast<float>(scale), F32(d_o), F32(dq), F32(dk), F32(dv),
-                        F32(dgamma), F32(dbeta), F32(workspace), Stream());
+  GdrSequentialBackward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta), sc, F32(d_o), F32(dq),
+                        F32(dk), F32(dv), F32(dgamma), F32(dbeta), F32(workspace), Stream());
 }
 
 }  // namespace gdn::cuda

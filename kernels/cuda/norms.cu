@@ -102,20 +102,20 @@ __device__ __forceinline__ float GatedNormOut(float o, float r, float w, float g
   return o * r * w * g * sig_g;
 }
 
-__global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, RowsOf g_rows,
-                                          const float* w, int64_t rows, int64_t d, float eps,
-                                          OperandOut y, float* rstd) {
+__global__ void GatedRmsNormForwardKernel(StoredIn o, StoredIn g, RowsOf g_rows, const float* w,
+                                          int64_t rows, int64_t d, float eps, OperandOut y,
+                                          float* rstd) {
   GDN_WARP_ROW(rows);
-  const float* orow = o + row * d;
+  auto orow = [&](int64_t i) { return o[row * d + i]; };
   float ss = 0;
 #pragma unroll 4
-  for (int64_t i = lane; i < d; i += 32) ss += orow[i] * orow[i];
+  for (int64_t i = lane; i < d; i += 32) ss += orow(i) * orow(i);
   ss = WarpSum(ss);
   const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
   if (lane == 0) rstd[row] = r;
   for (int64_t i = lane; i < d; i += 32) {
     const float gi = g[g_rows(row, d) + i];
-    y.Set(row * d + i, GatedNormOut(orow[i], r, w[i], gi, SigmoidF(gi)));
+    y.Set(row * d + i, GatedNormOut(orow(i), r, w[i], gi, SigmoidF(gi)));
   }
 }
 
@@ -123,7 +123,7 @@ __global__ void GatedRmsNormForwardKernel(const float* o, StoredIn g, RowsOf g_r
 // gradient's partial sums of its lanes' columns in shared memory; the block adds its warps' in
 // order and writes one partial row (no second pass over o, g and dy for dw). y, when given: the
 // forward's output again, in the forward's order of operations.
-__global__ void GatedRmsNormBackwardKernel(const float* o, StoredIn g, RowsOf g_rows,
+__global__ void GatedRmsNormBackwardKernel(StoredIn o, StoredIn g, RowsOf g_rows,
                                            const float* w,
                                            const float* rstd, const float* dy, int64_t rows,
                                            int64_t d, float* d_o, OperandOut dg, RowsOf dg_rows,
@@ -266,7 +266,7 @@ __global__ void RmsNormBackwardVecKernel(const float* x, const float* w, const f
 // GatedRmsNormForwardKernel, a warp per row of d = 128 kVec (lanes as in RowNormForwardVecKernel):
 // o and g read once, in 4-value loads.
 template <int kVec>
-__global__ void GatedRmsNormForwardVecKernel(const float* o, StoredIn g, RowsOf g_rows,
+__global__ void GatedRmsNormForwardVecKernel(StoredIn o, StoredIn g, RowsOf g_rows,
                                              const float* w, int64_t rows, float eps, OperandOut y,
                                              float* rstd) {
   constexpr int d = 128 * kVec;
@@ -275,7 +275,7 @@ __global__ void GatedRmsNormForwardVecKernel(const float* o, StoredIn g, RowsOf 
   float ov[4 * kVec], gv[4 * kVec], wv[4 * kVec];
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    Unpack4(Ld4(o + base + 128 * k), ov + 4 * k);
+    Unpack4(o.Load4(base + 128 * k), ov + 4 * k);
     Unpack4(g.Load4(g_rows(row, d) + 4 * lane + 128 * k), gv + 4 * k);
     Unpack4(Ld4(w + 4 * lane + 128 * k), wv + 4 * k);
   }
@@ -294,10 +294,10 @@ __global__ void GatedRmsNormForwardVecKernel(const float* o, StoredIn g, RowsOf 
 // GatedRmsNormBackwardKernel, a warp per row of d = 128 kVec (lanes as in RowNormForwardVecKernel),
 // the weight-gradient sums in registers until the block adds its warps'.
 template <int kVec>
-__global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, RowsOf g_rows,
+__global__ void GatedRmsNormBackwardVecKernel(StoredIn o, StoredIn g, RowsOf g_rows,
                                               const float* w,
                                               const float* rstd, const float* dy, int64_t rows,
-                                              float* d_o, OperandOut dg, RowsOf dg_rows,
+                                              OperandOut d_o, OperandOut dg, RowsOf dg_rows,
                                               OperandOut y, float* dw_partial) {
   constexpr int d = 128 * kVec;
   __shared__ float dw_warp[kRowsPerBlock][d];
@@ -313,7 +313,7 @@ __global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, RowsOf
     float ov[4 * kVec], gv[4 * kVec], dyv[4 * kVec];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      Unpack4(Ld4(o + base + 128 * k), ov + 4 * k);
+      Unpack4(o.Load4(base + 128 * k), ov + 4 * k);
       Unpack4(g.Load4(g_rows(row, d) + 4 * lane + 128 * k), gv + 4 * k);
       Unpack4(Ld4(dy + base + 128 * k), dyv + 4 * k);
     }
@@ -334,7 +334,7 @@ __global__ void GatedRmsNormBackwardVecKernel(const float* o, StoredIn g, RowsOf
     for (int j = 0; j < 4 * kVec; ++j) dn[j] = r * (dn[j] - ov[j] * r * dot);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      St4(d_o + base + 128 * k, dn + 4 * k);
+      d_o.Set4(base + 128 * k, Pack4(dn + 4 * k));
       dg.Set4(dg_rows(row, d) + 4 * lane + 128 * k, Pack4(dgv + 4 * k));
       if (y.p) y.Set4(base + 128 * k, Pack4(yv + 4 * k));
     }
@@ -459,7 +459,7 @@ void RmsNormBackward(const Tensor& x, const Tensor& w, const Tensor& rstd, const
 void L2NormHeadsForward(const Tensor& x, int64_t head_dim, double eps, const Tensor& y,
                         const Tensor& rnorm) {
   CheckF32(x, "L2NormHeadsForward");
-  CheckSame(x, y, "L2NormHeadsForward");
+  CheckOperandOut(y, x, "L2NormHeadsForward y");
   const int64_t rows = x.numel() / head_dim;
   CHECK_EQ(rnorm.numel(), rows);
   if (rows == 0) return;
@@ -481,7 +481,7 @@ void L2NormHeadsBackward(const Tensor& y, const Tensor& rnorm, const Tensor& dy,
 
 void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int64_t head_dim,
                          double eps, const Tensor& y, const Tensor& rstd) {
-  CheckF32(o, "GatedRmsNormForward");
+  const StoredIn po = CheckStoredIn(o, o.numel(), "GatedRmsNormForward o");
   const StoredIn pg =
       CheckStoredIn(g, o.numel(), "GatedRmsNormForward g", /*column_view=*/true);
   const OperandOut py = CheckOperandOut(y, o, "GatedRmsNormForward");
@@ -494,22 +494,23 @@ void GatedRmsNormForward(const Tensor& o, const Tensor& g, const Tensor& w, int6
   const int vec = WarpVec(head_dim, 4, {&o, &g, &w, &y});
   const bool registers = WithConstant<1, 2, 4, 8>(vec, [&](auto k) {
     GatedRmsNormForwardVecKernel<decltype(k)::value><<<RowBlocks(rows), kThreads, 0, Stream()>>>(
-        F32(o), pg, g_rows, F32(w), rows, static_cast<float>(eps), py, F32(rstd));
+        po, pg, g_rows, F32(w), rows, static_cast<float>(eps), py, F32(rstd));
   });
   if (!registers)
     GatedRmsNormForwardKernel<<<RowBlocks(rows), kThreads, 0, Stream()>>>(
-        F32(o), pg, g_rows, F32(w), rows, head_dim, eps, py, F32(rstd));
+        po, pg, g_rows, F32(w), rows, head_dim, eps, py, F32(rstd));
   CUDA_CHECK_LAUNCH();
 }
 
 void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, const Tensor& rstd,
                           int64_t head_dim, const Tensor& dy, const Tensor& d_o, const Tensor& dg,
                           const Tensor& dw, const Tensor& y) {
-  CheckF32(o, "GatedRmsNormBackward");
+  const StoredIn po = CheckStoredIn(o, o.numel(), "GatedRmsNormBackward o");
   const StoredIn pg =
       CheckStoredIn(g, o.numel(), "GatedRmsNormBackward g", /*column_view=*/true);
-  CheckSame(o, dy, "GatedRmsNormBackward");
-  CheckSame(o, d_o, "GatedRmsNormBackward");
+  CheckF32(dy, "GatedRmsNormBackward");
+  CHECK_EQ(dy.numel(), o.numel());
+  const OperandOut pdo = CheckOperandOut(d_o, o, "GatedRmsNormBackward d_o");
   const OperandOut pdg = CheckOperandOut(dg, o, "GatedRmsNormBackward", /*column_view=*/true);
   const OperandOut py =
       y.defined() ? CheckOperandOut(y, o, "GatedRmsNormBackward y") : OperandOut{nullptr, false};
@@ -519,6 +520,12 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   const RowsOf g_rows = RowsOfTensor(g, d, "GatedRmsNormBackward g");
   const RowsOf dg_rows = RowsOfTensor(dg, d, "GatedRmsNormBackward dg");
   const int vec = WarpVec(d, 4, {&o, &g, &w, &dy, &d_o, &dg, &y});
+  if (vec == 0 && pdo.bf16) {  // the scalar kernel normalises a float32 d_o in place
+    const Tensor df = Tensor::Empty(d_o.shape(), DType::kF32, Device::kCUDA);
+    GatedRmsNormBackward(o, g, w, rstd, head_dim, dy, df, dg, dw, y);
+    ToBf16(df, d_o);
+    return;
+  }
   // The register kernel's sums are static shared memory; the scalar one's are per warp, dynamic.
   const size_t smem = vec > 0 ? 0 : kRowsPerBlock * d * sizeof(float);
   const int blocks = PartialBlocks(RowBlocks(rows), smem,
@@ -526,12 +533,11 @@ void GatedRmsNormBackward(const Tensor& o, const Tensor& g, const Tensor& w, con
   Tensor partial = Tensor::Empty({blocks, d}, DType::kF32, Device::kCUDA);
   const bool registers = WithConstant<1, 2, 4, 8>(vec, [&](auto k) {
     GatedRmsNormBackwardVecKernel<decltype(k)::value><<<blocks, kThreads, 0, Stream()>>>(
-        F32(o), pg, g_rows, F32(w), F32(rstd), F32(dy), rows, F32(d_o), pdg, dg_rows, py,
-        F32(partial));
+        po, pg, g_rows, F32(w), F32(rstd), F32(dy), rows, pdo, pdg, dg_rows, py, F32(partial));
   });
   if (!registers)
     GatedRmsNormBackwardKernel<<<blocks, kThreads, smem, Stream()>>>(
-        F32(o), pg, g_rows, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, dg_rows, py,
+        po, pg, g_rows, F32(w), F32(rstd), F32(dy), rows, d, F32(d_o), pdg, dg_rows, py,
         F32(partial));
   CUDA_CHECK_LAUNCH();
   AddColumnSums(F32(partial), blocks, d, F32(dw));
