@@ -72,7 +72,8 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   ops::Matmul(x_, false, StackedProjectionWeights(pc), true, p_);
   const std::vector<Tensor> cols = pc.Of(p_);
   qp_ = cols[0], kp_ = cols[1], vp_ = cols[2], g_ = cols[3], a_ = cols[4], bb_ = cols[5];
-  const RecurrenceInputs in = MakeRecurrenceInputs(probes);
+  in_ = MakeRecurrenceInputs(probes);
+  const RecurrenceInputs& in = in_;
 
   gamma_ = b_.Empty({N, value_heads_});
   beta_ = b_.Empty({N, value_heads_});
@@ -199,6 +200,7 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
 void GatedDeltaNetMixer::ReleaseSaved() {
   for (Tensor* t : {&x_, &p_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &gamma_, &beta_, &o_, &o_rstd_})
     *t = Tensor();
+  in_ = RecurrenceInputs();
 }
 
 GatedDeltaNetMixer::ProjectionColumns GatedDeltaNetMixer::Projections() const {
@@ -252,7 +254,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
     return y;
   });
 
-  RecurrenceInputs in = MakeRecurrenceInputs(nullptr);
+  const RecurrenceInputs& in = in_;  // the forward's
   Tensor dqn = b_.OperandEmpty({N, key_dim_}), dkn = b_.OperandEmpty({N, key_dim_});
   Tensor dvc = b_.OperandEmpty({N, value_dim_});
   Tensor dgamma = b_.Empty({N, value_heads_}), dbeta = b_.Empty({N, value_heads_});
@@ -270,7 +272,6 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
                                     BySequence(dqn), BySequence(dqp), conv_q_->grad);
   ops::CausalConvSiluL2NormBackward(BySequence(kp_), conv_k_->value, BySequence(in.kn), in.k_rn,
                                     BySequence(dkn), BySequence(dkp), conv_k_->grad);
-  in = RecurrenceInputs();
   ops::CausalConvSiluBackward(BySequence(vp_), conv_v_->value, BySequence(dvc), BySequence(dvp),
                               conv_v_->grad);
 

@@ -44,9 +44,9 @@ class GatedDeltaNetMixer {
   Parameter *wq_, *wk_, *wv_, *wa_, *wb_, *wg_, *conv_q_, *conv_k_, *conv_v_, *a_log_, *dt_bias_,
       *o_norm_, *wo_;
   // The gated delta rule's q, k, v from the saved projections: the conv outputs, q and k L2-normed
-  // per head (with their reciprocal norms for the backward). The backward computes them again
-  // (one pass over qp_, kp_, vp_) instead of the forward keeping them: 12 KB a token a layer at
-  // the reference model's sizes.
+  // per head (with their reciprocal norms for the backward). The forward keeps them for the
+  // backward (in_): 6 KB a token a layer at the reference model's sizes in the bf16 mode, 12 KB
+  // in float32. Making them again in the backward took 1.7 ms a step (H200, reference model).
   struct RecurrenceInputs {
     Tensor qn, kn, vc, q_rn, k_rn;
   };
@@ -83,6 +83,7 @@ class GatedDeltaNetMixer {
   // column views of p_.
   int64_t B_ = 0, T_ = 0;
   Tensor x_, p_, qp_, kp_, vp_, a_, bb_, g_, gamma_, beta_, o_, o_rstd_;
+  RecurrenceInputs in_;
 };
 
 }  // namespace gdn

@@ -1241,16 +1241,16 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
     auto b16 = [](const Tensor& like) { return Tensor::Empty(like.shape(), DType::kBF16, kGpu); };
     const Tensor od = b16(v), sd = Tensor::Empty(s.shape(), DType::kF32, kGpu);
     ops::GatedDeltaRuleForward(bq, bk, bv, dg_, db_, scale, chunk, od, sd);
-    Compare("GatedDeltaRuleForward bf16", "o", od, o_r, kBf16Tol, term_scale["o"]);
-    Compare("GatedDeltaRuleForward bf16", "final_state", sd, s_r, 1e-4);
+    Compare("GatedDeltaRuleForward_bf16", "o", od, o_r, kBf16Tol, term_scale["o"]);
+    Compare("GatedDeltaRuleForward_bf16", "final_state", sd, s_r, 1e-4);
     const Tensor hq = b16(q), hk = b16(k), hv_ = b16(v), hg = empty(gamma, kGpu),
                  hb = empty(beta, kGpu);
     ops::GatedDeltaRuleBackward(bq, bk, bv, dg_, db_, scale, chunk, bdo, hq, hk, hv_, hg, hb);
-    Compare("GatedDeltaRuleBackward bf16", "dq", hq, rq, kBf16Tol, term_scale["dq"]);
-    Compare("GatedDeltaRuleBackward bf16", "dk", hk, rk, kBf16Tol, term_scale["dk"]);
-    Compare("GatedDeltaRuleBackward bf16", "dv", hv_, rv, kBf16Tol, term_scale["dv"]);
-    if (T > 1) Compare("GatedDeltaRuleBackward bf16", "dgamma", hg, rg, 1e-4);
-    Compare("GatedDeltaRuleBackward bf16", "dbeta", hb, rb, 1e-4, term_scale["dbeta"]);
+    Compare("GatedDeltaRuleBackward_bf16", "dq", hq, rq, kBf16Tol, term_scale["dq"]);
+    Compare("GatedDeltaRuleBackward_bf16", "dk", hk, rk, kBf16Tol, term_scale["dk"]);
+    Compare("GatedDeltaRuleBackward_bf16", "dv", hv_, rv, kBf16Tol, term_scale["dv"]);
+    if (T > 1) Compare("GatedDeltaRuleBackward_bf16", "dgamma", hg, rg, 1e-4);
+    Compare("GatedDeltaRuleBackward_bf16", "dbeta", hb, rb, 1e-4, term_scale["dbeta"]);
   }
 }
 
