@@ -1301,7 +1301,7 @@ void Launch(void (*kernel)(Params...), dim3 grid, int tiles, cudaStream_t stream
 
 struct Work {
   float *W, *U, *S, *Vp;
-  float *Tm = nullptr, *D = nullptr, *dkp = nullptr;
+  float *Tm = nullptr, *D = nullptr, *dkp = nullptr, *Y = nullptr;
   float* base = nullptr;
 };
 
@@ -1309,26 +1309,46 @@ Work Allocate(const Dims& d, bool backward, cudaStream_t stream) {
   const size_t nch = static_cast<size_t>(d.B) * d.HV * d.NC, n64 = nch * kC;
   const size_t sizes[] = {n64 * d.dk, n64 * d.dv, nch * d.dk * d.dv, n64 * d.dv,
                           backward ? nch * kC * kC : 0, backward ? nch * d.dk * d.dv : 0,
-                          backward && d.G > 1 ? n64 * d.dk : 0};
+                          backward && d.G > 1 ? n64 * d.dk : 0, backward ? n64 * d.dv : 0};
   size_t total = 0;
   for (size_t s : sizes) total += (s + 63) / 64 * 64;
   Work w;
   w.base = Scratch(total, stream);
   float* p = w.base;
-  float** slots[] = {&w.W, &w.U, &w.S, &w.Vp, &w.Tm, &w.D, &w.dkp};
-  for (int i = 0; i < 7; ++i) {
+  float** slots[] = {&w.W, &w.U, &w.S, &w.Vp, &w.Tm, &w.D, &w.dkp, &w.Y};
+  for (int i = 0; i < 8; ++i) {
     *slots[i] = sizes[i] ? p : nullptr;
     p += (sizes[i] + 63) / 64 * 64;
   }
   return w;
 }
 
-// PrepKernel then StateKernel: chunk-start states and V' in w (and T when backward).
-template <typename T>
+// A second stream of the current device for work that overlaps the process's stream, and the
+// events that order the two (made once: gdn drives one device a process).
+struct SideStream {
+  cudaStream_t stream;
+  cudaEvent_t fork, join;
+};
+const SideStream& Side() {
+  static const SideStream side = [] {
+    SideStream s;
+    GDR_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+    GDR_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming));
+    GDR_CUDA_CHECK(cudaEventCreateWithFlags(&s.join, cudaEventDisableTiming));
+    return s;
+  }();
+  return side;
+}
+
+// PrepKernel then StateKernel: chunk-start states and V' in w (and T when backward). `between`
+// runs after PrepKernel's launch, before StateKernel's.
+template <typename T, typename Between = void (*)()>
 void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, const float* beta,
-                   const Work& w, float* final_state, int tc, cudaStream_t stream) {
+                   const Work& w, float* final_state, int tc, cudaStream_t stream,
+                   Between between = [] {}) {
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
   GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
+  between();
   GDR_LAUNCH_NK(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
              final_state);
 }
@@ -1368,11 +1388,21 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
   const Dims d = MakeDims(s);
   const int tc = TcMask<T>(products);
   const Work w = Allocate(d, true, stream);
-  ForwardStates(d, k, v, gamma, beta, w, nullptr, tc, stream);
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
-  float* Y = w.U;     // U is dead after StateKernel: dVl, then Y, live there
-  float* dqp = w.W;   // W likewise
-  GDR_LAUNCH(DvLocalKernel, 3, chunks, 4, stream, d, q, k, gamma, d_o, scale, Y);
+  // DvLocalKernel needs nothing of PrepKernel's and StateKernel's: it runs on a second stream
+  // beside StateKernel (launched after it, so that StateKernel's few blocks, one per b, hv and 64
+  // state columns, are placed first), on the SMs they leave idle. Its dVl (then Y) has a slot of
+  // its own, U being StateKernel's input.
+  const SideStream& side = Side();
+  ForwardStates(d, k, v, gamma, beta, w, nullptr, tc, stream, [&] {
+    GDR_CUDA_CHECK(cudaEventRecord(side.fork, stream));
+    GDR_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0));
+  });
+  GDR_LAUNCH(DvLocalKernel, 3, chunks, 4, side.stream, d, q, k, gamma, d_o, scale, w.Y);
+  GDR_CUDA_CHECK(cudaEventRecord(side.join, side.stream));
+  GDR_CUDA_CHECK(cudaStreamWaitEvent(stream, side.join, 0));
+  float* Y = w.Y;
+  float* dqp = w.W;  // W is dead after StateKernel
   GDR_LAUNCH_NK(ReverseKernel, 4, columns, d.NK + 4, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
              Y, w.D);
   GDR_LAUNCH_NK(GradKernel, 5, chunks, 9, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,

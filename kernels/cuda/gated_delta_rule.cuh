@@ -6,16 +6,18 @@
 //   q, k: [B, T, H, dk]; v, o, d_o, dv: [B, T, HV, dv]; gamma, beta, dgamma, dbeta: [B, T, HV]
 //   (fp32); final_state: [B, HV, dk, dv] fp32 or nullptr.
 // Value head j reads key head j / (HV / H). Zero initial state. Gradients are overwritten, not
-// accumulated; dq and dk sum over the value heads of each key head. Everything runs on `stream`;
-// scratch memory is taken with cudaMallocAsync on it (the device's default memory pool, whose
-// release threshold is raised so repeated calls reuse it) and freed the same way.
+// accumulated; dq and dk sum over the value heads of each key head. Everything is ordered on
+// `stream` (the backward runs one kernel on a second stream of the device, forked from and joined
+// back to `stream`); scratch memory is taken with cudaMallocAsync on it (the device's default
+// memory pool, whose release threshold is raised so repeated calls reuse it) and freed the same
+// way.
 // Supported sizes: dk and dv multiples of 64 up to 256, HV a multiple of H, any T >= 0; q, k, v,
 // d_o and dv 16-byte aligned. Anything else aborts with a message naming the field.
 // bf16 inputs and outputs use fp32 gates, state and accumulation; their block products run on
 // the tensor cores with split operands (fp32-grade results before the bf16 output rounding).
-// Scratch (fp32, per call): per-token W, U, V' and per-chunk states, plus T, per-chunk dL/dS and
-// (HV > H) per-value-head dk in the backward: 0.67 GB forward, 1.0 GB backward at B=8, T=2048,
-// H=HV=16, dk=dv=128.
+// Scratch (fp32, per call): per-token W, U, V' and per-chunk states, plus T, per-chunk dL/dS,
+// per-token Y and (HV > H) per-value-head dk in the backward: 0.67 GB forward, 1.1 GB backward at
+// B=8, T=2048, H=HV=16, dk=dv=128.
 // fp32 inputs compute their block products as `products` says (below); the environment variables
 // GDR_CUDA_TC_MASK / GDR_CUDA_FP32_TC_MASK override the choice per kernel (for comparisons; see
 // gated_delta_rule.cu).
