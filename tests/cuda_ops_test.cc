@@ -980,41 +980,38 @@ TEST(CudaOpsTest, StoredInputsAreReadAsTheirFloat32Values) {
     ExpectBitEqual("SwigluBackward dup", du2, du);
   }
 
-  const int64_t head_dim = 128, n = 70;
-  const Shape ns{n, 4 * head_dim};
-  const Tensor o = Dev(Rand(ns, -2, 2)), dy = Dev(Rand(ns));
-  const auto [gate16, gate] = pair(ns, -5, 5);
-  const Tensor w = Dev(Rand({head_dim}, 0.5, 1.5)), r = f32({n * 4}), r2 = f32({n * 4});
-  const Tensor y = f32(ns), y2 = f32(ns);
-  ops::GatedRmsNormForward(o, gate, w, head_dim, 1e-5, y, r);
-  ops::GatedRmsNormForward(o, gate16, w, head_dim, 1e-5, y2, r2);
-  ExpectBitEqual("GatedRmsNormForward y", y2, y);
-  ExpectBitEqual("GatedRmsNormForward rstd", r2, r);
-  const Tensor d_o = f32(ns), d_o2 = f32(ns), dgn = f32(ns), dgn2 = f32(ns);
-  const Tensor dw = Dev(Rand({head_dim})), dw2 = dw.Clone();
-  ops::GatedRmsNormBackward(o, gate, w, r, head_dim, dy, d_o, dgn, dw);
-  ops::GatedRmsNormBackward(o, gate16, w, r, head_dim, dy, d_o2, dgn2, dw2);
-  ExpectBitEqual("GatedRmsNormBackward d_o", d_o2, d_o);
-  ExpectBitEqual("GatedRmsNormBackward dg", dgn2, dgn);
-  ExpectBitEqual("GatedRmsNormBackward dw", dw2, dw);
-  // o (the recurrence's output) in bf16, by the register kernel (heads of 128) and the scalar one
-  // (heads of 96).
+  // The gated norm: g (the projection's output) in bf16, and o (the recurrence's output) in bf16,
+  // by the register kernel (heads of 128) and the scalar one (heads of 96). (o, g) and (o2, g2)
+  // hold the same values; the outputs must be equal bit for bit.
+  const int64_t n = 70;
+  auto gated_norm = [&](const std::string& what, int64_t hd, const Tensor& o, const Tensor& g,
+                        const Tensor& o2, const Tensor& g2) {
+    const Shape s = o.shape();
+    const Tensor dy = Dev(Rand(s)), w = Dev(Rand({hd}, 0.5, 1.5));
+    const Tensor y = f32(s), y2 = f32(s), r = f32({n * 4}), r2 = f32({n * 4});
+    ops::GatedRmsNormForward(o, g, w, hd, 1e-5, y, r);
+    ops::GatedRmsNormForward(o2, g2, w, hd, 1e-5, y2, r2);
+    ExpectBitEqual("GatedRmsNormForward y (" + what + ")", y2, y);
+    ExpectBitEqual("GatedRmsNormForward rstd (" + what + ")", r2, r);
+    const Tensor d_o = f32(s), d_o2 = f32(s), dg = f32(s), dg2 = f32(s);
+    const Tensor dw = Dev(Rand({hd})), dw2 = dw.Clone();
+    ops::GatedRmsNormBackward(o, g, w, r, hd, dy, d_o, dg, dw);
+    ops::GatedRmsNormBackward(o2, g2, w, r, hd, dy, d_o2, dg2, dw2);
+    ExpectBitEqual("GatedRmsNormBackward d_o (" + what + ")", d_o2, d_o);
+    ExpectBitEqual("GatedRmsNormBackward dg (" + what + ")", dg2, dg);
+    ExpectBitEqual("GatedRmsNormBackward dw (" + what + ")", dw2, dw);
+  };
+  {
+    const Shape ns{n, 4 * 128};
+    const Tensor o = Dev(Rand(ns, -2, 2));
+    const auto [g16, g] = pair(ns, -5, 5);
+    gated_norm("bf16 g", 128, o, g, o, g16);
+  }
   for (const int64_t hd : {int64_t{128}, int64_t{96}}) {
     const Shape os{n, 4 * hd};
-    const auto [o16, of] = pair(os, -2, 2);
-    const Tensor og = Dev(Rand(os, -5, 5)), ody = Dev(Rand(os)), ow = Dev(Rand({hd}, 0.5, 1.5));
-    const Tensor oy = f32(os), oy2 = f32(os), orr = f32({n * 4}), orr2 = f32({n * 4});
-    ops::GatedRmsNormForward(of, og, ow, hd, 1e-5, oy, orr);
-    ops::GatedRmsNormForward(o16, og, ow, hd, 1e-5, oy2, orr2);
-    ExpectBitEqual("GatedRmsNormForward y (bf16 o)", oy2, oy);
-    ExpectBitEqual("GatedRmsNormForward rstd (bf16 o)", orr2, orr);
-    const Tensor e = f32(os), e2 = f32(os), eg = f32(os), eg2 = f32(os);
-    const Tensor ew = Dev(Rand({hd})), ew2 = ew.Clone();
-    ops::GatedRmsNormBackward(of, og, ow, orr, hd, ody, e, eg, ew);
-    ops::GatedRmsNormBackward(o16, og, ow, orr, hd, ody, e2, eg2, ew2);
-    ExpectBitEqual("GatedRmsNormBackward d_o (bf16 o)", e2, e);
-    ExpectBitEqual("GatedRmsNormBackward dg (bf16 o)", eg2, eg);
-    ExpectBitEqual("GatedRmsNormBackward dw (bf16 o)", ew2, ew);
+    const auto [o16, o] = pair(os, -2, 2);
+    const Tensor g = Dev(Rand(os, -5, 5));
+    gated_norm("bf16 o", hd, o, g, o16, g);
   }
   // The conv backwards' dy (the recurrence's input gradients) and the norm's y in bf16: the warp
   // kernels (256 channels, heads of 128; y is not read there) and the per-channel kernel and the
