@@ -1226,7 +1226,8 @@ void CheckGdr(int64_t B, int64_t T, int64_t H, int64_t HV, int64_t dk, int64_t d
   // state, dgamma, dbeta) are computed from exact inputs, so within 1e-4.
   const Tensor q16 = RoundedToBf16(q), k16 = RoundedToBf16(k), v16 = RoundedToBf16(v),
                do16 = RoundedToBf16(d_o);
-  const Tensor o_r = Tensor::Empty(v.shape(), DType::kF32), s_r = Tensor::Empty(s.shape(), DType::kF32);
+  const Tensor o_r = Tensor::Empty(v.shape(), DType::kF32),
+               s_r = Tensor::Empty(s.shape(), DType::kF32);
   ops::GatedDeltaRuleForward(q16, k16, v16, gamma, beta, scale, 0, o_r, s_r);
   const Tensor rq = empty(q, kCpu), rk = empty(k, kCpu), rv = empty(v, kCpu),
                rg = empty(gamma, kCpu), rb = empty(beta, kCpu);

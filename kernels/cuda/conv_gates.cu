@@ -374,9 +374,9 @@ __global__ void ConvSiluBackwardKernel(In x, int64_t ldx_in, const float* __rest
 template <int K, int kP, int kLanes, typename In, typename DyIn>
 __global__ void __launch_bounds__(128)
     ConvSiluRowsBackwardKernel(In x, int64_t ldx_in, const float* __restrict__ w,
-                               const float* __restrict__ rn, DyIn dy, OperandOut dx, int64_t ldx, float* __restrict__ dw_partial,
-                               int64_t T, int64_t C, int64_t head_dim, int64_t seg,
-                               int64_t segments, int64_t items) {
+                               const float* __restrict__ rn, DyIn dy, OperandOut dx, int64_t ldx,
+                               float* __restrict__ dw_partial, int64_t T, int64_t C,
+                               int64_t head_dim, int64_t seg, int64_t segments, int64_t items) {
   // Positions whose loads are issued together: 2 with the norm, 4 without; 3 blocks an SM
   // either way.
   constexpr int kV = 4 * kP, kB = kLanes > 0 ? 2 : 4;
