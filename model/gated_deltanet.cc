@@ -244,9 +244,15 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
   const Tensor &dqp = dproj[0], &dkp = dproj[1], &dvp = dproj[2], &dg = dproj[3], &da = dproj[4],
                &db = dproj[5];
 
+  // The recurrence's gradients take the types of what the forward gave it (bf16 in the bf16
+  // mode, float32 where probes measured it). `in` refers to in_, released after its last use.
+  const RecurrenceInputs& in = in_;
+  auto like = [&](const Tensor& t, int64_t cols) {
+    return Tensor::Empty({N, cols}, t.dtype(), t.device());
+  };
   // The output norm's backward writes its output y again (not kept) for Wo's gradient.
   Tensor dy = b_.Empty({N, value_dim_});
-  Tensor d_o = b_.OperandEmpty({N, value_dim_});  // the recurrence's (MakeRecurrenceInputs)
+  Tensor d_o = like(o_, value_dim_);
   LinearBackwardRemakingInput(*wo_, dout, dy, [&] {
     Tensor y = b_.OperandEmpty({N, value_dim_});
     ops::GatedRmsNormBackward(o_, g_, o_norm_->value, o_rstd_, d.dv, dy, d_o, dg, o_norm_->grad,
@@ -254,9 +260,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
     return y;
   });
 
-  const RecurrenceInputs& in = in_;  // the forward's
-  Tensor dqn = b_.OperandEmpty({N, key_dim_}), dkn = b_.OperandEmpty({N, key_dim_});
-  Tensor dvc = b_.OperandEmpty({N, value_dim_});
+  Tensor dqn = like(in.qn, key_dim_), dkn = like(in.kn, key_dim_), dvc = like(in.vc, value_dim_);
   Tensor dgamma = b_.Empty({N, value_heads_}), dbeta = b_.Empty({N, value_heads_});
   ops::GatedDeltaRuleBackward(
       in.qn.View({B, T, heads_, d.dk}), in.kn.View({B, T, heads_, d.dk}),
@@ -272,6 +276,7 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
                                     BySequence(dqn), BySequence(dqp), conv_q_->grad);
   ops::CausalConvSiluL2NormBackward(BySequence(kp_), conv_k_->value, BySequence(in.kn), in.k_rn,
                                     BySequence(dkn), BySequence(dkp), conv_k_->grad);
+  in_ = RecurrenceInputs();  // their last use
   ops::CausalConvSiluBackward(BySequence(vp_), conv_v_->value, BySequence(dvc), BySequence(dvp),
                               conv_v_->grad);
 

@@ -30,7 +30,8 @@ __device__ __forceinline__ float ToFloat(float x) { return x; }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 // Mean-loss terms per row (lse - target logit) and the fused gradient, as the CPU's loop body.
-// Rows of up to 4 kRowThreads kQuads logits (a multiple of 4): the block holds its row in
+// Rows of up to 4 kRowThreads kQuads logits, a multiple of 4 (other vocabularies, e.g. 30522,
+// take the two-pass kernel below; padded vocabularies are usual): the block holds its row in
 // registers (kQuads 4-value loads a thread), so the logits are read from memory once; the max,
 // the sum of exponentials and the gradient are passes over registers (the exponentials computed
 // twice, not kept: float32 rows would need twice the registers). bf16 logits take the same

@@ -7,10 +7,11 @@
 //   (fp32); final_state: [B, HV, dk, dv] fp32 or nullptr.
 // Value head j reads key head j / (HV / H). Zero initial state. Gradients are overwritten, not
 // accumulated; dq and dk sum over the value heads of each key head. Everything is ordered on
-// `stream` (the backward runs one kernel on a second stream of the device, forked from and joined
-// back to `stream`); scratch memory is taken with cudaMallocAsync on it (the device's default
-// memory pool, whose release threshold is raised so repeated calls reuse it) and freed the same
-// way.
+// `stream`. The backward runs one kernel on a second stream, forked from and joined back to
+// `stream`: one stream and event pair a process, made on the device of the first call, so calls
+// must come from one host thread and one device (gdn drives one device a rank). Scratch memory is
+// taken with cudaMallocAsync on `stream` (the device's default memory pool, whose release
+// threshold is raised so repeated calls reuse it) and freed the same way.
 // Supported sizes: dk and dv multiples of 64 up to 256, HV a multiple of H, any T >= 0; q, k, v,
 // d_o and dv 16-byte aligned. Anything else aborts with a message naming the field.
 // bf16 inputs and outputs use fp32 gates, state and accumulation; their block products run on
