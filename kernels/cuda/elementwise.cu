@@ -61,6 +61,14 @@ void RoundToBf16(const float* in, void* out, int64_t n) {
   }
   ForEach(n, [=] __device__(int64_t i) { o[i] = __float2bfloat16_rn(in[i]); });
 }
+
+// x float32 and out a bf16 CUDA tensor of its element count (ToBf16, ToBf16Pieces).
+void CheckRoundingInto(const Tensor& x, const Tensor& out, const char* op) {
+  CheckF32(x, op);
+  CHECK(out.dtype() == DType::kBF16 && out.device() == Device::kCUDA && out.numel() == x.numel())
+      << op << ": output " << ShapeString(out.shape()) << " " << DTypeName(out.dtype()) << " for "
+      << ShapeString(x.shape());
+}
 }  // namespace
 
 Tensor ToBf16(const Tensor& x) {
@@ -70,10 +78,7 @@ Tensor ToBf16(const Tensor& x) {
 }
 
 void ToBf16(const Tensor& x, const Tensor& out) {
-  CheckF32(x, "ToBf16");
-  CHECK(out.dtype() == DType::kBF16 && out.device() == Device::kCUDA && out.numel() == x.numel())
-      << "ToBf16: output " << ShapeString(out.shape()) << " " << DTypeName(out.dtype()) << " for "
-      << ShapeString(x.shape());
+  CheckRoundingInto(x, out, "ToBf16");
   RoundToBf16(F32(x), out.raw(), x.numel());
 }
 
@@ -400,7 +405,8 @@ __global__ void RoundPiecesKernel(const RoundPiece* pieces, const PieceItem* ite
   const RoundPiece pc = pieces[it.piece];
   const int64_t end = it.start + kPieceChunk < pc.n ? it.start + kPieceChunk : pc.n;
   int64_t j0 = it.start;
-  const auto src_at = reinterpret_cast<uintptr_t>(pc.src), dst_at = reinterpret_cast<uintptr_t>(pc.dst);
+  const uintptr_t src_at = reinterpret_cast<uintptr_t>(pc.src);
+  const uintptr_t dst_at = reinterpret_cast<uintptr_t>(pc.dst);
   if (src_at % 16 == 0 && dst_at % 8 == 0) {
     const int64_t quads = (end - it.start) / 4;
     const StoredIn src{pc.src + it.start, false};
@@ -417,11 +423,7 @@ void ToBf16Pieces(const std::vector<Tensor>& xs, const std::vector<Tensor>& outs
   CHECK_EQ(xs.size(), outs.size());
   std::vector<RoundPiece> pieces;
   for (size_t i = 0; i < xs.size(); ++i) {
-    CheckF32(xs[i], "ToBf16Pieces");
-    CHECK(outs[i].dtype() == DType::kBF16 && outs[i].device() == Device::kCUDA &&
-          outs[i].numel() == xs[i].numel())
-        << "ToBf16Pieces: output " << ShapeString(outs[i].shape()) << " "
-        << DTypeName(outs[i].dtype()) << " for " << ShapeString(xs[i].shape());
+    CheckRoundingInto(xs[i], outs[i], "ToBf16Pieces");
     pieces.push_back({F32(xs[i]), static_cast<__nv_bfloat16*>(outs[i].raw()), xs[i].numel()});
   }
   const PieceTable t = UploadPieces(pieces);
