@@ -186,11 +186,32 @@ __device__ __forceinline__ void Store4(__nv_bfloat16* dst, float4 x) {
 // tiles ptxas keeps them ahead of the stores, so their latencies overlap; for operand tiles on
 // the tensor cores it interleaves each load with its converting store whatever the source order
 // (experiments/results/gdr-cuda.md, session 7), so fewer tiles per phase is what pays there.
+// An unscaled bf16 source on the tensor cores is copied as it is: its values are their own hi
+// part and their lo part is 0, what the split would give, without widening each value.
 template <bool kOp = false, typename T>
 __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t stride, int rows,
                                          const float* row_scale = nullptr, float mul = 1.f) {
   constexpr int kVec = 16 / sizeof(T);                 // elements per load
   constexpr int kPer = kC * kC / kVec / kThreads;      // loads per thread
+  if constexpr (kOp && std::is_same_v<T, __nv_bfloat16>) {
+    if (row_scale == nullptr && mul == 1.f) {
+      uint4 raw[kPer];
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+        raw[u] = r < rows ? __ldg(reinterpret_cast<const uint4*>(src + r * stride + c))
+                          : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+        uint4* p = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(dst) + r * kLd + c);
+        p[0] = raw[u];
+        p[kTile / kVec] = make_uint4(0, 0, 0, 0);
+      }
+      return;
+    }
+  }
   float x[kPer][kVec];
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
@@ -416,15 +437,139 @@ __device__ __forceinline__ void StoreFrag(float* dst, int64_t stride, const Frag
   }
 }
 
+// The operand tile slot <- f (as PutOp, value by value); on the tensor cores the two adjacent
+// columns a lane holds of each fragment row are split and stored as pairs.
+template <bool kTC>
+__device__ __forceinline__ void PutFrag(float* slot, const Frag& f) {
+  if constexpr (kTC) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const Split x = SplitBf16(f.v[i][2 * h], f.v[i][2 * h + 1]);
+        uint32_t* p = reinterpret_cast<uint32_t*>(reinterpret_cast<__nv_bfloat16*>(slot) +
+                                                  FragRow<true>(i, 2 * h) * kLd +
+                                                  FragCol<true>(i, 2 * h));
+        p[0] = x.hi;
+        p[kTile / 2] = x.lo;
+      }
+  } else {
+    GDR_FOR_FRAG(i, j, r, c) { slot[r * kLd + c] = f.v[i][j]; }
+  }
+}
+
+// f <- mul * src at the Frag's positions (a 64 x 64 block of a global array; StoreFrag's mirror).
+template <bool kTC>
+__device__ __forceinline__ void LoadFrag(Frag& f, const float* src, int64_t stride, float mul) {
+  if constexpr (kTC) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float2 x = __ldg(reinterpret_cast<const float2*>(
+            src + FragRow<true>(i, 2 * h) * stride + FragCol<true>(i, 2 * h)));
+        f.v[i][2 * h] = mul * x.x, f.v[i][2 * h + 1] = mul * x.y;
+      }
+  } else {
+    GDR_FOR_FRAG(i, j, r, c) { f.v[i][j] = mul * __ldg(src + r * stride + c); }
+  }
+}
+
+// dst (a 64 x 64 block stored as an operand tile's two planes, unpadded: 64 x 64 bf16 hi values,
+// then the lo values) <- f, split as PutOp splits. PrepKernel writes W this way for a StateKernel
+// on the tensor cores, which then copies it without converting (CopyRowsAsync).
+template <bool kTC>
+__device__ __forceinline__ void StoreFragSplit(__nv_bfloat16* dst, const Frag& f) {
+  if constexpr (kTC) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const Split x = SplitBf16(f.v[i][2 * h], f.v[i][2 * h + 1]);
+        uint32_t* p = reinterpret_cast<uint32_t*>(dst + FragRow<true>(i, 2 * h) * kC +
+                                                  FragCol<true>(i, 2 * h));
+        p[0] = x.hi;
+        p[kC * kC / 2] = x.lo;
+      }
+  } else {
+    GDR_FOR_FRAG(i, j, r, c) {
+      const __nv_bfloat16 hi = __float2bfloat16_rn(f.v[i][j]);
+      dst[r * kC + c] = hi;
+      dst[kC * kC + r * kC + c] = __float2bfloat16_rn(f.v[i][j] - __bfloat162float(hi));
+    }
+  }
+}
+
+// Rows [0, 64) of row_bytes (a multiple of 16) at src + r * src_stride (bytes) into shared memory
+// at dst + r * dst_stride, by cp.async (no registers, all in flight at once); rows >= rows_valid
+// are zero-filled. The caller waits (CpAsyncWaitAll) and synchronises before reading.
+__device__ __forceinline__ void CopyRowsAsync(void* dst, int dst_stride, const void* src,
+                                              int64_t src_stride, int row_bytes, int rows_valid) {
+  const int per_row = row_bytes / 16;
+  for (int e = threadIdx.x; e < kC * per_row; e += kThreads) {
+    const int r = e / per_row, c = (e % per_row) * 16;
+    const bool in = r < rows_valid;
+    const char* from = static_cast<const char*>(src) + (in ? r * src_stride : 0) + c;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                     SmemAddr(static_cast<char*>(dst) + r * dst_stride + c)),
+                 "l"(from), "r"(in ? 16 : 0)
+                 : "memory");
+  }
+}
+__device__ __forceinline__ void CpAsyncWaitAll() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// Tiles loaded unscaled from bf16 inputs hold exact bf16 values (Mma's kAX / kBX).
+template <typename T>
+constexpr bool kExactInputs = std::is_same_v<T, __nv_bfloat16>;
+
+// dst (two unpadded planes, as StoreFragSplit) <- the fp32 tile, split as PutOp splits.
+__device__ __forceinline__ void StoreTileSplit(__nv_bfloat16* dst, const float* tile) {
+  for (int e = threadIdx.x * 4; e < kC * kC; e += kThreads * 4) {
+    const int r = e >> 6, c = e & (kC - 1);
+    const float4 x = *reinterpret_cast<const float4*>(tile + r * kLd + c);
+    const Split a = SplitBf16(x.x, x.y), b = SplitBf16(x.z, x.w);
+    *reinterpret_cast<uint2*>(dst + e) = make_uint2(a.hi, b.hi);
+    *reinterpret_cast<uint2*>(dst + kC * kC + e) = make_uint2(a.lo, b.lo);
+  }
+}
+
+// A 64 x 64 block of chunk scratch (W, T) that PrepKernel wrote for this product mode into an
+// operand slot, by cp.async: on the tensor cores the two planes at src (StoreFragSplit), else
+// fp32 rows of `stride` floats.
+template <bool kTC>
+__device__ __forceinline__ void CopyOperandAsync(float* slot, const float* src, int64_t stride) {
+  if constexpr (kTC) {
+    const __nv_bfloat16* p = reinterpret_cast<const __nv_bfloat16*>(src);
+    CopyRowsAsync(slot, kLd * 2, p, kC * 2, kC * 2, kC);
+    CopyRowsAsync(reinterpret_cast<__nv_bfloat16*>(slot) + kTile, kLd * 2, p + kC * kC, kC * 2,
+                  kC * 2, kC);
+  } else {
+    CopyRowsAsync(slot, kLd * 4, src, stride * 4, kC * 4, kC);
+  }
+}
+
+// An unscaled input tile (rows r < L at src + r * stride, zero below) into an operand slot that
+// products read with kAX / kBX = kExactInputs<T>: by cp.async when the slot holds the input's raw
+// bytes (bf16 on the tensor cores, whose lo plane is then never read; fp32 for FMA), else through
+// LoadTile. Either way the caller waits (CpAsyncWaitAll) and synchronises before reading.
+template <bool kTC, typename T>
+__device__ __forceinline__ void LoadInputTile(float* slot, const T* src, int64_t stride, int L) {
+  if constexpr (kTC ? kExactInputs<T> : std::is_same_v<T, float>) {
+    CopyRowsAsync(slot, kLd * (kTC ? 2 : 4), src, stride * int64_t{sizeof(T)},
+                  kC * static_cast<int>(sizeof(T)), L);
+  } else {
+    LoadTile<kTC>(slot, src, stride, L);
+  }
+}
+
 // Loops over the 64-row tiles kt < n of dk (n <= kNK, a constant), unrolled, so that per-tile
 // register arrays (the sequential kernels' state, GradKernel's phase-B sums) are indexed by
 // constants.
 #define GDR_FOR_TILE(kt, n) \
   _Pragma("unroll") for (int kt = 0; kt < kNK; ++kt) if (kt < (n))
 
-// Tiles loaded unscaled from bf16 inputs hold exact bf16 values (Mma's kAX / kBX).
-template <typename T>
-constexpr bool kExactInputs = std::is_same_v<T, __nv_bfloat16>;
 
 // Per-token gate quantities of one chunk (padding rows past L: gamma 0, beta 0).
 struct Gates {
@@ -510,7 +655,8 @@ __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int 
     Mma<kTC, false, true, kX, kX>(f, sA, sB);
     __syncthreads();
   }
-  GDR_FOR_FRAG(i, j, r, c) { PutOp<kTC>(sP, r, c, r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f); }
+  GDR_FOR_FRAG(i, j, r, c) { f.v[i][j] = r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f; }
+  PutFrag<kTC>(sP, f);
   __syncthreads();
 }
 
@@ -565,7 +711,7 @@ __device__ void InvertUnitLower(const float* sM, float* sT, float* sY) {
 template <typename T, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     PrepKernel(Dims d, const T* k, const T* v, const float* gamma, const float* beta, float* W,
-               float* U, float* Tm) {
+               float* U, float* Tm, bool w_split, bool t_split) {
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
@@ -593,7 +739,10 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   InvertUnitLower(sM, sT, sX);
   const int64_t ch = d.Chunk(b, hv, c);
-  if (Tm != nullptr) StoreTile(Tm + ch * kC * kC, kC, sT);
+  if (Tm != nullptr && t_split)
+    StoreTileSplit(reinterpret_cast<__nv_bfloat16*>(Tm + ch * kC * kC), sT);
+  else if (Tm != nullptr)
+    StoreTile(Tm + ch * kC * kC, kC, sT);
   const float* opT = sT;  // T as an operand tile: on the tensor cores, its planes in sE's slot
   if constexpr (kTC) {
     ToOperand<kTC>(sE, sT);
@@ -605,7 +754,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     Zero(f);
     Mma<kTC, false, false>(f, opT, sX);
-    StoreFrag<kTC>(Wc + kt * kC, d.dk, f);
+    if (w_split)
+      StoreFragSplit<kTC>(reinterpret_cast<__nv_bfloat16*>(Wc + kt * kC * kC), f);
+    else
+      StoreFrag<kTC>(Wc + kt * kC, d.dk, f);
     __syncthreads();
   }
   float* Uc = U + ch * kC * d.dv;
@@ -623,30 +775,47 @@ __global__ void __launch_bounds__(kThreads)
 // Per (b, hv, 64 state columns), sequential over chunks: stores each chunk-start state and
 // V' = U - W S, and advances S <- Gam_{L-1} S + K^T diag(e) V'. The state's fp32 values live in
 // registers (st, one Frag per 64 rows; kNK >= d.NK of them), its operand tiles in shared memory.
+// Each chunk's W and K tiles arrive by cp.async, all issued at the chunk's start (W in the form
+// StateKernel reads: split planes from PrepKernel on the tensor cores, fp32 otherwise; K as it
+// is when the tile holds its raw values), and U goes straight into the product's accumulator
+// (f = -U + W S = -V'), so a chunk waits on global memory once.
 template <typename T, bool kTC, int kNK>
 __global__ void __launch_bounds__(kThreads, 2)
     StateKernel(Dims d, const float* W, const float* U, const T* k, const float* gamma,
                 float* S_all, float* Vp, float* final_state) {
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  // With dk <= 128 every W and K tile of a chunk has its own slot (3 NK tiles: 4 barriers a
+  // chunk); otherwise one slot takes W's tiles, then K's, one at a time (NK + 2 tiles).
+  constexpr bool kFused = kNK <= 2;
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sS = smem + kSmall;  // d.NK operand tiles: rows kt * 64 + r of the state's column tile
-  float* sA = sS + d.NK * kTile;  // operand tile: W, then K
-  float* sV = sA + kTile;         // operand tile: diag(e) V'
-  float* sU = sV + kTile;
+  float* sS = smem + kSmall;       // d.NK operand tiles: rows kt * 64 + r of the state's columns
+  float* sW = sS + d.NK * kTile;   // fused: d.NK operand tiles of W, then diag(e) V' in the first
+  float* sK = sW + d.NK * kTile;   // fused: d.NK operand tiles of K
+  float* sA = sW;                  // not fused: W's or K's current tile
+  float* sV = sA + kTile;          // not fused: diag(e) V'
   for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sS[e] = 0.f;  // zero in both forms
   Frag st[kNK];
   GDR_FOR_TILE(kt, d.NK) Zero(st[kt]);
   const int64_t kst = int64_t{d.H} * d.dk;
   const int64_t sd = int64_t{d.dk} * d.dv;
+  // W's tile kt of chunk ch (see StoreFragSplit for the split planes' layout).
+  auto copy_w = [&](float* slot, int64_t ch, int kt) {
+    const float* Wc = W + ch * kC * d.dk;
+    CopyOperandAsync<kTC>(slot, kTC ? Wc + kt * kC * kC : Wc + kt * kC, d.dk);
+  };
   for (int c = 0; c < d.NC; ++c) {
     const int t0 = c * kC, L = min(kC, d.T - t0);
-    // With dk <= 128 the chunk's W tiles load together with the gates (the second in sV, free
-    // until V' is written), and both K tiles after V' (the second in sU): 5 barriers per chunk.
-    constexpr bool kFused = kNK <= 2;
-    LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L, !kFused);  // orders the zero fill
     const int64_t ch = d.Chunk(b, hv, c);
+    const T* kc = k + d.Qk(b, t0, h);
+    if constexpr (kFused) {
+      GDR_FOR_TILE(kt, d.NK) copy_w(sW + kt * kTile, ch, kt);
+      GDR_FOR_TILE(kt, d.NK) LoadInputTile<kTC>(sK + kt * kTile, kc + kt * kC, kst, L);
+    } else {
+      copy_w(sA, ch, 0);
+    }
+    LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L, false);
     if (c + 1 < d.NC) {
       const int64_t cn = ch + 1;
       PrefetchRows(W + cn * kC * d.dk, d.dk * 4, kC, d.dk * 4);
@@ -657,50 +826,43 @@ __global__ void __launch_bounds__(kThreads, 2)
     GDR_FOR_TILE(kt, d.NK) {
       StoreFrag<kTC>(S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, st[kt]);
     }
-    LoadTile(sU, U + ch * kC * d.dv + vt * kC, d.dv, kC);
-    const float* Wc = W + ch * kC * d.dk;
-    const T* kc = k + d.Qk(b, t0, h);
-    Frag f;
-    Zero(f);
+    float* Vc = Vp + ch * kC * d.dv + vt * kC;
+    Frag f;  // -U + W S = -V'
+    LoadFrag<kTC>(f, U + ch * kC * d.dv + vt * kC, d.dv, -1.f);
+    CpAsyncWaitAll();
+    __syncthreads();
     if constexpr (kFused) {
-      LoadTile<kTC>(sA, Wc, d.dk, kC);
-      if (d.NK > 1) LoadTile<kTC>(sV, Wc + kC, d.dk, kC);
-      __syncthreads();
-      Mma<kTC, false, false>(f, sA, sS);
-      if (d.NK > 1) Mma<kTC, false, false>(f, sV, sS + kTile);
-      __syncthreads();
+      GDR_FOR_TILE(kt, d.NK) Mma<kTC, false, false>(f, sW + kt * kTile, sS + kt * kTile);
     } else {
       for (int kt = 0; kt < d.NK; ++kt) {
-        LoadTile<kTC>(sA, Wc + kt * kC, d.dk, kC);
-        __syncthreads();
         Mma<kTC, false, false>(f, sA, sS + kt * kTile);
         __syncthreads();
+        if (kt + 1 < d.NK) {
+          copy_w(sA, ch, kt + 1);
+          CpAsyncWaitAll();
+          __syncthreads();
+        }
       }
     }
-    float* Vc = Vp + ch * kC * d.dv + vt * kC;
-    GDR_FOR_FRAG(i, j, r, cc) {
-      const float x = sU[r * kLd + cc] - f.v[i][j];
-      Vc[r * d.dv + cc] = x;
-      PutOp<kTC>(sV, r, cc, gs.e[r] * x);
-    }
+    GDR_FOR_FRAG(i, j, r, cc) { f.v[i][j] = -f.v[i][j]; }
+    StoreFrag<kTC>(Vc, d.dv, f);
+    GDR_FOR_FRAG(i, j, r, cc) { f.v[i][j] *= gs.e[r]; }
+    float* ev = kFused ? sW : sV;  // diag(e) V'
+    if constexpr (kFused) __syncthreads();  // every warp is done with W's first tile
+    PutFrag<kTC>(ev, f);
     __syncthreads();
     const float gl = gs.gam[L - 1];
-    if constexpr (kFused) {
-      LoadTile<kTC>(sA, kc, kst, L);
-      if (d.NK > 1) LoadTile<kTC>(sU, kc + kC, kst, L);
-      __syncthreads();
-    }
     GDR_FOR_TILE(kt, d.NK) {
+      float* kslot = kFused ? sK + kt * kTile : sA;
       if constexpr (!kFused) {
-        LoadTile<kTC>(sA, kc + kt * kC, kst, L);
+        LoadInputTile<kTC>(sA, kc + kt * kC, kst, L);
+        CpAsyncWaitAll();
         __syncthreads();
       }
       Zero(f);
-      Mma<kTC, true, false, kX, false>(f, kFused && kt == 1 ? sU : sA, sV);
-      GDR_FOR_FRAG(i, j, r, cc) {
-        st[kt].v[i][j] = gl * st[kt].v[i][j] + f.v[i][j];
-        PutOp<kTC>(sS + kt * kTile, r, cc, st[kt].v[i][j]);
-      }
+      Mma<kTC, true, false, kX, false>(f, kslot, ev);
+      GDR_FOR_FRAG(i, j, r, cc) { st[kt].v[i][j] = gl * st[kt].v[i][j] + f.v[i][j]; }
+      PutFrag<kTC>(sS + kt * kTile, st[kt]);  // sS was last read before the barrier above
       if constexpr (!kFused) __syncthreads();
     }
     if constexpr (kFused) __syncthreads();
@@ -816,10 +978,20 @@ __global__ void __launch_bounds__(kThreads, 2)
     // With dk <= 128 each phase loads all its tiles at once: the second K tile of K D in sY (free
     // until dVl + diag(e) K D is written), the second Q and K tiles of the update of D in the sD
     // slots (D's values are in registers; its operand tiles are rewritten after): 6 barriers
-    // per chunk.
+    // per chunk. T, dVl, Q and K arrive by cp.async (T in the form this kernel reads, from
+    // PrepKernel), dO through registers (it is scaled).
     constexpr bool kFused = kNK <= 2;
-    LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L, !kFused);
     const int64_t ch = d.Chunk(b, hv, c);
+    float* Yc = Y + ch * kC * d.dv + vt * kC;
+    const T* qc = q + d.Qk(b, t0, h);
+    const T* kc = k + d.Qk(b, t0, h);
+    CopyOperandAsync<kTC>(sT, Tm + ch * kC * kC, kC);
+    CopyRowsAsync(sX, kLd * 4, Yc, d.dv * 4, kC * 4, kC);
+    if constexpr (kFused) {
+      LoadInputTile<kTC>(sA, kc, kst, L);
+      if (d.NK > 1) LoadInputTile<kTC>(sY, kc + kC, kst, L);
+    }
+    LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L, false);
     if (c > 0) {  // the previous chunk is whole
       PrefetchRows(Tm + (ch - 1) * kC * kC, kC * 4, kC, kC * 4);
       PrefetchRows(Y + (ch - 1) * kC * d.dv + vt * kC, d.dv * 4, kC, kC * 4);
@@ -831,51 +1003,52 @@ __global__ void __launch_bounds__(kThreads, 2)
     GDR_FOR_TILE(kt, d.NK) {
       StoreFrag<kTC>(D_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv, dd[kt]);
     }
-    float* Yc = Y + ch * kC * d.dv + vt * kC;
-    const T* qc = q + d.Qk(b, t0, h);
-    const T* kc = k + d.Qk(b, t0, h);
-    LoadTile<kTC>(sT, Tm + ch * kC * kC, kC, kC);
-    LoadTile(sX, Yc, d.dv, kC);
     Frag f;
     Zero(f);
+    CpAsyncWaitAll();
+    __syncthreads();
     if constexpr (kFused) {
-      LoadTile<kTC>(sA, kc, kst, L);
-      if (d.NK > 1) LoadTile<kTC>(sY, kc + kC, kst, L);
-      __syncthreads();
       Mma<kTC, false, false, kX, false>(f, sA, sD);
       if (d.NK > 1) Mma<kTC, false, false, kX, false>(f, sY, sD + kTile);
       __syncthreads();
     } else {
       for (int kt = 0; kt < d.NK; ++kt) {
-        LoadTile<kTC>(sA, kc + kt * kC, kst, L);
+        LoadInputTile<kTC>(sA, kc + kt * kC, kst, L);
+        CpAsyncWaitAll();
         __syncthreads();
         Mma<kTC, false, false, kX, false>(f, sA, sD + kt * kTile);
         __syncthreads();
       }
     }
-    GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sY, r, cc, sX[r * kLd + cc] + gs.e[r] * f.v[i][j]); }
+    GDR_FOR_FRAG(i, j, r, cc) { f.v[i][j] = sX[r * kLd + cc] + gs.e[r] * f.v[i][j]; }
+    PutFrag<kTC>(sY, f);
     __syncthreads();
     Zero(f);
     Mma<kTC, true, false>(f, sT, sY);
     // sX's fp32 values were last read before the barrier above; sY is still being read.
     StoreFrag<kTC>(Yc, d.dv, f);
-    GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sX, r, cc, -gs.bg[r] * f.v[i][j]); }
+    GDR_FOR_FRAG(i, j, r, cc) { f.v[i][j] *= -gs.bg[r]; }
+    PutFrag<kTC>(sX, f);
     __syncthreads();
+    if constexpr (kFused) {
+      LoadInputTile<kTC>(sA, qc, kst, L);
+      LoadInputTile<kTC>(sT, kc, kst, L);
+      if (d.NK > 1) {
+        LoadInputTile<kTC>(sD, qc + kC, kst, L);
+        LoadInputTile<kTC>(sD + kTile, kc + kC, kst, L);
+      }
+    }
     LoadTile<kTC>(sY, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L, gs.gam, scale);
     const float gl = gs.gam[L - 1];
     if constexpr (kFused) {
-      LoadTile<kTC>(sA, qc, kst, L);
-      LoadTile<kTC>(sT, kc, kst, L);
-      if (d.NK > 1) {
-        LoadTile<kTC>(sD, qc + kC, kst, L);
-        LoadTile<kTC>(sD + kTile, kc + kC, kst, L);
-      }
+      CpAsyncWaitAll();
       __syncthreads();
     }
     GDR_FOR_TILE(kt, d.NK) {
       if constexpr (!kFused) {
-        LoadTile<kTC>(sA, qc + kt * kC, kst, L);
-        LoadTile<kTC>(sT, kc + kt * kC, kst, L);
+        LoadInputTile<kTC>(sA, qc + kt * kC, kst, L);
+        LoadInputTile<kTC>(sT, kc + kt * kC, kst, L);
+        CpAsyncWaitAll();
         __syncthreads();
       }
       Zero(f);
@@ -883,15 +1056,13 @@ __global__ void __launch_bounds__(kThreads, 2)
       Mma<kTC, true, false, kX, false>(f, kFused && kt == 1 ? sD + kTile : sT, sX);
       GDR_FOR_FRAG(i, j, r, cc) { dd[kt].v[i][j] = gl * dd[kt].v[i][j] + f.v[i][j]; }
       if constexpr (!kFused) {
-        GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sD + kt * kTile, r, cc, dd[kt].v[i][j]); }
+        PutFrag<kTC>(sD + kt * kTile, dd[kt]);
         __syncthreads();
       }
     }
     if constexpr (kFused) {
       __syncthreads();  // the sD slots' staged Q and K tiles are read
-      GDR_FOR_TILE(kt, d.NK) {
-        GDR_FOR_FRAG(i, j, r, cc) { PutOp<kTC>(sD + kt * kTile, r, cc, dd[kt].v[i][j]); }
-      }
+      GDR_FOR_TILE(kt, d.NK) PutFrag<kTC>(sD + kt * kTile, dd[kt]);
       __syncthreads();
     }
   }
@@ -1347,10 +1518,14 @@ void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, co
                    const Work& w, float* final_state, int tc, cudaStream_t stream,
                    Between between = [] {}) {
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
-  GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm);
+  // W and T in the form their readers take them (split planes for StateKernel and ReverseKernel
+  // on the tensor cores: StoreFragSplit, StoreTileSplit).
+  const bool w_split = (tc >> 1) & 1, t_split = (tc >> 4) & 1;
+  GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm, w_split,
+             t_split);
   between();
-  GDR_LAUNCH_NK(StateKernel, 1, columns, d.NK + 3, stream, d, w.W, w.U, k, gamma, w.S, w.Vp,
-             final_state);
+  GDR_LAUNCH_NK(StateKernel, 1, columns, d.NK <= 2 ? 3 * d.NK : d.NK + 2, stream, d, w.W, w.U,
+                k, gamma, w.S, w.Vp, final_state);
 }
 
 template <typename T>

@@ -42,6 +42,12 @@ step "bf16 with fp32 FMA everywhere (GDR_CUDA_TC_MASK=0)" | tee -a "$OUT/test.lo
 GDR_CUDA_TC_MASK=0 timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Bfloat16*' 2>&1 | tee -a "$OUT/test.log"
 step "fp32 on split-bf16 tensor cores (GDR_CUDA_FP32_TC_MASK=0x3f)" | tee -a "$OUT/test.log"
 GDR_CUDA_FP32_TC_MASK=0x3f timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Float32*' 2>&1 | tee -a "$OUT/test.log"
+# PrepKernel writes W in the form StateKernel reads (split planes on the tensor cores, fp32
+# otherwise): the two on different product modes.
+for mask in 0x3d 0x02; do
+  step "bf16, PrepKernel and StateKernel on different products (GDR_CUDA_TC_MASK=$mask)" | tee -a "$OUT/test.log"
+  GDR_CUDA_TC_MASK=$mask timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Bfloat16*' 2>&1 | tail -3 | tee -a "$OUT/test.log"
+done
 step "deliberately broken dgamma: must FAIL" | tee -a "$OUT/test.log"
 timeout 60 "$BLD/cuda_gdr_tests_broken" --gtest_filter='*Float32*' 2>&1 | grep -E "dgamma|FAILED|PASSED" | head -12 | tee -a "$OUT/test.log"
 
@@ -63,6 +69,10 @@ step "ncu per-kernel times" | tee -a "$OUT/bench.log"
 timeout 90 ncu --clock-control none --print-units base --metrics gpu__time_duration.sum --csv -k regex:Kernel \
   "$BLD/gdr_cuda_bench" 8 2048 16 16 128 128 1 > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
 python3 tests/gpu/ncu_summary.py "$OUT/ncu.csv" 1 2>&1 | tee -a "$OUT/bench.log"
+step "ncu per-kernel times, the model's layer shape" | tee -a "$OUT/bench.log"
+timeout 90 ncu --clock-control none --print-units base --metrics gpu__time_duration.sum --csv -k regex:Kernel \
+  "$BLD/gdr_cuda_bench" 8 2048 6 6 128 256 1 > "$OUT/ncu_model.csv" 2> "$OUT/ncu_model.err"
+python3 tests/gpu/ncu_summary.py "$OUT/ncu_model.csv" 1 2>&1 | tee -a "$OUT/bench.log"
 
 step "racecheck (small case)" | tee -a "$OUT/sanitizer.log"
 timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$BLD/cuda_gdr_tests" \
