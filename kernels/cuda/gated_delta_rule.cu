@@ -25,7 +25,9 @@
 // fp32 FMA on fp32 tiles, or split-bf16 tensor cores on operand tiles that hold each value as
 // bf16 hi and lo planes, split once when written (see PutOp, Mma and TcMask). Everything else is
 // fp32 (bf16 inputs are widened on load); the sequential kernels keep their fp32 state in
-// registers. Decays are never divided: E comes from running products of
+// registers, and copy each chunk's tiles with cp.async: W and T as PrepKernel wrote them for
+// their reader (split planes on the tensor cores), input tiles that need no conversion as they
+// are. Decays are never divided: E comes from running products of
 // alpha = exp(gamma) <= 1, so gamma = 0 and very strong decay are both exact limits. No atomics:
 // results repeat bit for bit. Measured figures: experiments/results/gdr-cuda.md.
 #include "kernels/cuda/gated_delta_rule.cuh"
