@@ -235,13 +235,40 @@ __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t strid
   }
 }
 
-// dst (operand tile) <- src (fp32 tile).
+// LoadTile<kOp> of two whole fp32 tiles at the same positions of src_a and src_b (one stride),
+// returning this thread's part of the sum of their elementwise products, from the fp32 values as
+// loaded (GradKernel's <D, S>, without reading the tiles back).
+template <bool kOp>
+__device__ __forceinline__ float LoadTilesDot(float* dst_a, const float* src_a, float* dst_b,
+                                              const float* src_b, int64_t stride) {
+  constexpr int kPer = kC * kC / 4 / kThreads;  // 4-value loads per thread and tile
+  float a[kPer][4], b[kPer][4];
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int e = (threadIdx.x + u * kThreads) * 4, r = e / kC, c = e % kC;
+    Load16(src_a + r * stride + c, a[u]);
+    Load16(src_b + r * stride + c, b[u]);
+  }
+  float dot = 0.f;
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int e = (threadIdx.x + u * kThreads) * 4, r = e / kC, c = e % kC;
+    PutOp4<kOp>(dst_a, r, c, a[u][0], a[u][1], a[u][2], a[u][3]);
+    PutOp4<kOp>(dst_b, r, c, b[u][0], b[u][1], b[u][2], b[u][3]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dot = fmaf(a[u][i], b[u][i], dot);
+  }
+  return dot;
+}
+
+// dst (operand tile) <- src (fp32 tile) with column c multiplied by col_scale[c].
 template <bool kTC>
-__device__ __forceinline__ void ToOperand(float* dst, const float* src) {
+__device__ __forceinline__ void ToOperand(float* dst, const float* src, const float* col_scale) {
   for (int e = threadIdx.x * 4; e < kC * kC; e += kThreads * 4) {
     const int r = e >> 6, c = e & (kC - 1);
     const float4 x = *reinterpret_cast<const float4*>(src + r * kLd + c);
-    PutOp4<kTC>(dst, r, c, x.x, x.y, x.z, x.w);
+    PutOp4<kTC>(dst, r, c, x.x * col_scale[c], x.y * col_scale[c + 1], x.z * col_scale[c + 2],
+                x.w * col_scale[c + 3]);
   }
 }
 
@@ -745,17 +772,17 @@ __global__ void __launch_bounds__(kThreads)
     StoreTileSplit(reinterpret_cast<__nv_bfloat16*>(Tm + ch * kC * kC), sT);
   else if (Tm != nullptr)
     StoreTile(Tm + ch * kC * kC, kC, sT);
-  const float* opT = sT;  // T as an operand tile: on the tensor cores, its planes in sE's slot
-  if constexpr (kTC) {
-    ToOperand<kTC>(sE, sT);
-    opT = sE;
-  }
+  // T diag(beta Gam) and T diag(beta) as operand tiles (sE's and sM's slots; E and M are done
+  // with), so that the products take K and V tiles as they are (exact bf16: no lo parts).
+  ToOperand<kTC>(sE, sT, gs.bg);
+  ToOperand<kTC>(sM, sT, gs.beta);
   float* Wc = W + ch * kC * d.dk;
   for (int kt = 0; kt < d.NK; ++kt) {
-    LoadTile<kTC>(sX, kc + kt * kC, kst, L, gs.bg);
+    LoadInputTile<kTC>(sX, kc + kt * kC, kst, L);
+    CpAsyncWaitAll();
     __syncthreads();
     Zero(f);
-    Mma<kTC, false, false>(f, opT, sX);
+    Mma<kTC, false, false, false, kX>(f, sE, sX);
     if (w_split)
       StoreFragSplit<kTC>(reinterpret_cast<__nv_bfloat16*>(Wc + kt * kC * kC), f);
     else
@@ -765,10 +792,11 @@ __global__ void __launch_bounds__(kThreads)
   float* Uc = U + ch * kC * d.dv;
   const T* vc = v + d.Vo(b, t0, hv);
   for (int vt = 0; vt < d.NV; ++vt) {
-    LoadTile<kTC>(sX, vc + vt * kC, int64_t{d.HV} * d.dv, L, gs.beta);
+    LoadInputTile<kTC>(sX, vc + vt * kC, int64_t{d.HV} * d.dv, L);
+    CpAsyncWaitAll();
     __syncthreads();
     Zero(f);
-    Mma<kTC, false, false>(f, opT, sX);
+    Mma<kTC, false, false, false, kX>(f, sM, sX);
     StoreFrag<kTC>(Uc + vt * kC, d.dv, f);
     __syncthreads();
   }
@@ -1219,16 +1247,12 @@ __global__ void __launch_bounds__(kThreads)
   // dot products with q and k, then
   //   dq = dQK K + s diag(Gam) X1,
   //   dk = dQK^T Q + (dA + dA^T) K + diag(e) X3 - diag(Gam beta) X2.
-  float ds = 0.f;  // <D, S>
+  float ds = 0.f;  // <D, S>, summed as S and D load (LoadTilesDot)
   auto accumulate = [&](Frag& f1, Frag& f2, Frag& f3, const float* pS, const float* pD,
                         const float* pdO, const float* pY, const float* pV) {
     Mma<kTC, false, true, kX, false>(f1, pdO, pS);
     Mma<kTC, false, true>(f2, pY, pS);
     Mma<kTC, false, true>(f3, pV, pD);
-    for (int e = tid; e < kC * kC; e += kThreads) {
-      const int r = e >> 6, cc = e & (kC - 1);
-      ds += GetOp<kTC>(pS, r, cc) * GetOp<kTC>(pD, r, cc);
-    }
   };
   auto finish = [&](int kt, Frag& f1, Frag& f2, Frag& f3) {
     LoadTile<kTC>(u[0], qc + kt * kC, kst, L);
@@ -1275,8 +1299,7 @@ __global__ void __launch_bounds__(kThreads)
       LoadTile<kTC>(sl[2], Vc + vt * kC, d.dv, kC);
       GDR_FOR_TILE(kt, d.NK) {
         const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
-        LoadTile<kTC>(sl[3 + 2 * kt], S_all + so, d.dv, kC);
-        LoadTile<kTC>(sl[4 + 2 * kt], D_all + so, d.dv, kC);
+        ds += LoadTilesDot<kTC>(sl[3 + 2 * kt], S_all + so, sl[4 + 2 * kt], D_all + so, d.dv);
       }
       __syncthreads();
       GDR_FOR_TILE(kt, d.NK) {
@@ -1293,8 +1316,7 @@ __global__ void __launch_bounds__(kThreads)
       Zero(f3);
       for (int vt = 0; vt < d.NV; ++vt) {
         const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
-        LoadTile<kTC>(u[0], S_all + so, d.dv, kC);
-        LoadTile<kTC>(u[1], D_all + so, d.dv, kC);
+        ds += LoadTilesDot<kTC>(u[0], S_all + so, u[1], D_all + so, d.dv);
         LoadTile<kTC>(u[2], doc + vt * kC, vst, L);
         LoadTile<kTC>(u[3], Yc + vt * kC, d.dv, kC);
         LoadTile<kTC>(u[4], Vc + vt * kC, d.dv, kC);
