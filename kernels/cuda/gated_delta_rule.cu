@@ -466,22 +466,37 @@ __device__ __forceinline__ void StoreFrag(float* dst, int64_t stride, const Frag
   }
 }
 
-// The operand tile slot <- f (as PutOp, value by value); on the tensor cores the two adjacent
-// columns a lane holds of each fragment row are split and stored as pairs.
+// f split as PutOp splits into two bf16 planes at base (rows `pitch` apart, the lo plane `plane`
+// values after the hi one): on the tensor cores the two adjacent columns a lane holds of each
+// fragment row are split and stored as pairs.
 template <bool kTC>
-__device__ __forceinline__ void PutFrag(float* slot, const Frag& f) {
+__device__ __forceinline__ void SplitFragInto(__nv_bfloat16* base, int pitch, int plane,
+                                              const Frag& f) {
   if constexpr (kTC) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const Split x = SplitBf16(f.v[i][2 * h], f.v[i][2 * h + 1]);
-        uint32_t* p = reinterpret_cast<uint32_t*>(reinterpret_cast<__nv_bfloat16*>(slot) +
-                                                  FragRow<true>(i, 2 * h) * kLd +
+        uint32_t* p = reinterpret_cast<uint32_t*>(base + FragRow<true>(i, 2 * h) * pitch +
                                                   FragCol<true>(i, 2 * h));
         p[0] = x.hi;
-        p[kTile / 2] = x.lo;
+        p[plane / 2] = x.lo;
       }
+  } else {
+    GDR_FOR_FRAG(i, j, r, c) {
+      const __nv_bfloat16 hi = __float2bfloat16_rn(f.v[i][j]);
+      base[r * pitch + c] = hi;
+      base[plane + r * pitch + c] = __float2bfloat16_rn(f.v[i][j] - __bfloat162float(hi));
+    }
+  }
+}
+
+// The operand tile slot <- f (as PutOp, value by value).
+template <bool kTC>
+__device__ __forceinline__ void PutFrag(float* slot, const Frag& f) {
+  if constexpr (kTC) {
+    SplitFragInto<true>(reinterpret_cast<__nv_bfloat16*>(slot), kLd, kTile, f);
   } else {
     GDR_FOR_FRAG(i, j, r, c) { slot[r * kLd + c] = f.v[i][j]; }
   }
@@ -509,24 +524,7 @@ __device__ __forceinline__ void LoadFrag(Frag& f, const float* src, int64_t stri
 // on the tensor cores, which then copies it without converting (CopyRowsAsync).
 template <bool kTC>
 __device__ __forceinline__ void StoreFragSplit(__nv_bfloat16* dst, const Frag& f) {
-  if constexpr (kTC) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const Split x = SplitBf16(f.v[i][2 * h], f.v[i][2 * h + 1]);
-        uint32_t* p = reinterpret_cast<uint32_t*>(dst + FragRow<true>(i, 2 * h) * kC +
-                                                  FragCol<true>(i, 2 * h));
-        p[0] = x.hi;
-        p[kC * kC / 2] = x.lo;
-      }
-  } else {
-    GDR_FOR_FRAG(i, j, r, c) {
-      const __nv_bfloat16 hi = __float2bfloat16_rn(f.v[i][j]);
-      dst[r * kC + c] = hi;
-      dst[kC * kC + r * kC + c] = __float2bfloat16_rn(f.v[i][j] - __bfloat162float(hi));
-    }
-  }
+  SplitFragInto<kTC>(dst, kC, kC * kC, f);
 }
 
 // Rows [0, 64) of row_bytes (a multiple of 16) at src + r * src_stride (bytes) into shared memory
