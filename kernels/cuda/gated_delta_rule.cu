@@ -813,7 +813,9 @@ __global__ void __launch_bounds__(kThreads, 2)
                 float* S_all, float* Vp, float* final_state) {
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   // With dk <= 128 every W and K tile of a chunk has its own slot (3 NK tiles: 4 barriers a
-  // chunk); otherwise one slot takes W's tiles, then K's, one at a time (NK + 2 tiles).
+  // chunk; with dk = 128 the 6 tiles and kSmall are 113 KB, exactly two blocks an SM on sm_90,
+  // so one more slot would halve the blocks); otherwise one slot takes W's tiles, then K's, one
+  // at a time (NK + 2 tiles).
   constexpr bool kFused = kNK <= 2;
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ __align__(16) float smem[];
@@ -1005,7 +1007,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int t0 = c * kC, L = min(kC, d.T - t0);
     // With dk <= 128 each phase loads all its tiles at once: the second K tile of K D in sY (free
     // until dVl + diag(e) K D is written), the second Q and K tiles of the update of D in the sD
-    // slots (D's values are in registers; its operand tiles are rewritten after): 6 barriers
+    // slots (D's values are in registers; its operand tiles are rewritten after): 7 barriers
     // per chunk. T, dVl, Q and K arrive by cp.async (T in the form this kernel reads, from
     // PrepKernel), dO through registers (it is scaled).
     constexpr bool kFused = kNK <= 2;

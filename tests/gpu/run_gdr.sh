@@ -42,11 +42,13 @@ step "bf16 with fp32 FMA everywhere (GDR_CUDA_TC_MASK=0)" | tee -a "$OUT/test.lo
 GDR_CUDA_TC_MASK=0 timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Bfloat16*' 2>&1 | tee -a "$OUT/test.log"
 step "fp32 on split-bf16 tensor cores (GDR_CUDA_FP32_TC_MASK=0x3f)" | tee -a "$OUT/test.log"
 GDR_CUDA_FP32_TC_MASK=0x3f timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Float32*' 2>&1 | tee -a "$OUT/test.log"
-# PrepKernel writes W in the form StateKernel reads (split planes on the tensor cores, fp32
-# otherwise): the two on different product modes.
-for mask in 0x3d 0x02; do
-  step "bf16, PrepKernel and StateKernel on different products (GDR_CUDA_TC_MASK=$mask)" | tee -a "$OUT/test.log"
-  GDR_CUDA_TC_MASK=$mask timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Bfloat16*' 2>&1 | tail -3 | tee -a "$OUT/test.log"
+# PrepKernel writes W and T in the form StateKernel and ReverseKernel read (split planes on the
+# tensor cores, fp32 otherwise): writer and readers on different products (mask bits: Prep 0,
+# State 1, Reverse 4).
+for mask in 0x3d 0x02 0x3e 0x2f 0x10; do
+  step "bf16, PrepKernel and its readers on different products (GDR_CUDA_TC_MASK=$mask)" | tee -a "$OUT/test.log"
+  GDR_CUDA_TC_MASK=$mask timeout 60 "$BLD/cuda_gdr_tests" --gtest_filter='*Bfloat16*' > "$BLD/mask.log" 2>&1
+  echo "mask $mask: exit $? ($(grep -cE '^\[  FAILED  \]' "$BLD/mask.log") failed lines)" | tee -a "$OUT/test.log"
 done
 step "deliberately broken dgamma: must FAIL" | tee -a "$OUT/test.log"
 timeout 60 "$BLD/cuda_gdr_tests_broken" --gtest_filter='*Float32*' 2>&1 | grep -E "dgamma|FAILED|PASSED" | head -12 | tee -a "$OUT/test.log"
@@ -77,4 +79,11 @@ python3 tests/gpu/ncu_summary.py "$OUT/ncu_model.csv" 1 2>&1 | tee -a "$OUT/benc
 step "racecheck (small case)" | tee -a "$OUT/sanitizer.log"
 timeout 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$BLD/cuda_gdr_tests" \
   --gtest_filter='*Deterministic*' 2>&1 | tail -5 | tee -a "$OUT/sanitizer.log"
+# The bf16 test's shapes include dk = 256 (the sequential kernels' unfused path); every kernel on
+# the tensor cores (the default), then on FMA.
+for mask in 0x3f 0; do
+  step "racecheck (bf16 shapes, GDR_CUDA_TC_MASK=$mask)" | tee -a "$OUT/sanitizer.log"
+  GDR_CUDA_TC_MASK=$mask timeout 150 compute-sanitizer --tool racecheck --error-exitcode 3 \
+    "$BLD/cuda_gdr_tests" --gtest_filter='*Bfloat16*' 2>&1 | tail -3 | tee -a "$OUT/sanitizer.log"
+done
 step done
