@@ -597,6 +597,13 @@ __device__ __forceinline__ void LoadInputTile(float* slot, const T* src, int64_t
 #define GDR_FOR_TILE(kt, n) \
   _Pragma("unroll") for (int kt = 0; kt < kNK; ++kt) if (kt < (n))
 
+// Tile kt of a chunk's W (64 x dk at Wc), as PrepKernel writes it and StateKernel copies it:
+// split, the tiles' plane pairs one after another (StoreFragSplit); else fp32 columns kt * 64 of
+// rows dk apart.
+template <typename P>
+__device__ __forceinline__ P* WTile(P* Wc, int kt, bool split) {
+  return Wc + (split ? kt * kC * kC : kt * kC);
+}
 
 // Per-token gate quantities of one chunk (padding rows past L: gamma 0, beta 0).
 struct Gates {
@@ -781,10 +788,11 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     Zero(f);
     Mma<kTC, false, false, false, kX>(f, sE, sX);
+    float* Wt = WTile(Wc, kt, w_split);
     if (w_split)
-      StoreFragSplit<kTC>(reinterpret_cast<__nv_bfloat16*>(Wc + kt * kC * kC), f);
+      StoreFragSplit<kTC>(reinterpret_cast<__nv_bfloat16*>(Wt), f);
     else
-      StoreFrag<kTC>(Wc + kt * kC, d.dk, f);
+      StoreFrag<kTC>(Wt, d.dk, f);
     __syncthreads();
   }
   float* Uc = U + ch * kC * d.dv;
@@ -830,10 +838,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   GDR_FOR_TILE(kt, d.NK) Zero(st[kt]);
   const int64_t kst = int64_t{d.H} * d.dk;
   const int64_t sd = int64_t{d.dk} * d.dv;
-  // W's tile kt of chunk ch (see StoreFragSplit for the split planes' layout).
+  // W's tile kt of chunk ch, split on the tensor cores (PrepKernel's w_split).
   auto copy_w = [&](float* slot, int64_t ch, int kt) {
-    const float* Wc = W + ch * kC * d.dk;
-    CopyOperandAsync<kTC>(slot, kTC ? Wc + kt * kC * kC : Wc + kt * kC, d.dk);
+    CopyOperandAsync<kTC>(slot, WTile(W + ch * kC * d.dk, kt, kTC), d.dk);
   };
   for (int c = 0; c < d.NC; ++c) {
     const int t0 = c * kC, L = min(kC, d.T - t0);
