@@ -57,7 +57,6 @@ constexpr int kLd = kC + 8;       // padded row length of a shared-memory tile (
 constexpr int kTile = kC * kLd;   // floats per tile
 constexpr int kThreads = 256;     // every kernel; the 16 x 16 thread layouts of Frag and
                                   // InvertUnitLower rely on it
-constexpr int kSmall = 1280;      // floats of per-token scratch ahead of the tiles
 constexpr int kMaxTiles = 256 / kC;  // dk, dv <= 256
 
 template <typename T>
@@ -609,6 +608,12 @@ __device__ __forceinline__ P* WTile(P* Wc, int kt, bool split) {
 struct Gates {
   float g[kC], alpha[kC], gam[kC], e[kC], beta[kC], bg[kC];  // bg = beta * Gam
 };
+// Floats of per-token scratch ahead of a kernel's tiles: the Gates alone, or GradKernel's (the
+// Gates and its per-token sums). Kept to what each kernel needs: with 4 tiles and the Gates,
+// three blocks an SM fit (PrepKernel; 5 KB more would allow two).
+constexpr int kGateFloats = sizeof(Gates) / sizeof(float);
+constexpr int kGradSmall = 1280;
+static_assert(kGateFloats % 4 == 0);  // tiles stay 16-byte aligned
 
 // Warp 0: g, alpha, beta, Gam (prefix sums of g by a warp scan) and bg; warp 1: e (suffix sums,
 // scanned separately rather than as total - prefix, which would lose the small exponents of a
@@ -751,7 +756,7 @@ __global__ void __launch_bounds__(kThreads)
   const int t0 = c * kC, L = min(kC, d.T - t0);
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sE = smem + kSmall;
+  float* sE = smem + kGateFloats;
   float* sM = sE + kTile;
   float* sT = sM + kTile;
   float* sX = sT + kTile;  // operand tile (InvertUnitLower's scratch before)
@@ -821,14 +826,14 @@ __global__ void __launch_bounds__(kThreads, 2)
                 float* S_all, float* Vp, float* final_state) {
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
   // With dk <= 128 every W and K tile of a chunk has its own slot (3 NK tiles: 4 barriers a
-  // chunk; with dk = 128 the 6 tiles and kSmall are 113 KB, exactly two blocks an SM on sm_90,
-  // so one more slot would halve the blocks); otherwise one slot takes W's tiles, then K's, one
+  // chunk; with dk = 128 the 6 tiles and the Gates are 110 KB: two blocks an SM on sm_90, and
+  // one more slot would halve them); otherwise one slot takes W's tiles, then K's, one
   // at a time (NK + 2 tiles).
   constexpr bool kFused = kNK <= 2;
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sS = smem + kSmall;       // d.NK operand tiles: rows kt * 64 + r of the state's columns
+  float* sS = smem + kGateFloats;  // d.NK operand tiles: rows kt * 64 + r of the state's columns
   float* sW = sS + d.NK * kTile;   // fused: d.NK operand tiles of W, then diag(e) V' in the first
   float* sK = sW + d.NK * kTile;   // fused: d.NK operand tiles of K
   float* sA = sW;                  // not fused: W's or K's current tile
@@ -923,7 +928,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int t0 = c * kC, L = min(kC, d.T - t0);
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sE = smem + kSmall;
+  float* sE = smem + kGateFloats;
   float* sP = sE + kTile;  // operand tiles from here on
   float* sA = sP + kTile;
   float* sB = sA + kTile;
@@ -968,7 +973,7 @@ __global__ void __launch_bounds__(kThreads)
   const int t0 = c * kC, L = min(kC, d.T - t0);
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sE = smem + kSmall;
+  float* sE = smem + kGateFloats;
   float* sP = sE + kTile;  // operand tiles from here on
   float* sA = sP + kTile;
   float* sB = sA + kTile;
@@ -1000,7 +1005,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sD = smem + kSmall;      // d.NK operand tiles
+  float* sD = smem + kGateFloats;  // d.NK operand tiles
   float* sT = sD + d.NK * kTile;  // operand tile: T, then K in the update of D
   float* sX = sT + kTile;         // fp32 dVl, then the operand tile -diag(Gam beta) Y
   float* sY = sX + kTile;         // operand tile: dVl + diag(e) K D, then diag(s Gam) dO
@@ -1120,7 +1125,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x;
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* small = smem + sizeof(Gates) / sizeof(float);
+  float* small = smem + kGateFloats;
   float* svy = small;            // v_i . Y_i
   float* srow = svy + kC;        // sum_j dE_ij E_ij (j < i)
   float* scol = srow + kC;       // sum_i dE_ij E_ij (i > j)
@@ -1130,12 +1135,12 @@ __global__ void __launch_bounds__(kThreads)
   float* skx3 = skx2 + 2 * kC;   // k_i . X3_i = de_i
   float* sdG = skx3 + 2 * kC;
   float* sred = sdG + kC;        // 8 warp partials of <D, S>
-  static_assert(sizeof(Gates) / sizeof(float) + 4 * kC + 6 * kC + kC + 8 <= kSmall);
+  static_assert(kGateFloats + 4 * kC + 6 * kC + kC + 8 <= kGradSmall);
   // Nine tile slots (Backward launches it with 9). Phase A: fp32 tiles sE, sQK, sKK, sDP, sDM and
   // operand tiles t1..t4 (t4 fp32); from the end of phase A the operand tiles dP (in t1) and dM
   // (in t2), and phase B's loads in the five slots of phase A's fp32 tiles (and t3, t4 with
   // dk <= 128).
-  float* sE = smem + kSmall;
+  float* sE = smem + kGradSmall;
   float* sQK = sE + kTile;
   float* sKK = sQK + kTile;
   float* sDP = sKK + kTile;
@@ -1432,7 +1437,10 @@ Dims MakeDims(const GdrShape& s) {
   return d;
 }
 
-size_t SmemBytes(int tiles) { return (kSmall + static_cast<size_t>(tiles) * kTile) * sizeof(float); }
+// Dynamic shared memory of a kernel with `tiles` tiles after `small` floats of scratch.
+size_t SmemBytes(int tiles, int small = kGateFloats) {
+  return (small + static_cast<size_t>(tiles) * kTile) * sizeof(float);
+}
 
 // Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB (every
 // launch: the setting belongs to the current device).
@@ -1471,9 +1479,8 @@ int TcMask(GdrProducts products) {
 }
 
 template <typename... Params, typename... Args>
-void Launch(void (*kernel)(Params...), dim3 grid, int tiles, cudaStream_t stream,
+void Launch(void (*kernel)(Params...), dim3 grid, size_t bytes, cudaStream_t stream,
             Args&&... args) {
-  const size_t bytes = SmemBytes(tiles);
   AllowSmem(kernel, bytes);
   kernel<<<grid, kThreads, bytes, stream>>>(std::forward<Args>(args)...);
   GDR_CUDA_CHECK(cudaGetLastError());
@@ -1552,11 +1559,11 @@ void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, co
   // W and T in the form their readers take them (split planes for StateKernel and ReverseKernel
   // on the tensor cores: StoreFragSplit, StoreTileSplit).
   const bool w_split = (tc >> 1) & 1, t_split = (tc >> 4) & 1;
-  GDR_LAUNCH(PrepKernel, 0, chunks, 4, stream, d, k, v, gamma, beta, w.W, w.U, w.Tm, w_split,
-             t_split);
+  GDR_LAUNCH(PrepKernel, 0, chunks, SmemBytes(4), stream, d, k, v, gamma, beta, w.W, w.U, w.Tm,
+             w_split, t_split);
   between();
-  GDR_LAUNCH_NK(StateKernel, 1, columns, d.NK <= 2 ? 3 * d.NK : d.NK + 2, stream, d, w.W, w.U,
-                k, gamma, w.S, w.Vp, final_state);
+  GDR_LAUNCH_NK(StateKernel, 1, columns, SmemBytes(d.NK <= 2 ? 3 * d.NK : d.NK + 2), stream, d,
+                w.W, w.U, k, gamma, w.S, w.Vp, final_state);
 }
 
 template <typename T>
@@ -1577,8 +1584,8 @@ void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float*
   const int tc = TcMask<T>(products);
   const Work w = Allocate(d, false, stream);
   ForwardStates(d, k, v, gamma, beta, w, final_state, tc, stream);
-  GDR_LAUNCH(OutputKernel, 2, dim3(d.NC, d.HV, d.B), 4, stream, d, q, k, gamma, w.S, w.Vp,
-             scale, o);
+  GDR_LAUNCH(OutputKernel, 2, dim3(d.NC, d.HV, d.B), SmemBytes(4), stream, d, q, k, gamma, w.S,
+             w.Vp, scale, o);
   GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
 }
 
@@ -1604,15 +1611,16 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
     GDR_CUDA_CHECK(cudaEventRecord(side.fork, stream));
     GDR_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0));
   });
-  GDR_LAUNCH(DvLocalKernel, 3, chunks, 4, side.stream, d, q, k, gamma, d_o, scale, w.Y);
+  GDR_LAUNCH(DvLocalKernel, 3, chunks, SmemBytes(4), side.stream, d, q, k, gamma, d_o, scale,
+             w.Y);
   GDR_CUDA_CHECK(cudaEventRecord(side.join, side.stream));
   GDR_CUDA_CHECK(cudaStreamWaitEvent(stream, side.join, 0));
   float* Y = w.Y;
   float* dqp = w.W;  // W is dead after StateKernel
-  GDR_LAUNCH_NK(ReverseKernel, 4, columns, d.NK + 4, stream, d, q, k, gamma, beta, d_o, scale, w.Tm,
-             Y, w.D);
-  GDR_LAUNCH_NK(GradKernel, 5, chunks, 9, stream, d, q, k, v, gamma, beta, d_o, scale, w.S, w.D,
-             w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
+  GDR_LAUNCH_NK(ReverseKernel, 4, columns, SmemBytes(d.NK + 4), stream, d, q, k, gamma, beta, d_o,
+                scale, w.Tm, Y, w.D);
+  GDR_LAUNCH_NK(GradKernel, 5, chunks, SmemBytes(9, kGradSmall), stream, d, q, k, v, gamma, beta,
+                d_o, scale, w.S, w.D, w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
   if (d.G > 1) {
     const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
     const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
