@@ -16,7 +16,7 @@
 //   ReverseKernel (per head and 64 columns, reverse over chunks)  dV' = s P^T dO + diag(e) K D,
 //                 Y = T^T dV', D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y,
 //                 keeping Y and each chunk's end-of-chunk D
-//   GradKernel    (per chunk)                  dq, dk (per value head), dv, dbeta, dgamma
+//   GradKernel    (per chunk, 2 x 256 threads) dq, dk (per value head), dv, dbeta, dgamma
 //   ReduceKernel  (only with HV > H)           dq, dk summed over the value heads of a key head
 // Every matrix product is a 64 x 64 x 64 block product on shared-memory tiles with rows padded
 // to 72 elements (16-byte aligned rows, and conflict-free ldmatrix row reads); dk and dv are
@@ -55,8 +55,9 @@ namespace {
 constexpr int kC = 64;            // chunk size and tile edge
 constexpr int kLd = kC + 8;       // padded row length of a shared-memory tile (see the top)
 constexpr int kTile = kC * kLd;   // floats per tile
-constexpr int kThreads = 256;     // every kernel; the 16 x 16 thread layouts of Frag and
-                                  // InvertUnitLower rely on it
+constexpr int kThreads = 256;     // threads a block (x): the 16 x 16 thread layouts of Frag
+                                  // and InvertUnitLower rely on it. GradKernel has two such
+                                  // groups (y), which share its tiles.
 constexpr int kMaxTiles = 256 / kC;  // dk, dv <= 256
 
 template <typename T>
@@ -181,6 +182,17 @@ __device__ __forceinline__ void Store4(__nv_bfloat16* dst, float4 x) {
       make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
 }
 
+// The thread's index among the kN threads that share a tile load: the block's kThreads, or
+// GradKernel's two groups of them (threadIdx.y).
+template <int kN>
+__device__ __forceinline__ unsigned LoadTid() {
+  static_assert(kN == kThreads || kN == 2 * kThreads);
+  if constexpr (kN == kThreads)
+    return threadIdx.x;
+  else
+    return threadIdx.x + kThreads * threadIdx.y;
+}
+
 // dst (64 x 64 tile; an operand tile when kOp) <- rows r < rows of src (row r at src + r *
 // stride), zero below; each row multiplied by mul and, when given, by row_scale[r]. 16-byte
 // loads written before the first shared-memory store (src and stride 16-byte aligned). For fp32
@@ -189,23 +201,23 @@ __device__ __forceinline__ void Store4(__nv_bfloat16* dst, float4 x) {
 // (experiments/results/gdr-cuda.md, session 7), so fewer tiles per phase is what pays there.
 // An unscaled bf16 source on the tensor cores is copied as it is: its values are their own hi
 // part and their lo part is 0, what the split would give, without widening each value.
-template <bool kOp = false, typename T>
+template <bool kOp = false, int kN = kThreads, typename T>
 __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t stride, int rows,
                                          const float* row_scale = nullptr, float mul = 1.f) {
   constexpr int kVec = 16 / sizeof(T);                 // elements per load
-  constexpr int kPer = kC * kC / kVec / kThreads;      // loads per thread
+  constexpr int kPer = kC * kC / kVec / kN;            // loads per thread (kN threads share it)
   if constexpr (kOp && std::is_same_v<T, __nv_bfloat16>) {
     if (row_scale == nullptr && mul == 1.f) {
       uint4 raw[kPer];
 #pragma unroll
       for (int u = 0; u < kPer; ++u) {
-        const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+        const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
         raw[u] = r < rows ? __ldg(reinterpret_cast<const uint4*>(src + r * stride + c))
                           : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < kPer; ++u) {
-        const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+        const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
         uint4* p = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(dst) + r * kLd + c);
         p[0] = raw[u];
         p[kTile / kVec] = make_uint4(0, 0, 0, 0);
@@ -216,7 +228,7 @@ __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t strid
   float x[kPer][kVec];
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
-    const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+    const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
     if (r < rows) {
       Load16(src + r * stride + c, x[u]);
     } else {
@@ -226,7 +238,7 @@ __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t strid
   }
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
-    const int e = (threadIdx.x + u * kThreads) * kVec, r = e / kC, c = e % kC;
+    const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
     const float m = row_scale != nullptr ? mul * row_scale[r] : mul;
 #pragma unroll
     for (int i = 0; i < kVec; i += 4)
@@ -237,21 +249,21 @@ __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t strid
 // LoadTile<kOp> of two whole fp32 tiles at the same positions of src_a and src_b (one stride),
 // returning this thread's part of the sum of their elementwise products, from the fp32 values as
 // loaded (GradKernel's <D, S>, without reading the tiles back).
-template <bool kOp>
+template <bool kOp, int kN = kThreads>
 __device__ __forceinline__ float LoadTilesDot(float* dst_a, const float* src_a, float* dst_b,
                                               const float* src_b, int64_t stride) {
-  constexpr int kPer = kC * kC / 4 / kThreads;  // 4-value loads per thread and tile
+  constexpr int kPer = kC * kC / 4 / kN;  // 4-value loads per thread and tile
   float a[kPer][4], b[kPer][4];
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
-    const int e = (threadIdx.x + u * kThreads) * 4, r = e / kC, c = e % kC;
+    const int e = (LoadTid<kN>() + u * kN) * 4, r = e / kC, c = e % kC;
     Load16(src_a + r * stride + c, a[u]);
     Load16(src_b + r * stride + c, b[u]);
   }
   float dot = 0.f;
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
-    const int e = (threadIdx.x + u * kThreads) * 4, r = e / kC, c = e % kC;
+    const int e = (LoadTid<kN>() + u * kN) * 4, r = e / kC, c = e % kC;
     PutOp4<kOp>(dst_a, r, c, a[u][0], a[u][1], a[u][2], a[u][3]);
     PutOp4<kOp>(dst_b, r, c, b[u][0], b[u][1], b[u][2], b[u][3]);
 #pragma unroll
@@ -591,8 +603,7 @@ __device__ __forceinline__ void LoadInputTile(float* slot, const T* src, int64_t
 }
 
 // Loops over the 64-row tiles kt < n of dk (n <= kNK, a constant), unrolled, so that per-tile
-// register arrays (the sequential kernels' state, GradKernel's phase-B sums) are indexed by
-// constants.
+// register arrays (the sequential kernels' state) are indexed by constants.
 #define GDR_FOR_TILE(kt, n) \
   _Pragma("unroll") for (int kt = 0; kt < kNK; ++kt) if (kt < (n))
 
@@ -612,7 +623,7 @@ struct Gates {
 // Gates and its per-token sums). Kept to what each kernel needs: with 4 tiles and the Gates,
 // three blocks an SM fit (PrepKernel; 5 KB more would allow two).
 constexpr int kGateFloats = sizeof(Gates) / sizeof(float);
-constexpr int kGradSmall = 1280;
+constexpr int kGradSmall = 1600;
 static_assert(kGateFloats % 4 == 0);  // tiles stay 16-byte aligned
 
 // Warp 0: g, alpha, beta, Gam (prefix sums of g by a warp scan) and bg; warp 1: e (suffix sums,
@@ -1113,33 +1124,37 @@ __global__ void __launch_bounds__(kThreads, 2)
 // Per chunk: every gradient term local to the chunk given S (its start state), D (dL/dS at its
 // end), V' and Y (see the derivation in kernels/cpu/gated_delta_rule.cc). dq and dk of this value
 // head go to fp32 scratch (dqp, dkp, chunk-major) for ReduceKernel. kNK >= d.NK (see phase B).
-template <typename T, bool kTC, int kNK>
-__global__ void __launch_bounds__(kThreads)
+// Per chunk, by two groups of kThreads (threadIdx.y) that share the tiles: group g computes one
+// of each pair of products (phase A: g = 0 Q K^T and dP, g = 1 K K^T and dM; phase B: dk tile
+// kp + g of each pair kp), so a thread holds a third of the sums it held as one group, and twice
+// the warps hide the loads' latency.
+template <typename T, bool kTC>
+__global__ void __launch_bounds__(2 * kThreads)
     GradKernel(Dims d, const T* q, const T* k, const T* v, const float* gamma,
                const float* beta, const T* d_o, float scale, const float* S_all,
                const float* D_all, const float* Vp, const float* Y, float* dqp, float* dkp,
                T* dq_out, T* dk_out, T* dv_out, float* dgamma, float* dbeta) {
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  constexpr int kN = 2 * kThreads;
   const int c = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   const int t0 = c * kC, L = min(kC, d.T - t0);
-  const int tid = threadIdx.x;
+  const int grp = threadIdx.y, tid = threadIdx.x + kThreads * grp;
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
   float* small = smem + kGateFloats;
-  float* svy = small;            // v_i . Y_i
-  float* srow = svy + kC;        // sum_j dE_ij E_ij (j < i)
+  float* svy = small;            // v_i . Y_i, by column half (group)
+  float* srow = svy + 2 * kC;    // sum_j dE_ij E_ij (j < i)
   float* scol = srow + kC;       // sum_i dE_ij E_ij (i > j)
   float* sdbm = scol + kC;       // the M term of dbeta
-  float* sqx1 = sdbm + kC;       // q_i . X1_i, in two halves (RowDotAdd's slots)
-  float* skx2 = sqx1 + 2 * kC;   // k_i . X2_i
-  float* skx3 = skx2 + 2 * kC;   // k_i . X3_i = de_i
-  float* sdG = skx3 + 2 * kC;
-  float* sred = sdG + kC;        // 8 warp partials of <D, S>
-  static_assert(kGateFloats + 4 * kC + 6 * kC + kC + 8 <= kGradSmall);
+  float* sqx1 = sdbm + kC;       // q_i . X1_i, in RowDotAdd's two slots per group
+  float* skx2 = sqx1 + 4 * kC;   // k_i . X2_i
+  float* skx3 = skx2 + 4 * kC;   // k_i . X3_i = de_i
+  float* sdG = skx3 + 4 * kC;
+  float* sred = sdG + kC;        // the warps' partials of <D, S>
+  static_assert(kGateFloats + 5 * kC + 12 * kC + kC + kN / 32 <= kGradSmall);
   // Nine tile slots (Backward launches it with 9). Phase A: fp32 tiles sE, sQK, sKK, sDP, sDM and
   // operand tiles t1..t4 (t4 fp32); from the end of phase A the operand tiles dP (in t1) and dM
-  // (in t2), and phase B's loads in the five slots of phase A's fp32 tiles (and t3, t4 with
-  // dk <= 128).
+  // (in t2), and phase B's loads in the five slots of phase A's fp32 tiles and t3, t4.
   float* sE = smem + kGradSmall;
   float* sQK = sE + kTile;
   float* sKK = sQK + kTile;
@@ -1149,14 +1164,14 @@ __global__ void __launch_bounds__(kThreads)
   float* t2 = t1 + kTile;
   float* t3 = t2 + kTile;
   float* t4 = t3 + kTile;
-  float* u[5] = {sE, sQK, sKK, sDP, sDM};  // phase B's operand tiles
   float* pDP = t1;
   float* pDM = t2;
 
-  LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
-  BuildE(sE, gs);
-  if (tid < 2 * kC) sqx1[tid] = skx2[tid] = skx3[tid] = 0.f;
-  if (tid < kC) svy[tid] = 0.f;
+  if (grp == 0) LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L, false);
+  __syncthreads();
+  if (grp == 0) BuildE(sE, gs);
+  if (tid < 4 * kC) sqx1[tid] = skx2[tid] = skx3[tid] = 0.f;
+  if (tid < 2 * kC) svy[tid] = 0.f;
   const int64_t kst = int64_t{d.H} * d.dk, vst = int64_t{d.HV} * d.dv;
   const int64_t ch = d.Chunk(b, hv, c);
   const int64_t sd = int64_t{d.dk} * d.dv;
@@ -1166,41 +1181,38 @@ __global__ void __launch_bounds__(kThreads)
   const float* Yc = Y + ch * kC * d.dv;
   const float* Vc = Vp + ch * kC * d.dv;
 
-  // A: Q K^T, K K^T, dP = dO V'^T, dM = Y V'^T; v . Y; dv = beta Y.
+  // A: Q K^T (group 0), K K^T (group 1); dP = dO V'^T (0), dM = Y V'^T (1); v . Y; dv = beta Y.
   {
-    Frag fa, fb;
-    Zero(fa);
-    Zero(fb);
+    Frag f;
+    Zero(f);
     for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile<kTC>(t1, qc + kt * kC, kst, L);
-      LoadTile<kTC>(t2, kc + kt * kC, kst, L);
+      LoadTile<kTC, kN>(t1, qc + kt * kC, kst, L);
+      LoadTile<kTC, kN>(t2, kc + kt * kC, kst, L);
       __syncthreads();
-      Mma<kTC, false, true, kX, kX>(fa, t1, t2);
-      Mma<kTC, false, true, kX, kX>(fb, t2, t2);
+      Mma<kTC, false, true, kX, kX>(f, grp == 0 ? t1 : t2, t2);
       __syncthreads();
     }
-    GDR_FOR_FRAG(i, j, r, cc) {
-      sQK[r * kLd + cc] = fa.v[i][j];
-      sKK[r * kLd + cc] = fb.v[i][j];
-    }
-    Zero(fa);
-    Zero(fb);
+    float* const qk = grp == 0 ? sQK : sKK;
+    GDR_FOR_FRAG(i, j, r, cc) { qk[r * kLd + cc] = f.v[i][j]; }
+    Zero(f);
     for (int vt = 0; vt < d.NV; ++vt) {
-      LoadTile<kTC>(t1, doc + vt * kC, vst, L);
-      LoadTile<kTC>(t2, Yc + vt * kC, d.dv, kC);
-      LoadTile<kTC>(t3, Vc + vt * kC, d.dv, kC);
-      LoadTile(t4, v + d.Vo(b, t0, hv) + vt * kC, vst, L);
+      LoadTile<kTC, kN>(t1, doc + vt * kC, vst, L);
+      LoadTile<kTC, kN>(t2, Yc + vt * kC, d.dv, kC);
+      LoadTile<kTC, kN>(t3, Vc + vt * kC, d.dv, kC);
+      LoadTile<false, kN>(t4, v + d.Vo(b, t0, hv) + vt * kC, vst, L);
       __syncthreads();
-      Mma<kTC, false, true, kX, false>(fa, t1, t3);
-      Mma<kTC, false, true>(fb, t2, t3);
-      {  // v . Y and dv = beta Y: row r, columns 4 p + 16 i + [0, 4) (4-value loads and stores;
-         // one value at a time this took 12% of the kernel)
-        const int r = tid >> 2, p = tid & 3;
+      if (grp == 0)
+        Mma<kTC, false, true, kX, false>(f, t1, t3);
+      else
+        Mma<kTC, false, true>(f, t2, t3);
+      {  // v . Y and dv = beta Y: row r, columns 4 p + 16 i + [0, 4), i = 2 grp, 2 grp + 1
+         // (4-value loads and stores; one value at a time this took 12% of the kernel)
+        const int r = threadIdx.x >> 2, p = threadIdx.x & 3;
         const float br = gs.beta[r];
         float s = 0.f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int x = 4 * p + 16 * i;
+        for (int i = 0; i < 2; ++i) {
+          const int x = 4 * p + 16 * (2 * grp + i);
           const float4 y = GetOp4<kTC>(t2, r, x);
           const float4 w = *reinterpret_cast<const float4*>(t4 + r * kLd + x);
           s += w.x * y.x + w.y * y.y + w.z * y.z + w.w * y.w;
@@ -1210,19 +1222,17 @@ __global__ void __launch_bounds__(kThreads)
         }
         s += __shfl_xor_sync(0xffffffffu, s, 1);
         s += __shfl_xor_sync(0xffffffffu, s, 2);
-        if (p == 0) svy[r] += s;
+        if (p == 0) svy[grp * kC + r] += s;
       }
       __syncthreads();
     }
-    GDR_FOR_FRAG(i, j, r, cc) {
-      sDP[r * kLd + cc] = fa.v[i][j];
-      sDM[r * kLd + cc] = fb.v[i][j];
-    }
+    float* const pm = grp == 0 ? sDP : sDM;
+    GDR_FOR_FRAG(i, j, r, cc) { pm[r * kLd + cc] = f.v[i][j]; }
     __syncthreads();
   }
   // The operand tiles dQK = s dP * E (pDP) and dA + dA^T with dA = -dM * beta_i E (pDM); in
   // place, the E terms of dG (sQK <- dE_ij E_ij) and the M term of dbeta (sKK).
-  for (int e = tid; e < kC * kC; e += kThreads) {
+  for (int e = tid; e < kC * kC; e += kN) {
     const int i = e >> 6, j = e & (kC - 1), x = i * kLd + j;
     if (j < i) {
       const float dp = scale * sDP[x], dm = -sDM[x], eij = sE[x], bi = gs.beta[i];
@@ -1255,89 +1265,80 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // B: per 64 columns of dk, X1 = dO S^T, X2 = Y S^T, X3 = V' D^T (sums over dv), their row
-  // dot products with q and k, then
+  // B: per pair of 64-column tiles of dk, kt = kp + grp: X1 = dO S^T, X2 = Y S^T, X3 = V' D^T
+  // (sums over dv), their row dot products with q and k, then
   //   dq = dQK K + s diag(Gam) X1,
   //   dk = dQK^T Q + (dA + dA^T) K + diag(e) X3 - diag(Gam beta) X2.
+  // dO, Y and V' load once per pair and dv tile; S and D of both tiles beside them.
   float ds = 0.f;  // <D, S>, summed as S and D load (LoadTilesDot)
-  auto accumulate = [&](Frag& f1, Frag& f2, Frag& f3, const float* pS, const float* pD,
-                        const float* pdO, const float* pY, const float* pV) {
-    Mma<kTC, false, true, kX, false>(f1, pdO, pS);
-    Mma<kTC, false, true>(f2, pY, pS);
-    Mma<kTC, false, true>(f3, pV, pD);
-  };
-  auto finish = [&](int kt, Frag& f1, Frag& f2, Frag& f3) {
-    LoadTile<kTC>(u[0], qc + kt * kC, kst, L);
-    LoadTile<kTC>(u[1], kc + kt * kC, kst, L);
-    __syncthreads();
-    RowDotAdd<kTC>(f1, u[0], sqx1);
-    RowDotAdd<kTC>(f2, u[1], skx2);
-    RowDotAdd<kTC>(f3, u[1], skx3);
-    GDR_FOR_FRAG(i, j, r, cc) {
-      f1.v[i][j] *= scale * gs.gam[r];
-      f3.v[i][j] = gs.e[r] * f3.v[i][j] - gs.bg[r] * f2.v[i][j];
-    }
-    Mma<kTC, false, false, false, kX>(f1, pDP, u[1]);
-    Mma<kTC, true, false, false, kX>(f3, pDP, u[0]);
-    Mma<kTC, false, false, false, kX>(f3, pDM, u[1]);
-    if (d.G == 1) {  // one value head per key head: final dq, dk
-      T* dqc = dq_out + d.Qk(b, t0, h) + kt * kC;
-      T* dkc = dk_out + d.Qk(b, t0, h) + kt * kC;
-      GDR_FOR_FRAG(i, j, r, cc) {
-        if (r < L) {
-          dqc[r * kst + cc] = FromF<T>(f1.v[i][j]);
-          dkc[r * kst + cc] = FromF<T>(f3.v[i][j]);
+  float* const sl[7] = {sE, sQK, sKK, sDP, sDM, t3, t4};  // dO, Y, V', (S, D) per group
+  for (int kp = 0; kp < d.NK; kp += 2) {
+    const int kt = kp + grp;
+    const bool mine = kt < d.NK;  // dk = 64 or 192: group 1 has no tile in the last pair
+    const float* pS = grp == 0 ? sl[3] : sl[5];
+    const float* pD = grp == 0 ? sl[4] : sl[6];
+    Frag f1, f2, f3;
+    Zero(f1);
+    Zero(f2);
+    Zero(f3);
+    for (int vt = 0; vt < d.NV; ++vt) {
+      LoadTile<kTC, kN>(sl[0], doc + vt * kC, vst, L);
+      LoadTile<kTC, kN>(sl[1], Yc + vt * kC, d.dv, kC);
+      LoadTile<kTC, kN>(sl[2], Vc + vt * kC, d.dv, kC);
+#pragma unroll
+      for (int g = 0; g < 2; ++g) {
+        if (kp + g < d.NK) {
+          const int64_t so = ch * sd + int64_t{kp + g} * kC * d.dv + vt * kC;
+          ds += LoadTilesDot<kTC, kN>(sl[3 + 2 * g], S_all + so, sl[4 + 2 * g], D_all + so,
+                                      d.dv);
         }
       }
-    } else {
-      StoreFrag<kTC>(dqp + ch * kC * d.dk + kt * kC, d.dk, f1);
-      StoreFrag<kTC>(dkp + ch * kC * d.dk + kt * kC, d.dk, f3);
+      __syncthreads();
+      if (mine) {
+        Mma<kTC, false, true, kX, false>(f1, sl[0], pS);
+        Mma<kTC, false, true>(f2, sl[1], pS);
+        Mma<kTC, false, true>(f3, sl[2], pD);
+      }
+      __syncthreads();
+    }
+    // Q and K tiles of the pair (in the slots of dO, Y, V' and the first S), then each group's
+    // sums and products.
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+      if (kp + g < d.NK) {
+        LoadTile<kTC, kN>(sl[2 * g], qc + (kp + g) * kC, kst, L);
+        LoadTile<kTC, kN>(sl[2 * g + 1], kc + (kp + g) * kC, kst, L);
+      }
     }
     __syncthreads();
-  };
-  if constexpr (kNK <= 2) {
-    // dk <= 128: dv outermost, X1, X2, X3 of both dk tiles in registers, so that dO, Y and V'
-    // load once per dv tile; one barrier pair per dv tile for all 3 + 2 dk / 64 tiles.
-    Frag f1[kNK], f2[kNK], f3[kNK];
-    GDR_FOR_TILE(kt, d.NK) {
-      Zero(f1[kt]);
-      Zero(f2[kt]);
-      Zero(f3[kt]);
-    }
-    float* const sl[7] = {u[0], u[1], u[2], u[3], u[4], t3, t4};  // dO, Y, V', (S, D) per dk tile
-    for (int vt = 0; vt < d.NV; ++vt) {
-      LoadTile<kTC>(sl[0], doc + vt * kC, vst, L);
-      LoadTile<kTC>(sl[1], Yc + vt * kC, d.dv, kC);
-      LoadTile<kTC>(sl[2], Vc + vt * kC, d.dv, kC);
-      GDR_FOR_TILE(kt, d.NK) {
-        const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
-        ds += LoadTilesDot<kTC>(sl[3 + 2 * kt], S_all + so, sl[4 + 2 * kt], D_all + so, d.dv);
+    if (mine) {
+      const float* tq = grp == 0 ? sl[0] : sl[2];
+      const float* tk = grp == 0 ? sl[1] : sl[3];
+      RowDotAdd<kTC>(f1, tq, sqx1 + grp * 2 * kC);
+      RowDotAdd<kTC>(f2, tk, skx2 + grp * 2 * kC);
+      RowDotAdd<kTC>(f3, tk, skx3 + grp * 2 * kC);
+      GDR_FOR_FRAG(i, j, r, cc) {
+        f1.v[i][j] *= scale * gs.gam[r];
+        f3.v[i][j] = gs.e[r] * f3.v[i][j] - gs.bg[r] * f2.v[i][j];
       }
-      __syncthreads();
-      GDR_FOR_TILE(kt, d.NK) {
-        accumulate(f1[kt], f2[kt], f3[kt], sl[3 + 2 * kt], sl[4 + 2 * kt], sl[0], sl[1], sl[2]);
+      Mma<kTC, false, false, false, kX>(f1, pDP, tk);
+      Mma<kTC, true, false, false, kX>(f3, pDP, tq);
+      Mma<kTC, false, false, false, kX>(f3, pDM, tk);
+      if (d.G == 1) {  // one value head per key head: final dq, dk
+        T* dqc = dq_out + d.Qk(b, t0, h) + kt * kC;
+        T* dkc = dk_out + d.Qk(b, t0, h) + kt * kC;
+        GDR_FOR_FRAG(i, j, r, cc) {
+          if (r < L) {
+            dqc[r * kst + cc] = FromF<T>(f1.v[i][j]);
+            dkc[r * kst + cc] = FromF<T>(f3.v[i][j]);
+          }
+        }
+      } else {
+        StoreFrag<kTC>(dqp + ch * kC * d.dk + kt * kC, d.dk, f1);
+        StoreFrag<kTC>(dkp + ch * kC * d.dk + kt * kC, d.dk, f3);
       }
-      __syncthreads();
     }
-    GDR_FOR_TILE(kt, d.NK) finish(kt, f1[kt], f2[kt], f3[kt]);
-  } else {
-    for (int kt = 0; kt < d.NK; ++kt) {
-      Frag f1, f2, f3;
-      Zero(f1);
-      Zero(f2);
-      Zero(f3);
-      for (int vt = 0; vt < d.NV; ++vt) {
-        const int64_t so = ch * sd + int64_t{kt} * kC * d.dv + vt * kC;
-        ds += LoadTilesDot<kTC>(u[0], S_all + so, u[1], D_all + so, d.dv);
-        LoadTile<kTC>(u[2], doc + vt * kC, vst, L);
-        LoadTile<kTC>(u[3], Yc + vt * kC, d.dv, kC);
-        LoadTile<kTC>(u[4], Vc + vt * kC, d.dv, kC);
-        __syncthreads();
-        accumulate(f1, f2, f3, u[0], u[1], u[2], u[3], u[4]);
-        __syncthreads();
-      }
-      finish(kt, f1, f2, f3);
-    }
+    __syncthreads();
   }
   for (int o = 16; o > 0; o >>= 1) ds += __shfl_xor_sync(0xffffffffu, ds, o);
   if ((tid & 31) == 0) sred[tid >> 5] = ds;
@@ -1347,10 +1348,11 @@ __global__ void __launch_bounds__(kThreads)
   //   dbeta_i = (M term) + v_i . Y_i - Gam_i k_i . X2_i
   //   dG_i = (E terms) + Gam_i (s q_i . X1_i - beta_i k_i . X2_i) - [i < L-1] e_i de_i
   //   dG_{L-1} += sum_{i < L-1} e_i de_i + Gam_{L-1} <D, S>
-  if (tid < kC) {  // fold RowDotAdd's two halves
-    sqx1[tid] += sqx1[kC + tid];
-    skx2[tid] += skx2[kC + tid];
-    skx3[tid] += skx3[kC + tid];
+  if (tid < kC) {  // fold the groups' and RowDotAdd's slots
+    sqx1[tid] += sqx1[kC + tid] + (sqx1[2 * kC + tid] + sqx1[3 * kC + tid]);
+    skx2[tid] += skx2[kC + tid] + (skx2[2 * kC + tid] + skx2[3 * kC + tid]);
+    skx3[tid] += skx3[kC + tid] + (skx3[2 * kC + tid] + skx3[3 * kC + tid]);
+    svy[tid] += svy[kC + tid];
   }
   __syncthreads();
   if (tid < L) {
@@ -1364,7 +1366,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (tid == 0) {
     float dsum = 0.f;
-    for (int w = 0; w < kThreads / 32; ++w) dsum += sred[w];
+    for (int w = 0; w < kN / 32; ++w) dsum += sred[w];
     float extra = dsum * gs.gam[L - 1];
     for (int i = 0; i < L - 1; ++i) extra += skx3[i] * gs.e[i];
     sdG[L - 1] += extra;
@@ -1437,9 +1439,15 @@ Dims MakeDims(const GdrShape& s) {
   return d;
 }
 
-// Dynamic shared memory of a kernel with `tiles` tiles after `small` floats of scratch.
-size_t SmemBytes(int tiles, int small = kGateFloats) {
-  return (small + static_cast<size_t>(tiles) * kTile) * sizeof(float);
+// A launch: its grid, its block (`groups` groups of kThreads, along y) and its dynamic shared
+// memory (`tiles` tiles after `small` floats of per-token scratch).
+struct Shape {
+  dim3 grid, block;
+  size_t smem;
+};
+Shape LaunchShape(dim3 grid, int tiles, int small = kGateFloats, int groups = 1) {
+  return {grid, dim3(kThreads, groups),
+          (small + static_cast<size_t>(tiles) * kTile) * sizeof(float)};
 }
 
 // Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB (every
@@ -1479,10 +1487,9 @@ int TcMask(GdrProducts products) {
 }
 
 template <typename... Params, typename... Args>
-void Launch(void (*kernel)(Params...), dim3 grid, size_t bytes, cudaStream_t stream,
-            Args&&... args) {
-  AllowSmem(kernel, bytes);
-  kernel<<<grid, kThreads, bytes, stream>>>(std::forward<Args>(args)...);
+void Launch(void (*kernel)(Params...), const Shape& shape, cudaStream_t stream, Args&&... args) {
+  AllowSmem(kernel, shape.smem);
+  kernel<<<shape.grid, shape.block, shape.smem, stream>>>(std::forward<Args>(args)...);
   GDR_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1494,9 +1501,8 @@ void Launch(void (*kernel)(Params...), dim3 grid, size_t bytes, cudaStream_t str
     else                                                              \
       Launch(KERNEL<T, false>, __VA_ARGS__);                          \
   } while (0)
-// The same for the kernels that hold per-dk-tile registers (the sequential kernels' state,
-// GradKernel's sums), in two sizes: dk <= 128 (the common case, without spills) and dk <= 256
-// (d in scope).
+// The same for the kernels that hold per-dk-tile registers (the sequential kernels' state), in
+// two sizes: dk <= 128 (the common case, without spills) and dk <= 256 (d in scope).
 #define GDR_LAUNCH_NK(KERNEL, bit, ...)                              \
   do {                                                                \
     const bool tc_ = (tc >> (bit)) & 1;                               \
@@ -1559,10 +1565,10 @@ void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, co
   // W and T in the form their readers take them (split planes for StateKernel and ReverseKernel
   // on the tensor cores: StoreFragSplit, StoreTileSplit).
   const bool w_split = (tc >> 1) & 1, t_split = (tc >> 4) & 1;
-  GDR_LAUNCH(PrepKernel, 0, chunks, SmemBytes(4), stream, d, k, v, gamma, beta, w.W, w.U, w.Tm,
+  GDR_LAUNCH(PrepKernel, 0, LaunchShape(chunks, 4), stream, d, k, v, gamma, beta, w.W, w.U, w.Tm,
              w_split, t_split);
   between();
-  GDR_LAUNCH_NK(StateKernel, 1, columns, SmemBytes(d.NK <= 2 ? 3 * d.NK : d.NK + 2), stream, d,
+  GDR_LAUNCH_NK(StateKernel, 1, LaunchShape(columns, d.NK <= 2 ? 3 * d.NK : d.NK + 2), stream, d,
                 w.W, w.U, k, gamma, w.S, w.Vp, final_state);
 }
 
@@ -1584,7 +1590,7 @@ void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float*
   const int tc = TcMask<T>(products);
   const Work w = Allocate(d, false, stream);
   ForwardStates(d, k, v, gamma, beta, w, final_state, tc, stream);
-  GDR_LAUNCH(OutputKernel, 2, dim3(d.NC, d.HV, d.B), SmemBytes(4), stream, d, q, k, gamma, w.S,
+  GDR_LAUNCH(OutputKernel, 2, LaunchShape(dim3(d.NC, d.HV, d.B), 4), stream, d, q, k, gamma, w.S,
              w.Vp, scale, o);
   GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
 }
@@ -1611,16 +1617,16 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
     GDR_CUDA_CHECK(cudaEventRecord(side.fork, stream));
     GDR_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0));
   });
-  GDR_LAUNCH(DvLocalKernel, 3, chunks, SmemBytes(4), side.stream, d, q, k, gamma, d_o, scale,
+  GDR_LAUNCH(DvLocalKernel, 3, LaunchShape(chunks, 4), side.stream, d, q, k, gamma, d_o, scale,
              w.Y);
   GDR_CUDA_CHECK(cudaEventRecord(side.join, side.stream));
   GDR_CUDA_CHECK(cudaStreamWaitEvent(stream, side.join, 0));
   float* Y = w.Y;
   float* dqp = w.W;  // W is dead after StateKernel
-  GDR_LAUNCH_NK(ReverseKernel, 4, columns, SmemBytes(d.NK + 4), stream, d, q, k, gamma, beta, d_o,
+  GDR_LAUNCH_NK(ReverseKernel, 4, LaunchShape(columns, d.NK + 4), stream, d, q, k, gamma, beta, d_o,
                 scale, w.Tm, Y, w.D);
-  GDR_LAUNCH_NK(GradKernel, 5, chunks, SmemBytes(9, kGradSmall), stream, d, q, k, v, gamma, beta,
-                d_o, scale, w.S, w.D, w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
+  GDR_LAUNCH(GradKernel, 5, LaunchShape(chunks, 9, kGradSmall, 2), stream, d, q, k, v, gamma, beta,
+             d_o, scale, w.S, w.D, w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
   if (d.G > 1) {
     const int64_t n = int64_t{d.B} * d.T * d.H * d.dk;
     const int blocks = static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65536));
