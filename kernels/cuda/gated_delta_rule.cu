@@ -602,6 +602,12 @@ __device__ __forceinline__ void LoadInputTile(float* slot, const T* src, int64_t
   }
 }
 
+// On the tensor cores an exact bf16 tile is its hi plane alone (LoadInputTile copies it there,
+// and products read it with kAX / kBX): half a slot, so a slot holds two. Slot `slot`'s half i.
+template <typename T, bool kTC>
+constexpr bool kHalfTiles = kTC && kExactInputs<T>;
+__device__ __forceinline__ float* Half(float* slot, int i) { return slot + i * (kTile / 2); }
+
 // Loops over the 64-row tiles kt < n of dk (n <= kNK, a constant), unrolled, so that per-tile
 // register arrays (the sequential kernels' state) are indexed by constants.
 #define GDR_FOR_TILE(kt, n) \
@@ -690,7 +696,12 @@ __device__ void BuildE(float* E, const Gates& s) {
 }
 
 // sP (operand tile) = tril_incl(Q K^T) * E for chunk rows [t0, t0 + L) of (b, h); uses sA, sB as
-// scratch.
+// scratch. With half tiles and dk <= 128 (PairedQK) Q's tiles stay in sA's halves (Half(sA, kt))
+// and K's in sB's, all copied at once.
+template <typename T, bool kTC>
+__device__ __forceinline__ bool PairedQK(const Dims& d) {
+  return kHalfTiles<T, kTC> && d.NK <= 2;
+}
 template <typename T, bool kTC>
 __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int t0, int L,
                        const float* sE, float* sP, float* sA, float* sB) {
@@ -698,12 +709,22 @@ __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int 
   Frag f;
   Zero(f);
   const int64_t st = int64_t{d.H} * d.dk;
-  for (int kt = 0; kt < d.NK; ++kt) {
-    LoadTile<kTC>(sA, q + d.Qk(b, t0, h) + kt * kC, st, L);
-    LoadTile<kTC>(sB, k + d.Qk(b, t0, h) + kt * kC, st, L);
+  if (PairedQK<T, kTC>(d)) {
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadInputTile<kTC>(Half(sA, kt), q + d.Qk(b, t0, h) + kt * kC, st, L);
+      LoadInputTile<kTC>(Half(sB, kt), k + d.Qk(b, t0, h) + kt * kC, st, L);
+    }
+    CpAsyncWaitAll();
     __syncthreads();
-    Mma<kTC, false, true, kX, kX>(f, sA, sB);
-    __syncthreads();
+    for (int kt = 0; kt < d.NK; ++kt) Mma<kTC, false, true, kX, kX>(f, Half(sA, kt), Half(sB, kt));
+  } else {
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile<kTC>(sA, q + d.Qk(b, t0, h) + kt * kC, st, L);
+      LoadTile<kTC>(sB, k + d.Qk(b, t0, h) + kt * kC, st, L);
+      __syncthreads();
+      Mma<kTC, false, true, kX, kX>(f, sA, sB);
+      __syncthreads();
+    }
   }
   GDR_FOR_FRAG(i, j, r, c) { f.v[i][j] = r >= c ? f.v[i][j] * sE[r * kLd + c] : 0.f; }
   PutFrag<kTC>(sP, f);
@@ -770,24 +791,39 @@ __global__ void __launch_bounds__(kThreads)
   float* sE = smem + kGateFloats;
   float* sM = sE + kTile;
   float* sT = sM + kTile;
-  float* sX = sT + kTile;  // operand tile (InvertUnitLower's scratch before)
+  float* sX = sT + kTile;  // operand tile: K's tiles (both halves when paired), else V's
   LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
   BuildE(sE, gs);
   const T* kc = k + d.Qk(b, t0, h);
-  const int64_t kst = int64_t{d.H} * d.dk;
+  const T* vc = v + d.Vo(b, t0, hv);
+  const int64_t kst = int64_t{d.H} * d.dk, vst = int64_t{d.HV} * d.dv;
+  // With half tiles, K's tiles (dk <= 128) are copied once, for K K^T and W, and V's go two at a
+  // time into sT's halves once T is an operand.
+  const bool paired = PairedQK<T, kTC>(d);
+  auto copy_v_pair = [&](int vt) {
+    for (int i = 0; i < 2 && vt + i < d.NV; ++i)
+      LoadInputTile<kTC>(Half(sT, i), vc + (vt + i) * kC, vst, L);
+  };
   Frag f;
   Zero(f);
-  for (int kt = 0; kt < d.NK; ++kt) {
-    LoadTile<kTC>(sX, kc + kt * kC, kst, L);
+  if (paired) {
+    for (int kt = 0; kt < d.NK; ++kt) LoadInputTile<kTC>(Half(sX, kt), kc + kt * kC, kst, L);
+    CpAsyncWaitAll();
     __syncthreads();
-    Mma<kTC, false, true, kX, kX>(f, sX, sX);
-    __syncthreads();
+    for (int kt = 0; kt < d.NK; ++kt) Mma<kTC, false, true, kX, kX>(f, Half(sX, kt), Half(sX, kt));
+  } else {
+    for (int kt = 0; kt < d.NK; ++kt) {
+      LoadTile<kTC>(sX, kc + kt * kC, kst, L);
+      __syncthreads();
+      Mma<kTC, false, true, kX, kX>(f, sX, sX);
+      __syncthreads();
+    }
   }
   GDR_FOR_FRAG(i, j, r, cc) {
     sM[r * kLd + cc] = r > cc ? gs.beta[r] * f.v[i][j] * sE[r * kLd + cc] : 0.f;
   }
   __syncthreads();
-  InvertUnitLower(sM, sT, sX);
+  InvertUnitLower(sM, sT, sE);  // E is done with: its slot is the scratch
   const int64_t ch = d.Chunk(b, hv, c);
   if (Tm != nullptr && t_split)
     StoreTileSplit(reinterpret_cast<__nv_bfloat16*>(Tm + ch * kC * kC), sT);
@@ -797,30 +833,47 @@ __global__ void __launch_bounds__(kThreads)
   // with), so that the products take K and V tiles as they are (exact bf16: no lo parts).
   ToOperand<kTC>(sE, sT, gs.bg);
   ToOperand<kTC>(sM, sT, gs.beta);
+  __syncthreads();
+  if constexpr (kHalfTiles<T, kTC>) copy_v_pair(0);  // sT was last read above
   float* Wc = W + ch * kC * d.dk;
   for (int kt = 0; kt < d.NK; ++kt) {
-    LoadInputTile<kTC>(sX, kc + kt * kC, kst, L);
-    CpAsyncWaitAll();
-    __syncthreads();
+    if (!paired) {
+      LoadInputTile<kTC>(sX, kc + kt * kC, kst, L);
+      CpAsyncWaitAll();
+      __syncthreads();
+    }
     Zero(f);
-    Mma<kTC, false, false, false, kX>(f, sE, sX);
+    Mma<kTC, false, false, false, kX>(f, sE, paired ? Half(sX, kt) : sX);
     float* Wt = WTile(Wc, kt, w_split);
     if (w_split)
       StoreFragSplit<kTC>(reinterpret_cast<__nv_bfloat16*>(Wt), f);
     else
       StoreFrag<kTC>(Wt, d.dk, f);
-    __syncthreads();
+    if (!paired) __syncthreads();
   }
   float* Uc = U + ch * kC * d.dv;
-  const T* vc = v + d.Vo(b, t0, hv);
-  for (int vt = 0; vt < d.NV; ++vt) {
-    LoadInputTile<kTC>(sX, vc + vt * kC, int64_t{d.HV} * d.dv, L);
-    CpAsyncWaitAll();
-    __syncthreads();
-    Zero(f);
-    Mma<kTC, false, false, false, kX>(f, sM, sX);
-    StoreFrag<kTC>(Uc + vt * kC, d.dv, f);
-    __syncthreads();
+  if constexpr (kHalfTiles<T, kTC>) {
+    for (int vt = 0; vt < d.NV; vt += 2) {
+      if (vt > 0) copy_v_pair(vt);
+      CpAsyncWaitAll();
+      __syncthreads();
+      for (int i = 0; i < 2 && vt + i < d.NV; ++i) {
+        Zero(f);
+        Mma<kTC, false, false, false, kX>(f, sM, Half(sT, i));
+        StoreFrag<kTC>(Uc + (vt + i) * kC, d.dv, f);
+      }
+      __syncthreads();
+    }
+  } else {
+    for (int vt = 0; vt < d.NV; ++vt) {
+      LoadInputTile<kTC>(sX, vc + vt * kC, vst, L);
+      CpAsyncWaitAll();
+      __syncthreads();
+      Zero(f);
+      Mma<kTC, false, false, false, kX>(f, sM, sX);
+      StoreFrag<kTC>(Uc + vt * kC, d.dv, f);
+      __syncthreads();
+    }
   }
 }
 
@@ -943,11 +996,37 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* sP = sE + kTile;  // operand tiles from here on
   float* sA = sP + kTile;
   float* sB = sA + kTile;
+  float* sC = sB + kTile;  // with PairedQK only
   LoadGates(gs, gamma + d.Gb(b, t0, hv), nullptr, d.HV, L);
   BuildE(sE, gs);
   BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
   const int64_t ch = d.Chunk(b, hv, c);
   const int64_t sd = int64_t{d.dk} * d.dv;
+  if (PairedQK<T, kTC>(d)) {
+    // Q's tiles are still in sA's halves: per dv tile, the state's tiles (sE, sB: E and K are done
+    // with) and V' (sC) load at once.
+    for (int vt = 0; vt < d.NV; ++vt) {
+      Frag fo, fp;
+      Zero(fo);
+      Zero(fp);
+      for (int kt = 0; kt < d.NK; ++kt)
+        LoadTile<kTC>(kt == 0 ? sE : sB, S_all + ch * sd + int64_t{kt} * kC * d.dv + vt * kC, d.dv,
+                      kC);
+      LoadTile<kTC>(sC, Vp + ch * kC * d.dv + vt * kC, d.dv, kC);
+      __syncthreads();
+      for (int kt = 0; kt < d.NK; ++kt)
+        Mma<kTC, false, false, kX, false>(fo, Half(sA, kt), kt == 0 ? sE : sB);
+      Mma<kTC, false, false>(fp, sP, sC);
+      T* oc = o + d.Vo(b, t0, hv) + vt * kC;
+      GDR_FOR_FRAG(i, j, r, cc) {
+        if (r < L)
+          oc[int64_t{r} * d.HV * d.dv + cc] =
+              FromF<T>(scale * (gs.gam[r] * fo.v[i][j] + fp.v[i][j]));
+      }
+      __syncthreads();
+    }
+    return;
+  }
   for (int vt = 0; vt < d.NV; ++vt) {
     Frag fo, fp;
     Zero(fo);
@@ -992,6 +1071,24 @@ __global__ void __launch_bounds__(kThreads)
   BuildE(sE, gs);
   BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
   float* out = dVl + d.Chunk(b, hv, c) * kC * d.dv;
+  if constexpr (kHalfTiles<T, kTC>) {  // dO's tiles two at a time, in sB's halves
+    for (int vt = 0; vt < d.NV; vt += 2) {
+      for (int i = 0; i < 2 && vt + i < d.NV; ++i)
+        LoadInputTile<kTC>(Half(sB, i), d_o + d.Vo(b, t0, hv) + (vt + i) * kC,
+                           int64_t{d.HV} * d.dv, L);
+      CpAsyncWaitAll();
+      __syncthreads();
+      for (int i = 0; i < 2 && vt + i < d.NV; ++i) {
+        Frag f;
+        Zero(f);
+        Mma<kTC, true, false, false, kX>(f, sP, Half(sB, i));
+        GDR_FOR_FRAG(i2, j, r, cc) { f.v[i2][j] *= scale; }
+        StoreFrag<kTC>(out + (vt + i) * kC, d.dv, f);
+      }
+      __syncthreads();
+    }
+    return;
+  }
   for (int vt = 0; vt < d.NV; ++vt) {
     LoadTile<kTC>(sB, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L);
     __syncthreads();
@@ -1590,7 +1687,7 @@ void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float*
   const int tc = TcMask<T>(products);
   const Work w = Allocate(d, false, stream);
   ForwardStates(d, k, v, gamma, beta, w, final_state, tc, stream);
-  GDR_LAUNCH(OutputKernel, 2, LaunchShape(dim3(d.NC, d.HV, d.B), 4), stream, d, q, k, gamma, w.S,
+  GDR_LAUNCH(OutputKernel, 2, LaunchShape(dim3(d.NC, d.HV, d.B), 5), stream, d, q, k, gamma, w.S,
              w.Vp, scale, o);
   GDR_CUDA_CHECK(cudaFreeAsync(w.base, stream));
 }
