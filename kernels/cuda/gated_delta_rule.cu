@@ -798,11 +798,13 @@ __global__ void __launch_bounds__(kThreads)
   const T* vc = v + d.Vo(b, t0, hv);
   const int64_t kst = int64_t{d.H} * d.dk, vst = int64_t{d.HV} * d.dv;
   // With half tiles, K's tiles (dk <= 128) are copied once, for K K^T and W, and V's go two at a
-  // time into sT's halves once T is an operand.
+  // time into sT's halves once T is an operand (else one at a time into sX).
   const bool paired = PairedQK<T, kTC>(d);
-  auto copy_v_pair = [&](int vt) {
-    for (int i = 0; i < 2 && vt + i < d.NV; ++i)
-      LoadInputTile<kTC>(Half(sT, i), vc + (vt + i) * kC, vst, L);
+  constexpr int kPerV = kHalfTiles<T, kTC> ? 2 : 1;
+  auto v_slot = [&](int i) { return kPerV == 2 ? Half(sT, i) : sX; };
+  auto copy_v = [&](int vt) {
+    for (int i = 0; i < kPerV && vt + i < d.NV; ++i)
+      LoadInputTile<kTC>(v_slot(i), vc + (vt + i) * kC, vst, L);
   };
   Frag f;
   Zero(f);
@@ -834,7 +836,7 @@ __global__ void __launch_bounds__(kThreads)
   ToOperand<kTC>(sE, sT, gs.bg);
   ToOperand<kTC>(sM, sT, gs.beta);
   __syncthreads();
-  if constexpr (kHalfTiles<T, kTC>) copy_v_pair(0);  // sT was last read above
+  if constexpr (kPerV == 2) copy_v(0);  // sT was last read above
   float* Wc = W + ch * kC * d.dk;
   for (int kt = 0; kt < d.NK; ++kt) {
     if (!paired) {
@@ -852,28 +854,16 @@ __global__ void __launch_bounds__(kThreads)
     if (!paired) __syncthreads();
   }
   float* Uc = U + ch * kC * d.dv;
-  if constexpr (kHalfTiles<T, kTC>) {
-    for (int vt = 0; vt < d.NV; vt += 2) {
-      if (vt > 0) copy_v_pair(vt);
-      CpAsyncWaitAll();
-      __syncthreads();
-      for (int i = 0; i < 2 && vt + i < d.NV; ++i) {
-        Zero(f);
-        Mma<kTC, false, false, false, kX>(f, sM, Half(sT, i));
-        StoreFrag<kTC>(Uc + (vt + i) * kC, d.dv, f);
-      }
-      __syncthreads();
-    }
-  } else {
-    for (int vt = 0; vt < d.NV; ++vt) {
-      LoadInputTile<kTC>(sX, vc + vt * kC, vst, L);
-      CpAsyncWaitAll();
-      __syncthreads();
+  for (int vt = 0; vt < d.NV; vt += kPerV) {
+    if (kPerV == 1 || vt > 0) copy_v(vt);
+    CpAsyncWaitAll();
+    __syncthreads();
+    for (int i = 0; i < kPerV && vt + i < d.NV; ++i) {
       Zero(f);
-      Mma<kTC, false, false, false, kX>(f, sM, sX);
-      StoreFrag<kTC>(Uc + vt * kC, d.dv, f);
-      __syncthreads();
+      Mma<kTC, false, false, false, kX>(f, sM, v_slot(i));
+      StoreFrag<kTC>(Uc + (vt + i) * kC, d.dv, f);
     }
+    __syncthreads();
   }
 }
 
@@ -1071,32 +1061,26 @@ __global__ void __launch_bounds__(kThreads)
   BuildE(sE, gs);
   BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
   float* out = dVl + d.Chunk(b, hv, c) * kC * d.dv;
-  if constexpr (kHalfTiles<T, kTC>) {  // dO's tiles two at a time, in sB's halves
-    for (int vt = 0; vt < d.NV; vt += 2) {
-      for (int i = 0; i < 2 && vt + i < d.NV; ++i)
-        LoadInputTile<kTC>(Half(sB, i), d_o + d.Vo(b, t0, hv) + (vt + i) * kC,
-                           int64_t{d.HV} * d.dv, L);
-      CpAsyncWaitAll();
-      __syncthreads();
-      for (int i = 0; i < 2 && vt + i < d.NV; ++i) {
-        Frag f;
-        Zero(f);
-        Mma<kTC, true, false, false, kX>(f, sP, Half(sB, i));
-        GDR_FOR_FRAG(i2, j, r, cc) { f.v[i2][j] *= scale; }
-        StoreFrag<kTC>(out + (vt + i) * kC, d.dv, f);
-      }
-      __syncthreads();
+  // dO's tiles a phase: two, in sB's halves, when they are half tiles.
+  constexpr int kPer = kHalfTiles<T, kTC> ? 2 : 1;
+  auto slot = [&](int i) { return kPer == 2 ? Half(sB, i) : sB; };
+  for (int vt = 0; vt < d.NV; vt += kPer) {
+    for (int i = 0; i < kPer && vt + i < d.NV; ++i) {
+      const T* src = d_o + d.Vo(b, t0, hv) + (vt + i) * kC;
+      if constexpr (kPer == 2)
+        LoadInputTile<kTC>(slot(i), src, int64_t{d.HV} * d.dv, L);
+      else
+        LoadTile<kTC>(slot(i), src, int64_t{d.HV} * d.dv, L);
     }
-    return;
-  }
-  for (int vt = 0; vt < d.NV; ++vt) {
-    LoadTile<kTC>(sB, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L);
+    if constexpr (kPer == 2) CpAsyncWaitAll();
     __syncthreads();
-    Frag f;
-    Zero(f);
-    Mma<kTC, true, false, false, kX>(f, sP, sB);
-    GDR_FOR_FRAG(i, j, r, cc) { f.v[i][j] *= scale; }
-    StoreFrag<kTC>(out + vt * kC, d.dv, f);
+    for (int i = 0; i < kPer && vt + i < d.NV; ++i) {
+      Frag f;
+      Zero(f);
+      Mma<kTC, true, false, false, kX>(f, sP, slot(i));
+      GDR_FOR_FRAG(i2, j, r, cc) { f.v[i2][j] *= scale; }
+      StoreFrag<kTC>(out + (vt + i) * kC, d.dv, f);
+    }
     __syncthreads();
   }
 }
