@@ -248,6 +248,9 @@ const std::vector<Case>& Cases() {
       {1, 130, 1, 2, 256, 64, GateKind::kRandom, 1.0},
       {1, 200, 1, 2, 256, 256, GateKind::kStrong, 2.0},
       {2, 150, 3, 3, 64, 128, GateKind::kRandom, 1.0},  // HV == H
+      // dk = dv = 192: three tiles each (GradKernel's second pair of dk tiles has one; the
+      // half-tile loops of PrepKernel and DvLocalKernel end on a single tile).
+      {1, 97, 1, 2, 192, 192, GateKind::kRandom, 1.0},
   };
   return cases;
 }

@@ -791,7 +791,7 @@ __global__ void __launch_bounds__(kThreads)
   float* sE = smem + kGateFloats;
   float* sM = sE + kTile;
   float* sT = sM + kTile;
-  float* sX = sT + kTile;  // operand tile: K's tiles (both halves when paired), else V's
+  float* sX = sT + kTile;  // operand tile: K's (two halves when paired); V's when not half tiles
   LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
   BuildE(sE, gs);
   const T* kc = k + d.Qk(b, t0, h);
@@ -1203,12 +1203,12 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 // Per chunk: every gradient term local to the chunk given S (its start state), D (dL/dS at its
-// end), V' and Y (see the derivation in kernels/cpu/gated_delta_rule.cc). dq and dk of this value
-// head go to fp32 scratch (dqp, dkp, chunk-major) for ReduceKernel. kNK >= d.NK (see phase B).
-// Per chunk, by two groups of kThreads (threadIdx.y) that share the tiles: group g computes one
-// of each pair of products (phase A: g = 0 Q K^T and dP, g = 1 K K^T and dM; phase B: dk tile
-// kp + g of each pair kp), so a thread holds a third of the sums it held as one group, and twice
-// the warps hide the loads' latency.
+// end), V' and Y (see the derivation in kernels/cpu/gated_delta_rule.cc); with HV > H, dq and dk
+// of this value head go to fp32 scratch (dqp, dkp, chunk-major) for ReduceKernel. Two groups of
+// kThreads (threadIdx.y) share the tiles: group g computes one of each pair of products (phase
+// A: g = 0 Q K^T and dP, g = 1 K K^T and dM; phase B: dk tile kp + g of each pair kp), so a
+// thread holds a third of the sums it held as one group, and twice the warps hide the loads'
+// latency.
 template <typename T, bool kTC>
 __global__ void __launch_bounds__(2 * kThreads)
     GradKernel(Dims d, const T* q, const T* k, const T* v, const float* gamma,
