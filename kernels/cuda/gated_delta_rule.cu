@@ -89,21 +89,29 @@ struct Dims {
   }
 };
 
-// 16 bytes of src as floats (4 fp32 or 8 bf16 values), through the read-only data path: every
-// array read this way is written only by earlier launches or, for Y in ReverseKernel, at the
-// same place after it is read.
-__device__ __forceinline__ void Load16(const float* src, float* x) {
-  const float4 v = __ldg(reinterpret_cast<const float4*>(src));
+// 16 bytes of src, as loaded (4 fp32 or 8 bf16 values), and as floats, through the read-only
+// data path: every array read this way is written only by earlier launches or, for Y in
+// ReverseKernel, at the same place after it is read.
+__device__ __forceinline__ float4 Load16Raw(const float* src) {
+  return __ldg(reinterpret_cast<const float4*>(src));
+}
+__device__ __forceinline__ uint4 Load16Raw(const __nv_bfloat16* src) {
+  return __ldg(reinterpret_cast<const uint4*>(src));
+}
+__device__ __forceinline__ void Widen(const float4& v, float* x) {
   x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
 }
-__device__ __forceinline__ void Load16(const __nv_bfloat16* src, float* x) {
-  const uint4 v = __ldg(reinterpret_cast<const uint4*>(src));
+__device__ __forceinline__ void Widen(const uint4& v, float* x) {  // 8 bf16 values
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
     x[2 * i] = f.x, x[2 * i + 1] = f.y;
   }
+}
+template <typename T>
+__device__ __forceinline__ void Load16(const T* src, float* x) {
+  Widen(Load16Raw(src), x);
 }
 
 // (x0, x1) as two bf16 pairs: hi = bf16(x), lo = bf16(x - hi); hi + lo carries about 16
@@ -193,57 +201,65 @@ __device__ __forceinline__ unsigned LoadTid() {
     return threadIdx.x + kThreads * threadIdx.y;
 }
 
-// dst (64 x 64 tile; an operand tile when kOp) <- rows r < rows of src (row r at src + r *
-// stride), zero below; each row multiplied by mul and, when given, by row_scale[r]. 16-byte
-// loads written before the first shared-memory store (src and stride 16-byte aligned). For fp32
-// tiles ptxas keeps them ahead of the stores, so their latencies overlap; for operand tiles on
-// the tensor cores it interleaves each load with its converting store whatever the source order
-// (experiments/results/gdr-cuda.md, session 7), so fewer tiles per phase is what pays there.
-// An unscaled bf16 source on the tensor cores is copied as it is: its values are their own hi
-// part and their lo part is 0, what the split would give, without widening each value.
+// A 64 x 64 tile of src in registers, as loaded (16-byte loads of rows r < rows, row r at src + r *
+// stride, zero below; src and stride 16-byte aligned), until Put writes it to the tile dst (an
+// operand tile when kOp), each row multiplied by mul and, when given, by row_scale[r]. Held
+// apart, the loads' latency overlaps the work between Load and Put (ReverseKernel's dO); LoadTile
+// does both at once. All loads are issued before the first shared-memory store: for fp32 tiles
+// ptxas keeps them ahead of the stores, so their latencies overlap; for operand tiles on the
+// tensor cores it interleaves each load with its converting store whatever the source order
+// (experiments/results/gdr-cuda.md, session 7), so fewer tiles per phase is what pays there. An
+// unscaled bf16 source on the tensor cores is copied as it is: its values are their own hi part
+// and their lo part is 0, what the split would give, without widening each value.
+template <typename T, int kN = kThreads>
+struct HeldTile {
+  static constexpr int kVec = 16 / sizeof(T);       // elements per load
+  static constexpr int kPer = kC * kC / kVec / kN;  // loads per thread (kN threads share it)
+  decltype(Load16Raw(static_cast<const T*>(nullptr))) raw[kPer];
+
+  __device__ __forceinline__ void Load(const T* from, int64_t stride, int rows) {
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
+      if (r < rows)
+        raw[u] = Load16Raw(from + r * stride + c);
+      else
+        raw[u] = {};
+    }
+  }
+  template <bool kOp>
+  __device__ __forceinline__ void Put(float* dst, const float* row_scale = nullptr,
+                                      float mul = 1.f) const {
+    if constexpr (kOp && std::is_same_v<T, __nv_bfloat16>) {
+      if (row_scale == nullptr && mul == 1.f) {
+#pragma unroll
+        for (int u = 0; u < kPer; ++u) {
+          const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
+          uint4* p = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(dst) + r * kLd + c);
+          p[0] = raw[u];
+          p[kTile / kVec] = make_uint4(0, 0, 0, 0);
+        }
+        return;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
+      float x[kVec];
+      Widen(raw[u], x);
+      const float m = row_scale != nullptr ? mul * row_scale[r] : mul;
+#pragma unroll
+      for (int i = 0; i < kVec; i += 4)
+        PutOp4<kOp>(dst, r, c + i, x[i] * m, x[i + 1] * m, x[i + 2] * m, x[i + 3] * m);
+    }
+  }
+};
 template <bool kOp = false, int kN = kThreads, typename T>
 __device__ __forceinline__ void LoadTile(float* dst, const T* src, int64_t stride, int rows,
                                          const float* row_scale = nullptr, float mul = 1.f) {
-  constexpr int kVec = 16 / sizeof(T);                 // elements per load
-  constexpr int kPer = kC * kC / kVec / kN;            // loads per thread (kN threads share it)
-  if constexpr (kOp && std::is_same_v<T, __nv_bfloat16>) {
-    if (row_scale == nullptr && mul == 1.f) {
-      uint4 raw[kPer];
-#pragma unroll
-      for (int u = 0; u < kPer; ++u) {
-        const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
-        raw[u] = r < rows ? __ldg(reinterpret_cast<const uint4*>(src + r * stride + c))
-                          : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < kPer; ++u) {
-        const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
-        uint4* p = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(dst) + r * kLd + c);
-        p[0] = raw[u];
-        p[kTile / kVec] = make_uint4(0, 0, 0, 0);
-      }
-      return;
-    }
-  }
-  float x[kPer][kVec];
-#pragma unroll
-  for (int u = 0; u < kPer; ++u) {
-    const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
-    if (r < rows) {
-      Load16(src + r * stride + c, x[u]);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) x[u][i] = 0.f;
-    }
-  }
-#pragma unroll
-  for (int u = 0; u < kPer; ++u) {
-    const int e = (LoadTid<kN>() + u * kN) * kVec, r = e / kC, c = e % kC;
-    const float m = row_scale != nullptr ? mul * row_scale[r] : mul;
-#pragma unroll
-    for (int i = 0; i < kVec; i += 4)
-      PutOp4<kOp>(dst, r, c + i, x[u][i] * m, x[u][i + 1] * m, x[u][i + 2] * m, x[u][i + 3] * m);
-  }
+  HeldTile<T, kN> t;
+  t.Load(src, stride, rows);
+  t.template Put<kOp>(dst, row_scale, mul);
 }
 
 // LoadTile<kOp> of two whole fp32 tiles at the same positions of src_a and src_b (one stride),
@@ -1089,19 +1105,32 @@ __global__ void __launch_bounds__(kThreads)
 // (fp32 values in registers, dd; operand tiles in shared memory): stores D per chunk, turns dVl
 // into Y = T^T (dVl + diag(e) K D) in place, and moves D to the chunk start:
 // D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y. kNK >= d.NK.
+//
+// Tiles arrive by cp.async (T in the form this kernel reads, from PrepKernel; dVl; Q and K), dO
+// through registers (it is scaled). With dk > 128 one tile at a time. With dk <= 128 (kFused)
+// each phase loads all its tiles at once, 7 barriers a chunk: the second K tile of K D in sY
+// (free until dVl + diag(e) K D is written), the second Q and K tiles of the update of D in the
+// sD slots (D's values are in registers; its operand tiles are rewritten after). With half tiles
+// as well (kPaired: bf16 on the tensor cores) Q's tiles share sY and K's share sA, so a chunk's T,
+// dVl, K and Q all arrive at its start, one wait on global memory a chunk and 5 barriers; dVl +
+// diag(e) K D goes to D's first slot, diag(s Gam) dO to its second (there are two slots even
+// when dk = 64), and dO's loads are issued before the two products they wait behind.
 template <typename T, bool kTC, int kNK>
 __global__ void __launch_bounds__(kThreads, 2)
     ReverseKernel(Dims d, const T* q, const T* k, const float* gamma, const float* beta,
                   const T* d_o, float scale, const float* Tm, float* Y, float* D_all) {
   constexpr bool kX = kExactInputs<T>;  // unscaled input tiles hold exact bf16 values
+  constexpr bool kFused = kNK <= 2;
+  constexpr bool kPaired = kFused && kHalfTiles<T, kTC>;
   const int vt = blockIdx.x, hv = blockIdx.y, b = blockIdx.z, h = hv / d.G;
   extern __shared__ __align__(16) float smem[];
   Gates& gs = *reinterpret_cast<Gates*>(smem);
-  float* sD = smem + kGateFloats;  // d.NK operand tiles
-  float* sT = sD + d.NK * kTile;  // operand tile: T, then K in the update of D
-  float* sX = sT + kTile;         // fp32 dVl, then the operand tile -diag(Gam beta) Y
-  float* sY = sX + kTile;         // operand tile: dVl + diag(e) K D, then diag(s Gam) dO
-  float* sA = sY + kTile;         // operand tile: K, then Q
+  float* sD = smem + kGateFloats;                  // D's operand tiles (d.NK; 2 when paired)
+  float* sT = sD + (kPaired ? 2 : d.NK) * kTile;  // operand tile: T, then K in the update of D
+  float* sX = sT + kTile;  // fp32 dVl, then the operand tile -diag(Gam beta) Y
+  float* sY = sX + kTile;  // operand tile: dVl + diag(e) K D, then diag(s Gam) dO; paired: Q
+  float* sA = sY + kTile;  // operand tile: K, then Q; paired: K
+  float* sXo = kPaired ? sD : sY;  // dVl + diag(e) K D
   for (int e = threadIdx.x; e < d.NK * kTile; e += kThreads) sD[e] = 0.f;  // zero in both forms
   Frag dd[kNK];
   GDR_FOR_TILE(kt, d.NK) Zero(dd[kt]);
@@ -1109,19 +1138,18 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t sd = int64_t{d.dk} * d.dv;
   for (int c = d.NC - 1; c >= 0; --c) {
     const int t0 = c * kC, L = min(kC, d.T - t0);
-    // With dk <= 128 each phase loads all its tiles at once: the second K tile of K D in sY (free
-    // until dVl + diag(e) K D is written), the second Q and K tiles of the update of D in the sD
-    // slots (D's values are in registers; its operand tiles are rewritten after): 7 barriers
-    // per chunk. T, dVl, Q and K arrive by cp.async (T in the form this kernel reads, from
-    // PrepKernel), dO through registers (it is scaled).
-    constexpr bool kFused = kNK <= 2;
     const int64_t ch = d.Chunk(b, hv, c);
     float* Yc = Y + ch * kC * d.dv + vt * kC;
     const T* qc = q + d.Qk(b, t0, h);
     const T* kc = k + d.Qk(b, t0, h);
     CopyOperandAsync<kTC>(sT, Tm + ch * kC * kC, kC);
     CopyRowsAsync(sX, kLd * 4, Yc, d.dv * 4, kC * 4, kC);
-    if constexpr (kFused) {
+    if constexpr (kPaired) {
+      GDR_FOR_TILE(kt, d.NK) {
+        LoadInputTile<kTC>(Half(sA, kt), kc + kt * kC, kst, L);
+        LoadInputTile<kTC>(Half(sY, kt), qc + kt * kC, kst, L);
+      }
+    } else if constexpr (kFused) {
       LoadInputTile<kTC>(sA, kc, kst, L);
       if (d.NK > 1) LoadInputTile<kTC>(sY, kc + kC, kst, L);
     }
@@ -1141,7 +1169,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     Zero(f);
     CpAsyncWaitAll();
     __syncthreads();
-    if constexpr (kFused) {
+    HeldTile<T> dO;  // paired: loaded here, put after T^T (dVl + diag(e) K D)
+    if constexpr (kPaired) {
+      GDR_FOR_TILE(kt, d.NK) Mma<kTC, false, false, kX, false>(f, Half(sA, kt), sD + kt * kTile);
+      dO.Load(d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L);
+      __syncthreads();
+    } else if constexpr (kFused) {
       Mma<kTC, false, false, kX, false>(f, sA, sD);
       if (d.NK > 1) Mma<kTC, false, false, kX, false>(f, sY, sD + kTile);
       __syncthreads();
@@ -1155,14 +1188,28 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
     GDR_FOR_FRAG(i, j, r, cc) { f.v[i][j] = sX[r * kLd + cc] + gs.e[r] * f.v[i][j]; }
-    PutFrag<kTC>(sY, f);
+    PutFrag<kTC>(sXo, f);
     __syncthreads();
     Zero(f);
-    Mma<kTC, true, false>(f, sT, sY);
-    // sX's fp32 values were last read before the barrier above; sY is still being read.
+    Mma<kTC, true, false>(f, sT, sXo);
+    // sX's fp32 values were last read before the barrier above; sXo is still being read.
     StoreFrag<kTC>(Yc, d.dv, f);
     GDR_FOR_FRAG(i, j, r, cc) { f.v[i][j] *= -gs.bg[r]; }
     PutFrag<kTC>(sX, f);
+    if constexpr (kPaired) {
+      dO.template Put<kTC>(sD + kTile, gs.gam, scale);  // D's second slot was last read by K D
+      __syncthreads();
+      const float gl = gs.gam[L - 1];
+      GDR_FOR_TILE(kt, d.NK) {
+        Zero(f);
+        Mma<kTC, true, false, kX, false>(f, Half(sY, kt), sD + kTile);
+        Mma<kTC, true, false, kX, false>(f, Half(sA, kt), sX);
+        GDR_FOR_FRAG(i, j, r, cc) { dd[kt].v[i][j] = gl * dd[kt].v[i][j] + f.v[i][j]; }
+      }
+      __syncthreads();  // then the next chunk's copies and D's operand tiles
+      GDR_FOR_TILE(kt, d.NK) PutFrag<kTC>(sD + kt * kTile, dd[kt]);
+      continue;
+    }
     __syncthreads();
     if constexpr (kFused) {
       LoadInputTile<kTC>(sA, qc, kst, L);
@@ -1172,7 +1219,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         LoadInputTile<kTC>(sD + kTile, kc + kC, kst, L);
       }
     }
-    LoadTile<kTC>(sY, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L, gs.gam, scale);
+    LoadTile<kTC>(sY, d_o + d.Vo(b, t0, hv) + vt * kC, int64_t{d.HV} * d.dv, L, gs.gam,
+                  scale);
     const float gl = gs.gam[L - 1];
     if constexpr (kFused) {
       CpAsyncWaitAll();
@@ -1704,8 +1752,9 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
   GDR_CUDA_CHECK(cudaStreamWaitEvent(stream, side.join, 0));
   float* Y = w.Y;
   float* dqp = w.W;  // W is dead after StateKernel
-  GDR_LAUNCH_NK(ReverseKernel, 4, LaunchShape(columns, d.NK + 4), stream, d, q, k, gamma, beta, d_o,
-                scale, w.Tm, Y, w.D);
+  // ReverseKernel: D's slots (two with dk <= 128, see kPaired), T, dVl, and two more.
+  GDR_LAUNCH_NK(ReverseKernel, 4, LaunchShape(columns, std::max(d.NK, 2) + 4), stream, d, q, k,
+                gamma, beta, d_o, scale, w.Tm, Y, w.D);
   GDR_LAUNCH(GradKernel, 5, LaunchShape(chunks, 9, kGradSmall, 2), stream, d, q, k, v, gamma, beta,
              d_o, scale, w.S, w.D, w.Vp, Y, dqp, w.dkp, dq, dk, dv, dgamma, dbeta);
   if (d.G > 1) {
