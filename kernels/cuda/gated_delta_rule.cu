@@ -623,6 +623,22 @@ __device__ __forceinline__ void LoadInputTile(float* slot, const T* src, int64_t
 template <typename T, bool kTC>
 constexpr bool kHalfTiles = kTC && kExactInputs<T>;
 __device__ __forceinline__ float* Half(float* slot, int i) { return slot + i * (kTile / 2); }
+// Input tiles a load phase takes: two to a slot as half tiles, else one; tile i of a phase in
+// `slot`.
+template <typename T, bool kTC>
+constexpr int kPerSlot = kHalfTiles<T, kTC> ? 2 : 1;
+template <typename T, bool kTC>
+__device__ __forceinline__ float* InSlot(float* slot, int i) {
+  return kHalfTiles<T, kTC> ? Half(slot, i) : slot;
+}
+// The input tiles of the phase that starts at tile kt0 (at most kPerSlot, below n; tile kt at
+// src + kt * 64) into `slot`; the caller waits (CpAsyncWaitAll) and synchronises.
+template <bool kTC, typename T>
+__device__ __forceinline__ void LoadInputPhase(float* slot, const T* src, int64_t stride, int L,
+                                               int kt0, int n) {
+  for (int i = 0; i < kPerSlot<T, kTC> && kt0 + i < n; ++i)
+    LoadInputTile<kTC>(InSlot<T, kTC>(slot, i), src + (kt0 + i) * kC, stride, L);
+}
 
 // Loops over the 64-row tiles kt < n of dk (n <= kNK, a constant), unrolled, so that per-tile
 // register arrays (the sequential kernels' state) are indexed by constants.
@@ -748,35 +764,53 @@ __device__ void BuildP(const Dims& d, const T* q, const T* k, int b, int h, int 
 }
 
 // T = (I + M)^-1 for M (fp32 tile) strictly lower triangular, into the fp32 tile T, by 16 x 16
-// blocks: the four diagonal blocks by forward substitution (64 threads, one column each, chains
-// of at most 15 steps), then the blocks below them one block diagonal at a time,
+// blocks: the four diagonal blocks by forward substitution (64 threads, one column each), then the
+// blocks below them one block diagonal at a time,
 //   T_ij = -T_ii Y_ij,  Y_ij = sum_{j <= m < i} M_im T_mj   (block indices),
 // every thread one element of each block (Y in the scratch tile sY). A substitution over all 64
 // rows, one column per thread, was a dependent chain of about 2000 multiply-adds: 156 of
-// PrepKernel's 292 us at the reference model's layer (experiments/results/gdr-cuda.md). Ends with
-// a barrier.
+// PrepKernel's 292 us at the reference model's layer (experiments/results/gdr-cuda.md). The
+// diagonal blocks' substitution keeps its column in registers and, once a row is final, updates
+// the rows below it (right-looking): the same multiply-adds in the same order as reading the
+// column back from shared memory row by row, without a shared-memory round trip in the chain
+// (the other 192 threads wait for it at a barrier). Ends with a barrier.
 __device__ void InvertUnitLower(const float* sM, float* sT, float* sY) {
   constexpr int kB = 16;  // block edge
-  static_assert(kThreads == kB * kB && kC % kB == 0);
+  static_assert(kThreads == kB * kB && kC % kB == 0 && kLd % 4 == 0);
   const int t = threadIdx.x;
-  for (int e = t; e < kTile; e += kThreads) sT[e] = 0.f;  // the blocks above the diagonal stay 0
-  __syncthreads();
+  for (int e = t; e < kC * kC; e += kThreads) {  // the blocks above the diagonal are 0
+    const int row = e / kC, col = e % kC;
+    if (col / kB > row / kB) sT[row * kLd + col] = 0.f;
+  }
   if (t < kC) {
-    const int col = t, end = (col & ~(kB - 1)) + kB;
-    for (int i = col; i < end; ++i) {
-      float x = i == col ? 1.f : 0.f;
-      for (int m = col; m < i; ++m) x -= sM[i * kLd + m] * sT[m * kLd + col];
-      sT[i * kLd + col] = x;
+    const int b0 = t & ~(kB - 1), lc = t - b0;  // column lc of the diagonal block at b0
+    float x[kB];
+#pragma unroll
+    for (int i = 0; i < kB; ++i) x[i] = i == lc ? 1.f : 0.f;
+    // Row m is final once rows < m have updated it; rows above lc are 0 and update nothing.
+#pragma unroll
+    for (int m = 0; m + 1 < kB; ++m) {
+#pragma unroll
+      for (int i = m + 1; i < kB; ++i) x[i] -= sM[(b0 + i) * kLd + b0 + m] * x[m];
     }
+#pragma unroll
+    for (int i = 0; i < kB; ++i) sT[(b0 + i) * kLd + t] = x[i];
   }
   __syncthreads();
   const int r = t / kB, c = t % kB;  // kThreads == kB * kB
   for (int s = 1; s < kC / kB; ++s) {
     for (int j = 0; j + s < kC / kB; ++j) {
       const int i = j + s;
+      const float* mrow = sM + (kB * i + r) * kLd;  // 16-byte aligned: kLd % 4 == 0
+      const float* tcol = sT + kB * j + c;
       float y = 0.f;
-      for (int m = kB * j; m < kB * i; ++m)
-        y = fmaf(sM[(kB * i + r) * kLd + m], sT[m * kLd + kB * j + c], y);
+      for (int m = kB * j; m < kB * i; m += 4) {  // M's row four values a load
+        const float4 a = *reinterpret_cast<const float4*>(mrow + m);
+        y = fmaf(a.x, tcol[m * kLd], y);
+        y = fmaf(a.y, tcol[(m + 1) * kLd], y);
+        y = fmaf(a.z, tcol[(m + 2) * kLd], y);
+        y = fmaf(a.w, tcol[(m + 3) * kLd], y);
+      }
       sY[j * kB * kB + t] = y;
     }
     __syncthreads();
@@ -807,35 +841,27 @@ __global__ void __launch_bounds__(kThreads)
   float* sE = smem + kGateFloats;
   float* sM = sE + kTile;
   float* sT = sM + kTile;
-  float* sX = sT + kTile;  // operand tile: K's (two halves when paired); V's when not half tiles
+  float* sX = sT + kTile;  // operand tile: K's tiles; V's when not half tiles
   LoadGates(gs, gamma + d.Gb(b, t0, hv), beta + d.Gb(b, t0, hv), d.HV, L);
   BuildE(sE, gs);
   const T* kc = k + d.Qk(b, t0, h);
   const T* vc = v + d.Vo(b, t0, hv);
   const int64_t kst = int64_t{d.H} * d.dk, vst = int64_t{d.HV} * d.dv;
-  // With half tiles, K's tiles (dk <= 128) are copied once, for K K^T and W, and V's go two at a
-  // time into sT's halves once T is an operand (else one at a time into sX).
-  const bool paired = PairedQK<T, kTC>(d);
-  constexpr int kPerV = kHalfTiles<T, kTC> ? 2 : 1;
-  auto v_slot = [&](int i) { return kPerV == 2 ? Half(sT, i) : sX; };
-  auto copy_v = [&](int vt) {
-    for (int i = 0; i < kPerV && vt + i < d.NV; ++i)
-      LoadInputTile<kTC>(v_slot(i), vc + (vt + i) * kC, vst, L);
-  };
+  // K's tiles go to sX kPerSlot a phase; when that is all of them (half tiles and dk <= 128, or
+  // dk = 64) they are copied once, for K K^T and W (k_kept). V's go kPerSlot at a time into sT's
+  // halves once T is an operand with half tiles, else into sX.
+  constexpr int kPer = kPerSlot<T, kTC>;
+  const bool k_kept = d.NK <= kPer;
+  float* const sV = kPer == 2 ? sT : sX;
   Frag f;
   Zero(f);
-  if (paired) {
-    for (int kt = 0; kt < d.NK; ++kt) LoadInputTile<kTC>(Half(sX, kt), kc + kt * kC, kst, L);
+  for (int kt = 0; kt < d.NK; kt += kPer) {
+    if (kt > 0) __syncthreads();  // the last phase's tiles are read
+    LoadInputPhase<kTC>(sX, kc, kst, L, kt, d.NK);
     CpAsyncWaitAll();
     __syncthreads();
-    for (int kt = 0; kt < d.NK; ++kt) Mma<kTC, false, true, kX, kX>(f, Half(sX, kt), Half(sX, kt));
-  } else {
-    for (int kt = 0; kt < d.NK; ++kt) {
-      LoadTile<kTC>(sX, kc + kt * kC, kst, L);
-      __syncthreads();
-      Mma<kTC, false, true, kX, kX>(f, sX, sX);
-      __syncthreads();
-    }
+    for (int i = 0; i < kPer && kt + i < d.NK; ++i)
+      Mma<kTC, false, true, kX, kX>(f, InSlot<T, kTC>(sX, i), InSlot<T, kTC>(sX, i));
   }
   GDR_FOR_FRAG(i, j, r, cc) {
     sM[r * kLd + cc] = r > cc ? gs.beta[r] * f.v[i][j] * sE[r * kLd + cc] : 0.f;
@@ -852,31 +878,34 @@ __global__ void __launch_bounds__(kThreads)
   ToOperand<kTC>(sE, sT, gs.bg);
   ToOperand<kTC>(sM, sT, gs.beta);
   __syncthreads();
-  if constexpr (kPerV == 2) copy_v(0);  // sT was last read above
+  if constexpr (kPer == 2) LoadInputPhase<kTC>(sV, vc, vst, L, 0, d.NV);  // sT was read above
   float* Wc = W + ch * kC * d.dk;
-  for (int kt = 0; kt < d.NK; ++kt) {
-    if (!paired) {
-      LoadInputTile<kTC>(sX, kc + kt * kC, kst, L);
+  for (int kt = 0; kt < d.NK; kt += kPer) {
+    if (!k_kept) {
+      if (kt > 0) __syncthreads();  // the last phase's tiles are read
+      LoadInputPhase<kTC>(sX, kc, kst, L, kt, d.NK);
       CpAsyncWaitAll();
       __syncthreads();
     }
-    Zero(f);
-    Mma<kTC, false, false, false, kX>(f, sE, paired ? Half(sX, kt) : sX);
-    float* Wt = WTile(Wc, kt, w_split);
-    if (w_split)
-      StoreFragSplit<kTC>(reinterpret_cast<__nv_bfloat16*>(Wt), f);
-    else
-      StoreFrag<kTC>(Wt, d.dk, f);
-    if (!paired) __syncthreads();
+    for (int i = 0; i < kPer && kt + i < d.NK; ++i) {
+      Zero(f);
+      Mma<kTC, false, false, false, kX>(f, sE, InSlot<T, kTC>(sX, i));
+      float* Wt = WTile(Wc, kt + i, w_split);
+      if (w_split)
+        StoreFragSplit<kTC>(reinterpret_cast<__nv_bfloat16*>(Wt), f);
+      else
+        StoreFrag<kTC>(Wt, d.dk, f);
+    }
   }
+  if constexpr (kPer == 1) __syncthreads();  // V's tiles go to sX, which W's products read
   float* Uc = U + ch * kC * d.dv;
-  for (int vt = 0; vt < d.NV; vt += kPerV) {
-    if (kPerV == 1 || vt > 0) copy_v(vt);
+  for (int vt = 0; vt < d.NV; vt += kPer) {
+    if (kPer == 1 || vt > 0) LoadInputPhase<kTC>(sV, vc, vst, L, vt, d.NV);
     CpAsyncWaitAll();
     __syncthreads();
-    for (int i = 0; i < kPerV && vt + i < d.NV; ++i) {
+    for (int i = 0; i < kPer && vt + i < d.NV; ++i) {
       Zero(f);
-      Mma<kTC, false, false, false, kX>(f, sM, v_slot(i));
+      Mma<kTC, false, false, false, kX>(f, sM, InSlot<T, kTC>(sV, i));
       StoreFrag<kTC>(Uc + (vt + i) * kC, d.dv, f);
     }
     __syncthreads();
@@ -1077,23 +1106,16 @@ __global__ void __launch_bounds__(kThreads)
   BuildE(sE, gs);
   BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
   float* out = dVl + d.Chunk(b, hv, c) * kC * d.dv;
-  // dO's tiles a phase: two, in sB's halves, when they are half tiles.
-  constexpr int kPer = kHalfTiles<T, kTC> ? 2 : 1;
-  auto slot = [&](int i) { return kPer == 2 ? Half(sB, i) : sB; };
+  // dO's tiles go to sB, kPerSlot a phase.
+  constexpr int kPer = kPerSlot<T, kTC>;
   for (int vt = 0; vt < d.NV; vt += kPer) {
-    for (int i = 0; i < kPer && vt + i < d.NV; ++i) {
-      const T* src = d_o + d.Vo(b, t0, hv) + (vt + i) * kC;
-      if constexpr (kPer == 2)
-        LoadInputTile<kTC>(slot(i), src, int64_t{d.HV} * d.dv, L);
-      else
-        LoadTile<kTC>(slot(i), src, int64_t{d.HV} * d.dv, L);
-    }
-    if constexpr (kPer == 2) CpAsyncWaitAll();
+    LoadInputPhase<kTC>(sB, d_o + d.Vo(b, t0, hv), int64_t{d.HV} * d.dv, L, vt, d.NV);
+    CpAsyncWaitAll();
     __syncthreads();
     for (int i = 0; i < kPer && vt + i < d.NV; ++i) {
       Frag f;
       Zero(f);
-      Mma<kTC, true, false, false, kX>(f, sP, slot(i));
+      Mma<kTC, true, false, false, kX>(f, sP, InSlot<T, kTC>(sB, i));
       GDR_FOR_FRAG(i2, j, r, cc) { f.v[i2][j] *= scale; }
       StoreFrag<kTC>(out + (vt + i) * kC, d.dv, f);
     }
