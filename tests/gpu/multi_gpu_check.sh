@@ -4,10 +4,12 @@
 # as data-parallel 2 (with and without ZeRO-1, and with many small gradient buckets); every step's
 # train loss (and each val loss) of the multi-GPU runs must be within 1e-4 relative of the one-GPU
 # run's. The same in bf16 mode, within 2e-2 of the one-GPU bf16 run. With 4 or more GPUs also
-# TP 4, DP 4 (with and without ZeRO-1) and DP 2 x TP 2, in float32 and bf16. Then: a ZeRO-1 run
-# and a tensor-parallel run killed (kill -9) at step 25 resume from their step-20 checkpoints to
-# the same losses; a rank stopped with SIGSTOP ends the job within GDN_COLLECTIVE_TIMEOUT_S; twice
-# as many ranks as GPUs fail with the one-GPU-per-rank error before computing.
+# TP 4, DP 4 (with and without ZeRO-1) and DP 2 x TP 2, in float32 and bf16; with 8 or more, DP 8
+# (with and without ZeRO-1), DP 4 x TP 2, DP 2 x TP 4 and TP 8 on a model twice as wide. Then: a
+# ZeRO-1 run and a tensor-parallel run killed (kill -9) at step 25 resume from their step-20
+# checkpoints to the same losses; a rank stopped with SIGSTOP ends the job within
+# GDN_COLLECTIVE_TIMEOUT_S; twice as many ranks as GPUs fail with the one-GPU-per-rank error before
+# computing.
 #
 # Usage: tests/gpu/multi_gpu_check.sh [LOG_DIR]     (default: $OUT when set, else ./gpu-logs)
 # Environment: see tests/gpu/gpu_build.sh. Exit status: non-zero when anything failed.
@@ -122,6 +124,28 @@ if ((gpus >= 4)); then
     compare "$name on 4 GPUs" runs/$name || status=1
     train "${mpi[@]}" -np 4 "$gdn" train --set run.dir=runs/$name-bf16 "${bf16[@]}" $args || fail "$name bf16 run"
     compare "$name bf16 on 4 GPUs" runs/$name-bf16 runs/one-gpu-bf16 2e-2 || status=1
+  done
+fi
+
+# 8 GPUs (issue 9): DP 8 (with and without ZeRO-1), DP 4 x TP 2, DP 2 x TP 4 and TP 8 on the same
+# model twice as wide, whose 8 key heads, MLP 1024, vocabulary 256 and batch of 8 all divide by 8:
+# float32 against its one-GPU run, bf16 against its one-GPU bf16 run.
+if ((gpus >= 8)); then
+  wide=(--set model.width=512)
+  step "8 GPUs: width 512 on one GPU" | tee -a "$log/runs.log"
+  train "$gdn" train --set run.dir=runs/one-gpu-w512 "${wide[@]}" || fail "one-GPU width-512 run"
+  train "$gdn" train --set run.dir=runs/one-gpu-w512-bf16 "${wide[@]}" "${bf16[@]}" ||
+    fail "one-GPU width-512 bf16 run"
+  for layout in "dp8 --set parallel.zero_stage=0" "dp8-zero1 --set parallel.zero_stage=1" \
+    "dp4xtp2 --set parallel.tensor_parallel=2" "dp2xtp4 --set parallel.tensor_parallel=4" \
+    "tp8 --set parallel.tensor_parallel=8"; do
+    read -r name args <<<"$layout"
+    step "8 GPUs, $name" | tee -a "$log/runs.log"
+    train "${mpi[@]}" -np 8 "$gdn" train --set run.dir=runs/$name "${wide[@]}" $args || fail "$name run"
+    compare "$name on 8 GPUs" runs/$name runs/one-gpu-w512 || status=1
+    train "${mpi[@]}" -np 8 "$gdn" train --set run.dir=runs/$name-bf16 "${wide[@]}" "${bf16[@]}" $args ||
+      fail "$name bf16 run"
+    compare "$name bf16 on 8 GPUs" runs/$name-bf16 runs/one-gpu-w512-bf16 2e-2 || status=1
   done
 fi
 
