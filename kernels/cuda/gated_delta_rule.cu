@@ -1037,6 +1037,15 @@ __global__ void __launch_bounds__(kThreads, 2)
   BuildP<T, kTC>(d, q, k, b, h, t0, L, sE, sP, sA, sB);
   const int64_t ch = d.Chunk(b, hv, c);
   const int64_t sd = int64_t{d.dk} * d.dv;
+  // O's dv tile vt = s [diag(Gam) (Q S) + P V'] from the two products' sums.
+  auto store_o = [&](int vt, const Frag& fo, const Frag& fp) {
+    T* oc = o + d.Vo(b, t0, hv) + vt * kC;
+    GDR_FOR_FRAG(i, j, r, cc) {
+      if (r < L)
+        oc[int64_t{r} * d.HV * d.dv + cc] =
+            FromF<T>(scale * (gs.gam[r] * fo.v[i][j] + fp.v[i][j]));
+    }
+  };
   if (PairedQK<T, kTC>(d)) {
     // Q's tiles are still in sA's halves: per dv tile, the state's tiles (sE, sB: E and K are done
     // with) and V' (sC) load at once.
@@ -1052,12 +1061,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int kt = 0; kt < d.NK; ++kt)
         Mma<kTC, false, false, kX, false>(fo, Half(sA, kt), kt == 0 ? sE : sB);
       Mma<kTC, false, false>(fp, sP, sC);
-      T* oc = o + d.Vo(b, t0, hv) + vt * kC;
-      GDR_FOR_FRAG(i, j, r, cc) {
-        if (r < L)
-          oc[int64_t{r} * d.HV * d.dv + cc] =
-              FromF<T>(scale * (gs.gam[r] * fo.v[i][j] + fp.v[i][j]));
-      }
+      store_o(vt, fo, fp);
       __syncthreads();
     }
     return;
@@ -1076,11 +1080,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     LoadTile<kTC>(sB, Vp + ch * kC * d.dv + vt * kC, d.dv, kC);
     __syncthreads();
     Mma<kTC, false, false>(fp, sP, sB);
-    T* oc = o + d.Vo(b, t0, hv) + vt * kC;
-    GDR_FOR_FRAG(i, j, r, cc) {
-      if (r < L)
-        oc[int64_t{r} * d.HV * d.dv + cc] = FromF<T>(scale * (gs.gam[r] * fo.v[i][j] + fp.v[i][j]));
-    }
+    store_o(vt, fo, fp);
     __syncthreads();
   }
 }
