@@ -18,11 +18,10 @@ log=${1:-${OUT:-$PWD/gpu-logs}}
 mkdir -p "$log"
 log=$(realpath "$log")
 cd "$root" || exit 1
+source "$root/tests/gpu/gpu_build.sh"
 if [[ -n "${GDN:-}" ]]; then
   gdn=$GDN
-  step() { echo "=== $* ($(date +%T))"; }
 else
-  source "$root/tests/gpu/gpu_build.sh"
   gdn_gpu_configure >/dev/null || exit 1
   step "build"
   cmake --build "$build" -j "$(nproc)" --target gdn 2>&1 | tail -1
