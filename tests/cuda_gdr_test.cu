@@ -167,6 +167,38 @@ Inputs MakeInputs(const Case& c, std::mt19937_64& rng) {
   return in;
 }
 
+// The chunked kernel's forward then backward on `in` (rounded to T in place): o, final_state, dq,
+// dk, dv, dgamma, dbeta. With `save`, the forward fills a saved buffer (which starts as NaN bytes)
+// and the backward reads it instead of recomputing the forward's intermediates.
+template <typename T>
+std::vector<std::vector<double>> RunGpu(const Case& c, Inputs& in, cuda::GdrProducts products,
+                                        bool save) {
+  const size_t nqk = in.q.size(), nv = in.v.size(), ng = in.gamma.size();
+  const size_t ns = size_t(c.B) * c.HV * c.dk * c.dv;
+  DevBuf<T> q(nqk), k(nqk), v(nv), d_o(nv), o(nv), dq(nqk), dk(nqk), dv(nv);
+  DevBuf<float> gamma(ng), beta(ng), state(ns), dgamma(ng), dbeta(ng);
+  Upload(in.q, q), Upload(in.k, k), Upload(in.v, v), Upload(in.d_o, d_o);
+  Upload(in.gamma, gamma), Upload(in.beta, beta);
+  const float scale = float(1.0 / std::sqrt(double(c.dk)));
+  const cuda::GdrShape shape{c.B, c.T, c.H, c.HV, c.dk, c.dv};
+  DevBuf<float> saved(save ? cuda::GdrSavedFloats(shape) : 0);
+  float* sv = save ? saved.p : nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    cuda::GdrForward(shape, q.p, k.p, v.p, gamma.p, beta.p, scale, o.p, state.p, nullptr,
+                     products, sv);
+    cuda::GdrBackward(shape, q.p, k.p, v.p, gamma.p, beta.p, scale, d_o.p, dq.p, dk.p, dv.p,
+                      dgamma.p, dbeta.p, nullptr, products, sv);
+  } else {
+    cuda::GdrForward(shape, q.p, k.p, v.p, gamma.p, beta.p, scale, o.p, state.p, nullptr, sv);
+    cuda::GdrBackward(shape, q.p, k.p, v.p, gamma.p, beta.p, scale, d_o.p, dq.p, dk.p, dv.p,
+                      dgamma.p, dbeta.p, nullptr, sv);
+  }
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  return {Download(o),  Download(state),  Download(dq), Download(dk),
+          Download(dv), Download(dgamma), Download(dbeta)};
+}
+
 // tol bounds the outputs of type T; tol_f32 the fp32 ones (final_state, dgamma, dbeta), which in
 // a bf16 run carry no output rounding: a tight bound there catches intermediate products that
 // lost precision (bf16-rounded chunk-local operands gave 2e-3 there, and 2e-2 on dq at T = 1).
@@ -179,25 +211,8 @@ void RunCase(const Case& c, double tol, double tol_f32, std::mt19937_64& rng,
   Inputs in = MakeInputs(c, rng);
   const size_t nqk = in.q.size(), nv = in.v.size(), ng = in.gamma.size();
   const size_t ns = size_t(c.B) * c.HV * c.dk * c.dv;
-  DevBuf<T> q(nqk), k(nqk), v(nv), d_o(nv), o(nv), dq(nqk), dk(nqk), dv(nv);
-  DevBuf<float> gamma(ng), beta(ng), state(ns), dgamma(ng), dbeta(ng);
-  Upload(in.q, q), Upload(in.k, k), Upload(in.v, v), Upload(in.d_o, d_o);
-  Upload(in.gamma, gamma), Upload(in.beta, beta);
+  const std::vector<std::vector<double>> got = RunGpu<T>(c, in, products, false);
   const double scale = 1.0 / std::sqrt(double(c.dk));
-
-  const cuda::GdrShape shape{c.B, c.T, c.H, c.HV, c.dk, c.dv};
-  if constexpr (std::is_same_v<T, float>) {
-    cuda::GdrForward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), o.p, state.p, nullptr,
-                     products);
-    cuda::GdrBackward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), d_o.p, dq.p, dk.p,
-                      dv.p, dgamma.p, dbeta.p, nullptr, products);
-  } else {
-    cuda::GdrForward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), o.p, state.p, nullptr);
-    cuda::GdrBackward(shape, q.p, k.p, v.p, gamma.p, beta.p, float(scale), d_o.p, dq.p, dk.p,
-                      dv.p, dgamma.p, dbeta.p, nullptr);
-  }
-  CUDA_OK(cudaDeviceSynchronize());
-  CUDA_OK(cudaGetLastError());
 
   // The float64 reference: outputs o, final_state, dq, dk, dv, dgamma, dbeta.
   const cpu::GdrShape cs{c.B, c.T, c.H, c.HV, c.dk, c.dv};
@@ -228,13 +243,13 @@ void RunCase(const Case& c, double tol, double tol_f32, std::mt19937_64& rng,
   auto check = [&](const std::vector<double>& got, int i, double bound, const char* name) {
     ExpectClose(got, ref[i], bound, name, where, terms.empty() ? nullptr : &terms[i]);
   };
-  check(Download(o), 0, tol, "o");
-  check(Download(state), 1, tol_f32, "final_state");
-  check(Download(dq), 2, tol, "dq");
-  check(Download(dk), 3, tol, "dk");
-  check(Download(dv), 4, tol, "dv");
-  check(Download(dgamma), 5, tol_f32, "dgamma");
-  check(Download(dbeta), 6, tol_f32, "dbeta");
+  check(got[0], 0, tol, "o");
+  check(got[1], 1, tol_f32, "final_state");
+  check(got[2], 2, tol, "dq");
+  check(got[3], 3, tol, "dk");
+  check(got[4], 4, tol, "dv");
+  check(got[5], 5, tol_f32, "dgamma");
+  check(got[6], 6, tol_f32, "dbeta");
 }
 
 const std::vector<Case>& Cases() {
@@ -279,6 +294,27 @@ TEST(CudaGatedDeltaRule, Bfloat16MatchesFloat64Reference) {
   SKIP_WITHOUT_GPU();
   auto rng = FreshRng();
   for (const Case& c : Cases()) RunCase<__nv_bfloat16>(c, 1e-2, 1e-4, rng);
+}
+
+// The saved forward: the backward reading the forward's intermediates gives the same results bit
+// for bit, at every shape, in each input type and product mode. (A backward that ignored the
+// buffer would pass this too: CudaOpsTest.GatedDeltaRuleSavedForward shows it is read.)
+TEST(CudaGatedDeltaRule, SavedForwardGivesTheSameResults) {
+  SKIP_WITHOUT_GPU();
+  auto rng = FreshRng();
+  const char* names[] = {"o", "final_state", "dq", "dk", "dv", "dgamma", "dbeta"};
+  auto check = [&](const auto& want, const auto& got) {
+    for (int i = 0; i < 7; ++i) EXPECT_TRUE(got[i] == want[i]) << names[i];
+  };
+  using cuda::GdrProducts;
+  for (const Case& c : Cases()) {
+    SCOPED_TRACE(CaseName(c));
+    Inputs in = MakeInputs(c, rng);
+    for (GdrProducts p : {GdrProducts::kFloat32, GdrProducts::kSplitBf16})
+      check(RunGpu<float>(c, in, p, false), RunGpu<float>(c, in, p, true));
+    check(RunGpu<__nv_bfloat16>(c, in, GdrProducts::kSplitBf16, false),
+          RunGpu<__nv_bfloat16>(c, in, GdrProducts::kSplitBf16, true));
+  }
 }
 
 // The forward without final_state, and the same inputs twice: the kernels use no atomics, so

@@ -1666,16 +1666,35 @@ void Launch(void (*kernel)(Params...), const Shape& shape, cudaStream_t stream, 
   } while (0)
 
 struct Work {
-  float *W, *U, *S, *Vp;
+  float *W = nullptr, *U = nullptr, *S = nullptr, *Vp = nullptr;
   float *Tm = nullptr, *D = nullptr, *dkp = nullptr, *Y = nullptr;
   float* base = nullptr;
 };
 
-Work Allocate(const Dims& d, bool backward, cudaStream_t stream) {
+// What the backward reads of the forward's work, in this order in a saved buffer: chunk-start
+// states S, V' and T.
+size_t SavedSizes(const Dims& d, size_t sizes[3]) {
   const size_t nch = static_cast<size_t>(d.B) * d.HV * d.NC, n64 = nch * kC;
-  const size_t sizes[] = {n64 * d.dk, n64 * d.dv, nch * d.dk * d.dv, n64 * d.dv,
-                          backward ? nch * kC * kC : 0, backward ? nch * d.dk * d.dv : 0,
-                          backward && d.G > 1 ? n64 * d.dk : 0, backward ? n64 * d.dv : 0};
+  sizes[0] = nch * d.dk * d.dv, sizes[1] = n64 * d.dv, sizes[2] = nch * kC * kC;
+  return sizes[0] + sizes[1] + sizes[2];
+}
+
+// Scratch for one call. `saved` (forward: to write, backward: to read; nullptr: none) holds S,
+// V' and T instead of the scratch; a backward from it runs no PrepKernel or StateKernel, so needs
+// W only as dq's scratch (HV > H) and no U.
+Work Allocate(const Dims& d, bool backward, float* saved, cudaStream_t stream) {
+  const size_t nch = static_cast<size_t>(d.B) * d.HV * d.NC, n64 = nch * kC;
+  size_t kept[3];
+  SavedSizes(d, kept);
+  const bool prep = !backward || saved == nullptr, own = saved == nullptr;
+  const size_t sizes[] = {prep || d.G > 1 ? n64 * d.dk : 0,
+                          prep ? n64 * d.dv : 0,
+                          own ? kept[0] : 0,
+                          own ? kept[1] : 0,
+                          own && backward ? kept[2] : 0,
+                          backward ? nch * d.dk * d.dv : 0,
+                          backward && d.G > 1 ? n64 * d.dk : 0,
+                          backward ? n64 * d.dv : 0};
   size_t total = 0;
   for (size_t s : sizes) total += (s + 63) / 64 * 64;
   Work w;
@@ -1686,6 +1705,7 @@ Work Allocate(const Dims& d, bool backward, cudaStream_t stream) {
     *slots[i] = sizes[i] ? p : nullptr;
     p += (sizes[i] + 63) / 64 * 64;
   }
+  if (saved != nullptr) w.S = saved, w.Vp = w.S + kept[0], w.Tm = w.Vp + kept[1];
   return w;
 }
 
@@ -1706,8 +1726,8 @@ const SideStream& Side() {
   return side;
 }
 
-// PrepKernel then StateKernel: chunk-start states and V' in w (and T when backward). `between`
-// runs after PrepKernel's launch, before StateKernel's.
+// PrepKernel then StateKernel: chunk-start states and V' in w (and T where w has its slot).
+// `between` runs after PrepKernel's launch, before StateKernel's.
 template <typename T, typename Between = void (*)()>
 void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, const float* beta,
                    const Work& w, float* final_state, int tc, cudaStream_t stream,
@@ -1726,7 +1746,7 @@ void ForwardStates(const Dims& d, const T* k, const T* v, const float* gamma, co
 template <typename T>
 void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
              const float* beta, float scale, T* o, float* final_state, GdrProducts products,
-             cudaStream_t stream) {
+             cudaStream_t stream, float* saved) {
   Validate(s, "GdrForward");
   CheckAligned(q, "q", "GdrForward"), CheckAligned(k, "k", "GdrForward");
   CheckAligned(v, "v", "GdrForward");
@@ -1739,7 +1759,7 @@ void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float*
   }
   const Dims d = MakeDims(s);
   const int tc = TcMask<T>(products);
-  const Work w = Allocate(d, false, stream);
+  const Work w = Allocate(d, false, saved, stream);
   ForwardStates(d, k, v, gamma, beta, w, final_state, tc, stream);
   GDR_LAUNCH(OutputKernel, 2, LaunchShape(dim3(d.NC, d.HV, d.B), 5), stream, d, q, k, gamma, w.S,
              w.Vp, scale, o);
@@ -1749,7 +1769,7 @@ void Forward(const GdrShape& s, const T* q, const T* k, const T* v, const float*
 template <typename T>
 void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float* gamma,
               const float* beta, float scale, const T* d_o, T* dq, T* dk, T* dv, float* dgamma,
-              float* dbeta, GdrProducts products, cudaStream_t stream) {
+              float* dbeta, GdrProducts products, cudaStream_t stream, const float* saved) {
   Validate(s, "GdrBackward");
   CheckAligned(q, "q", "GdrBackward"), CheckAligned(k, "k", "GdrBackward");
   CheckAligned(v, "v", "GdrBackward"), CheckAligned(d_o, "d_o", "GdrBackward");
@@ -1757,23 +1777,28 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
   if (s.B == 0 || s.T == 0) return;
   const Dims d = MakeDims(s);
   const int tc = TcMask<T>(products);
-  const Work w = Allocate(d, true, stream);
+  // The saved buffer is read only; Work's pointers are shared with the forward's.
+  const Work w = Allocate(d, true, const_cast<float*>(saved), stream);
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
-  // DvLocalKernel needs nothing of PrepKernel's and StateKernel's: it runs on a second stream
-  // beside StateKernel (launched after it, so that StateKernel's few blocks, one per b, hv and 64
-  // state columns, are placed first), on the SMs they leave idle. Its dVl (then Y) has a slot of
-  // its own, U being StateKernel's input.
-  const SideStream& side = Side();
-  ForwardStates(d, k, v, gamma, beta, w, nullptr, tc, stream, [&] {
-    GDR_CUDA_CHECK(cudaEventRecord(side.fork, stream));
-    GDR_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0));
-  });
-  GDR_LAUNCH(DvLocalKernel, 3, LaunchShape(chunks, 4), side.stream, d, q, k, gamma, d_o, scale,
-             w.Y);
-  GDR_CUDA_CHECK(cudaEventRecord(side.join, side.stream));
-  GDR_CUDA_CHECK(cudaStreamWaitEvent(stream, side.join, 0));
+  if (saved != nullptr) {
+    GDR_LAUNCH(DvLocalKernel, 3, LaunchShape(chunks, 4), stream, d, q, k, gamma, d_o, scale, w.Y);
+  } else {
+    // DvLocalKernel needs nothing of PrepKernel's and StateKernel's: it runs on a second stream
+    // beside StateKernel (launched after it, so that StateKernel's few blocks, one per b, hv and
+    // 64 state columns, are placed first), on the SMs they leave idle. Its dVl (then Y) has a slot
+    // of its own, U being StateKernel's input.
+    const SideStream& side = Side();
+    ForwardStates(d, k, v, gamma, beta, w, nullptr, tc, stream, [&] {
+      GDR_CUDA_CHECK(cudaEventRecord(side.fork, stream));
+      GDR_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0));
+    });
+    GDR_LAUNCH(DvLocalKernel, 3, LaunchShape(chunks, 4), side.stream, d, q, k, gamma, d_o, scale,
+               w.Y);
+    GDR_CUDA_CHECK(cudaEventRecord(side.join, side.stream));
+    GDR_CUDA_CHECK(cudaStreamWaitEvent(stream, side.join, 0));
+  }
   float* Y = w.Y;
-  float* dqp = w.W;  // W is dead after StateKernel
+  float* dqp = w.W;  // W is dead after StateKernel (or never held the forward's W)
   // ReverseKernel: D's slots (two with dk <= 128, see kPaired), T, dVl, and two more.
   GDR_LAUNCH_NK(ReverseKernel, 4, LaunchShape(columns, std::max(d.NK, 2) + 4), stream, d, q, k,
                 gamma, beta, d_o, scale, w.Tm, Y, w.D);
@@ -1790,30 +1815,37 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
 
 }  // namespace
 
+size_t GdrSavedFloats(const GdrShape& s) {
+  Validate(s, "GdrSavedFloats");
+  size_t sizes[3];
+  return SavedSizes(MakeDims(s), sizes);
+}
+
 void GdrForward(const GdrShape& s, const float* q, const float* k, const float* v,
                 const float* gamma, const float* beta, float scale, float* o, float* final_state,
-                cudaStream_t stream, GdrProducts products) {
-  Forward<float>(s, q, k, v, gamma, beta, scale, o, final_state, products, stream);
+                cudaStream_t stream, GdrProducts products, float* saved) {
+  Forward<float>(s, q, k, v, gamma, beta, scale, o, final_state, products, stream, saved);
 }
 void GdrBackward(const GdrShape& s, const float* q, const float* k, const float* v,
                  const float* gamma, const float* beta, float scale, const float* d_o, float* dq,
                  float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream,
-                 GdrProducts products) {
+                 GdrProducts products, const float* saved) {
   Backward<float>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, products,
-                  stream);
+                  stream, saved);
 }
 void GdrForward(const GdrShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
                 const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
-                __nv_bfloat16* o, float* final_state, cudaStream_t stream) {
+                __nv_bfloat16* o, float* final_state, cudaStream_t stream, float* saved) {
   Forward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, o, final_state, GdrProducts::kSplitBf16,
-                         stream);
+                         stream, saved);
 }
 void GdrBackward(const GdrShape& s, const __nv_bfloat16* q, const __nv_bfloat16* k,
                  const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
                  const __nv_bfloat16* d_o, __nv_bfloat16* dq, __nv_bfloat16* dk,
-                 __nv_bfloat16* dv, float* dgamma, float* dbeta, cudaStream_t stream) {
+                 __nv_bfloat16* dv, float* dgamma, float* dbeta, cudaStream_t stream,
+                 const float* saved) {
   Backward<__nv_bfloat16>(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta,
-                          GdrProducts::kSplitBf16, stream);
+                          GdrProducts::kSplitBf16, stream, saved);
 }
 
 }  // namespace gdn::cuda

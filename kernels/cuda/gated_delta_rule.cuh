@@ -19,6 +19,12 @@
 // Scratch (fp32, per call): per-token W, U, V' and per-chunk states, plus T, per-chunk dL/dS,
 // per-token Y and (HV > H) per-value-head dk in the backward: 0.67 GB forward, 1.1 GB backward at
 // B=8, T=2048, H=HV=16, dk=dv=128.
+// Saved forward: a forward given `saved` (GdrSavedFloats(shape) floats of device memory) also
+// writes there what the backward reads of its work (chunk-start states, V' and T: 0.47 GB at the
+// shape above); a backward given it reads them instead of re-running the forward's PrepKernel and
+// StateKernel (about a fifth of forward+backward). Its results are the same bit for bit. It must
+// come from a forward of the same shape, inputs and products (and the same GDR_CUDA_*_TC_MASK),
+// and be left unchanged in between.
 // fp32 inputs compute their block products as `products` says (below); the environment variables
 // GDR_CUDA_TC_MASK / GDR_CUDA_FP32_TC_MASK override the choice per kernel (for comparisons; see
 // gated_delta_rule.cu).
@@ -26,6 +32,8 @@
 
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
+
+#include <cstddef>
 
 namespace gdn::cuda {
 
@@ -38,20 +46,25 @@ struct GdrShape {
 // parts (about 16 significant bits, up to 2e-5 relative; the bf16 mode's choice, being faster).
 enum class GdrProducts { kFloat32, kSplitBf16 };
 
+size_t GdrSavedFloats(const GdrShape& shape);
+
 void GdrForward(const GdrShape& shape, const float* q, const float* k, const float* v,
                 const float* gamma, const float* beta, float scale, float* o, float* final_state,
-                cudaStream_t stream, GdrProducts products = GdrProducts::kFloat32);
+                cudaStream_t stream, GdrProducts products = GdrProducts::kFloat32,
+                float* saved = nullptr);
 void GdrBackward(const GdrShape& shape, const float* q, const float* k, const float* v,
                  const float* gamma, const float* beta, float scale, const float* d_o, float* dq,
                  float* dk, float* dv, float* dgamma, float* dbeta, cudaStream_t stream,
-                 GdrProducts products = GdrProducts::kFloat32);
+                 GdrProducts products = GdrProducts::kFloat32, const float* saved = nullptr);
 
 void GdrForward(const GdrShape& shape, const __nv_bfloat16* q, const __nv_bfloat16* k,
                 const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
-                __nv_bfloat16* o, float* final_state, cudaStream_t stream);
+                __nv_bfloat16* o, float* final_state, cudaStream_t stream,
+                float* saved = nullptr);
 void GdrBackward(const GdrShape& shape, const __nv_bfloat16* q, const __nv_bfloat16* k,
                  const __nv_bfloat16* v, const float* gamma, const float* beta, float scale,
                  const __nv_bfloat16* d_o, __nv_bfloat16* dq, __nv_bfloat16* dk,
-                 __nv_bfloat16* dv, float* dgamma, float* dbeta, cudaStream_t stream);
+                 __nv_bfloat16* dv, float* dgamma, float* dbeta, cudaStream_t stream,
+                 const float* saved = nullptr);
 
 }  // namespace gdn::cuda

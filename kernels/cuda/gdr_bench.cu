@@ -1,7 +1,9 @@
 // Times the CUDA gated delta rule (kernels/cuda/gated_delta_rule.cuh): median forward and
 // forward+backward milliseconds over many iterations (cudaEvent timing, warm-up excluded), in
 // fp32 and bf16, with the achieved TFLOP/s (the matrix products the kernels execute) and GB/s (the
-// least bytes the op must move: each input read once, each output written once).
+// least bytes the op must move: each input read once, each output written once); then
+// forward+backward with the saved forward (the backward reading the forward's intermediates
+// instead of recomputing them) and the memory that holds them.
 //   gdr_cuda_bench [B T H HV dk dv [iterations]]   (default 8 2048 16 16 128 128 20)
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -63,7 +65,7 @@ double Median(std::vector<float> v) {
 }
 
 struct Result {
-  double fwd_ms, fwdbwd_ms;
+  double fwd_ms, fwdbwd_ms, saved_ms;  // forward, forward+backward, the same with the saved forward
 };
 
 template <typename T>
@@ -87,22 +89,27 @@ Result Bench(const gdn::cuda::GdrShape& s, int iters, gdn::cuda::GdrProducts pro
   const float scale = 1.0f / std::sqrt(float(s.dk));
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
+  float* saved = nullptr;
+  CHECK_CUDA(cudaMalloc(&saved, gdn::cuda::GdrSavedFloats(s) * sizeof(float) + 1));
   cudaEvent_t e0, e1;
   CHECK_CUDA(cudaEventCreate(&e0));
   CHECK_CUDA(cudaEventCreate(&e1));
-  auto fwd = [&] {
+  // The forward and the backward, with (`keep`) or without the saved forward.
+  auto fwd = [&](bool keep = false) {
+    float* sv = keep ? saved : nullptr;
     if constexpr (std::is_same_v<T, float>)
-      gdn::cuda::GdrForward(s, q, k, v, gamma, beta, scale, o, nullptr, stream, products);
+      gdn::cuda::GdrForward(s, q, k, v, gamma, beta, scale, o, nullptr, stream, products, sv);
     else
-      gdn::cuda::GdrForward(s, q, k, v, gamma, beta, scale, o, nullptr, stream);
+      gdn::cuda::GdrForward(s, q, k, v, gamma, beta, scale, o, nullptr, stream, sv);
   };
-  auto fwdbwd = [&] {
-    fwd();
+  auto bwd = [&](bool keep) {
+    const float* sv = keep ? saved : nullptr;
     if constexpr (std::is_same_v<T, float>)
       gdn::cuda::GdrBackward(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream,
-                             products);
+                             products, sv);
     else
-      gdn::cuda::GdrBackward(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream);
+      gdn::cuda::GdrBackward(s, q, k, v, gamma, beta, scale, d_o, dq, dk, dv, dgamma, dbeta, stream,
+                             sv);
   };
   auto time = [&](auto&& fn) {
     for (int i = 0; i < 3; ++i) fn();  // warm-up: module load, memory pool growth
@@ -119,10 +126,11 @@ Result Bench(const gdn::cuda::GdrShape& s, int iters, gdn::cuda::GdrProducts pro
     }
     return Median(ms);
   };
-  Result r{time(fwd), time(fwdbwd)};
+  Result r{time([&] { fwd(); }), time([&] { fwd(), bwd(false); }),
+           time([&] { fwd(true), bwd(true); })};
   CHECK_CUDA(cudaDeviceSynchronize());
   for (void* p : {(void*)q, (void*)k, (void*)v, (void*)d_o, (void*)gamma, (void*)beta, (void*)o,
-                  (void*)dq, (void*)dk, (void*)dv, (void*)dgamma, (void*)dbeta})
+                  (void*)dq, (void*)dk, (void*)dv, (void*)dgamma, (void*)dbeta, (void*)saved})
     CHECK_CUDA(cudaFree(p));
   CHECK_CUDA(cudaEventDestroy(e0));
   CHECK_CUDA(cudaEventDestroy(e1));
@@ -168,12 +176,17 @@ int main(int argc, char** argv) {
     const double ng = double(s.B) * s.T * s.HV;
     const double fwd_bytes = el * (2 * nqk + 2 * nv) + 4 * 2 * ng;
     const double bwd_bytes = el * (4 * nqk + 4 * nv) + 4 * 4 * ng;
+    const char* name = bf16 ? "bf16       " : mode == 1 ? "fp32 split " : "fp32       ";
     std::printf(
         "%s  forward %8.3f ms  %6.1f TFLOP/s %7.1f GB/s | forward+backward %8.3f ms  %6.1f "
         "TFLOP/s %7.1f GB/s\n",
-        bf16 ? "bf16       " : mode == 1 ? "fp32 split " : "fp32       ", r.fwd_ms, units * fwd_f / (r.fwd_ms * 1e9),
-        fwd_bytes / (r.fwd_ms * 1e6), r.fwdbwd_ms, units * (fwd_f + bwd_f) / (r.fwdbwd_ms * 1e9),
+        name, r.fwd_ms, units * fwd_f / (r.fwd_ms * 1e9), fwd_bytes / (r.fwd_ms * 1e6),
+        r.fwdbwd_ms, units * (fwd_f + bwd_f) / (r.fwdbwd_ms * 1e9),
         (fwd_bytes + bwd_bytes) / (r.fwdbwd_ms * 1e6));
+    // The backward from the saved forward skips its PrepKernel and StateKernel.
+    std::printf("%s  saved forward: forward+backward %8.3f ms  %6.1f TFLOP/s, saved %.2f GB\n",
+                name, r.saved_ms, units * (fwd_f + bwd_f - prep - state) / (r.saved_ms * 1e9),
+                gdn::cuda::GdrSavedFloats(s) * 4e-9);
   }
   return 0;
 }

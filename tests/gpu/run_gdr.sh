@@ -66,7 +66,7 @@ step "benchmark, the 245M model's layer shape (6 heads, dk 128, dv 256)" | tee -
 timeout 60 "$BLD/gdr_cuda_bench" 8 2048 6 6 128 256 10 2>&1 | grep -E "^(fp32|bf16|B=)" | tee -a "$OUT/bench.log"
 
 step memcheck | tee -a "$OUT/sanitizer.log"
-timeout 100 compute-sanitizer --tool memcheck --error-exitcode 3 "$BLD/cuda_gdr_tests" 2>&1 |
+timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 "$BLD/cuda_gdr_tests" 2>&1 |
   grep -v "^  \|^fp32\|^bf16\|^seed" | tee -a "$OUT/sanitizer.log"
 echo "memcheck exit ${PIPESTATUS[0]}" | tee -a "$OUT/sanitizer.log"
 
