@@ -261,9 +261,13 @@ void GatesBackward(const Tensor& a, const Tensor& b, const Tensor& a_log, const 
   GDN_DISPATCH(a, GatesBackward, a, b, a_log, dt_bias, beta_scale, dgamma, dbeta, da, db, da_log, ddt_bias);
 }
 
-void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma, const Tensor& beta, double scale, int64_t chunk, const Tensor& o, const Tensor& final_state) {
+void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma, const Tensor& beta, double scale, int64_t chunk, const Tensor& o, const Tensor& final_state, const Tensor& saved) {
   ScopedOpTimer timer("GatedDeltaRuleForward", q);
-  GDN_DISPATCH(q, GatedDeltaRuleForward, q, k, v, gamma, beta, scale, chunk, o, final_state);
+  GDN_DISPATCH(q, GatedDeltaRuleForward, q, k, v, gamma, beta, scale, chunk, o, final_state, saved);
+}
+
+int64_t GatedDeltaRuleSavedFloats(const Tensor& q, const Tensor& v, int64_t chunk) {
+  GDN_DISPATCH(q, GatedDeltaRuleSavedFloats, q, v, chunk);
 }
 
 void CausalConvSiluStep(const Tensor& x, const Tensor& w, const Tensor& window, const Tensor& y) {
@@ -278,9 +282,9 @@ void GatedDeltaRuleStep(const Tensor& q, const Tensor& k, const Tensor& v, const
   return cpu::GatedDeltaRuleStep(q, k, v, gamma, beta, scale, state, o);
 }
 
-void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma, const Tensor& beta, double scale, int64_t chunk, const Tensor& d_o, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta) {
+void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma, const Tensor& beta, double scale, int64_t chunk, const Tensor& d_o, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta, const Tensor& saved) {
   ScopedOpTimer timer("GatedDeltaRuleBackward", q);
-  GDN_DISPATCH(q, GatedDeltaRuleBackward, q, k, v, gamma, beta, scale, chunk, d_o, dq, dk, dv, dgamma, dbeta);
+  GDN_DISPATCH(q, GatedDeltaRuleBackward, q, k, v, gamma, beta, scale, chunk, d_o, dq, dk, dv, dgamma, dbeta, saved);
 }
 
 void EmbeddingForward(const Tensor& tokens, const Tensor& table, double scale, const Tensor& out, int64_t vocab_offset) {

@@ -1267,6 +1267,80 @@ TEST(CudaOpsTest, GatedDeltaRuleLongAndGateExtremes) {
   CheckGdr(2, 67, 1, 2, 64, 128, GateKind::kStrongDecay);  // gamma = -30: alpha ~ 1e-13
 }
 
+// The saved forward (op_set.inc): the chunked kernel's backward reads the forward's intermediates
+// from `saved` instead of recomputing them, with bitwise the same results in float32 and bf16; it
+// does read them (a zeroed buffer changes the gradients); the sizes without a saved forward are 0;
+// a buffer of the wrong size is refused.
+TEST(CudaOpsTest, GatedDeltaRuleSavedForward) {
+  GDN_REQUIRE_GPU();
+  const int64_t B = 2, T = 130, H = 2, HV = 4, dk = 64, dv = 128;
+  const Tensor q = Tensor::Empty({B, T, H, dk}, DType::kF32, kGpu),
+               k = Tensor::Empty(q.shape(), DType::kF32, kGpu);
+  ops::L2NormHeadsForward(Dev(Rand({B * T, H * dk})), dk, 1e-6, q.View({B * T, H * dk}),
+                          Tensor::Empty({B * T * H}, DType::kF32, kGpu));
+  ops::L2NormHeadsForward(Dev(Rand({B * T, H * dk})), dk, 1e-6, k.View({B * T, H * dk}),
+                          Tensor::Empty({B * T * H}, DType::kF32, kGpu));
+  const Tensor v = Dev(Rand({B, T, HV, dv})), d_o = Dev(Rand({B, T, HV, dv}));
+  const Tensor gamma = Dev(Rand({B, T, HV}, -3, 0)), beta = Dev(Rand({B, T, HV}, 0.05, 1));
+  const double scale = 0.125;
+
+  const int64_t n = ops::GatedDeltaRuleSavedFloats(q, v, 64);
+  EXPECT_GT(n, 0);
+  EXPECT_EQ(ops::GatedDeltaRuleSavedFloats(q, v, 0), 0);  // the sequential kernel
+  EXPECT_EQ(ops::GatedDeltaRuleSavedFloats(q.To(kCpu), v.To(kCpu), 64), 0);
+  EXPECT_EQ(ops::GatedDeltaRuleSavedFloats(Tensor::Empty({1, 8, 1, 16}, DType::kF32, kGpu),
+                                           Tensor::Empty({1, 8, 1, 24}, DType::kF32, kGpu), 64),
+            0);
+
+  for (const bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "float32");
+    const DType dt = bf16 ? DType::kBF16 : DType::kF32;
+    auto as = [&](const Tensor& t) { return bf16 ? Bf16Dev(RoundedToBf16(t.To(kCpu))) : t; };
+    const Tensor qi = as(q), ki = as(k), vi = as(v), doi = as(d_o);
+    // o, dq, dk, dv, dgamma, dbeta of a forward and a backward with `saved` (or none); with
+    // `zero`, saved is cleared between them.
+    auto run = [&](const Tensor& saved, bool zero) {
+      auto out = [&](const Tensor& like, DType type) {
+        return Tensor::Empty(like.shape(), type, kGpu);
+      };
+      std::vector<Tensor> r = {out(v, dt), out(q, dt), out(k, dt), out(v, dt),
+                               out(gamma, DType::kF32), out(beta, DType::kF32)};
+      ops::GatedDeltaRuleForward(qi, ki, vi, gamma, beta, scale, 64, r[0], Tensor(), saved);
+      if (zero) ops::Fill(saved, 0.0);
+      ops::GatedDeltaRuleBackward(qi, ki, vi, gamma, beta, scale, 64, doi, r[1], r[2], r[3], r[4],
+                                  r[5], saved);
+      return r;
+    };
+    const std::vector<Tensor> want = run(Tensor(), false);
+    const Tensor saved = Tensor::Empty({n}, DType::kF32, kGpu);
+    ops::Fill(saved, std::nan(""));
+    const std::vector<Tensor> got = run(saved, false);
+    const char* names[] = {"o", "dq", "dk", "dv", "dgamma", "dbeta"};
+    for (int i = 0; i < 6; ++i) ExpectBitEqual(names[i], got[i], want[i]);
+    const Tensor dq_zeroed = run(saved, true)[1].To(kCpu), dq_want = want[1].To(kCpu);
+    double diff = 0;
+    for (int64_t i = 0; i < dq_want.numel(); ++i)
+      diff = std::max(diff, std::abs(dq_zeroed.at(i) - dq_want.at(i)));
+    EXPECT_GT(diff, 1e-3 * MaxAbs(dq_want)) << "the backward did not read the saved buffer";
+  }
+}
+
+TEST(CudaOpsDeathTest, GatedDeltaRuleSavedForwardOfTheWrongSizeOrKernel) {
+  GDN_REQUIRE_GPU();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const Tensor q = Tensor::Zeros({1, 70, 1, 64}, DType::kF32, kGpu),
+               v = Tensor::Zeros({1, 70, 2, 64}, DType::kF32, kGpu),
+               g = Tensor::Zeros({1, 70, 2}, DType::kF32, kGpu),
+               o = Tensor::Zeros(v.shape(), DType::kF32, kGpu);
+  const int64_t n = ops::GatedDeltaRuleSavedFloats(q, v, 64);
+  EXPECT_DEATH(ops::GatedDeltaRuleForward(q, q, v, g, g, 1.0, 64, o, Tensor(),
+                                          Tensor::Empty({n - 1}, DType::kF32, kGpu)),
+               "saved has the wrong size");
+  EXPECT_DEATH(ops::GatedDeltaRuleBackward(q, q, v, g, g, 1.0, 0, v, q, q, o, g, g,
+                                           Tensor::Empty({n}, DType::kF32, kGpu)),
+               "a saved forward needs the chunked kernel");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Embedding and losses.
 

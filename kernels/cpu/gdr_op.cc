@@ -19,8 +19,9 @@ GdrShape ShapeOf(const Tensor& q, const Tensor& v, const Tensor& gamma, const Te
 
 void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma,
                            const Tensor& beta, double scale, int64_t chunk, const Tensor& o,
-                           const Tensor& final_state) {
+                           const Tensor& final_state, const Tensor& saved) {
   const GdrShape s = ShapeOf(q, v, gamma, beta);
+  CHECK(!saved.defined()) << "GatedDeltaRuleForward: no saved forward on the CPU";
   CheckSame(q, k, "GatedDeltaRuleForward");
   CheckSame(v, o, "GatedDeltaRuleForward");
   DispatchFloat(q.dtype(), [&](auto zero) {
@@ -43,8 +44,10 @@ void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, co
 void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
                             const Tensor& gamma, const Tensor& beta, double scale, int64_t chunk,
                             const Tensor& d_o, const Tensor& dq, const Tensor& dk,
-                            const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta) {
+                            const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta,
+                            const Tensor& saved) {
   const GdrShape s = ShapeOf(q, v, gamma, beta);
+  CHECK(!saved.defined()) << "GatedDeltaRuleBackward: no saved forward on the CPU";
   CheckSame(q, dq, "GatedDeltaRuleBackward");
   CheckSame(k, dk, "GatedDeltaRuleBackward");
   CheckSame(v, dv, "GatedDeltaRuleBackward");
@@ -64,5 +67,8 @@ void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
     }
   });
 }
+
+// The CPU backward recomputes what it needs from the inputs.
+int64_t GatedDeltaRuleSavedFloats(const Tensor&, const Tensor&, int64_t) { return 0; }
 
 }  // namespace gdn::cpu

@@ -36,17 +36,33 @@ using Bf16 = __nv_bfloat16;
 const Bf16* B16(const Tensor& t) { return static_cast<const Bf16*>(t.raw()); }
 Bf16* B16Out(const Tensor& t) { return static_cast<Bf16*>(t.raw()); }
 
+// Whether the chunked kernel takes these sizes.
+bool ChunkedSizes(int64_t chunk, int64_t dk, int64_t dv) {
+  return chunk > 0 && dk % 64 == 0 && dk <= 256 && dv % 64 == 0 && dv <= 256;
+}
+
 // Whether the chunked kernel takes these sizes and every tensor's alignment.
 bool UseChunked(int64_t chunk, const GdrSeqShape& s, std::initializer_list<const Tensor*> tensors) {
-  if (chunk <= 0) return false;
-  for (int d : {s.dk, s.dv})
-    if (d % 64 != 0 || d > 256) return false;
+  if (!ChunkedSizes(chunk, s.dk, s.dv)) return false;
   for (const Tensor* t : tensors)
     if (reinterpret_cast<uintptr_t>(t->raw()) % 16 != 0) return false;
   return true;
 }
 
 GdrShape Chunked(const GdrSeqShape& s) { return GdrShape{s.B, s.T, s.H, s.HV, s.dk, s.dv}; }
+
+// A saved forward's buffer (see op_set.inc): only the chunked kernel has one, so both passes must
+// take it.
+const float* SavedOf(const Tensor& saved, bool chunked, const GdrSeqShape& s, const char* fn) {
+  if (!saved.defined()) return nullptr;
+  CHECK(chunked) << fn << ": a saved forward needs the chunked kernel (chunk > 0; dk, dv multiples "
+                 << "of 64 up to 256; 16-byte aligned tensors)";
+  CheckF32(saved, fn);
+  CHECK(saved.device() == Device::kCUDA) << fn << ": saved must be a CUDA tensor";
+  CHECK_EQ(static_cast<size_t>(saved.numel()), GdrSavedFloats(Chunked(s)))
+      << fn << ": saved has the wrong size for this shape";
+  return F32(saved);
+}
 
 // The chunked kernel's block products follow the matrix products' precision: split-bf16 tensor
 // cores in the bf16 mode (2e-5 relative at most, far inside its band), fp32 FMA in the float32
@@ -59,7 +75,7 @@ GdrProducts Products() {
 
 void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& gamma,
                            const Tensor& beta, double scale, int64_t chunk, const Tensor& o,
-                           const Tensor& final_state) {
+                           const Tensor& final_state, const Tensor& saved) {
   const GdrSeqShape s = ShapeOf(q, v, gamma, beta);
   CheckSame(q, k, "GatedDeltaRuleForward");
   CHECK(q.dtype() == v.dtype()) << "GatedDeltaRuleForward: q and v of one type (float32 or bf16)";
@@ -73,13 +89,15 @@ void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, co
   }
   const bool bf16 = q.dtype() == DType::kBF16;
   const float sc = static_cast<float>(scale);
-  if (UseChunked(chunk, s, {&q, &k, &v, &o})) {
+  const bool chunked = UseChunked(chunk, s, {&q, &k, &v, &o});
+  float* sv = const_cast<float*>(SavedOf(saved, chunked, s, "GatedDeltaRuleForward"));
+  if (chunked) {
     if (bf16)
       GdrForward(Chunked(s), B16(q), B16(k), B16(v), F32(gamma), F32(beta), sc, B16Out(o), state,
-                 Stream());
+                 Stream(), sv);
     else
       GdrForward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta), sc, F32(o), state,
-                 Stream(), Products());
+                 Stream(), Products(), sv);
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -97,7 +115,8 @@ void GatedDeltaRuleForward(const Tensor& q, const Tensor& k, const Tensor& v, co
 void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
                             const Tensor& gamma, const Tensor& beta, double scale, int64_t chunk,
                             const Tensor& d_o, const Tensor& dq, const Tensor& dk,
-                            const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta) {
+                            const Tensor& dv, const Tensor& dgamma, const Tensor& dbeta,
+                            const Tensor& saved) {
   const GdrSeqShape s = ShapeOf(q, v, gamma, beta);
   CheckSame(q, k, "GatedDeltaRuleBackward");
   CHECK(q.dtype() == v.dtype()) << "GatedDeltaRuleBackward: q and v of one type (float32 or bf16)";
@@ -110,13 +129,15 @@ void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
   CHECK_GE(chunk, 0);
   const bool bf16 = q.dtype() == DType::kBF16;
   const float sc = static_cast<float>(scale);
-  if (UseChunked(chunk, s, {&q, &k, &v, &d_o, &dq, &dk, &dv})) {
+  const bool chunked = UseChunked(chunk, s, {&q, &k, &v, &d_o, &dq, &dk, &dv});
+  const float* sv = SavedOf(saved, chunked, s, "GatedDeltaRuleBackward");
+  if (chunked) {
     if (bf16)
       GdrBackward(Chunked(s), B16(q), B16(k), B16(v), F32(gamma), F32(beta), sc, B16(d_o),
-                  B16Out(dq), B16Out(dk), B16Out(dv), F32(dgamma), F32(dbeta), Stream());
+                  B16Out(dq), B16Out(dk), B16Out(dv), F32(dgamma), F32(dbeta), Stream(), sv);
     else
       GdrBackward(Chunked(s), F32(q), F32(k), F32(v), F32(gamma), F32(beta), sc, F32(d_o),
-                  F32(dq), F32(dk), F32(dv), F32(dgamma), F32(dbeta), Stream(), Products());
+                  F32(dq), F32(dk), F32(dv), F32(dgamma), F32(dbeta), Stream(), Products(), sv);
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -132,6 +153,16 @@ void GatedDeltaRuleBackward(const Tensor& q, const Tensor& k, const Tensor& v,
       Tensor::Empty({GdrSequentialBackwardWorkspace(s)}, DType::kF32, Device::kCUDA);
   GdrSequentialBackward(s, F32(q), F32(k), F32(v), F32(gamma), F32(beta), sc, F32(d_o), F32(dq),
                         F32(dk), F32(dv), F32(dgamma), F32(dbeta), F32(workspace), Stream());
+}
+
+int64_t GatedDeltaRuleSavedFloats(const Tensor& q, const Tensor& v, int64_t chunk) {
+  CHECK(q.rank() == 4 && v.rank() == 4) << "q " << ShapeString(q.shape()) << " v "
+                                        << ShapeString(v.shape());
+  if (!ChunkedSizes(chunk, q.dim(3), v.dim(3))) return 0;
+  const GdrShape s{static_cast<int>(q.dim(0)), static_cast<int>(q.dim(1)),
+                   static_cast<int>(q.dim(2)), static_cast<int>(v.dim(2)),
+                   static_cast<int>(q.dim(3)), static_cast<int>(v.dim(3))};
+  return static_cast<int64_t>(GdrSavedFloats(s));
 }
 
 }  // namespace gdn::cuda
