@@ -139,6 +139,7 @@ absl::Status RunBench(const BenchOptions& o) {
   LanguageModel model(spec, DType::kF32, tp, grid.tp.get(), device);
   model.Initialize(0);
   model.set_recompute(o.recompute);
+  model.set_save_recurrence(o.save_recurrence);
   GradientReducer reducer(model.params(), tp, grid.tp.get(), grid.dp.get(), ReducerOptions(spec));
   Optimizer optimizer(spec.optimizer(), model.params(), &reducer);
   const ModelDims& d = model.dims();
@@ -151,14 +152,15 @@ absl::Status RunBench(const BenchOptions& o) {
   if (talk)
     std::printf("gdn bench: width %d, depth %d, heads %lld x (dk %lld, dv %lld), MLP %lld, vocab %lld, "
                 "%.2fM parameters, batch %d x seq %d per data-parallel rank, %s, %s recurrence, "
-                "%d threads%s\n"
+                "%d threads%s%s\n"
                 "ranks: %d (data parallel %d x tensor parallel %d%s) on %s\n",
                 o.width, o.depth, static_cast<long long>(d.heads), static_cast<long long>(d.dk),
                 static_cast<long long>(d.dv), static_cast<long long>(d.mlp_hidden),
                 static_cast<long long>(d.vocab), model.params().NumElements() / 1e6, o.batch,
                 o.seq_len, o.bf16 ? "bf16 matrix products" : "float32",
                 o.sequential ? "sequential" : "chunked", omp_get_max_threads(),
-                o.recompute ? ", activations recomputed in the backward" : "", grid.world_size,
+                o.recompute ? ", activations recomputed in the backward" : "",
+                o.save_recurrence ? ", recurrence saved for the backward" : "", grid.world_size,
                 grid.dp_size, grid.tp_size, o.zero ? ", ZeRO-1" : "", device_name.c_str());
 
   auto step = [&](int64_t i) {

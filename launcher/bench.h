@@ -21,6 +21,7 @@ struct BenchOptions {
   bool zero = false;        // ZeRO-1 (parallel.zero_stage = 1)
   double bucket_mb = 25;    // parallel.bucket_mb
   bool recompute = false;   // run.recompute (activation recomputation)
+  bool save_recurrence = false;  // run.save_recurrence (the recurrence's forward kept)
 };
 // Times `iters` training steps (after a warm-up step) and prints tokens/s (in all and per rank),
 // achieved GFLOP/s against the device's reference rate (OpenBLAS sgemm on the CPU; on the GPU the

@@ -265,6 +265,7 @@ int Bench(const ParsedArgs& args) {
   o.tensor_parallel = static_cast<int>(*tp);
   o.zero = args.GetBool("zero");
   o.recompute = args.GetBool("recompute");
+  o.save_recurrence = args.GetBool("save-recurrence");
   if (!absl::SimpleAtod(args.Get("bucket-mb"), &o.bucket_mb) || !(o.bucket_mb > 0))
     return Fail(absl::InvalidArgumentError("--bucket-mb: '" + args.Get("bucket-mb") +
                                            "' (use a number of MiB > 0)"));
@@ -505,7 +506,9 @@ std::vector<Verb> Verbs() {
           false, true},
          {"bucket-mb", "data-parallel gradient bucket size in MiB", "25"},
          {"recompute", "recompute each layer's activations in the backward (less memory)", "",
-          false, false, true}}},
+          false, false, true},
+         {"save-recurrence", "keep the recurrence's chunk states from the forward for the "
+                             "backward (CUDA; faster, more memory)", "", false, false, true}}},
        Bench},
       {{"export",
         "Write a run's checkpoint as config.json + model.safetensors in the layout of fla's "

@@ -186,6 +186,7 @@ std::string RunIdentity(ExperimentSpec spec) {
   ClearBookkeeping(&spec);
   spec.mutable_run()->clear_log_interval();
   spec.mutable_run()->clear_recompute();
+  spec.mutable_run()->clear_save_recurrence();
   spec.clear_parallel();
   spec.clear_sweep();
   return SpecToText(spec);
@@ -500,6 +501,7 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
                       *device);
   model.Initialize(rs.seed());
   model.set_recompute(rs.recompute());
+  model.set_save_recurrence(rs.save_recurrence());
   GradientReducer reducer(model.params(), TensorParallel{grid.tp_rank, grid.tp_size}, grid.tp.get(),
                           grid.dp.get(), ReducerOptions(spec));
   Optimizer optimizer(spec.optimizer(), model.params(), &reducer);

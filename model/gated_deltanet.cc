@@ -59,7 +59,8 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const std::string& prefix, const LayerBui
   }
 }
 
-Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes* probes) {
+Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes* probes,
+                                   bool save_recurrence) {
   const ModelDims& d = b_.dims;
   const int64_t N = B * T;
   B_ = B;
@@ -84,10 +85,14 @@ Tensor GatedDeltaNetMixer::Forward(const Tensor& x, int64_t B, int64_t T, Probes
   o_ = probes ? b_.Empty({N, value_dim_}) : b_.OperandEmpty({N, value_dim_});
   Tensor state;
   if (probes) state = b_.Empty({B, value_heads_, d.dk, d.dv});
-  ops::GatedDeltaRuleForward(in.qn.View({B, T, heads_, d.dk}), in.kn.View({B, T, heads_, d.dk}),
-                             in.vc.View({B, T, value_heads_, d.dv}), gamma_, beta_,
-                             recurrence_scale_, d.chunk,
-                             o_.View({B, T, value_heads_, d.dv}), state);
+  const Tensor q = in.qn.View({B, T, heads_, d.dk}), v = in.vc.View({B, T, value_heads_, d.dv});
+  const int64_t saved_floats = ops::GatedDeltaRuleSavedFloats(q, v, d.chunk);
+  recurrence_saved_ = save_recurrence && saved_floats > 0
+                          ? Tensor::Empty({saved_floats}, DType::kF32, b_.device)
+                          : Tensor();
+  ops::GatedDeltaRuleForward(q, in.kn.View({B, T, heads_, d.dk}), v, gamma_, beta_,
+                             recurrence_scale_, d.chunk, o_.View({B, T, value_heads_, d.dv}),
+                             state, recurrence_saved_);
 
   // Probes measure y: then it stays float32 (MeanAbs takes float tensors).
   o_rstd_ = b_.Empty({N * value_heads_});
@@ -198,7 +203,8 @@ Tensor GatedDeltaNetMixer::ForwardStep(const Tensor& x, State& state) const {
 }
 
 void GatedDeltaNetMixer::ReleaseSaved() {
-  for (Tensor* t : {&x_, &p_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &gamma_, &beta_, &o_, &o_rstd_})
+  for (Tensor* t : {&x_, &p_, &qp_, &kp_, &vp_, &a_, &bb_, &g_, &gamma_, &beta_, &o_, &o_rstd_,
+                    &recurrence_saved_})
     *t = Tensor();
   in_ = RecurrenceInputs();
 }
@@ -266,7 +272,9 @@ Tensor GatedDeltaNetMixer::Backward(const Tensor& dout) {
       in.qn.View({B, T, heads_, d.dk}), in.kn.View({B, T, heads_, d.dk}),
       in.vc.View({B, T, value_heads_, d.dv}), gamma_, beta_, recurrence_scale_, d.chunk,
       d_o.View({B, T, value_heads_, d.dv}), dqn.View({B, T, heads_, d.dk}),
-      dkn.View({B, T, heads_, d.dk}), dvc.View({B, T, value_heads_, d.dv}), dgamma, dbeta);
+      dkn.View({B, T, heads_, d.dk}), dvc.View({B, T, value_heads_, d.dv}), dgamma, dbeta,
+      recurrence_saved_);
+  recurrence_saved_ = Tensor();  // its last use
 
   ops::GatesBackward(a_, bb_, a_log_->value, dt_bias_->value, d.beta_scale, dgamma, dbeta, da, db,
                      a_log_->grad, dt_bias_->grad);

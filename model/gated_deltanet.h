@@ -18,8 +18,12 @@ class GatedDeltaNetMixer {
  public:
   GatedDeltaNetMixer(const std::string& prefix, const LayerBuilder& builder);
 
-  // x: [B*T, d] -> out [B*T, d]. Saves what the backward needs.
-  Tensor Forward(const Tensor& x, int64_t B, int64_t T, Probes* probes);
+  // x: [B*T, d] -> out [B*T, d]. Saves what the backward needs; with save_recurrence also the
+  // recurrence's intermediates, where its kernel has them (ops::GatedDeltaRuleSavedFloats: the
+  // CUDA chunked kernel's chunk states, V' and T, 0.33 GB a layer for the reference model), so
+  // that its backward does not compute them again.
+  Tensor Forward(const Tensor& x, int64_t B, int64_t T, Probes* probes,
+                 bool save_recurrence = false);
   // dout: [B*T, d] -> dx; accumulates parameter gradients.
   Tensor Backward(const Tensor& dout);
   // Drops the activations Forward saved (once the backward is done; with activation
@@ -84,6 +88,7 @@ class GatedDeltaNetMixer {
   int64_t B_ = 0, T_ = 0;
   Tensor x_, p_, qp_, kp_, vp_, a_, bb_, g_, gamma_, beta_, o_, o_rstd_;
   RecurrenceInputs in_;
+  Tensor recurrence_saved_;  // with save_recurrence, else undefined
 };
 
 }  // namespace gdn

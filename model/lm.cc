@@ -67,7 +67,8 @@ double LanguageModel::MatmulFlopsPerToken() const {
   return 6.0 * n;
 }
 
-void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logits) {
+void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logits,
+                            bool for_backward) {
   const ModelDims& d = builder_.dims;
   params_.RoundOperands();  // the weights' bf16 copies from this step's values
   CHECK_EQ(tokens.rank(), 2);
@@ -98,7 +99,9 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logi
     Block& blk = blocks_[l];
     blk.x = x;
     blk.r1 = r;
-    const Tensor f = BlockForward(blk, n, B, T, probes);
+    // Recomputation runs the block again before its backward: that forward saves instead.
+    const bool save = save_recurrence_ && for_backward && !recompute_;
+    const Tensor f = BlockForward(blk, n, B, T, probes, save);
     const Parameter* next_norm = l + 1 < blocks_.size() ? blocks_[l + 1].mixer_norm : final_norm_;
     x = builder_.Empty({N, d.width});
     n = builder_.OperandEmpty({N, d.width});
@@ -115,10 +118,10 @@ void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logi
 }
 
 Tensor LanguageModel::BlockForward(Block& blk, const Tensor& n1, int64_t B, int64_t T,
-                                   Probes* probes) {
+                                   Probes* probes, bool save_recurrence) {
   const ModelDims& d = builder_.dims;
   const int64_t N = B * T;
-  Tensor m = blk.mixer->Forward(n1, B, T, probes);
+  Tensor m = blk.mixer->Forward(n1, B, T, probes, save_recurrence);
   builder_.AllReduceTp(m);
   blk.h = builder_.Empty({N, d.width});
   Tensor n2 = builder_.OperandEmpty({N, d.width});
@@ -235,7 +238,7 @@ double LanguageModel::ForwardLoss(const Tensor& tokens, Probes* probes) {
 
 double LanguageModel::ForwardBackward(const Tensor& tokens, double grad_scale,
                                       GradientReducer* reducer) {
-  Forward(tokens, nullptr, false);
+  Forward(tokens, nullptr, false, true);
   Tensor dxf = builder_.Empty({xf_.dim(0), builder_.dims.width});
   const double loss = HeadAndLoss(grad_scale, dxf, nullptr);
   Backward(dxf, reducer);
@@ -267,7 +270,7 @@ void LanguageModel::Backward(const Tensor& dxf, GradientReducer* reducer) {
       Tensor n1 = builder_.OperandEmpty({N, d.width});
       blk.r1 = builder_.Empty({N});
       ops::RmsNormForward(blk.x, blk.mixer_norm->value, d.norm_eps, n1, blk.r1);
-      BlockForward(blk, n1, batch_, seq_, nullptr);
+      BlockForward(blk, n1, batch_, seq_, nullptr, save_recurrence_);
     }
     // out = h + mlp(norm(h)): dh = dout + norm'(mlp'(dout)).
     Tensor dn2 = blk.mlp->Backward(dx_in);

@@ -51,6 +51,10 @@ class LanguageModel {
   // each layer's forward again just before its backward. Less memory (one layer's activations
   // instead of all), about a third more computation, bitwise the same gradients.
   void set_recompute(bool on) { recompute_ = on; }
+  // The recurrence's forward keeps its intermediates for its backward, where its kernel has them
+  // (GatedDeltaNetMixer::Forward's save_recurrence): faster, for more memory. With recomputation
+  // only the backward's forward keeps them, one layer's at a time. Bitwise the same gradients.
+  void set_save_recurrence(bool on) { save_recurrence_ = on; }
 
   // Matrix-product FLOPs of one forward+backward token (6 x matrix parameters touched per token,
   // embedding lookup excluded), for throughput figures.
@@ -67,7 +71,8 @@ class LanguageModel {
   };
   // Runs the model up to the final norm (xf_) and saves what the backward needs; with
   // full_logits also the head's logits of every row (logits_, for ForwardLogits).
-  void Forward(const Tensor& tokens, Probes* probes, bool full_logits);
+  // `for_backward`: the backward follows (only then does the recurrence save for it).
+  void Forward(const Tensor& tokens, Probes* probes, bool full_logits, bool for_backward = false);
   // The head and the mean loss in chunks of rows of at most max_logits_elements_ logits, so the
   // full [N, vocab] logits never exist at once; with dxf ([N, width]) also the head's backward:
   // head grad += and dxf = the loss gradient at the final norm's output (this rank's part).
@@ -75,7 +80,8 @@ class LanguageModel {
   // One block from its input blk.x and n1, blk.x's mixer norm (blk.r1 set), saving its
   // activations; returns the MLP's output f (the block's output is blk.h + f, made by the fused
   // add-and-norm after it).
-  Tensor BlockForward(Block& blk, const Tensor& n1, int64_t B, int64_t T, Probes* probes);
+  Tensor BlockForward(Block& blk, const Tensor& n1, int64_t B, int64_t T, Probes* probes,
+                      bool save_recurrence);
   // Drops a block's saved activations but its input (recomputation keeps it to run the block
   // again; the backward drops it too).
   void ReleaseBlock(Block& blk);
@@ -88,7 +94,7 @@ class LanguageModel {
   ParameterSet params_;
   LayerBuilder builder_;
   uint64_t seed_ = 0;
-  bool recompute_ = false;
+  bool recompute_ = false, save_recurrence_ = false;
   // Logits per head chunk: 128M floats (512 MB), e.g. 4194 rows of a 32000 vocabulary (smaller
   // chunks made the head's products measurably slower on an H200).
   int64_t max_logits_elements_ = int64_t{1} << 27;

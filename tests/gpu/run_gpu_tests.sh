@@ -55,8 +55,10 @@ step "benchmarks" | tee -a "$log/train.log"
 timeout 60 "$build/kernels/gdr_cuda_bench" 2>&1 | tee -a "$log/train.log"
 timeout 60 "$build/kernels/gemm_bench" 2>&1 | tee -a "$log/train.log"
 # The reference model (ref_model, gpu_build.sh): float32, bf16, and bf16 with activation
-# recomputation (the memory of one layer's activations instead of all).
-for mode in "" "--precision bf16" "--precision bf16 --recompute"; do
+# recomputation (the memory of one layer's activations instead of all), and the last two with the
+# recurrence's forward saved for its backward.
+for mode in "" "--precision bf16" "--precision bf16 --recompute" "--precision bf16 --save-recurrence" \
+    "--precision bf16 --recompute --save-recurrence"; do
   # shellcheck disable=SC2086  # $mode: zero or more flags
   timeout 150 "$build/gdn" bench "${ref_model[@]}" --width 1024 --iters 3 $mode 2>&1 | tee -a "$log/train.log"
 done
