@@ -55,7 +55,8 @@ check '[ "$(ckpts runs/straight)" = "step_00000018 step_00000024 " ]' \
 GDN_TEST_RAISE_AFTER_STEP=9:KILL run_expect 137 killed.log -- train runs/killed
 check '[ "$(wc -l <runs/killed/metrics.jsonl)" -eq 9 ] && [ "$(cat runs/killed/status)" = running ]' \
   "killed run should have 9 metrics lines and status running"
-run_expect 0 resumed.log -- train runs/killed
+# It resumes with run.recompute and run.save_recurrence toggled: neither is part of a run's identity.
+run_expect 0 resumed.log -- train runs/killed --set run.recompute=true --set run.save_recurrence=true
 check 'grep -q "resuming from step 6" resumed.log' "no 'resuming from step 6': $(head -2 resumed.log)"
 same_run runs/killed runs/straight
 
