@@ -160,7 +160,8 @@ absl::Status RunBench(const BenchOptions& o) {
                 o.seq_len, o.bf16 ? "bf16 matrix products" : "float32",
                 o.sequential ? "sequential" : "chunked", omp_get_max_threads(),
                 o.recompute ? ", activations recomputed in the backward" : "",
-                o.save_recurrence ? ", recurrence saved for the backward" : "", grid.world_size,
+                o.save_recurrence && o.cuda ? ", recurrence saved for the backward" : "",
+                grid.world_size,
                 grid.dp_size, grid.tp_size, o.zero ? ", ZeRO-1" : "", device_name.c_str());
 
   auto step = [&](int64_t i) {

@@ -508,7 +508,7 @@ std::vector<Verb> Verbs() {
          {"recompute", "recompute each layer's activations in the backward (less memory)", "",
           false, false, true},
          {"save-recurrence", "keep the recurrence's chunk states from the forward for the "
-                             "backward (CUDA; faster, more memory)", "", false, false, true}}},
+                             "backward (CUDA only; faster, more memory)", "", false, false, true}}},
        Bench},
       {{"export",
         "Write a run's checkpoint as config.json + model.safetensors in the layout of fla's "
