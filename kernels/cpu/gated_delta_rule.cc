@@ -39,6 +39,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -293,6 +294,18 @@ int TeamSize(const Idx& ix) {
       std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), ix.B * ix.H)));
 }
 
+// Runs body(scratch, b, h) for every batch row b and key head h, shared out over the thread
+// team; each thread first makes its own scratch with make_scratch().
+template <typename MakeScratch, typename Body>
+void ForEachKeyHead(const Idx& ix, MakeScratch make_scratch, Body body) {
+#pragma omp parallel num_threads(TeamSize(ix))
+  {
+    auto scratch = make_scratch();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < ix.B * ix.H; ++bh) body(scratch, bh / ix.H, bh % ix.H);
+  }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Recurrent (sequential) reference.
 
@@ -301,39 +314,38 @@ void RecurrentForwardImpl(const GdrShape& sh, const T* q, const T* k, const T* v
                           const T* beta, T scale, const T* s0, T* o, T* s_final) {
   const Idx ix(sh);
   const int64_t dk = ix.dk, dv = ix.dv;
-#pragma omp parallel num_threads(TeamSize(ix))
-  {
-    std::vector<T> S(dk * dv), ks(dv), u(dv);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < ix.B * ix.H; ++bh) {
-      const int64_t b = bh / ix.H, h = bh % ix.H;
-      for (int64_t hv = h * ix.group; hv < (h + 1) * ix.group; ++hv) {
-        if (s0)
-          std::copy(s0 + ix.st(b, hv), s0 + ix.st(b, hv) + dk * dv, S.begin());
-        else
-          std::fill(S.begin(), S.end(), T(0));
-        for (int64_t t = 0; t < ix.T; ++t) {
-          const T* kt = k + ix.qk(b, t, h);
-          const T* qt = q + ix.qk(b, t, h);
-          const T* vt = v + ix.vo(b, t, hv);
-          const T alpha = std::exp(gamma[ix.gb(b, t, hv)]);
-          const T bt = beta[ix.gb(b, t, hv)];
-          ScaleInPlace(dk * dv, alpha, S.data());
-          std::fill(ks.begin(), ks.end(), T(0));
-          for (int64_t d = 0; d < dk; ++d) Axpy(dv, kt[d], S.data() + d * dv, ks.data());
-          for (int64_t c = 0; c < dv; ++c) u[c] = bt * (vt[c] - ks[c]);
-          T* ot = o + ix.vo(b, t, hv);
-          std::fill(ot, ot + dv, T(0));
-          for (int64_t d = 0; d < dk; ++d) {
-            T* Sd = S.data() + d * dv;
-            Axpy(dv, kt[d], u.data(), Sd);
-            Axpy(dv, scale * qt[d], Sd, ot);
-          }
+  auto make_scratch = [&] {
+    return std::array<std::vector<T>, 3>{std::vector<T>(dk * dv), std::vector<T>(dv),
+                                         std::vector<T>(dv)};
+  };
+  ForEachKeyHead(ix, make_scratch, [&](auto& scratch, int64_t b, int64_t h) {
+    auto& [S, ks, u] = scratch;
+    for (int64_t hv = h * ix.group; hv < (h + 1) * ix.group; ++hv) {
+      if (s0)
+        std::copy(s0 + ix.st(b, hv), s0 + ix.st(b, hv) + dk * dv, S.begin());
+      else
+        std::fill(S.begin(), S.end(), T(0));
+      for (int64_t t = 0; t < ix.T; ++t) {
+        const T* kt = k + ix.qk(b, t, h);
+        const T* qt = q + ix.qk(b, t, h);
+        const T* vt = v + ix.vo(b, t, hv);
+        const T alpha = std::exp(gamma[ix.gb(b, t, hv)]);
+        const T bt = beta[ix.gb(b, t, hv)];
+        ScaleInPlace(dk * dv, alpha, S.data());
+        std::fill(ks.begin(), ks.end(), T(0));
+        for (int64_t d = 0; d < dk; ++d) Axpy(dv, kt[d], S.data() + d * dv, ks.data());
+        for (int64_t c = 0; c < dv; ++c) u[c] = bt * (vt[c] - ks[c]);
+        T* ot = o + ix.vo(b, t, hv);
+        std::fill(ot, ot + dv, T(0));
+        for (int64_t d = 0; d < dk; ++d) {
+          T* Sd = S.data() + d * dv;
+          Axpy(dv, kt[d], u.data(), Sd);
+          Axpy(dv, scale * qt[d], Sd, ot);
         }
-        if (s_final) std::copy(S.begin(), S.end(), s_final + ix.st(b, hv));
       }
+      if (s_final) std::copy(S.begin(), S.end(), s_final + ix.st(b, hv));
     }
-  }
+  });
 }
 
 template <typename T>
@@ -344,101 +356,101 @@ void RecurrentBackwardImpl(const GdrShape& sh, const T* q, const T* k, const T* 
   const int64_t dk = ix.dk, dv = ix.dv, SZ = dk * dv;
   constexpr int64_t kBlock = 64;  // checkpoint every kBlock steps, recompute inside a block
   const int64_t nblocks = (ix.T + kBlock - 1) / kBlock;
-#pragma omp parallel num_threads(TeamSize(ix))
-  {
-    std::vector<T> ckpt(std::max<int64_t>(nblocks, 1) * SZ), blk((kBlock + 1) * SZ), D(SZ);
-    std::vector<T> rblk(kBlock * dv), ublk(kBlock * dv);  // r_t and u_t of the block's steps
-    std::vector<T> ks(dv), du(dv);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < ix.B * ix.H; ++bh) {
-      const int64_t b = bh / ix.H, h = bh % ix.H;
+  auto make_scratch = [&] {
+    return std::array<std::vector<T>, 7>{
+        std::vector<T>(std::max<int64_t>(nblocks, 1) * SZ), std::vector<T>((kBlock + 1) * SZ),
+        std::vector<T>(SZ), std::vector<T>(kBlock * dv), std::vector<T>(kBlock * dv),
+        std::vector<T>(dv), std::vector<T>(dv)};
+  };
+  ForEachKeyHead(ix, make_scratch, [&](auto& scratch, int64_t b, int64_t h) {
+    // rblk and ublk: r_t and u_t of the block's steps
+    auto& [ckpt, blk, D, rblk, ublk, ks, du] = scratch;
+    for (int64_t t = 0; t < ix.T; ++t) {
+      std::fill(dq + ix.qk(b, t, h), dq + ix.qk(b, t, h) + dk, T(0));
+      std::fill(dk_out + ix.qk(b, t, h), dk_out + ix.qk(b, t, h) + dk, T(0));
+    }
+    for (int64_t hv = h * ix.group; hv < (h + 1) * ix.group; ++hv) {
+      // One step of the recurrence: Sn = alpha (S - beta k k^T S) + beta k v^T, with
+      // r = v - alpha S^T k and u = beta r.
+      auto step = [&](int64_t t, const T* S, T* Sn, T* r, T* u) {
+        const T* kt = k + ix.qk(b, t, h);
+        const T* vt = v + ix.vo(b, t, hv);
+        const T alpha = std::exp(gamma[ix.gb(b, t, hv)]);
+        const T bt = beta[ix.gb(b, t, hv)];
+        std::fill(ks.begin(), ks.end(), T(0));
+        for (int64_t d = 0; d < dk; ++d) Axpy(dv, kt[d], S + d * dv, ks.data());
+        for (int64_t c = 0; c < dv; ++c) {
+          r[c] = vt[c] - alpha * ks[c];
+          u[c] = bt * r[c];
+        }
+        for (int64_t d = 0; d < dk; ++d)
+          for (int64_t c = 0; c < dv; ++c) Sn[d * dv + c] = alpha * S[d * dv + c] + kt[d] * u[c];
+      };
+      // Forward pass storing checkpoints at block starts.
+      T* S = blk.data();
+      if (s0)
+        std::copy(s0 + ix.st(b, hv), s0 + ix.st(b, hv) + SZ, S);
+      else
+        std::fill(S, S + SZ, T(0));
       for (int64_t t = 0; t < ix.T; ++t) {
-        std::fill(dq + ix.qk(b, t, h), dq + ix.qk(b, t, h) + dk, T(0));
-        std::fill(dk_out + ix.qk(b, t, h), dk_out + ix.qk(b, t, h) + dk, T(0));
+        if (t % kBlock == 0) std::copy(S, S + SZ, ckpt.data() + (t / kBlock) * SZ);
+        T* Sn = blk.data() + SZ;
+        step(t, S, Sn, rblk.data(), ublk.data());
+        std::copy(Sn, Sn + SZ, S);
       }
-      for (int64_t hv = h * ix.group; hv < (h + 1) * ix.group; ++hv) {
-        // One step of the recurrence: Sn = alpha (S - beta k k^T S) + beta k v^T, with
-        // r = v - alpha S^T k and u = beta r.
-        auto step = [&](int64_t t, const T* S, T* Sn, T* r, T* u) {
+      if (d_sT)
+        std::copy(d_sT + ix.st(b, hv), d_sT + ix.st(b, hv) + SZ, D.begin());
+      else
+        std::fill(D.begin(), D.end(), T(0));
+      for (int64_t bl = nblocks - 1; bl >= 0; --bl) {
+        const int64_t t0 = bl * kBlock, len = std::min(kBlock, ix.T - t0);
+        std::copy(ckpt.data() + bl * SZ, ckpt.data() + (bl + 1) * SZ, blk.data());
+        for (int64_t l = 0; l < len; ++l)
+          step(t0 + l, blk.data() + l * SZ, blk.data() + (l + 1) * SZ, rblk.data() + l * dv,
+               ublk.data() + l * dv);
+        for (int64_t l = len - 1; l >= 0; --l) {
+          const int64_t t = t0 + l;
+          const T* Sp = blk.data() + l * SZ;        // S_{t-1}
+          const T* St = blk.data() + (l + 1) * SZ;  // S_t
+          const T* r = rblk.data() + l * dv;
+          const T* u = ublk.data() + l * dv;
           const T* kt = k + ix.qk(b, t, h);
-          const T* vt = v + ix.vo(b, t, hv);
+          const T* qt = q + ix.qk(b, t, h);
+          const T* dot = d_o + ix.vo(b, t, hv);
           const T alpha = std::exp(gamma[ix.gb(b, t, hv)]);
           const T bt = beta[ix.gb(b, t, hv)];
-          std::fill(ks.begin(), ks.end(), T(0));
-          for (int64_t d = 0; d < dk; ++d) Axpy(dv, kt[d], S + d * dv, ks.data());
-          for (int64_t c = 0; c < dv; ++c) {
-            r[c] = vt[c] - alpha * ks[c];
-            u[c] = bt * r[c];
+          T* dqt = dq + ix.qk(b, t, h);
+          T* dkt = dk_out + ix.qk(b, t, h);
+          // D += s q do^T ; dq = s S_t do
+          for (int64_t d = 0; d < dk; ++d) {
+            Axpy(dv, scale * qt[d], dot, D.data() + d * dv);
+            dqt[d] += scale * Dot(dv, St + d * dv, dot);
           }
-          for (int64_t d = 0; d < dk; ++d)
-            for (int64_t c = 0; c < dv; ++c) Sn[d * dv + c] = alpha * S[d * dv + c] + kt[d] * u[c];
-        };
-        // Forward pass storing checkpoints at block starts.
-        T* S = blk.data();
-        if (s0)
-          std::copy(s0 + ix.st(b, hv), s0 + ix.st(b, hv) + SZ, S);
-        else
-          std::fill(S, S + SZ, T(0));
-        for (int64_t t = 0; t < ix.T; ++t) {
-          if (t % kBlock == 0) std::copy(S, S + SZ, ckpt.data() + (t / kBlock) * SZ);
-          T* Sn = blk.data() + SZ;
-          step(t, S, Sn, rblk.data(), ublk.data());
-          std::copy(Sn, Sn + SZ, S);
-        }
-        if (d_sT)
-          std::copy(d_sT + ix.st(b, hv), d_sT + ix.st(b, hv) + SZ, D.begin());
-        else
-          std::fill(D.begin(), D.end(), T(0));
-        for (int64_t bl = nblocks - 1; bl >= 0; --bl) {
-          const int64_t t0 = bl * kBlock, len = std::min(kBlock, ix.T - t0);
-          std::copy(ckpt.data() + bl * SZ, ckpt.data() + (bl + 1) * SZ, blk.data());
-          for (int64_t l = 0; l < len; ++l)
-            step(t0 + l, blk.data() + l * SZ, blk.data() + (l + 1) * SZ, rblk.data() + l * dv,
-                 ublk.data() + l * dv);
-          for (int64_t l = len - 1; l >= 0; --l) {
-            const int64_t t = t0 + l;
-            const T* Sp = blk.data() + l * SZ;        // S_{t-1}
-            const T* St = blk.data() + (l + 1) * SZ;  // S_t
-            const T* r = rblk.data() + l * dv;
-            const T* u = ublk.data() + l * dv;
-            const T* kt = k + ix.qk(b, t, h);
-            const T* qt = q + ix.qk(b, t, h);
-            const T* dot = d_o + ix.vo(b, t, hv);
-            const T alpha = std::exp(gamma[ix.gb(b, t, hv)]);
-            const T bt = beta[ix.gb(b, t, hv)];
-            T* dqt = dq + ix.qk(b, t, h);
-            T* dkt = dk_out + ix.qk(b, t, h);
-            // D += s q do^T ; dq = s S_t do
-            for (int64_t d = 0; d < dk; ++d) {
-              Axpy(dv, scale * qt[d], dot, D.data() + d * dv);
-              dqt[d] += scale * Dot(dv, St + d * dv, dot);
-            }
-            // dk = D u ; du = D^T k
-            std::fill(du.begin(), du.end(), T(0));
-            for (int64_t d = 0; d < dk; ++d) {
-              dkt[d] += Dot(dv, D.data() + d * dv, u);
-              Axpy(dv, kt[d], D.data() + d * dv, du.data());
-            }
-            T* dvt = dv_out + ix.vo(b, t, hv);
-            for (int64_t c = 0; c < dv; ++c) dvt[c] = bt * du[c];
-            dbeta[ix.gb(b, t, hv)] = Dot(dv, du.data(), r);
-            // dk += -beta S~ du (S~ = alpha S_{t-1}) ; dS~ = D - beta k du^T ;
-            // dalpha = <dS~, S_{t-1}>
-            T dalpha = 0;
-            for (int64_t d = 0; d < dk; ++d) {
-              dkt[d] -= bt * alpha * Dot(dv, Sp + d * dv, du.data());
-              T* Dd = D.data() + d * dv;
-              Axpy(dv, -bt * kt[d], du.data(), Dd);
-              dalpha += Dot(dv, Dd, Sp + d * dv);
-            }
-            dgamma[ix.gb(b, t, hv)] = alpha * dalpha;
-            ScaleInPlace(SZ, alpha, D.data());
+          // dk = D u ; du = D^T k
+          std::fill(du.begin(), du.end(), T(0));
+          for (int64_t d = 0; d < dk; ++d) {
+            dkt[d] += Dot(dv, D.data() + d * dv, u);
+            Axpy(dv, kt[d], D.data() + d * dv, du.data());
           }
+          T* dvt = dv_out + ix.vo(b, t, hv);
+          for (int64_t c = 0; c < dv; ++c) dvt[c] = bt * du[c];
+          dbeta[ix.gb(b, t, hv)] = Dot(dv, du.data(), r);
+          // dk += -beta S~ du (S~ = alpha S_{t-1}) ; dS~ = D - beta k du^T ;
+          // dalpha = <dS~, S_{t-1}>
+          T dalpha = 0;
+          for (int64_t d = 0; d < dk; ++d) {
+            dkt[d] -= bt * alpha * Dot(dv, Sp + d * dv, du.data());
+            T* Dd = D.data() + d * dv;
+            Axpy(dv, -bt * kt[d], du.data(), Dd);
+            dalpha += Dot(dv, Dd, Sp + d * dv);
+          }
+          dgamma[ix.gb(b, t, hv)] = alpha * dalpha;
+          ScaleInPlace(SZ, alpha, D.data());
         }
-        if (d_s0) std::copy(D.begin(), D.end(), d_s0 + ix.st(b, hv));
       }
+      if (d_s0) std::copy(D.begin(), D.end(), d_s0 + ix.st(b, hv));
     }
-  }
+  });
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -472,6 +484,19 @@ class Arena {
   T* base_;
   int64_t used_ = 0;
 };
+
+// A make_scratch for ForEachKeyHead: each thread's buffers carved by `carve` (Arena<T>& -> its
+// buffers) from its ThreadScratch, sized by a dry run.
+template <typename T, typename Carve>
+auto CarvedScratch(Carve carve) {
+  Arena<T> sizer(nullptr);
+  carve(sizer);
+  const int64_t n = sizer.used();
+  return [carve, n] {
+    Arena<T> arena(ThreadScratch<T>(n));
+    return carve(arena);
+  };
+}
 
 // Buffers and steps shared by the chunked forward and backward, for one chunk of L <= C tokens.
 template <typename T>
@@ -609,38 +634,29 @@ void ChunkedForwardImpl(const GdrShape& sh, int64_t chunk, const T* q, const T* 
     T* S = a.Take(SZ);
     return std::make_pair(w, S);
   };
-  Arena<T> sizer(nullptr);
-  carve(sizer);
-  const int64_t scratch = sizer.used();
-#pragma omp parallel num_threads(TeamSize(ix))
-  {
-    Arena<T> arena(ThreadScratch<T>(scratch));
-    auto [w, S] = carve(arena);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < ix.B * ix.H; ++bh) {
-      const int64_t b = bh / ix.H, h = bh % ix.H;
-      for (int64_t hv = h * ix.group; hv < (h + 1) * ix.group; ++hv) {
-        if (s0)
-          std::memcpy(S, s0 + ix.st(b, hv), SZ * sizeof(T));
-        else
-          std::fill(S, S + SZ, T(0));
-        for (int64_t t0 = 0; t0 < ix.T; t0 += C) {
-          const int64_t L = std::min(C, ix.T - t0);
-          w.Gather(ix, b, h, hv, t0, L, q, k, v, gamma, beta);
-          w.Prepare(true);
-          // [Q; K] S in one product.
-          Gemm<T>(2 * L, dv, dk, w.qk, dk, S, dv, w.qsks, dv, false);
-          w.SolveVp();
-          // O = s (diag(Gam) Q S + P V').
-          Gemm<T>(L, dv, L, w.P, C, w.Vp, dv, w.o, dv, false, Part::kKLower);
-          for (int64_t i = 0; i < L; ++i)
-            ScaledSum(dv, scale, w.o + i * dv, w.gam[i], w.QS() + i * dv, o + ix.vo(b, t0 + i, hv));
-          w.AdvanceState(S);
-        }
-        if (s_final) std::memcpy(s_final + ix.st(b, hv), S, SZ * sizeof(T));
+  ForEachKeyHead(ix, CarvedScratch<T>(carve), [&](auto& scratch, int64_t b, int64_t h) {
+    auto& [w, S] = scratch;
+    for (int64_t hv = h * ix.group; hv < (h + 1) * ix.group; ++hv) {
+      if (s0)
+        std::memcpy(S, s0 + ix.st(b, hv), SZ * sizeof(T));
+      else
+        std::fill(S, S + SZ, T(0));
+      for (int64_t t0 = 0; t0 < ix.T; t0 += C) {
+        const int64_t L = std::min(C, ix.T - t0);
+        w.Gather(ix, b, h, hv, t0, L, q, k, v, gamma, beta);
+        w.Prepare(true);
+        // [Q; K] S in one product.
+        Gemm<T>(2 * L, dv, dk, w.qk, dk, S, dv, w.qsks, dv, false);
+        w.SolveVp();
+        // O = s (diag(Gam) Q S + P V').
+        Gemm<T>(L, dv, L, w.P, C, w.Vp, dv, w.o, dv, false, Part::kKLower);
+        for (int64_t i = 0; i < L; ++i)
+          ScaledSum(dv, scale, w.o + i * dv, w.gam[i], w.QS() + i * dv, o + ix.vo(b, t0 + i, hv));
+        w.AdvanceState(S);
       }
+      if (s_final) std::memcpy(s_final + ix.st(b, hv), S, SZ * sizeof(T));
     }
-  }
+  });
 }
 
 template <typename T>
@@ -674,180 +690,171 @@ void ChunkedBackwardImpl(const GdrShape& sh, int64_t chunk, const T* q, const T*
     u.dG = a.Take(C), u.de = a.Take(C), u.dbt = a.Take(C);
     return std::make_pair(w, u);
   };
-  Arena<T> sizer(nullptr);
-  carve(sizer);
-  const int64_t scratch = sizer.used();
-#pragma omp parallel num_threads(TeamSize(ix))
-  {
-    Arena<T> arena(ThreadScratch<T>(scratch));
-    auto [w, u] = carve(arena);
+  ForEachKeyHead(ix, CarvedScratch<T>(carve), [&](auto& scratch, int64_t b, int64_t h) {
+    auto& [w, u] = scratch;
     T* const S = u.S;
     T* const D = u.D;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < ix.B * ix.H; ++bh) {
-      const int64_t b = bh / ix.H, h = bh % ix.H;
-      for (int64_t t = 0; t < ix.T; ++t) {
-        std::fill(dq + ix.qk(b, t, h), dq + ix.qk(b, t, h) + dk, T(0));
-        std::fill(dk_out + ix.qk(b, t, h), dk_out + ix.qk(b, t, h) + dk, T(0));
-      }
-      for (int64_t hv = h * ix.group; hv < (h + 1) * ix.group; ++hv) {
-        // Forward sweep: chunk-start states and V' of every chunk.
-        if (s0)
-          std::memcpy(S, s0 + ix.st(b, hv), SZ * sizeof(T));
-        else
-          std::fill(S, S + SZ, T(0));
-        for (int64_t c = 0; c < nchunks; ++c) {
-          const int64_t t0 = c * C, L = std::min(C, ix.T - t0);
-          std::memcpy(u.states + c * SZ, S, SZ * sizeof(T));
-          w.Gather(ix, b, h, hv, t0, L, q, k, v, gamma, beta);
-          w.Prepare(false);
-          Gemm<T>(L, dv, dk, w.Kc(), dk, S, dv, w.KS(), dv, false);
-          w.SolveVp();
-          std::memcpy(u.Vpall + t0 * dv, w.Vp, L * dv * sizeof(T));
-          w.AdvanceState(S);
-        }
-        if (d_sT)
-          std::memcpy(D, d_sT + ix.st(b, hv), SZ * sizeof(T));
-        else
-          std::fill(D, D + SZ, T(0));
-        // Reverse sweep carrying D = dL/dS at the end of the current chunk.
-        for (int64_t c = nchunks - 1; c >= 0; --c) {
-          const int64_t t0 = c * C, L = std::min(C, ix.T - t0);
-          const T* Sc = u.states + c * SZ;
-          w.Gather(ix, b, h, hv, t0, L, q, k, v, gamma, beta);
-          w.Prepare(true);
-          const T* Vp = u.Vpall + t0 * dv;
-          const T* Kc = w.Kc();
-          const T* Qc = w.Qc();
-          const T* E = w.E;
-          const T gamL = w.gam[L - 1];
-          T* dO = u.doy;
-          T* Y = u.doy + L * dv;
-          for (int64_t i = 0; i < L; ++i)
-            std::memcpy(dO + i * dv, d_o + ix.vo(b, t0 + i, hv), dv * sizeof(T));
-
-          // K D and <D, S>, before D is updated.
-          Gemm<T>(L, dv, dk, Kc, dk, D, dv, u.kd, dv, false);
-          const T DS = Dot(SZ, D, Sc);
-          // dV' = s P^T dO + diag(e) K D ; de_i = (K D)_i . V'_i.
-          Transpose(L, L, w.P, C, u.Pt, C);
-          Gemm<T>(L, dv, L, u.Pt, C, dO, dv, u.dvp, dv, false, Part::kKUpper);
-          for (int64_t i = 0; i < L; ++i) {
-            T* di = u.dvp + i * dv;
-            const T* ki = u.kd + i * dv;
-            const T ei = w.e[i];
-            for (int64_t cc = 0; cc < dv; ++cc) di[cc] = scale * di[cc] + ei * ki[cc];
-            u.de[i] = Dot(dv, ki, Vp + i * dv);
-          }
-          // Y = (I + M)^-T dV': back substitution Y_j = dV'_j + sum_{i>j} Mn_ij Y_i, blocked
-          // from the bottom (tmp = Mn^T).
-          std::memcpy(Y, u.dvp, L * dv * sizeof(T));
-          Transpose(L, L, w.Mn, C, u.tmp, C);
-          for (int64_t i0 = (L - 1) / kMR * kMR; i0 >= 0; i0 -= kMR) {
-            const int rows = static_cast<int>(std::min<int64_t>(kMR, L - i0));
-            MicroKernelRows<T>(rows, i0 + rows, L, u.tmp + i0 * C, C, Y, dv, Y + i0 * dv, dv, dv,
-                               true);
-            for (int64_t j = i0 + rows - 1; j >= i0; --j)
-              for (int64_t i = j + 1; i < i0 + rows; ++i)
-                Axpy(dv, u.tmp[j * C + i], Y + i * dv, Y + j * dv);
-          }
-          // X1 = dO S^T, X2 = Y S^T (rows of x12), X3 = V' D^T.
-          Transpose(dk, dv, Sc, dv, u.St, dk);
-          Transpose(dk, dv, D, dv, u.Dt, dk);
-          Gemm<T>(2 * L, dk, dv, u.doy, dv, u.St, dk, u.x12, dk, false);
-          Gemm<T>(L, dk, dv, Vp, dv, u.Dt, dk, u.x3, dk, false);
-          const T* X1 = u.x12;
-          const T* X2 = u.x12 + L * dk;
-          // dP = s dO V'^T (i >= j), dM = -Y V'^T (i > j); then dQK = dP * E (in dP),
-          // dA = dM * beta_i E (in dM), the E terms of dG and the M term of dbeta.
-          Transpose(L, dv, Vp, dv, u.vpt, L);
-          Gemm<T>(L, L, dv, dO, dv, u.vpt, L, u.dP, C, false, Part::kNLower);
-          Gemm<T>(L, L, dv, Y, dv, u.vpt, L, u.dM, C, false, Part::kNLower);
-          T* dG = u.dG;
-          std::fill(dG, dG + L, T(0));
-          for (int64_t i = 0; i < L; ++i) {
-            const T* Ei = E + i * C;
-            const T* QKi = w.QK + i * C;
-            const T* KKi = w.KK + i * C;
-            T* dPi = u.dP + i * C;
-            T* dMi = u.dM + i * C;
-            const T bi = w.bt[i];
-            T db = 0, dgi = 0;
-            for (int64_t j = 0; j < i; ++j) {
-              const T dp = scale * dPi[j];
-              const T dm = -dMi[j];
-              const T wgt = (dp * QKi[j] + dm * bi * KKi[j]) * Ei[j];  // dE_ij E_ij
-              db += dm * KKi[j] * Ei[j];
-              dgi += wgt;
-              dG[j] -= wgt;
-              dPi[j] = dp * Ei[j];
-              dMi[j] = dm * bi * Ei[j];
-            }
-            dPi[i] = scale * dPi[i];  // E_ii = 1 carries no gamma dependence
-            dMi[i] = 0;
-            for (int64_t j = i + 1; j < L; ++j) dPi[j] = dMi[j] = 0;
-            dG[i] += dgi;
-            u.dbt[i] = db;
-          }
-          // Per token: dv, dbeta, the Gam and e terms of dG.
-          for (int64_t i = 0; i < L; ++i) {
-            const T* Yi = Y + i * dv;
-            const T bi = w.bt[i], gi = w.gam[i];
-            Scaled(dv, bi, Yi, dv_out + ix.vo(b, t0 + i, hv));
-            const T kx2 = Dot(dk, Kc + i * dk, X2 + i * dk);  // (K S)_i . Y_i
-            // dbeta_i += R_i . Y_i with R_i = v_i - Gam_i (K S)_i.
-            u.dbt[i] += Dot(dv, w.vc + i * dv, Yi) - gi * kx2;
-            // dGam_i = s (Q S)_i . dO_i - beta_i (K S)_i . Y_i.
-            const T dGam = scale * Dot(dk, Qc + i * dk, X1 + i * dk) - bi * kx2;
-            dG[i] += dGam * gi;
-            if (i < L - 1) {  // e_{L-1} = 1 carries no gamma dependence (and would cancel)
-              const T dee = u.de[i] * w.e[i];
-              dG[L - 1] += dee;
-              dG[i] -= dee;
-            }
-          }
-          dG[L - 1] += DS * gamL;
-          {
-            T acc = 0;
-            for (int64_t i = L - 1; i >= 0; --i) {
-              acc += dG[i];
-              dgamma[ix.gb(b, t0 + i, hv)] = acc;
-              dbeta[ix.gb(b, t0 + i, hv)] = u.dbt[i];
-            }
-          }
-          // dQ = dQK K + s diag(Gam) X1 ;
-          // dK = dQK^T Q + (dA + dA^T) K + diag(e) X3 - diag(Gam beta) X2.
-          Gemm<T>(L, dk, L, u.dP, C, Kc, dk, u.dqc, dk, false, Part::kKLower);
-          Transpose(L, L, u.dP, C, u.tmp, C);
-          Gemm<T>(L, dk, L, u.tmp, C, Qc, dk, u.dkc, dk, false, Part::kKUpper);
-          for (int64_t i = 0; i < L; ++i)
-            for (int64_t j = 0; j < i; ++j) u.dM[j * C + i] = u.dM[i * C + j];
-          Gemm<T>(L, dk, L, u.dM, C, Kc, dk, u.dkc, dk, true);
-          for (int64_t i = 0; i < L; ++i) {
-            const T sg = scale * w.gam[i], gb = w.gam[i] * w.bt[i];
-            AddCombination(dk, u.dqc + i * dk, sg, X1 + i * dk, dq + ix.qk(b, t0 + i, h));
-            AddCombination(dk, u.dkc + i * dk, w.e[i], u.x3 + i * dk, -gb, X2 + i * dk,
-                           dk_out + ix.qk(b, t0 + i, h));
-          }
-          // D <- Gam_{L-1} D + Q^T (s Gam dO) + K^T (-Gam beta Y).
-          for (int64_t i = 0; i < L; ++i) {
-            const T a1 = scale * w.gam[i], a2 = -w.gam[i] * w.bt[i];
-            const T* dOi = dO + i * dv;
-            const T* Yi = Y + i * dv;
-            T* w1 = u.wts + i * dv;
-            T* w2 = u.wts + (L + i) * dv;
-            for (int64_t cc = 0; cc < dv; ++cc) {
-              w1[cc] = a1 * dOi[cc];
-              w2[cc] = a2 * Yi[cc];
-            }
-          }
-          ScaleInPlace(SZ, gamL, D);
-          Gemm<T>(dk, dv, 2 * L, w.qkt, 2 * L, u.wts, dv, D, dv, true);
-        }
-        if (d_s0) std::memcpy(d_s0 + ix.st(b, hv), D, SZ * sizeof(T));
-      }
+    for (int64_t t = 0; t < ix.T; ++t) {
+      std::fill(dq + ix.qk(b, t, h), dq + ix.qk(b, t, h) + dk, T(0));
+      std::fill(dk_out + ix.qk(b, t, h), dk_out + ix.qk(b, t, h) + dk, T(0));
     }
-  }
+    for (int64_t hv = h * ix.group; hv < (h + 1) * ix.group; ++hv) {
+      // Forward sweep: chunk-start states and V' of every chunk.
+      if (s0)
+        std::memcpy(S, s0 + ix.st(b, hv), SZ * sizeof(T));
+      else
+        std::fill(S, S + SZ, T(0));
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const int64_t t0 = c * C, L = std::min(C, ix.T - t0);
+        std::memcpy(u.states + c * SZ, S, SZ * sizeof(T));
+        w.Gather(ix, b, h, hv, t0, L, q, k, v, gamma, beta);
+        w.Prepare(false);
+        Gemm<T>(L, dv, dk, w.Kc(), dk, S, dv, w.KS(), dv, false);
+        w.SolveVp();
+        std::memcpy(u.Vpall + t0 * dv, w.Vp, L * dv * sizeof(T));
+        w.AdvanceState(S);
+      }
+      if (d_sT)
+        std::memcpy(D, d_sT + ix.st(b, hv), SZ * sizeof(T));
+      else
+        std::fill(D, D + SZ, T(0));
+      // Reverse sweep carrying D = dL/dS at the end of the current chunk.
+      for (int64_t c = nchunks - 1; c >= 0; --c) {
+        const int64_t t0 = c * C, L = std::min(C, ix.T - t0);
+        const T* Sc = u.states + c * SZ;
+        w.Gather(ix, b, h, hv, t0, L, q, k, v, gamma, beta);
+        w.Prepare(true);
+        const T* Vp = u.Vpall + t0 * dv;
+        const T* Kc = w.Kc();
+        const T* Qc = w.Qc();
+        const T* E = w.E;
+        const T gamL = w.gam[L - 1];
+        T* dO = u.doy;
+        T* Y = u.doy + L * dv;
+        for (int64_t i = 0; i < L; ++i)
+          std::memcpy(dO + i * dv, d_o + ix.vo(b, t0 + i, hv), dv * sizeof(T));
+
+        // K D and <D, S>, before D is updated.
+        Gemm<T>(L, dv, dk, Kc, dk, D, dv, u.kd, dv, false);
+        const T DS = Dot(SZ, D, Sc);
+        // dV' = s P^T dO + diag(e) K D ; de_i = (K D)_i . V'_i.
+        Transpose(L, L, w.P, C, u.Pt, C);
+        Gemm<T>(L, dv, L, u.Pt, C, dO, dv, u.dvp, dv, false, Part::kKUpper);
+        for (int64_t i = 0; i < L; ++i) {
+          T* di = u.dvp + i * dv;
+          const T* ki = u.kd + i * dv;
+          const T ei = w.e[i];
+          for (int64_t cc = 0; cc < dv; ++cc) di[cc] = scale * di[cc] + ei * ki[cc];
+          u.de[i] = Dot(dv, ki, Vp + i * dv);
+        }
+        // Y = (I + M)^-T dV': back substitution Y_j = dV'_j + sum_{i>j} Mn_ij Y_i, blocked
+        // from the bottom (tmp = Mn^T).
+        std::memcpy(Y, u.dvp, L * dv * sizeof(T));
+        Transpose(L, L, w.Mn, C, u.tmp, C);
+        for (int64_t i0 = (L - 1) / kMR * kMR; i0 >= 0; i0 -= kMR) {
+          const int rows = static_cast<int>(std::min<int64_t>(kMR, L - i0));
+          MicroKernelRows<T>(rows, i0 + rows, L, u.tmp + i0 * C, C, Y, dv, Y + i0 * dv, dv, dv,
+                             true);
+          for (int64_t j = i0 + rows - 1; j >= i0; --j)
+            for (int64_t i = j + 1; i < i0 + rows; ++i)
+              Axpy(dv, u.tmp[j * C + i], Y + i * dv, Y + j * dv);
+        }
+        // X1 = dO S^T, X2 = Y S^T (rows of x12), X3 = V' D^T.
+        Transpose(dk, dv, Sc, dv, u.St, dk);
+        Transpose(dk, dv, D, dv, u.Dt, dk);
+        Gemm<T>(2 * L, dk, dv, u.doy, dv, u.St, dk, u.x12, dk, false);
+        Gemm<T>(L, dk, dv, Vp, dv, u.Dt, dk, u.x3, dk, false);
+        const T* X1 = u.x12;
+        const T* X2 = u.x12 + L * dk;
+        // dP = s dO V'^T (i >= j), dM = -Y V'^T (i > j); then dQK = dP * E (in dP),
+        // dA = dM * beta_i E (in dM), the E terms of dG and the M term of dbeta.
+        Transpose(L, dv, Vp, dv, u.vpt, L);
+        Gemm<T>(L, L, dv, dO, dv, u.vpt, L, u.dP, C, false, Part::kNLower);
+        Gemm<T>(L, L, dv, Y, dv, u.vpt, L, u.dM, C, false, Part::kNLower);
+        T* dG = u.dG;
+        std::fill(dG, dG + L, T(0));
+        for (int64_t i = 0; i < L; ++i) {
+          const T* Ei = E + i * C;
+          const T* QKi = w.QK + i * C;
+          const T* KKi = w.KK + i * C;
+          T* dPi = u.dP + i * C;
+          T* dMi = u.dM + i * C;
+          const T bi = w.bt[i];
+          T db = 0, dgi = 0;
+          for (int64_t j = 0; j < i; ++j) {
+            const T dp = scale * dPi[j];
+            const T dm = -dMi[j];
+            const T wgt = (dp * QKi[j] + dm * bi * KKi[j]) * Ei[j];  // dE_ij E_ij
+            db += dm * KKi[j] * Ei[j];
+            dgi += wgt;
+            dG[j] -= wgt;
+            dPi[j] = dp * Ei[j];
+            dMi[j] = dm * bi * Ei[j];
+          }
+          dPi[i] = scale * dPi[i];  // E_ii = 1 carries no gamma dependence
+          dMi[i] = 0;
+          for (int64_t j = i + 1; j < L; ++j) dPi[j] = dMi[j] = 0;
+          dG[i] += dgi;
+          u.dbt[i] = db;
+        }
+        // Per token: dv, dbeta, the Gam and e terms of dG.
+        for (int64_t i = 0; i < L; ++i) {
+          const T* Yi = Y + i * dv;
+          const T bi = w.bt[i], gi = w.gam[i];
+          Scaled(dv, bi, Yi, dv_out + ix.vo(b, t0 + i, hv));
+          const T kx2 = Dot(dk, Kc + i * dk, X2 + i * dk);  // (K S)_i . Y_i
+          // dbeta_i += R_i . Y_i with R_i = v_i - Gam_i (K S)_i.
+          u.dbt[i] += Dot(dv, w.vc + i * dv, Yi) - gi * kx2;
+          // dGam_i = s (Q S)_i . dO_i - beta_i (K S)_i . Y_i.
+          const T dGam = scale * Dot(dk, Qc + i * dk, X1 + i * dk) - bi * kx2;
+          dG[i] += dGam * gi;
+          if (i < L - 1) {  // e_{L-1} = 1 carries no gamma dependence (and would cancel)
+            const T dee = u.de[i] * w.e[i];
+            dG[L - 1] += dee;
+            dG[i] -= dee;
+          }
+        }
+        dG[L - 1] += DS * gamL;
+        {
+          T acc = 0;
+          for (int64_t i = L - 1; i >= 0; --i) {
+            acc += dG[i];
+            dgamma[ix.gb(b, t0 + i, hv)] = acc;
+            dbeta[ix.gb(b, t0 + i, hv)] = u.dbt[i];
+          }
+        }
+        // dQ = dQK K + s diag(Gam) X1 ;
+        // dK = dQK^T Q + (dA + dA^T) K + diag(e) X3 - diag(Gam beta) X2.
+        Gemm<T>(L, dk, L, u.dP, C, Kc, dk, u.dqc, dk, false, Part::kKLower);
+        Transpose(L, L, u.dP, C, u.tmp, C);
+        Gemm<T>(L, dk, L, u.tmp, C, Qc, dk, u.dkc, dk, false, Part::kKUpper);
+        for (int64_t i = 0; i < L; ++i)
+          for (int64_t j = 0; j < i; ++j) u.dM[j * C + i] = u.dM[i * C + j];
+        Gemm<T>(L, dk, L, u.dM, C, Kc, dk, u.dkc, dk, true);
+        for (int64_t i = 0; i < L; ++i) {
+          const T sg = scale * w.gam[i], gb = w.gam[i] * w.bt[i];
+          AddCombination(dk, u.dqc + i * dk, sg, X1 + i * dk, dq + ix.qk(b, t0 + i, h));
+          AddCombination(dk, u.dkc + i * dk, w.e[i], u.x3 + i * dk, -gb, X2 + i * dk,
+                         dk_out + ix.qk(b, t0 + i, h));
+        }
+        // D <- Gam_{L-1} D + Q^T (s Gam dO) + K^T (-Gam beta Y).
+        for (int64_t i = 0; i < L; ++i) {
+          const T a1 = scale * w.gam[i], a2 = -w.gam[i] * w.bt[i];
+          const T* dOi = dO + i * dv;
+          const T* Yi = Y + i * dv;
+          T* w1 = u.wts + i * dv;
+          T* w2 = u.wts + (L + i) * dv;
+          for (int64_t cc = 0; cc < dv; ++cc) {
+            w1[cc] = a1 * dOi[cc];
+            w2[cc] = a2 * Yi[cc];
+          }
+        }
+        ScaleInPlace(SZ, gamL, D);
+        Gemm<T>(dk, dv, 2 * L, w.qkt, 2 * L, u.wts, dv, D, dv, true);
+      }
+      if (d_s0) std::memcpy(d_s0 + ix.st(b, hv), D, SZ * sizeof(T));
+    }
+  });
 }
 
 }  // namespace
