@@ -1777,7 +1777,7 @@ void Backward(const GdrShape& s, const T* q, const T* k, const T* v, const float
   if (s.B == 0 || s.T == 0) return;
   const Dims d = MakeDims(s);
   const int tc = TcMask<T>(products);
-  // The saved buffer is read only; Work's pointers are shared with the forward's.
+  // S, V' and T point into the saved buffer, which the backward's kernels only read.
   const Work w = Allocate(d, true, const_cast<float*>(saved), stream);
   const dim3 chunks(d.NC, d.HV, d.B), columns(d.NV, d.HV, d.B);
   if (saved != nullptr) {
