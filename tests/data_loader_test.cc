@@ -8,20 +8,15 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/file_test_util.h"
 #include "runtime/token_shard.h"
 
 namespace gdn {
 namespace {
 
-class DataLoaderTest : public ::testing::Test {
+class DataLoaderTest : public TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/data_loader_test.XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string dir_;
+  DataLoaderTest() : TempDirTest("data_loader_test") {}
 };
 
 // Tokens 0, 1, 2, ...: a window's position in the dataset is its first token.

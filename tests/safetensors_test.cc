@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/file_test_util.h"
 
 namespace gdn {
 namespace {
@@ -22,20 +23,6 @@ namespace {
   return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
 }
 
-std::string MakeTempDir() {
-  char tmpl[] = "/tmp/safetensors_test.XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  EXPECT_NE(d, nullptr);
-  return d;
-}
-
-void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), bytes.size());
-}
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 std::string U64(uint64_t v) {
   std::string s(8, '\0');
   std::memcpy(s.data(), &v, 8);
@@ -50,10 +37,9 @@ std::string File(const std::string& header, const std::string& data) {
   return U64(header.size()) + header + data;
 }
 
-class SafetensorsTest : public ::testing::Test {
+class SafetensorsTest : public TempDirTest {
  protected:
-  void SetUp() override { dir_ = MakeTempDir(); }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  SafetensorsTest() : TempDirTest("safetensors_test") {}
   std::string Path(const std::string& name) const { return dir_ + "/" + name; }
 
   // Writes `bytes` to a fresh file and expects reading it to fail with an error that is one

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
+#include "tests/file_test_util.h"
 #include "runtime/token_shard.h"
 
 namespace gdn {
@@ -34,17 +35,15 @@ TEST(StripBrownTagsTest, EmptyAndUntagged) {
   EXPECT_EQ(StripBrownTags("plain words"), "plain words\n");
 }
 
-class PrepareCorpusTest : public ::testing::Test {
+class PrepareCorpusTest : public TempDirTest {
  protected:
+  PrepareCorpusTest() : TempDirTest("text_corpus_test") {}
   void SetUp() override {
-    char tmpl[] = "/tmp/text_corpus_test.XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    TempDirTest::SetUp();
     in_ = dir_ + "/in";
     out_ = dir_ + "/out/sub";
     std::filesystem::create_directories(in_);
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
   void Write(const std::string& name, const std::string& text) {
     std::ofstream(in_ + "/" + name, std::ios::binary) << text;
   }
@@ -60,7 +59,7 @@ class PrepareCorpusTest : public ::testing::Test {
     }
     return s;
   }
-  std::string dir_, in_, out_;
+  std::string in_, out_;
 };
 
 TEST_F(PrepareCorpusTest, BrownSplitsDocumentsDeterministically) {

@@ -12,38 +12,24 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/file_test_util.h"
 
 namespace gdn {
 namespace {
 
-std::string MakeTempDir() {
-  char tmpl[] = "/tmp/token_shard_test.XXXXXX";
-  const char* d = mkdtemp(tmpl);
-  EXPECT_NE(d, nullptr);
-  return d;
-}
-
-// Raw bytes for building corrupt files.
-void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), bytes.size());
-}
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 void PatchInt32(std::string& bytes, int index, int32_t v) {
   std::memcpy(bytes.data() + 4 * index, &v, 4);
 }
 
-class TokenShardTest : public ::testing::Test {
+class TokenShardTest : public TempDirTest {
  protected:
+  TokenShardTest() : TempDirTest("token_shard_test") {}
   void SetUp() override {
-    dir_ = MakeTempDir();
+    TempDirTest::SetUp();
     path_ = dir_ + "/x.bin";
     ASSERT_TRUE(WriteTokenShard(path_, {1, 2, 3, 50256, 65535}).ok());
     good_ = ReadBytes(path_);
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
   void ExpectError(const std::string& bytes, absl::StatusCode code, const std::string& what) {
     WriteBytes(path_, bytes);
     absl::StatusOr<std::vector<uint16_t>> r = ReadTokenShard(path_);
@@ -52,7 +38,7 @@ class TokenShardTest : public ::testing::Test {
     EXPECT_NE(r.status().message().find(path_), std::string::npos) << r.status();
     EXPECT_NE(r.status().message().find(what), std::string::npos) << r.status();
   }
-  std::string dir_, path_, good_;
+  std::string path_, good_;
 };
 
 TEST_F(TokenShardTest, RoundTrip) {
