@@ -3,7 +3,8 @@
 # test, then trains one model for 50 steps (float32) on one GPU and on 2 GPUs as tensor-parallel 2,
 # as data-parallel 2 (with and without ZeRO-1, and with many small gradient buckets); every step's
 # train loss (and each val loss) of the multi-GPU runs must be within 1e-4 relative of the one-GPU
-# run's. The same in bf16 mode, within 2e-2 of the one-GPU bf16 run. With 4 or more GPUs also
+# run's. The same in bf16 mode, within 2e-2 of the one-GPU bf16 run; and TP 2 with
+# run.save_recurrence in both modes. With 4 or more GPUs also
 # TP 4, DP 4 (with and without ZeRO-1) and DP 2 x TP 2, in float32 and bf16; with 8 or more, DP 8
 # (with and without ZeRO-1), DP 4 x TP 2, DP 2 x TP 4 and TP 8 on a model twice as wide. Then: a
 # ZeRO-1 run and a tensor-parallel run killed (kill -9) at step 25 resume from their step-20
@@ -110,6 +111,15 @@ for layout in "tp2 --set parallel.tensor_parallel=2" "dp2 --set parallel.zero_st
   train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/$name-bf16 "${bf16[@]}" $args || fail "$name bf16 run"
   compare "$name bf16 on 2 GPUs" runs/$name-bf16 runs/one-gpu-bf16 2e-2 || status=1
 done
+# The recurrence's forward saved for its backward (run.save_recurrence) on each rank's heads.
+step "2 GPUs, TP 2 with run.save_recurrence (float32, bf16)" | tee -a "$log/runs.log"
+save=(--set run.save_recurrence=true --set parallel.tensor_parallel=2)
+train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/tp2-saved "${save[@]}" || fail "TP 2 saved run"
+compare "TP 2 with run.save_recurrence on 2 GPUs" runs/tp2-saved || status=1
+train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/tp2-saved-bf16 "${save[@]}" "${bf16[@]}" ||
+  fail "TP 2 saved bf16 run"
+compare "TP 2 bf16 with run.save_recurrence on 2 GPUs" runs/tp2-saved-bf16 runs/one-gpu-bf16 2e-2 ||
+  status=1
 
 # 4 GPUs: every layout of 4 ranks the model allows (4 key heads, MLP 512, vocabulary 256 and the
 # batch of 8 all divide by 4), float32 against one GPU and bf16 against the one-GPU bf16 run.
