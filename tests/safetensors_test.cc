@@ -55,7 +55,6 @@ class SafetensorsTest : public TempDirTest {
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
   }
 
-  std::string dir_;
   int n_ = 0;
 };
 
