@@ -11,7 +11,8 @@
 //   PrepKernel    (per chunk, parallel)        W, U (and T for the backward)
 //   StateKernel   (per head and 64 state columns, sequential over chunks)  chunk-start states, V'
 //   OutputKernel  (per chunk)                  O
-// Backward, after PrepKernel and StateKernel again (nothing is kept from the forward):
+// Backward, after PrepKernel and StateKernel again (unless a forward saved their chunk states,
+// V' and T for it: the saved buffer of gated_delta_rule.cuh):
 //   DvLocalKernel (per chunk)                  s P^T dO, the state-independent part of dV'
 //   ReverseKernel (per head and 64 columns, reverse over chunks)  dV' = s P^T dO + diag(e) K D,
 //                 Y = T^T dV', D <- Gam_{L-1} D + Q^T diag(s Gam) dO - K^T diag(Gam beta) Y,
