@@ -1,5 +1,6 @@
 // The model on CUDA where the CPU cannot stand in for it: the bf16 mode's kept weight copies
-// (Parameter::operand) and the recurrence's saved forward (run.save_recurrence). Skips each case without a GPU (tests/gpu/run_gpu_tests.sh runs it).
+// (Parameter::operand) and the recurrence's saved forward (run.save_recurrence). Skips each case
+// without a GPU (tests/gpu/run_gpu_tests.sh runs it).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -33,6 +34,26 @@ int KeptCopies(LanguageModel& m) {
   int n = 0;
   for (const auto& p : m.params().all()) n += p->operand.defined() ? 1 : 0;
   return n;
+}
+
+// Every parameter gradient of `got` equals `want`'s bit for bit, but the embedding's: it adds
+// repeated tokens' rows with atomics, in varying order, so it is equal to float32 rounding of its
+// largest values.
+void ExpectSameGradients(LanguageModel& got, LanguageModel& want) {
+  const auto &pg = got.params().all(), &pw = want.params().all();
+  ASSERT_EQ(pg.size(), pw.size());
+  for (size_t i = 0; i < pg.size(); ++i) {
+    const Tensor a = pg[i]->grad.To(Device::kCPU), b = pw[i]->grad.To(Device::kCPU);
+    const bool atomics = pg[i]->name == "embedding";
+    double largest = 0;
+    for (int64_t j = 0; j < b.numel(); ++j) largest = std::max(largest, std::abs(b.at(j)));
+    for (int64_t j = 0; j < a.numel(); ++j) {
+      if (atomics)
+        ASSERT_NEAR(a.at(j), b.at(j), 1e-6 * largest) << "embedding " << j;
+      else
+        ASSERT_EQ(a.at(j), b.at(j)) << pg[i]->name << " gradient " << j;
+    }
+  }
 }
 
 // Sets the global product precision for a scope.
@@ -71,23 +92,9 @@ TEST(CudaModelTest, KeptWeightCopiesEqualRoundingAtEveryProduct) {
 
   const double want = rounding->ForwardBackward(tokens);
   EXPECT_EQ(kept.ForwardBackward(tokens), want);
-  const auto &pk = kept.params().all(), &pr = rounding->params().all();
-  ASSERT_EQ(pk.size(), pr.size());
-  for (size_t i = 0; i < pk.size(); ++i) {
-    const Tensor a = pk[i]->grad.To(Device::kCPU), b = pr[i]->grad.To(Device::kCPU);
-    // The embedding's gradient adds repeated tokens' rows with atomics, in varying order: equal
-    // to float32 rounding of its largest values.
-    const bool atomics = pk[i]->name == "embedding";
-    double largest = 0;
-    for (int64_t j = 0; j < b.numel(); ++j) largest = std::max(largest, std::abs(b.at(j)));
-    for (int64_t j = 0; j < a.numel(); ++j) {
-      if (atomics)
-        ASSERT_NEAR(a.at(j), b.at(j), 1e-6 * largest) << "embedding " << j;
-      else
-        ASSERT_EQ(a.at(j), b.at(j)) << pk[i]->name << " gradient " << j;
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(ExpectSameGradients(kept, *rounding));
 
+  const auto& pk = kept.params().all();
   const double other_loss = other.ForwardLoss(tokens);
   EXPECT_NE(other_loss, want);
   const auto& po = other.params().all();
@@ -120,23 +127,8 @@ TEST(CudaModelTest, SavedRecurrenceGivesTheSameGradients) {
       EXPECT_EQ(saved->ForwardBackward(tokens, 0.5), want);
       EXPECT_EQ(both->ForwardBackward(tokens, 0.5), want);
     }
-    const auto& pp = plain->params().all();
-    for (LanguageModel* m : {saved.get(), both.get()}) {
-      const auto& pm = m->params().all();
-      ASSERT_EQ(pm.size(), pp.size());
-      for (size_t i = 0; i < pp.size(); ++i) {
-        const Tensor a = pm[i]->grad.To(Device::kCPU), b = pp[i]->grad.To(Device::kCPU);
-        // The embedding's gradient adds repeated tokens' rows with atomics (see above).
-        double largest = 0;
-        for (int64_t j = 0; j < b.numel(); ++j) largest = std::max(largest, std::abs(b.at(j)));
-        for (int64_t j = 0; j < a.numel(); ++j) {
-          if (pp[i]->name == "embedding")
-            ASSERT_NEAR(a.at(j), b.at(j), 1e-6 * largest) << "embedding " << j;
-          else
-            ASSERT_EQ(a.at(j), b.at(j)) << pp[i]->name << " gradient " << j;
-        }
-      }
-    }
+    for (LanguageModel* m : {saved.get(), both.get()})
+      ASSERT_NO_FATAL_FAILURE(ExpectSameGradients(*m, *plain));
   }
 }
 
