@@ -21,7 +21,10 @@ source "$root/tests/gpu/gpu_build.sh"
 gdn_gpu_configure || exit 1
 
 step "build"
-cmake --build "$build" -j "$(nproc)" --target cuda_tests cuda_gdr_tests cuda_model_tests kernel_tests gdn gdr_cuda_bench gemm_bench 2>&1 | tee -a "$log/build.log" \
+targets=(cuda_tests cuda_gdr_tests cuda_model_tests kernel_tests gdn gdr_cuda_bench gemm_bench)
+# conv_cudnn_bench exists where CMake found cuDNN (it says so in the configure output).
+grep -q "^-- cuDNN: /" "$log/build.log" && targets+=(conv_cudnn_bench)
+cmake --build "$build" -j "$(nproc)" --target "${targets[@]}" 2>&1 | tee -a "$log/build.log" \
   || { echo "build failed"; exit 1; }
 
 step "CUDA ops vs CPU"
@@ -54,6 +57,12 @@ timeout 240 bash "$root/tests/gpu/train_check.sh" "$build/gdn" /tmp/gdn-train-ch
 step "benchmarks" | tee -a "$log/train.log"
 timeout 60 "$build/kernels/gdr_cuda_bench" 2>&1 | tee -a "$log/train.log"
 timeout 60 "$build/kernels/gemm_bench" 2>&1 | tee -a "$log/train.log"
+if [[ -x "$build/kernels/conv_cudnn_bench" ]]; then
+  timeout 120 "$build/kernels/conv_cudnn_bench" 2>&1 | tee -a "$log/train.log"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+else
+  echo "conv_cudnn_bench: not built (CMake found no cuDNN)" | tee -a "$log/train.log"
+fi
 # The reference model (ref_model, gpu_build.sh): float32, bf16, and bf16 with activation
 # recomputation (the memory of one layer's activations instead of all), and the last two with the
 # recurrence's forward saved for its backward.
@@ -71,7 +80,7 @@ step "summary"
   grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log/cuda_tests.log"
   echo "memcheck:  $(grep -E 'ERROR SUMMARY' "$log/memcheck.log" | tail -1)"
   echo "racecheck: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log/racecheck.log" | tail -1)"
-  grep -E 'worst relative train-loss|gdn bench|tokens/s|MFU|device memory|one step.s matrix' "$log/train.log"
+  grep -E 'worst relative train-loss|gdn bench|tokens/s|MFU|device memory|one step.s matrix|gdn .* faster|conv_cudnn' "$log/train.log"
   echo "exit status $status"
 } 2>&1 | tee "$log/summary.txt"
 exit $status
