@@ -2,8 +2,9 @@
 # On a machine with 2 or more GPUs: builds gdn with CUDA and NCCL, runs the NCCL communicator
 # test, then trains one model for 50 steps (float32) on one GPU and on 2 GPUs as tensor-parallel 2,
 # as data-parallel 2 (with and without ZeRO-1, and with many small gradient buckets); every step's
-# train loss (and each val loss) of the multi-GPU runs must be within 1e-4 relative of the one-GPU
-# run's. The same in bf16 mode, within 2e-2 of the one-GPU bf16 run; and TP 2 with
+# train loss (and each val loss) of the multi-GPU runs must be within 1e-6 relative of the one-GPU
+# run's (issue 6 asks 1e-4; 1.9e-8 was measured). The same in bf16 mode, within 1e-3 of the
+# one-GPU bf16 run (1.4e-5 measured; the one-GPU bf16 run within 2e-2 of float32); and TP 2 with
 # run.save_recurrence in both modes. With 4 or more GPUs also
 # TP 4, DP 4 (with and without ZeRO-1) and DP 2 x TP 2, in float32 and bf16; with 8 or more, DP 8
 # (with and without ZeRO-1), DP 4 x TP 2, DP 2 x TP 4 and TP 8 on a model twice as wide. Then: a
@@ -56,9 +57,9 @@ run { steps: 50 eval_interval: 25 eval_batches: 2 log_interval: 25 device: CUDA 
 SPEC
 
 # compare NAME DIR [REF [TOLERANCE]]: every step of DIR against REF (default runs/one-gpu) within
-# TOLERANCE relative (default 1e-4); per-step differences to compare.log.
+# TOLERANCE relative (default 1e-6); per-step differences to compare.log.
 compare() {
-  python3 - "$1" "${3:-runs/one-gpu}/metrics.jsonl" "$2/metrics.jsonl" "$log/compare.log" "${4:-1e-4}" <<'PY' | tee -a "$log/summary.txt"
+  python3 - "$1" "${3:-runs/one-gpu}/metrics.jsonl" "$2/metrics.jsonl" "$log/compare.log" "${4:-1e-6}" <<'PY' | tee -a "$log/summary.txt"
 import json, sys
 name, ref_path, run_path, out, tol = sys.argv[1:]
 ref = [json.loads(l) for l in open(ref_path)]
@@ -85,6 +86,8 @@ train() {
   timeout 90 "$@" --spec spec.textproto 2>&1 | tee -a "$log/runs.log" | grep -E '^gdn train|^error|FATAL|^F[0-9]'
   return "${PIPESTATUS[0]}"
 }
+# resumed_from STEP LINE: whether the runs logged after line LINE of runs.log resumed from STEP.
+resumed_from() { tail -n +"$(($2 + 1))" "$log/runs.log" | grep -q "resuming from step $1"; }
 step "one GPU" | tee -a "$log/runs.log"
 train "$gdn" train --set run.dir=runs/one-gpu || fail "one-GPU run"
 step "2 GPUs, tensor-parallel 2" | tee -a "$log/runs.log"
@@ -109,7 +112,7 @@ compare "one GPU bf16 against fp32 (the bf16 band)" runs/one-gpu-bf16 runs/one-g
 for layout in "tp2 --set parallel.tensor_parallel=2" "dp2 --set parallel.zero_stage=0" "dp2-zero1 --set parallel.zero_stage=1"; do
   read -r name args <<<"$layout"
   train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/$name-bf16 "${bf16[@]}" $args || fail "$name bf16 run"
-  compare "$name bf16 on 2 GPUs" runs/$name-bf16 runs/one-gpu-bf16 2e-2 || status=1
+  compare "$name bf16 on 2 GPUs" runs/$name-bf16 runs/one-gpu-bf16 1e-3 || status=1
 done
 # The recurrence's forward saved for its backward (run.save_recurrence) on each rank's heads.
 step "2 GPUs, TP 2 with run.save_recurrence (float32, bf16)" | tee -a "$log/runs.log"
@@ -118,7 +121,7 @@ train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/tp2-saved "${save[@]}" |
 compare "TP 2 with run.save_recurrence on 2 GPUs" runs/tp2-saved || status=1
 train "${mpi[@]}" -np 2 "$gdn" train --set run.dir=runs/tp2-saved-bf16 "${save[@]}" "${bf16[@]}" ||
   fail "TP 2 saved bf16 run"
-compare "TP 2 bf16 with run.save_recurrence on 2 GPUs" runs/tp2-saved-bf16 runs/one-gpu-bf16 2e-2 ||
+compare "TP 2 bf16 with run.save_recurrence on 2 GPUs" runs/tp2-saved-bf16 runs/one-gpu-bf16 1e-3 ||
   status=1
 
 # 4 GPUs: every layout of 4 ranks the model allows (4 key heads, MLP 512, vocabulary 256 and the
@@ -133,7 +136,7 @@ if ((gpus >= 4)); then
     train "${mpi[@]}" -np 4 "$gdn" train --set run.dir=runs/$name $args || fail "$name run"
     compare "$name on 4 GPUs" runs/$name || status=1
     train "${mpi[@]}" -np 4 "$gdn" train --set run.dir=runs/$name-bf16 "${bf16[@]}" $args || fail "$name bf16 run"
-    compare "$name bf16 on 4 GPUs" runs/$name-bf16 runs/one-gpu-bf16 2e-2 || status=1
+    compare "$name bf16 on 4 GPUs" runs/$name-bf16 runs/one-gpu-bf16 1e-3 || status=1
   done
 fi
 
@@ -155,7 +158,7 @@ if ((gpus >= 8)); then
     compare "$name on 8 GPUs" runs/$name runs/one-gpu-w512 || status=1
     train "${mpi[@]}" -np 8 "$gdn" train --set run.dir=runs/$name-bf16 "${wide[@]}" "${bf16[@]}" $args ||
       fail "$name bf16 run"
-    compare "$name bf16 on 8 GPUs" runs/$name-bf16 runs/one-gpu-w512-bf16 2e-2 || status=1
+    compare "$name bf16 on 8 GPUs" runs/$name-bf16 runs/one-gpu-w512-bf16 1e-3 || status=1
   done
 fi
 
@@ -163,7 +166,9 @@ step "2 GPUs, data-parallel 2, ZeRO-1, rank 0 killed (-9) at step 25, resumed" |
 zresume=(--set run.dir=runs/zero1-resume --set parallel.zero_stage=1 --set run.checkpoint_interval=10)
 GDN_TEST_RAISE_AFTER_STEP=25:KILL:0 train "${mpi[@]}" -np 2 "$gdn" train "${zresume[@]}" \
   && fail "the killed ZeRO-1 run exited 0"
+from=$(wc -l <"$log/runs.log")
 train "${mpi[@]}" -np 2 "$gdn" train "${zresume[@]}" || fail "resumed ZeRO-1 run"
+resumed_from 20 "$from" || fail "the ZeRO-1 run did not resume from step 20"
 compare "DP 2 ZeRO-1, killed at 25 and resumed, against the uninterrupted ZeRO-1 run" runs/zero1-resume runs/dp2-zero1 1e-7 || status=1
 
 step "2 GPUs, tensor-parallel 2, rank 1 killed (-9) at step 25, resumed" | tee -a "$log/runs.log"
@@ -172,8 +177,9 @@ resume=(--set run.dir=runs/tp2-resume --set parallel.tensor_parallel=2 --set run
 GDN_TEST_RAISE_AFTER_STEP=25:KILL:1 train "${mpi[@]}" -np 2 "$gdn" train "${resume[@]}" \
   && fail "the killed run exited 0"
 ls runs/tp2-resume | tee -a "$log/runs.log"
+from=$(wc -l <"$log/runs.log")
 train "${mpi[@]}" -np 2 "$gdn" train "${resume[@]}" || fail "resumed run"
-grep -q 'resuming from step 20' "$log/runs.log" || fail "no resume from step 20"
+resumed_from 20 "$from" || fail "the TP 2 run did not resume from step 20"
 compare "TP 2 on 2 GPUs, killed at 25 and resumed" runs/tp2-resume || status=1
 
 # stopped NAME RAISE PATTERN [train flags...]: rank 1 stops itself (GDN_TEST_RAISE_AFTER_STEP=RAISE)

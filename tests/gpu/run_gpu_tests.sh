@@ -40,6 +40,10 @@ step "the model on CUDA (bf16 mode's kept weight copies)" | tee -a "$log/cuda_te
 "$build/tests/cuda_model_tests" 2>&1 | tee -a "$log/cuda_tests.log" | grep -E '^\[  (PASSED|FAILED)' || status=1
 step "CPU kernel tests" | tee -a "$log/cuda_tests.log"
 OMP_NUM_THREADS=$(nproc) "$build/tests/kernel_tests" 2>&1 | tee -a "$log/cuda_tests.log" | tail -1 || status=1
+# On a GPU machine a skipped CUDA test (no usable GPU found) is a failure, not a pass.
+if grep -q '^\[  SKIPPED ' "$log/cuda_tests.log"; then
+  echo "CHECK FAILED: CUDA tests skipped on a GPU machine"; status=1
+fi
 
 step "compute-sanitizer memcheck"
 # The death test forks children that abort on purpose; it is left out here.
