@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -30,9 +31,13 @@ namespace {
 
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
-enum class GateKind { kRandom, kOne, kStrong };
+// kMixed: gates at 1 (gamma = 0), very strong decay (-30) and random ones side by side in a chunk.
+enum class GateKind { kRandom, kOne, kStrong, kMixed };
 const char* GateName(GateKind g) {
-  return g == GateKind::kRandom ? "random" : g == GateKind::kOne ? "gamma=0" : "gamma=-30";
+  return g == GateKind::kRandom ? "random"
+         : g == GateKind::kOne  ? "gamma=0"
+         : g == GateKind::kStrong ? "gamma=-30"
+                                  : "mixed";
 }
 
 struct Case {
@@ -153,7 +158,12 @@ Inputs MakeInputs(const Case& c, std::mt19937_64& rng) {
   for (auto& x : in.v) x = normal(rng);
   for (auto& x : in.d_o) x = normal(rng);
   for (size_t i = 0; i < ng; ++i) {
-    switch (c.gates) {
+    GateKind g = c.gates;
+    if (g == GateKind::kMixed) {
+      const double u = uni(rng);
+      g = u < 0.35 ? GateKind::kOne : u < 0.6 ? GateKind::kStrong : GateKind::kRandom;
+    }
+    switch (g) {
       case GateKind::kRandom: {  // log sigmoid of N(1.5, 1.5^2): from about -0.01 to -4
         const double z = 1.5 + 1.5 * normal(rng);
         in.gamma[i] = -std::log1p(std::exp(-z));
@@ -161,6 +171,7 @@ Inputs MakeInputs(const Case& c, std::mt19937_64& rng) {
       }
       case GateKind::kOne: in.gamma[i] = 0.0; break;
       case GateKind::kStrong: in.gamma[i] = -30.0; break;
+      case GateKind::kMixed: break;  // drawn above
     }
     in.beta[i] = c.beta_max * (0.02 + 0.98 * uni(rng));
   }
@@ -268,12 +279,16 @@ const std::vector<Case>& Cases() {
       // dk = dv = 192: three tiles each (GradKernel's second pair of dk tiles has one; the
       // half-tile loops of PrepKernel and DvLocalKernel end on a single tile).
       {1, 97, 1, 2, 192, 192, GateKind::kRandom, 1.0},
+      {1, 150, 1, 2, 128, 128, GateKind::kMixed, 1.0},
+      {2, 100, 2, 4, 64, 256, GateKind::kMixed, 2.0},
   };
   return cases;
 }
 
+// A fresh seed each run, printed; GDN_TEST_SEED=<n> repeats a run.
 std::mt19937_64 FreshRng() {
-  const uint64_t seed = std::random_device{}();
+  uint64_t seed = std::random_device{}();
+  if (const char* s = std::getenv("GDN_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
   std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
   return std::mt19937_64(seed);
 }
