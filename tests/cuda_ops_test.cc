@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -173,18 +174,33 @@ TEST(CudaRuntimeTest, CachingAllocatorReusesAndReleases) {
   EXPECT_EQ(cuda::DeviceCachedBytes(), 0u);
 }
 
-TEST(CudaRuntimeTest, DeviceFromLocalRank) {
-  GDN_REQUIRE_GPU();
-  unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
-  unsetenv("MPI_LOCALRANKID");
+// The node-local rank from the launchers' variables, mpirun's first, then srun's, then MPICH's
+// (no GPU needed: runs in CI too). The environment is restored afterwards.
+TEST(CudaRuntimeTest, LocalRankFromTheLaunchersVariables) {
+  const char* names[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"};
+  std::vector<std::optional<std::string>> saved;
+  for (const char* name : names) {
+    const char* v = std::getenv(name);
+    saved.push_back(v ? std::optional<std::string>(v) : std::nullopt);
+    unsetenv(name);
+  }
+  EXPECT_EQ(cuda::LocalRank(), 0);
+  setenv("MPI_LOCALRANKID", "5", 1);
+  EXPECT_EQ(cuda::LocalRank(), 5);
   setenv("SLURM_LOCALID", "3", 1);
   EXPECT_EQ(cuda::LocalRank(), 3);
   setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2", 1);
-  EXPECT_EQ(cuda::LocalRank(), 2);  // mpirun's variable first
-  unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
-  unsetenv("SLURM_LOCALID");
-  EXPECT_EQ(cuda::LocalRank(), 0);
+  EXPECT_EQ(cuda::LocalRank(), 2);
+  for (size_t i = 0; i < saved.size(); ++i) {
+    if (saved[i]) setenv(names[i], saved[i]->c_str(), 1);
+    else unsetenv(names[i]);
+  }
+}
+
+TEST(CudaRuntimeTest, CurrentDeviceIsAVisibleOne) {
+  GDN_REQUIRE_GPU();
   EXPECT_GE(cuda::CurrentDevice(), 0);
+  EXPECT_LT(cuda::CurrentDevice(), cuda::VisibleDeviceCount());
 }
 
 // ---------------------------------------------------------------------------------------------
