@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# python3 and python3-numpy: the tests' scripts (numpy for tests/fla_reference_check.py).
 packages=(cmake ninja-build g++ protobuf-compiler libprotobuf-dev libabsl-dev
   libgoogle-glog-dev libgtest-dev libopenblas-openmp-dev openmpi-bin libopenmpi-dev zlib1g-dev
-  gnuplot-nox)
+  gnuplot-nox python3 python3-numpy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An independent check of `gdn export`: loads config.json + model.safetensors with plain PyTorch,
+"""An independent check of `gdn export`: loads config.json + model.safetensors with numpy alone,
 computes the logits of fla's GatedDeltaNetForCausalLM from its equations
 (shared/docs/gated-delta-rule.md; fla's GatedDeltaNet layer, GatedMLP, RMSNorm, FusedRMSNormGated),
 token by token in float64, and compares them with the logits gdn wrote (`gdn eval --logits-out`).
@@ -7,7 +7,7 @@ token by token in float64, and compares them with the logits gdn wrote (`gdn eva
 Nothing from gdn is used but the two files: the "gdn" block of config.json is only read to report
 what was folded (the exported weights already carry the multipliers, so fla's equations apply as
 they are). Exit 0 when the logits agree within float32 tolerance, 1 otherwise; 77 (skip) without
-torch.
+numpy (Debian: python3-numpy, which launcher/setup.sh installs).
 
 usage: fla_reference_check.py EXPORT_DIR LOGITS.safetensors
 """
@@ -16,18 +16,16 @@ import struct
 import sys
 
 try:
-    import torch
+    import numpy as np
 except ImportError:
-    print("SKIP: PyTorch is not installed (python3 -c 'import torch' fails)")
+    print(f"SKIP: numpy is not installed for {sys.executable} "
+          "(Debian: apt-get install python3-numpy)")
     sys.exit(77)
-
-F = torch.nn.functional
 
 
 def read_safetensors(path):
     """A minimal safetensors reader (F32/F64/I32/BF16/F16), so no extra package is needed."""
-    dtypes = {"F32": torch.float32, "F64": torch.float64, "I32": torch.int32,
-              "BF16": torch.bfloat16, "F16": torch.float16}
+    dtypes = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "BF16": "<u2", "F16": "<f2"}
     with open(path, "rb") as f:
         data = f.read()
     (n,) = struct.unpack("<Q", data[:8])
@@ -37,18 +35,31 @@ def read_safetensors(path):
     out = {}
     for name, e in header.items():
         b, end = e["data_offsets"]
-        buf = bytearray(data[base + b:base + end])
-        t = torch.frombuffer(buf, dtype=dtypes[e["dtype"]]) if buf else torch.empty(0, dtype=dtypes[e["dtype"]])
-        out[name] = t.reshape(e["shape"]).clone()
+        t = np.frombuffer(data[base + b:base + end], dtype=dtypes[e["dtype"]])
+        if e["dtype"] == "BF16":  # bfloat16 is the upper 16 bits of a float32
+            t = (t.astype(np.uint32) << 16).view(np.float32)
+        out[name] = t.reshape(e["shape"]).copy()
     return out
 
 
+def sigmoid(x):  # 1 / (1 + exp(-x)), written so that no exp overflows
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def silu(x):
+    return x * sigmoid(x)
+
+
+def softplus(x):  # torch's F.softplus (beta 1, threshold 20): x above 20, log(1 + e^x) below
+    return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
+
+
 def rms_norm(x, w, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps) * w
 
 
 def l2norm(x):  # fla's use_qk_l2norm_in_kernel: x / sqrt(sum x^2 + 1e-6)
-    return x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+    return x / np.sqrt((x ** 2).sum(-1, keepdims=True) + 1e-6)
 
 
 def forward(cfg, W, tokens):
@@ -63,14 +74,18 @@ def forward(cfg, W, tokens):
     neg = cfg.get("allow_neg_eigval", False)
     assert cfg.get("use_gate", True) and cfg.get("use_short_conv", True)
     B, T = tokens.shape
-    x = W["model.embeddings.weight"][tokens.long()]  # [B, T, d]
+    x = W["model.embeddings.weight"][tokens.astype(np.int64)]  # [B, T, d]
+    assert x.shape[-1] == d
     for layer in range(cfg["num_hidden_layers"]):
         p = lambda n: W[f"model.layers.{layer}.{n}"]
         h = rms_norm(x, p("attn_norm.weight"), eps)
 
-        def conv_silu(u, w):  # torch Conv1d depthwise, causal: left padding K-1
-            y = F.conv1d(u.transpose(1, 2), w, padding=K - 1, groups=u.shape[-1])[..., :T]
-            return F.silu(y.transpose(1, 2))
+        def conv_silu(u, w):
+            """torch's depthwise Conv1d (a cross-correlation, weight [C, 1, K]), causal: left
+            padding K-1, so y[t] = sum_j w[j] u[t - (K-1) + j], with u = 0 before the start."""
+            up = np.concatenate([np.zeros((B, K - 1, u.shape[-1])), u], axis=1)
+            y = sum(up[:, j:j + T, :] * w[:, 0, j] for j in range(K))
+            return silu(y)
 
         q = conv_silu(h @ p("attn.q_proj.weight").T, p("attn.q_conv1d.weight"))
         k = conv_silu(h @ p("attn.k_proj.weight").T, p("attn.k_conv1d.weight"))
@@ -81,24 +96,24 @@ def forward(cfg, W, tokens):
         q = l2norm(q.reshape(B, T, H, dk))
         k = l2norm(k.reshape(B, T, H, dk))
         v = v.reshape(B, T, HV, dv)
-        gamma = -torch.exp(p("attn.A_log")) * F.softplus(a + p("attn.dt_bias"))  # [B, T, HV]
-        beta = torch.sigmoid(b) * (2.0 if neg else 1.0)
+        gamma = -np.exp(p("attn.A_log")) * softplus(a + p("attn.dt_bias"))  # [B, T, HV]
+        beta = sigmoid(b) * (2.0 if neg else 1.0)
         scale = dk ** -0.5
         group = HV // H  # value head j reads key head j // group
-        S = torch.zeros(B, HV, dk, dv, dtype=x.dtype)
-        o = torch.zeros(B, T, HV, dv, dtype=x.dtype)
+        S = np.zeros((B, HV, dk, dv))
+        o = np.zeros((B, T, HV, dv))
         for t in range(T):
-            kt = k[:, t].repeat_interleave(group, dim=1)  # [B, HV, dk]
-            qt = q[:, t].repeat_interleave(group, dim=1)
-            S = S * torch.exp(gamma[:, t])[..., None, None]
-            u = beta[:, t][..., None] * (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, kt))
+            kt = np.repeat(k[:, t], group, axis=1)  # [B, HV, dk]
+            qt = np.repeat(q[:, t], group, axis=1)
+            S = S * np.exp(gamma[:, t])[..., None, None]
+            u = beta[:, t][..., None] * (v[:, t] - np.einsum("bhkv,bhk->bhv", S, kt))
             S = S + kt[..., :, None] * u[..., None, :]
-            o[:, t] = scale * torch.einsum("bhkv,bhk->bhv", S, qt)
+            o[:, t] = scale * np.einsum("bhkv,bhk->bhv", S, qt)
         # FusedRMSNormGated: rmsnorm(o) * w * silu(g), per value head
-        o = rms_norm(o, p("attn.o_norm.weight"), eps) * F.silu(g.reshape(B, T, HV, dv))
+        o = rms_norm(o, p("attn.o_norm.weight"), eps) * silu(g.reshape(B, T, HV, dv))
         x = x + o.reshape(B, T, HV * dv) @ p("attn.o_proj.weight").T
         h = rms_norm(x, p("mlp_norm.weight"), eps)
-        m = F.silu(h @ p("mlp.gate_proj.weight").T) * (h @ p("mlp.up_proj.weight").T)
+        m = silu(h @ p("mlp.gate_proj.weight").T) * (h @ p("mlp.up_proj.weight").T)
         x = x + m @ p("mlp.down_proj.weight").T
     x = rms_norm(x, W["model.norm.weight"], eps)
     head = W["model.embeddings.weight"] if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
@@ -110,18 +125,20 @@ def main():
         print(__doc__)
         return 2
     export_dir, logits_path = sys.argv[1], sys.argv[2]
-    cfg = json.load(open(f"{export_dir}/config.json"))
-    W = {n: t.double() for n, t in read_safetensors(f"{export_dir}/model.safetensors").items()}
+    with open(f"{export_dir}/config.json") as f:
+        cfg = json.load(f)
+    W = {n: t.astype(np.float64)
+         for n, t in read_safetensors(f"{export_dir}/model.safetensors").items()}
     ref = read_safetensors(logits_path)
-    tokens, gdn_logits = ref["tokens"], ref["logits"].double()
-    with torch.no_grad():
-        ours = forward(cfg, W, tokens)
-    diff = (ours - gdn_logits).abs().max().item()
-    scale = gdn_logits.abs().max().item()
+    tokens, gdn_logits = ref["tokens"], ref["logits"].astype(np.float64)
+    ours = forward(cfg, W, tokens)
+    diff = float(np.abs(ours - gdn_logits).max())
+    scale = float(np.abs(gdn_logits).max())
     rel = diff / max(scale, 1e-30)
-    same_argmax = (ours.argmax(-1) == gdn_logits.argmax(-1)).float().mean().item()
+    same_argmax = float((ours.argmax(-1) == gdn_logits.argmax(-1)).mean())
     note = cfg.get("gdn", {}).get("note", "")
-    print(f"torch {torch.__version__}: {tuple(tokens.shape)} tokens, tied={cfg.get('tie_word_embeddings')}, "
+    print(f"numpy {np.__version__}: {tuple(tokens.shape)} tokens, "
+          f"tied={cfg.get('tie_word_embeddings')}, "
           f"max |logit diff| {diff:.3e} (max |logit| {scale:.3f}, relative {rel:.3e}), "
           f"same argmax {same_argmax:.4f}; folded: {note}")
     ok = rel < 1e-5  # observed ~4e-7 (float32 gdn vs float64 here)

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# The independent PyTorch check of `gdn export` (tests/fla_reference_check.py): trains two tiny
+# The independent numpy check of `gdn export` (tests/fla_reference_check.py): trains two tiny
 # models (muP with a tied head exported untied, grouped values, negative eigenvalues; SP with a head
 # that stays tied), exports them, writes gdn's logits on a validation batch (gdn eval --logits-out),
-# and has the script recompute the logits from fla's equations in PyTorch.
-# Usage: tests/fla_reference_test.sh path/to/gdn            (skips, exit 77, without PyTorch)
+# and has the script recompute the logits from fla's equations in float64 with numpy.
+# Usage: tests/fla_reference_test.sh path/to/gdn            (skips, exit 77, without numpy)
 #        tests/fla_reference_test.sh path/to/gdn --prepare DIR  (only writes DIR/<case>/ and
-#        DIR/<case>.logits.safetensors, for a machine that has PyTorch but no gdn build)
+#        DIR/<case>.logits.safetensors, to check elsewhere with fla_reference_check.py)
+# The python is the first of python3 on the PATH and Debian's /usr/bin/python3 that imports
+# numpy: launcher/setup.sh installs python3-numpy, which only Debian's python sees (a pyenv or
+# other python3 ahead on the PATH does not).
 set -uo pipefail
 gdn=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
 prepare=""
 [ "${2:-}" = "--prepare" ] && prepare=$(realpath -m "$3")
-if [ -z "$prepare" ] && ! python3 -c 'import torch' 2>/dev/null; then
-  echo "SKIP: PyTorch is not installed here (python3 -c 'import torch' fails); run this where it is"
+py=""
+for c in python3 /usr/bin/python3; do
+  if command -v "$c" >/dev/null && "$c" -c 'import numpy' 2>/dev/null; then
+    py=$(command -v "$c")
+    break
+  fi
+done
+if [ -z "$prepare" ] && [ -z "$py" ]; then
+  echo "SKIP: no python3 here imports numpy (Debian: apt-get install python3-numpy)"
   exit 77
 fi
+if [ -z "$prepare" ]; then echo "python: $py"; fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -44,7 +55,7 @@ for case in mup_tied_untied_on_export sp_tied; do
   "$gdn" export --run runs/$case --out "$out/$case" >/dev/null || exit 1
   "$gdn" eval --run runs/$case --logits-out "$out/$case.logits.safetensors" >/dev/null || exit 1
   if [ -z "$prepare" ]; then
-    python3 "$here/fla_reference_check.py" "$out/$case" "$out/$case.logits.safetensors" || status=1
+    "$py" "$here/fla_reference_check.py" "$out/$case" "$out/$case.logits.safetensors" || status=1
   fi
 done
 exit $status
