@@ -70,6 +70,71 @@ expect 2 "run.checkpoint_signals: USR2 is also in run.preempt_signals" -- "$gdn"
 expect 2 "run.keep_checkpoints: must be >= 0" -- "$gdn" train --spec tiny.textproto \
   --set run.dir=runs/bad --set run.keep_checkpoints=-1
 
+# A run that diverges (README: a non-finite loss or gradient norm, or a loss above twice its
+# first) stops there, exits 3 and records it; run again it is reported, not rerun, and exits 3.
+loss_at() { sed -n "$2s/.*\"train_loss\":\([^,]*\),.*/\1/p" "$1/metrics.jsonl"; }
+expect 3 "^gdn train: diverged after [0-9]+ steps" -- "$gdn" train --spec tiny.textproto \
+  --set run.dir=runs/diverge --set optimizer.lr=10
+d=runs/diverge
+steps=$(sed -n 's/.*"steps":\([0-9]*\),.*/\1/p' $d/summary.json)
+if [ "$(cat $d/status)" = diverged ] && grep -q '^{"status":"diverged",' $d/summary.json &&
+   [ -n "$steps" ] && [ "$steps" -lt 20 ] && [ "$(wc -l <$d/metrics.jsonl)" -eq "$steps" ]; then
+  ok
+else
+  fail "diverged run: status $(cat $d/status), $(wc -l <$d/metrics.jsonl) metrics lines," \
+    "summary $(cat $d/summary.json)"
+fi
+awk -v a="$(loss_at $d 1)" -v b="$(loss_at $d "$steps")" \
+  'BEGIN { exit !(b !~ /^[0-9.e+-]+$/ || b + 0 > 2 * a) }' && ok ||
+  fail "the diverged run's last loss $(loss_at $d "$steps") is not above twice its first"
+before=$(md5sum $d/metrics.jsonl $d/summary.json)
+expect 3 "^gdn train: runs/diverge already diverged after $steps steps" -- \
+  "$gdn" train --spec tiny.textproto --set run.dir=$d --set optimizer.lr=10
+[ "$(md5sum $d/metrics.jsonl $d/summary.json)" = "$before" ] && ok ||
+  fail "rerunning a diverged run changed its files"
+
+# --restart discards what a directory holds. A finished run, then another spec in its directory:
+# refused with one line (exit 2), every file as it was (but the lock, which names the last
+# trainer's pid). With --restart it trains from step 1 (its first loss is the first run's, before
+# any update) with the new spec, its checkpoints and metrics replacing the old; --restart with
+# the first spec then repeats the first run's metrics.
+d=runs/restart
+snapshot() { find $d -type f ! -name lock | sort | xargs md5sum; }
+metrics() { sed -E 's/"tokens_per_s":[^,]*,//' $d/metrics.jsonl; }
+changed=(--set optimizer.lr=0.005 --set run.steps=10)
+expect 0 "done after 20 steps" -- "$gdn" train --spec tiny.textproto --set run.dir=$d
+first_metrics=$(metrics) first_loss=$(loss_at $d 1)
+before=$(snapshot)
+out=$("$gdn" train --spec tiny.textproto --set run.dir=$d "${changed[@]}" 2>&1)
+rc=$?
+if [ $rc -eq 2 ] && [ "$(wc -l <<<"$out")" -eq 1 ] &&
+   grep -q "^error: run.dir: $d holds another run (its spec.textproto differs at 'lr: 0.005')" \
+     <<<"$out"; then
+  ok
+else
+  fail "another spec without --restart: exit $rc, expected 2 and one line: $out"
+fi
+[ "$(snapshot)" = "$before" ] && ok ||
+  fail "the refused run changed files: $(diff <(echo "$before") <(snapshot))"
+out=$("$gdn" train --spec tiny.textproto --set run.dir=$d "${changed[@]}" --restart 2>&1)
+rc=$?
+[ $rc -eq 0 ] && grep -q "^gdn train: done after 10 steps" <<<"$out" &&
+  ! grep -q "resuming" <<<"$out" && ok || fail "--restart with another spec: exit $rc: $out"
+if [ "$(ls $d/checkpoints)" = step_00000010 ] &&
+   [ "$(sed 's/^{"step":\([0-9]*\),.*/\1/' $d/metrics.jsonl | xargs)" = "$(seq -s ' ' 10)" ] &&
+   grep -q '^{"status":"done","steps":10,' $d/summary.json &&
+   grep -q '^  lr: 0.005$' $d/spec.textproto && [ "$(cat $d/status)" = done ] &&
+   [ "$(loss_at $d 1)" = "$first_loss" ] && [ "$(metrics)" != "$(head -10 <<<"$first_metrics")" ]
+then
+  ok
+else
+  fail "after --restart: checkpoints $(ls $d/checkpoints), $(head -c 300 $d/metrics.jsonl)"
+fi
+expect 0 "done after 20 steps" -- "$gdn" train --spec tiny.textproto --set run.dir=$d --restart
+[ "$(metrics)" = "$first_metrics" ] && [ "$(ls $d/checkpoints)" = step_00000020 ] && ok ||
+  fail "--restart with the first spec: checkpoints $(ls $d/checkpoints)," \
+    "$(diff <(echo "$first_metrics") <(metrics) | head -4)"
+
 # Bad input: exit 2, the field or file named, no run directory created.
 bad() {
   local pattern=$1
@@ -183,7 +248,9 @@ for attempt in 1 2 3; do
 done
 [ $rc -eq 4 ] && ok || fail "a preempted sweep should exit 4, got $rc: $(cat long.log)"
 expect 0 "4 runs: 2 preempted, 2 pending" -- "$gdn" sweep status --spec long.textproto
-OMP_NUM_THREADS=1 expect 0 "w64_lr2e-03-.*: done | step 200" -- "$gdn" sweep run --spec long.textproto --parallel 2
+# "[|]" is a literal bar; a bare "|" in the extended regex would let " step 200" alone match.
+OMP_NUM_THREADS=1 expect 0 "w64_lr2e-03-.*: done [|] step 200" -- \
+  "$gdn" sweep run --spec long.textproto --parallel 2
 expect 0 "4 runs: 4 done" -- "$gdn" sweep status --spec long.textproto
 for run in runs/long/w*; do
   OMP_NUM_THREADS=1 "$gdn" train --spec "$run/point.textproto" --set run.dir="$run.ref" --quiet

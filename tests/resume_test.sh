@@ -2,7 +2,7 @@
 # Checkpoints and resume, end to end: a run killed (kill -9, in the middle of a checkpoint, with
 # its newest checkpoint corrupted) or preempted (SIGTERM, SIGUSR2 on any rank) and run again must
 # give exactly the metrics of a run that was never interrupted, on one rank and on DP 2 x TP 2
-# (with and without ZeRO-1).
+# (with and without ZeRO-1); checkpoints also resume on another layout (a ZeRO-1 one on DP 4).
 # Usage: tests/resume_test.sh path/to/gdn
 source "$(dirname "$0")/lib.sh" "$1"
 export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
@@ -175,6 +175,7 @@ GDN_TEST_RAISE_AFTER_STEP=9:KILL "${mpirun[@]}" -np 4 "$gdn" train --spec spec.t
   --set parallel.tensor_parallel=2 --set parallel.zero_stage=1 --set run.dir=runs/zero_killed >zero_killed.log 2>&1
 check '[ "$(wc -l <runs/zero_killed/metrics.jsonl)" -eq 9 ]' "the ZeRO-1 job should end after step 9"
 cp -r runs/zero_killed runs/zero_to_plain
+cp -r runs/zero_killed runs/zero_to_dp4
 run_expect 0 zero_resumed.log -- zerotrain runs/zero_killed
 check 'grep -q "resuming from step 6" zero_resumed.log' "ZeRO-1 run should resume from step 6"
 same_run runs/zero_killed runs/zero
@@ -183,6 +184,24 @@ a=$(grep -o '"train_loss":[^,]*' runs/zero_to_plain/summary.json | cut -d: -f2)
 b=$(grep -o '"train_loss":[^,]*' runs/zero/summary.json | cut -d: -f2)
 check "awk -v a=$a -v b=$b 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-6 * b) }'" \
   "a ZeRO-1 checkpoint resumed without sharding: final loss $a vs $b"
+# The same ZeRO-1 checkpoint (DP 2 x TP 2) resumed on another data-parallel size: DP 4, its state
+# sharded 4 ways. Sums run in another order, so every step's training and validation loss agrees
+# with the uninterrupted ZeRO-1 run's to float32 rounding (1e-5 relative, as for resharding below).
+losses() { grep -o '"\(train\|val\)_loss":[^,}]*' "$1/metrics.jsonl" | cut -d: -f2; }
+close_losses() {  # close_losses DIR REFERENCE TOLERANCE: the same steps, each loss within TOLERANCE
+  [ "$(wc -l <"$1/metrics.jsonl")" -eq "$(wc -l <"$2/metrics.jsonl")" ] &&
+    paste <(losses "$1") <(losses "$2") | awk -v tol="$3" '
+      { d = $1 - $2; if (d < 0) d = -d; if (NF != 2 || !(d <= tol * $2)) bad++; n++ }
+      END { exit !(n > 0 && bad == 0) }'
+}
+run_expect 0 zero_to_dp4.log -- "${mpirun[@]}" -np 4 "$gdn" train --spec spec.textproto \
+  --set parallel.zero_stage=1 --set run.dir=runs/zero_to_dp4
+check 'grep -q "resuming from step 6" zero_to_dp4.log && grep -q "(dp 4 x tp 1)" zero_to_dp4.log' \
+  "the ZeRO-1 checkpoint on DP 4 should resume from step 6: $(head -2 zero_to_dp4.log)"
+check 'grep -q "\"ranks\":4,\"tensor_parallel\":1," runs/zero_to_dp4/summary.json' \
+  "the DP 4 run's summary: $(cat runs/zero_to_dp4/summary.json)"
+check 'close_losses runs/zero_to_dp4 runs/zero 1e-5' "a ZeRO-1 checkpoint resumed on DP 4:
+$(paste <(losses runs/zero_to_dp4) <(losses runs/zero) | head -30)"
 
 # Another layout: the one-rank checkpoint of step 6 resumed on TP 2 (and DP 2) reshards. Sums run
 # in another order, so the losses agree to float32 rounding rather than bit for bit.

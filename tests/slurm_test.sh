@@ -147,10 +147,23 @@ grep -q "4 runs: 2 done, 2 diverged" <<<"$status" && ok || { fail "expected 2 do
 
 # The preempted task: requeued once, resumed from its checkpoint, same final loss as a run that
 # was never interrupted.
-log=$(grep -l "$(basename "$target")" runs/sweep/slurm/*.out)
-grep -q "checkpointed; requeueing" $log && ok || fail "task 2 did not requeue itself: $(cat $log)"
-grep -q "restart 1" $log && ok || fail "task 2 did not run again after its requeue"
-grep -q "resuming from step" $log && ok || fail "task 2 did not resume from a checkpoint: $(cat $log)"
+# Its log is the one naming its run id; with none (no id, no log), each check fails rather than
+# let grep read stdin.
+id=${target#runs/sweep/}
+logs=()
+[ -n "$id" ] && mapfile -t logs < <(grep -l -- "$id" runs/sweep/slurm/*.out 2>/dev/null)
+in_task_log() {  # in_task_log PATTERN MESSAGE
+  if [ "${#logs[@]}" -eq 0 ]; then
+    fail "$2: no log in runs/sweep/slurm/ names task 2's run '$id'"
+  elif grep -q -- "$1" "${logs[@]}"; then
+    ok
+  else
+    fail "$2: $(cat "${logs[@]}")"
+  fi
+}
+in_task_log "checkpointed; requeueing" "task 2 did not requeue itself"
+in_task_log "restart 1" "task 2 did not run again after its requeue"
+in_task_log "resuming from step" "task 2 did not resume from a checkpoint"
 "$gdn" train --spec "$target/point.textproto" --set run.dir=runs/reference --quiet ||
   fail "the uninterrupted reference run failed"
 final() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["train_loss"])' "$1/summary.json" 2>/dev/null ||
