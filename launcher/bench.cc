@@ -132,6 +132,7 @@ absl::Status RunBench(const BenchOptions& o) {
   // The trainer's layout checks, on the global batch: every data-parallel rank runs `batch`.
   spec.mutable_data()->set_batch_size(o.batch * grid.dp_size);
   if (auto s = ValidateLayout(spec, grid); !s.ok()) return s;
+  if (auto s = CheckMemoryNeed(spec, grid, device); !s.ok()) return s;
   const bool talk = grid.world_rank == 0;
 
   ops::SetMatmulPrecision(o.bf16 ? ops::MatmulPrecision::kBfloat16 : ops::MatmulPrecision::kFloat32);

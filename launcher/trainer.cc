@@ -1,6 +1,7 @@
 #include "launcher/trainer.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -109,6 +110,37 @@ absl::Status ValidateLayout(const ExperimentSpec& spec, const ProcessGrid& grid)
   return absl::OkStatus();
 }
 
+absl::Status CheckMemoryNeed(const ExperimentSpec& spec, const ProcessGrid& grid, Device device) {
+  auto dims = ResolveModelDims(spec.model());
+  if (!dims.ok()) return dims.status();
+  const OptimizerSpec& o = spec.optimizer();
+  const double state = o.kind() == OptimizerSpec::ADAMW ? 8 : o.momentum() != 0 ? 4 : 0;
+  const double params = ParameterCount(*dims) / grid.tp_size;
+  const DataSpec& data = spec.data();
+  const double sequences = data.micro_batch_size() > 0 ? data.micro_batch_size()
+                                                       : double(data.batch_size()) / grid.dp_size;
+  // The residual stream at each layer's input, and the step's int32 tokens.
+  const double stream = sequences * data.seq_len() * dims->width * 4.0 * (dims->depth + 1) +
+                        double(data.batch_size()) / grid.dp_size * (data.seq_len() + 1) * 4;
+  const double need = params * (8 + state) + stream;
+  double have = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  const char* where = "this machine's memory";
+#ifdef GDN_WITH_CUDA
+  if (device == Device::kCUDA) have = double(cuda::DeviceTotalBytes()), where = "the GPU's memory";
+#else
+  (void)device;
+#endif
+  if (need <= have) return absl::OkStatus();
+  const char* culprit = params * (8 + state) >= stream
+                            ? "model sizes (model.width, depth, vocab_size, mlp_ratio, ...)"
+                            : "data.batch_size (or micro_batch_size) x data.seq_len";
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s: a rank needs at least %.3g GB (%.3g parameters at %g bytes with their gradients and "
+      "optimizer state: %.3g GB; activations: %.3g GB), more than %s (%.3g GB)",
+      culprit, need / 1e9, params, 8 + state, params * (8 + state) / 1e9, stream / 1e9, where,
+      have / 1e9));
+}
+
 namespace {
 
 struct Datasets {
@@ -204,15 +236,14 @@ std::string FirstNewLine(const std::string& before, const std::string& now) {
 struct StartPlan {
   int64_t resume_step = -1;             // a verified checkpoint's step, or -1: from the start
   std::optional<TrainResult> finished;  // the run is already over (done or diverged)
+  bool discard = false;  // --restart: rank 0 discards the old run once the model is built
 };
 
 absl::StatusOr<StartPlan> PlanStart(const RunDirectory& dir, const ExperimentSpec& spec,
                                     bool restart) {
   StartPlan plan;
   if (restart) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir.File("checkpoints"), ec);
-    std::filesystem::remove(dir.File("summary.json"), ec);
+    plan.discard = true;
     return plan;
   }
   if (!dir.Exists("spec.textproto")) {
@@ -298,8 +329,17 @@ StartPlan DecodePlan(const Tensor& v) {
 }
 
 // Writes the spec, and keeps the metrics of the steps up to `step` (those after the checkpoint
-// are taken again, so the file reads as if the run had never stopped).
-absl::Status PrepareFiles(RunDirectory& dir, const ExperimentSpec& spec, int64_t step) {
+// are taken again, so the file reads as if the run had never stopped). With `discard` (--restart)
+// the old run's checkpoints and summary go first: only now, with the new model built, so that a
+// restart refused or failed before this point loses nothing.
+absl::Status PrepareFiles(RunDirectory& dir, const ExperimentSpec& spec, int64_t step,
+                          bool discard) {
+  if (discard) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir.File("checkpoints"), ec);
+    if (ec) return absl::InternalError(absl::StrCat(dir.File("checkpoints"), ": ", ec.message()));
+    std::filesystem::remove(dir.File("summary.json"), ec);
+  }
   if (auto s = dir.WriteFile("spec.textproto", SpecToText(spec)); !s.ok()) return s;
   std::string kept;
   if (step > 0 && dir.Exists("metrics.jsonl")) {
@@ -428,6 +468,7 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   if (auto s = ValidateLayout(spec, job_grid); !s.ok()) return s;
   auto device = RunDevice(spec, job_grid);
   if (!device.ok()) return device.status();
+  if (auto s = CheckMemoryNeed(spec, job_grid, *device); !s.ok()) return s;
   // On GPUs with several ranks the groups carry CUDA tensors (activations, gradients) through
   // NCCL and CPU ones (loss sums, verdicts, checkpoint agreement) through the job's MPI groups.
   std::optional<ProcessGrid> device_grid;
@@ -518,8 +559,10 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     if (failed.at(0) != 0) return absl::DataLossError(absl::StrCat(ref.path, ": another rank could not load it"));
     state = *loaded;
   }
-  if (auto s = write([&](RunDirectory& d) { return PrepareFiles(d, spec, state.step); }); !s.ok())
-    return s;
+  auto prepare = [&](RunDirectory& d) {
+    return PrepareFiles(d, spec, state.step, start_plan.discard);
+  };
+  if (auto s = write(prepare); !s.ok()) return s;
 
   const int64_t steps = rs.steps();
   const int local_batch = ds.batch_size() / grid.dp_size;

@@ -23,6 +23,10 @@ absl::Status ValidateRunnable(const ExperimentSpec& spec);
 // The checks that need the job's layout: ranks divisible by parallel.tensor_parallel (the grid
 // exists only if so), the batch divisible by the data-parallel size and micro-batches.
 absl::Status ValidateLayout(const ExperimentSpec& spec, const ProcessGrid& grid);
+// Refuses, before anything is allocated, a run whose rank would hold more than the memory of the
+// machine (device kCPU) or of its GPU (kCUDA) in its parameters, their gradients and optimizer
+// state and one micro-batch's residual stream at each layer: a lower bound on what a rank holds.
+absl::Status CheckMemoryNeed(const ExperimentSpec& spec, const ProcessGrid& grid, Device device);
 // Opens the token file or glob `path` given by `field` ("data.train_path", "--data"): every
 // problem, a token outside the vocabulary included, is an InvalidArgument naming the field.
 absl::StatusOr<TokenDataset> OpenTokens(const std::string& field, const std::string& path,

@@ -7,10 +7,10 @@
 namespace gdn {
 
 namespace {
-// x as an integer if it is one (up to rounding of the ratio), else -1.
+// x as an integer if it is one (up to rounding of the ratio) and below 2^53, else -1.
 int64_t WholeNumber(double x) {
   const double r = std::round(x);
-  return std::abs(x - r) < 1e-6 ? static_cast<int64_t>(r) : -1;
+  return std::abs(x - r) < 1e-6 && std::abs(r) < 0x1p53 ? static_cast<int64_t>(r) : -1;
 }
 }  // namespace
 
@@ -50,6 +50,10 @@ absl::StatusOr<ModelDims> ResolveModelDims(const ModelSpec& spec) {
   }
   if (spec.expand_v() <= 0 || spec.value_heads_per_key_head() <= 0)
     return absl::InvalidArgumentError("model.expand_v and model.value_heads_per_key_head must be > 0");
+  if (double(d.dk) * spec.expand_v() * d.heads * spec.value_heads_per_key_head() > 0x1p53)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "model.expand_v: the value dimension %d * %d * %d * %d is too large", d.heads,
+        spec.value_heads_per_key_head(), d.dk, spec.expand_v()));
   d.dv = d.dk * spec.expand_v();
   d.value_heads = d.heads * spec.value_heads_per_key_head();
   d.value_dim = d.value_heads * d.dv;
@@ -57,7 +61,12 @@ absl::StatusOr<ModelDims> ResolveModelDims(const ModelSpec& spec) {
   const int64_t multiple = spec.mlp_multiple_of();
   if (multiple <= 0 || spec.mlp_ratio() <= 0)
     return absl::InvalidArgumentError("model.mlp_ratio and model.mlp_multiple_of must be > 0");
-  const int64_t hidden = static_cast<int64_t>(std::ceil(spec.mlp_ratio() * d.width - 1e-9));
+  const double hidden_size = std::ceil(spec.mlp_ratio() * d.width - 1e-9);
+  if (hidden_size > 0x1p53)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "model.mlp_ratio: %g * width %d = %g is too large a hidden size", spec.mlp_ratio(),
+        d.width, hidden_size));
+  const int64_t hidden = static_cast<int64_t>(hidden_size);
   d.mlp_hidden = (hidden + multiple - 1) / multiple * multiple;
   if (spec.recurrence() == ModelSpec::CHUNKED && spec.chunk_size() <= 0)
     return absl::InvalidArgumentError("model.chunk_size: must be > 0");
@@ -81,6 +90,16 @@ absl::Status ValidateModelSpec(const ExperimentSpec& spec) {
   if (spec.parametrization().base_width() <= 0)
     return absl::InvalidArgumentError("parametrization.base_width: must be > 0");
   return absl::OkStatus();
+}
+
+double ParameterCount(const ModelDims& d) {
+  const double width = d.width, key = d.key_dim, value = d.value_dim, heads = d.value_heads;
+  const double mixer = width * (2 * key + 2 * value + 2 * heads)  // q, k, v, g, a, b
+                       + d.conv_size * (2 * key + value)         // the three convs
+                       + 2 * heads + d.dv                        // A_log, dt_bias, o_norm
+                       + value * width;                          // o
+  const double layer = 2 * width + mixer + 3 * width * double(d.mlp_hidden);
+  return double(d.vocab) * width * (d.tied ? 1 : 2) + width + d.depth * layer;
 }
 
 }  // namespace gdn

@@ -29,4 +29,9 @@ absl::StatusOr<ModelDims> ResolveModelDims(const ModelSpec& spec);
 // tensor-parallel size.
 absl::Status ValidateModelSpec(const ExperimentSpec& spec);
 
+// The number of parameters LanguageModel holds for these sizes (tests/parametrization_test.cc
+// checks it against the built model), in double: sizes are checked with it before anything is
+// allocated, whatever they are.
+double ParameterCount(const ModelDims& d);
+
 }  // namespace gdn

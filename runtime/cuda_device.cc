@@ -2,6 +2,7 @@
 #include "runtime/cuda_device.h"
 
 #include <cstdlib>
+#include <utility>
 
 #include "runtime/block_pool.h"
 #include "runtime/cuda_check.h"
@@ -120,12 +121,21 @@ size_t DeviceCachedBytes() { return Pool().cached(); }
 size_t DeviceAllocatedBytes() { return Pool().allocated(); }
 size_t DevicePeakAllocatedBytes() { return Pool().peak(); }
 
-size_t DeviceBytesInUseByAll() {
+namespace {
+// cudaMemGetInfo of this process's GPU: {free, total}.
+std::pair<size_t, size_t> MemInfo() {
   Stream();  // the device is chosen first
   size_t free = 0, total = 0;
   CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return {free, total};
+}
+}  // namespace
+
+size_t DeviceBytesInUseByAll() {
+  const auto [free, total] = MemInfo();
   return total - free;
 }
+size_t DeviceTotalBytes() { return MemInfo().second; }
 
 void CopyHostToDevice(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;

@@ -42,6 +42,8 @@ size_t DevicePeakAllocatedBytes();
 // cache and CUDA context, cuBLAS's workspaces, the gated delta rule's scratch pool, other
 // processes on the same GPU.
 size_t DeviceBytesInUseByAll();
+// The GPU's memory in all (cudaMemGetInfo's total).
+size_t DeviceTotalBytes();
 
 // Copies and memset on the process's stream. Copies that touch host memory wait for completion,
 // so the host buffer may be reused or freed at once.

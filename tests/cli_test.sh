@@ -135,6 +135,22 @@ expect 0 "done after 20 steps" -- "$gdn" train --spec tiny.textproto --set run.d
   fail "--restart with the first spec: checkpoints $(ls $d/checkpoints)," \
     "$(diff <(echo "$first_metrics") <(metrics) | head -4)"
 
+# Sizes beyond this machine's memory are refused before anything is allocated or written (they
+# used to abort in the allocator): a new run directory is not created, and a --restart of a
+# finished run keeps every file.
+for set in model.width=1048576 model.mlp_ratio=1e12 model.depth=100000000 model.conv_size=2147483647 \
+    data.batch_size=2147483647; do
+  expect 2 "^error: (model sizes|data.batch_size).*a rank needs at least .*, more than this \
+machine's memory" -- "$gdn" train --spec tiny.textproto --set run.dir=runs/huge --set $set \
+    --set model.head_dim=8
+done
+[ ! -e runs/huge ] && ok || fail "a refused run created its directory"
+before=$(snapshot)
+expect 2 "^error: model sizes" -- "$gdn" train --spec tiny.textproto --set run.dir=$d \
+  --set model.width=1048576 --restart
+[ "$(snapshot)" = "$before" ] && ok || fail "a refused --restart changed files"
+expect 2 "^error: model sizes" -- "$gdn" bench --width 2000000000 --depth 1 --iters 1
+
 # Bad input: exit 2, the field or file named, no run directory created.
 bad() {
   local pattern=$1

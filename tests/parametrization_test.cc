@@ -316,6 +316,22 @@ TEST(Parametrization, MupTableTiedAndHeadSizeScaling) {
   }
 }
 
+// ParameterCount (the memory check before allocating) counts what the model builds.
+TEST(Parametrization, ParameterCountIsTheModels) {
+  for (const bool tied : {false, true})
+    for (const int variant : {0, 1, 2}) {
+      ExperimentSpec s = BaseSpec(ParametrizationSpec::MUP, 128, 32, OptimizerSpec::ADAMW);
+      ModelSpec& m = *s.mutable_model();
+      m.set_tie_embeddings(tied);
+      if (variant == 1) m.set_expand_v(3), m.set_value_heads_per_key_head(2), m.set_conv_size(3);
+      if (variant == 2) m.set_head_scaling(ModelSpec::HEAD_SIZE), m.set_num_heads(3);
+      ASSERT_TRUE(ValidateModelSpec(s).ok()) << ValidateModelSpec(s);
+      LanguageModel model(s, DType::kF32);
+      EXPECT_EQ(ParameterCount(*ResolveModelDims(m)), double(model.params().NumElements()))
+          << "tied " << tied << " variant " << variant;
+    }
+}
+
 // Heads growing in size: muP's recurrence scale is (m/dk)^1/2, fla's dk^-1/2 times sqrt(m). With
 // one layer and equal weights, the muP model's recurrent output is exactly sqrt(m) times the SP
 // model's (the output is linear in the scale); growing in count, the two are equal.
