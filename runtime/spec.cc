@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <utility>
@@ -275,6 +276,10 @@ absl::StatusOr<ExperimentSpec> ParseSpecText(const std::string& text,
 }
 
 absl::StatusOr<ExperimentSpec> LoadSpec(const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError("spec file: the path is empty");
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory, not a spec file"));
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot read: ", std::strerror(errno)));
   std::stringstream buffer;
@@ -352,6 +357,8 @@ absl::Status ValidateSpec(const ExperimentSpec& spec) {
   const ParametrizationSpec& p = spec.parametrization();
   c.Positive("parametrization.base_width", int64_t{p.base_width()});
   c.NonNegative("parametrization.init_std", p.init_std());
+  c.Positive("parametrization.alpha_in", p.alpha_in());
+  c.Positive("parametrization.alpha_out", p.alpha_out());
 
   const OptimizerSpec& o = spec.optimizer();
   c.Positive("optimizer.lr", o.lr());
@@ -371,6 +378,7 @@ absl::Status ValidateSpec(const ExperimentSpec& spec) {
   if (std::string why = DataPathProblem(d.val_path()); !why.empty()) c.Error("data.val_path", why);
 
   const RunSpec& r = spec.run();
+  if (r.dir().empty()) c.Error("run.dir", "empty");
   c.Positive("run.steps", int64_t{r.steps()});
   c.NonNegative("run.eval_interval", int64_t{r.eval_interval()});
   c.Positive("run.eval_batches", int64_t{r.eval_batches()});
@@ -402,12 +410,35 @@ absl::Status ValidateSpec(const ExperimentSpec& spec) {
       c.Error(field, "must not hold a line break or a single quote");
 
   const SweepSpec& s = spec.sweep();
+  if (s.dir().empty()) c.Error("sweep.dir", "empty");
   for (int i = 0; i < s.learning_rates_size(); ++i)
     c.Positive(absl::StrCat("sweep.learning_rates[", i, "]"), s.learning_rates(i));
   for (int i = 0; i < s.widths_size(); ++i)
     c.Positive(absl::StrCat("sweep.widths[", i, "]"), int64_t{s.widths(i)});
-  for (int i = 0; i < s.axes_size(); ++i)
-    if (absl::Status st = CheckAxis(spec, s.axes(i), i); !st.ok()) c.Error(st);
+  // Each field swept once: an axis on a field that a list or another axis sweeps would be
+  // overridden by it (the run's id and its model would disagree).
+  std::map<std::string, std::string> swept;
+  struct List {
+    const char *field, *name;
+    int size;
+  };
+  const List lists[] = {
+      {"parametrization.kind", "sweep.parametrizations", s.parametrizations_size()},
+      {"optimizer.kind", "sweep.optimizers", s.optimizers_size()},
+      {"model.width", "sweep.widths", s.widths_size()},
+      {"optimizer.lr", "sweep.learning_rates", s.learning_rates_size()},
+      {"run.seed", "sweep.seeds", s.seeds_size()}};
+  for (const List& l : lists)
+    if (l.size > 0) swept[l.field] = l.name;
+  for (int i = 0; i < s.axes_size(); ++i) {
+    if (absl::Status st = CheckAxis(spec, s.axes(i), i); !st.ok()) {
+      c.Error(st);
+      continue;
+    }
+    const std::string name = absl::StrCat("sweep.axes[", i, "]");
+    auto [at, added] = swept.emplace(s.axes(i).field(), name);
+    if (!added) c.Error(name, absl::StrCat(s.axes(i).field(), " is already swept by ", at->second));
+  }
   return c.status();
 }
 

@@ -129,6 +129,13 @@ TEST(ParseSpec, LoadSpecFileAndMissingFile) {
   auto missing = LoadSpec("/nonexistent/x.pbtxt");
   ASSERT_FALSE(missing.ok());
   EXPECT_HAS(missing.status().message(), "/nonexistent/x.pbtxt: cannot read: ");
+  // A folder opens as a stream that reads nothing: it must not pass as an empty spec.
+  auto folder = LoadSpec(::testing::TempDir());
+  ASSERT_FALSE(folder.ok());
+  EXPECT_HAS(folder.status().message(), "is a directory, not a spec file");
+  auto empty = LoadSpec("");
+  ASSERT_FALSE(empty.ok());
+  EXPECT_HAS(empty.status().message(), "spec file: the path is empty");
 }
 
 // ---- overrides ----
@@ -273,6 +280,12 @@ TEST_F(SpecFiles, EachBadValueNamesItsField) {
       {"model.norm_eps=0", "model.norm_eps: must be > 0"},
       {"parametrization.base_width=0", "parametrization.base_width: must be > 0"},
       {"parametrization.init_std=-1", "parametrization.init_std: must be >= 0, got -1"},
+      {"parametrization.alpha_in=nan", "parametrization.alpha_in: must be > 0, got nan"},
+      {"parametrization.alpha_in=inf", "parametrization.alpha_in: must be > 0, got inf"},
+      {"parametrization.alpha_out=nan", "parametrization.alpha_out: must be > 0, got nan"},
+      {"parametrization.alpha_out=0", "parametrization.alpha_out: must be > 0, got 0"},
+      {"run.dir=", "run.dir: empty"},
+      {"sweep.dir=", "sweep.dir: empty"},
       {"optimizer.lr=-0.1", "optimizer.lr: must be > 0, got -0.1"},
       {"optimizer.lr=0", "optimizer.lr: must be > 0, got 0"},
       {"optimizer.lr=nan", "optimizer.lr: must be > 0, got nan"},
@@ -353,6 +366,26 @@ TEST_F(SpecFiles, SweepAxes) {
   EXPECT_HAS(ErrorOf(spec), "sweep.axes[0] (model.depth=deep): not a valid int32");
   axis->clear_values();
   EXPECT_HAS(ErrorOf(spec), "sweep.axes[0] (model.depth): no values");
+}
+
+// A field swept twice would have one sweep override the other, and the run ids would name values
+// the runs do not have: refused, naming both.
+TEST_F(SpecFiles, EachFieldIsSweptOnce) {
+  ExperimentSpec spec = Valid();
+  spec.mutable_sweep()->add_widths(64);
+  auto* axis = spec.mutable_sweep()->add_axes();
+  axis->set_field("model.width");
+  axis->add_values("32");
+  EXPECT_HAS(ErrorOf(spec), "sweep.axes[0]: model.width is already swept by sweep.widths");
+  axis->set_field("optimizer.lr");
+  EXPECT_TRUE(ValidateSpec(spec).ok()) << ValidateSpec(spec);
+  spec.mutable_sweep()->add_learning_rates(0.01);
+  EXPECT_HAS(ErrorOf(spec), "sweep.axes[0]: optimizer.lr is already swept by sweep.learning_rates");
+  spec.mutable_sweep()->clear_learning_rates();
+  auto* again = spec.mutable_sweep()->add_axes();
+  again->set_field("optimizer.lr");
+  again->add_values("0.1");
+  EXPECT_HAS(ErrorOf(spec), "sweep.axes[1]: optimizer.lr is already swept by sweep.axes[0]");
 }
 
 // ---- sweep grids ----
