@@ -26,7 +26,7 @@
 #include "launcher/cli.h"
 #include "launcher/process.h"
 #include "launcher/trainer.h"
-#include "model/lm.h"
+#include "model/config.h"
 #include "runtime/run_dir.h"
 
 namespace gdn {
@@ -46,13 +46,13 @@ std::string DescribePlan(const std::vector<GridPoint>& points) {
   double total_flops = 0;
   os << absl::StrFormat("%-44s %10s %12s %12s\n", "run", "params", "tokens", "PFLOP");
   for (const GridPoint& p : points) {
-    // Building the model only counts parameters: no initialisation, no data.
-    LanguageModel model(p.spec, DType::kF32);
+    // From the sizes alone: a plan allocates nothing, whatever the sizes.
+    const ModelDims dims = *ResolveModelDims(p.spec.model());  // the grid is validated
     const double tokens = static_cast<double>(p.spec.run().steps()) * p.spec.data().batch_size() *
                           p.spec.data().seq_len();
-    const double flops = model.MatmulFlopsPerToken() * tokens;
+    const double flops = MatmulFlopsPerToken(dims) * tokens;
     total_flops += flops;
-    os << absl::StrFormat("%-44s %9.2fM %12.0f %12.4f\n", p.id, model.params().NumElements() / 1e6,
+    os << absl::StrFormat("%-44s %9.2fM %12.0f %12.4f\n", p.id, ParameterCount(dims) / 1e6,
                           tokens, flops / 1e15);
   }
   os << absl::StrFormat("%d runs, %.4f PFLOP of matrix products in all\n", points.size(),

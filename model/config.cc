@@ -102,4 +102,11 @@ double ParameterCount(const ModelDims& d) {
   return double(d.vocab) * width * (d.tied ? 1 : 2) + width + d.depth * layer;
 }
 
+double MatmulFlopsPerToken(const ModelDims& d) {
+  const double width = d.width, key = d.key_dim, value = d.value_dim;
+  const double layer = width * (2 * key + 3 * value + 2 * d.value_heads)  // q, k, v, g, a, b, o
+                       + 3 * width * double(d.mlp_hidden);
+  return 6 * (d.depth * layer + double(d.vocab) * width);
+}
+
 }  // namespace gdn

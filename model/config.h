@@ -33,5 +33,8 @@ absl::Status ValidateModelSpec(const ExperimentSpec& spec);
 // checks it against the built model), in double: sizes are checked with it before anything is
 // allocated, whatever they are.
 double ParameterCount(const ModelDims& d);
+// 6 x the weights that multiply every token (the hidden matrices, the gate projections and the
+// head): the model's FLOPs per trained token in matrix products (tested against the model too).
+double MatmulFlopsPerToken(const ModelDims& d);
 
 }  // namespace gdn

@@ -61,10 +61,7 @@ void LanguageModel::Initialize(uint64_t seed) {
 }
 
 double LanguageModel::MatmulFlopsPerToken() const {
-  double n = 0;
-  for (const auto& p : params_.all())
-    if (p->cls == ParamClass::kHidden || p->cls == ParamClass::kGateReadout || p.get() == head_) n += gdn::NumElements(p->global_shape);
-  return 6.0 * n;
+  return gdn::MatmulFlopsPerToken(builder_.dims);
 }
 
 void LanguageModel::Forward(const Tensor& tokens, Probes* probes, bool full_logits,

@@ -316,7 +316,8 @@ TEST(Parametrization, MupTableTiedAndHeadSizeScaling) {
   }
 }
 
-// ParameterCount (the memory check before allocating) counts what the model builds.
+// ParameterCount (the memory check before allocating) and MatmulFlopsPerToken (MFU, sweep plans)
+// count what the model builds.
 TEST(Parametrization, ParameterCountIsTheModels) {
   for (const bool tied : {false, true})
     for (const int variant : {0, 1, 2}) {
@@ -327,8 +328,16 @@ TEST(Parametrization, ParameterCountIsTheModels) {
       if (variant == 2) m.set_head_scaling(ModelSpec::HEAD_SIZE), m.set_num_heads(3);
       ASSERT_TRUE(ValidateModelSpec(s).ok()) << ValidateModelSpec(s);
       LanguageModel model(s, DType::kF32);
-      EXPECT_EQ(ParameterCount(*ResolveModelDims(m)), double(model.params().NumElements()))
+      const ModelDims dims = *ResolveModelDims(m);
+      EXPECT_EQ(ParameterCount(dims), double(model.params().NumElements()))
           << "tied " << tied << " variant " << variant;
+      // The weights of matrix products: hidden matrices, gate projections and the head.
+      double matmul = 0;
+      for (const auto& p : model.params().all())
+        if (p->cls == ParamClass::kHidden || p->cls == ParamClass::kGateReadout ||
+            p->name == (tied ? "embedding" : "lm_head"))
+          matmul += p->value.numel();
+      EXPECT_EQ(MatmulFlopsPerToken(dims), 6 * matmul) << "tied " << tied << " variant " << variant;
     }
 }
 
