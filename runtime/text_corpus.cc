@@ -95,10 +95,21 @@ absl::Status PrepareCorpus(const CorpusOptions& options, std::string* summary) {
   if (!fs::is_directory(dir, ec)) {
     return absl::NotFoundError(absl::StrFormat("%s: input directory not found", dir));
   }
+  // With --out the input folder itself, the shards an earlier run wrote there (and their
+  // temporary files) are not documents.
+  const char* const kShards[2] = {"train.bin", "val.bin"};
+  std::error_code same_ec;
+  const bool out_is_in = fs::equivalent(dir, options.out_dir, same_ec);
+  auto is_shard = [&](const std::string& name) {
+    for (const std::string shard : kShards)
+      if (name == shard || name == shard + ".tmp") return true;
+    return false;
+  };
   std::vector<std::string> names;
   for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
     if (!e.is_regular_file()) continue;
     std::string name = e.path().filename().string();
+    if (out_is_in && is_shard(name)) continue;
     if (!brown || IsBrownDocumentName(name)) names.push_back(std::move(name));
   }
   if (ec) return absl::InternalError(absl::StrFormat("%s: cannot list: %s", dir, ec.message()));
@@ -127,8 +138,8 @@ absl::Status PrepareCorpus(const CorpusOptions& options, std::string* summary) {
 
   fs::create_directories(options.out_dir, ec);
   if (ec) return absl::InternalError(absl::StrFormat("%s: cannot create: %s", options.out_dir, ec.message()));
-  const std::string paths[2] = {(fs::path(options.out_dir) / "train.bin").string(),
-                                (fs::path(options.out_dir) / "val.bin").string()};
+  const std::string paths[2] = {(fs::path(options.out_dir) / kShards[0]).string(),
+                                (fs::path(options.out_dir) / kShards[1]).string()};
   for (int s = 0; s < 2; ++s) {
     if (absl::Status st = WriteTokenShard(paths[s], split[s]); !st.ok()) return st;
   }

@@ -24,8 +24,9 @@ struct CorpusOptions {
 
 // Converts the documents of input_dir (sorted by name) and writes out_dir/train.bin and
 // out_dir/val.bin as token shards. Each document, trailing newlines removed, is followed by
-// "\n\n" (a blank line between documents). Creates out_dir. `summary` (optional) gets one line
-// of document and token counts per split.
+// "\n\n" (a blank line between documents). Creates out_dir. When out_dir is input_dir, the
+// shards there (train.bin, val.bin, from an earlier run) are not read as documents. `summary`
+// (optional) gets one line of document and token counts per split.
 absl::Status PrepareCorpus(const CorpusOptions& options, std::string* summary);
 
 }  // namespace gdn

@@ -99,6 +99,28 @@ TEST_F(PrepareCorpusTest, TextFormatKeepsRawBytes) {
   EXPECT_EQ(Tokens("val"), "second\n\n");
 }
 
+// With --out the input folder, a second run does not read the first one's shards as documents:
+// it writes the same shards again.
+TEST_F(PrepareCorpusTest, OutputInsideTheInputIsNotReadBack) {
+  Write("a.txt", "first\n");
+  Write("b.txt", "second\n");
+  out_ = in_;
+  CorpusOptions o{in_, "text", in_ + "/.", 2};
+  for (int run = 0; run < 2; ++run) {
+    SCOPED_TRACE(run);
+    std::string summary;
+    ASSERT_TRUE(PrepareCorpus(o, &summary).ok());
+    EXPECT_NE(summary.find(": 2 documents;"), std::string::npos) << summary;
+    EXPECT_EQ(Tokens("train"), "first\n\n");
+    EXPECT_EQ(Tokens("val"), "second\n\n");
+  }
+  // Elsewhere, files of those names are documents like any other.
+  out_ = dir_ + "/out";
+  ASSERT_TRUE(PrepareCorpus({in_, "text", out_, 2}, nullptr).ok());
+  EXPECT_EQ(Tokens("train").substr(0, 7), "first\n\n");
+  EXPECT_NE(Tokens("val").find("second\n\n"), std::string::npos);
+}
+
 TEST_F(PrepareCorpusTest, Errors) {
   std::string summary;
   absl::Status s = PrepareCorpus({dir_ + "/missing", "brown", out_, 20}, &summary);
