@@ -203,7 +203,10 @@ int SweepSlurm(const ParsedArgs& args) {
   if (!points.ok()) return Fail(points.status());
   const bool submit = args.GetBool("submit");
   auto job = PrepareSlurm(*spec, *points, submit);
-  if (!job.ok()) return Fail(job.status(), kExitFailure);
+  if (!job.ok())
+    return Fail(job.status(), job.status().code() == absl::StatusCode::kInvalidArgument
+                                  ? kExitUsage
+                                  : kExitFailure);
   if (job->tasks.empty()) {
     std::printf("gdn sweep slurm: all %zu runs are finished; nothing to run\n", points->size());
     return kExitOk;

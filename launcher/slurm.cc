@@ -1,11 +1,16 @@
 #include "launcher/slurm.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "launcher/process.h"
 #include "launcher/sweep.h"
@@ -26,7 +31,39 @@ std::string Absolute(const std::string& path) {
   return std::filesystem::absolute(path).lexically_normal().string();
 }
 
+// sbatch --time: [days-]hours or [days-]minutes, then up to two more ":number" parts (M, M:S,
+// H:M:S, D-H, D-H:M, D-H:M:S), or no limit.
+bool IsSlurmTime(absl::string_view t) {
+  if (absl::EqualsIgnoreCase(t, "UNLIMITED") || absl::EqualsIgnoreCase(t, "INFINITE")) return true;
+  auto number = [](absl::string_view n) {
+    return !n.empty() && std::all_of(n.begin(), n.end(), absl::ascii_isdigit);
+  };
+  if (const size_t dash = t.find('-'); dash != absl::string_view::npos) {
+    if (!number(t.substr(0, dash))) return false;
+    t.remove_prefix(dash + 1);
+  }
+  const std::vector<absl::string_view> parts = absl::StrSplit(t, ':');
+  return parts.size() <= 3 && std::all_of(parts.begin(), parts.end(), number);
+}
+
 }  // namespace
+
+absl::Status ValidateSlurm(const ExperimentSpec& spec) {
+  const SlurmSpec& s = spec.slurm();
+  std::vector<std::string> errors;
+  if (!IsSlurmTime(s.time()))
+    errors.push_back(absl::StrCat("slurm.time: '", s.time(),
+                                  "' is not an sbatch time (minutes, MM:SS, HH:MM:SS, D-HH, "
+                                  "D-HH:MM or D-HH:MM:SS)"));
+  for (const auto& [field, value] :
+       {std::pair{"slurm.partition", s.partition()}, {"slurm.account", s.account()},
+        {"name", spec.name()}})
+    if (std::any_of(value.begin(), value.end(), absl::ascii_isspace))
+      errors.push_back(absl::StrCat(field, ": '", absl::CEscape(value),
+                                    "' holds whitespace, which the batch script would split"));
+  if (errors.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(errors, "; "));
+}
 
 std::string ArrayRanges(const std::vector<size_t>& indices) {
   std::vector<std::string> parts;
@@ -99,6 +136,7 @@ std::string SlurmScript(const ExperimentSpec& spec, const std::vector<GridPoint>
 
 absl::StatusOr<SlurmSubmission> PrepareSlurm(const ExperimentSpec& spec,
                                              const std::vector<GridPoint>& points, bool submit) {
+  if (auto s = ValidateSlurm(spec); !s.ok()) return s;
   SlurmSubmission out;
   for (size_t i = 0; i < points.size(); ++i) {
     const std::string status = ReadRun(points[i]).status;

@@ -23,14 +23,21 @@ std::string SlurmScript(const ExperimentSpec& spec, const std::vector<GridPoint>
                         const std::vector<size_t>& tasks, const std::string& gdn,
                         const std::string& workdir);
 
+// The checks of the spec's slurm block that ValidateSpec leaves out, for values that go into the
+// batch script as they are: slurm.time in one of sbatch's formats (M, M:S, H:M:S, D-H, D-H:M,
+// D-H:M:S; UNLIMITED or INFINITE), and no whitespace in slurm.time, slurm.partition,
+// slurm.account or the job name (the spec's name). All problems are joined into one line.
+absl::Status ValidateSlurm(const ExperimentSpec& spec);
+
 struct SlurmSubmission {
   std::string script_path;
   std::vector<size_t> tasks;  // the points not yet done or diverged
   std::string job_id;         // empty unless submitted
 };
-// Writes every unfinished point's <run dir>/point.textproto and the script
-// <sweep.dir>/slurm/sweep.sbatch; with `submit`, runs `sbatch --parsable` on it. Nothing is
-// written or submitted when every run is finished.
+// Checks the slurm block (ValidateSlurm: an InvalidArgument, nothing written), then writes every
+// unfinished point's <run dir>/point.textproto and the script <sweep.dir>/slurm/sweep.sbatch;
+// with `submit`, runs `sbatch --parsable` on it. Nothing is written or submitted when every run
+// is finished.
 absl::StatusOr<SlurmSubmission> PrepareSlurm(const ExperimentSpec& spec,
                                              const std::vector<GridPoint>& points, bool submit);
 

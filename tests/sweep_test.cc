@@ -457,6 +457,53 @@ TEST(Slurm, SpecFieldsAreValidated) {
   EXPECT_TRUE(absl::StrContains(s.message(), "slurm.partition: must not hold")) << s;
 }
 
+// Values that go into the batch script as they are: a --time that sbatch reads, no whitespace
+// that would split a #SBATCH line. Refused before anything is written.
+TEST_F(SweepReadBack, SlurmRefusesTimesAndWordsSbatchWouldMisread) {
+  auto spec = ParseSpecText(
+      absl::StrCat("name: \"w\" run { steps: 10 } sweep { widths: [32] dir: \"", dir_.string(),
+                   "\" }"),
+      "test");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  FillDefaults(&*spec);
+  auto points = ExpandGrid(*spec);
+  ASSERT_TRUE(points.ok()) << points.status();
+  for (const std::string time : {"abc", "1:2:3:4", "-5", "2-", "1::2", "1h", "01:00:00 "}) {
+    spec->mutable_slurm()->set_time(time);
+    auto job = PrepareSlurm(*spec, *points, false);
+    ASSERT_FALSE(job.ok()) << time;
+    EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(job.status().message(),
+                                  absl::StrCat("slurm.time: '", time, "' is not an sbatch time")))
+        << job.status();
+  }
+  spec->mutable_slurm()->set_time("01:00:00");
+  spec->mutable_slurm()->set_partition("a b");
+  spec->mutable_slurm()->set_account("x\ty");
+  spec->set_name("my sweep");
+  auto job = PrepareSlurm(*spec, *points, false);
+  ASSERT_FALSE(job.ok());
+  EXPECT_EQ(job.status().message(),
+            "slurm.partition: 'a b' holds whitespace, which the batch script would split; "
+            "slurm.account: 'x\\ty' holds whitespace, which the batch script would split; "
+            "name: 'my sweep' holds whitespace, which the batch script would split");
+  EXPECT_FALSE(std::filesystem::exists(dir_)) << "nothing is written";
+
+  spec->set_name("w");
+  spec->mutable_slurm()->set_partition("gpu,cpu");
+  spec->mutable_slurm()->set_account("proj");
+  for (const std::string time : {"90", "30:00", "04:00:00", "2-12", "2-12:30", "2-12:30:00",
+                                 "UNLIMITED"}) {
+    spec->mutable_slurm()->set_time(time);
+    auto job = PrepareSlurm(*spec, *points, false);
+    ASSERT_TRUE(job.ok()) << time << ": " << job.status();
+    std::ifstream in(job->script_path);
+    std::stringstream script;
+    script << in.rdbuf();
+    EXPECT_TRUE(absl::StrContains(script.str(), "#SBATCH --time=" + time + "\n")) << script.str();
+  }
+}
+
 TEST(Slurm, SchedulingDoesNotChangeRunIds) {
   auto a = ParseSpecText(R"(sweep { widths: [64] })", "a");
   auto b = ParseSpecText(R"(sweep { widths: [64] } slurm { partition: "x" max_running: 9 })", "b");
