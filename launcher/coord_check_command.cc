@@ -1,5 +1,6 @@
 #include "launcher/coord_check_command.h"
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -43,8 +44,9 @@ bool ParseOptimizer(absl::string_view s, OptimizerSpec::Kind* k) {
 absl::StatusOr<double> ParseLr(const std::string& flag, const std::string& value) {
   if (value.empty()) return 0.0;
   double lr = 0;
-  if (!absl::SimpleAtod(value, &lr) || !(lr > 0))
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", value, "' is not a positive number"));
+  if (!absl::SimpleAtod(value, &lr) || !(lr > 0) || !std::isfinite(lr))
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, ": '", value, "' is not a finite positive number"));
   return lr;
 }
 

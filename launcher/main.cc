@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -47,6 +48,15 @@ int Fail(const absl::Status& status, int code = kExitUsage) {
   }
   AwaitAllRanksBeforeExit();
   return code;
+}
+
+// A floating-point flag's value; absl::SimpleAtod also reads "nan" and "inf", which no flag means.
+absl::StatusOr<double> FiniteFlag(const ParsedArgs& args, const std::string& name) {
+  double v = 0;
+  if (!absl::SimpleAtod(args.Get(name), &v) || !std::isfinite(v))
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, ": not a finite number: '", args.Get(name), "'"));
+  return v;
 }
 
 int Train(const ParsedArgs& args) {
@@ -269,9 +279,11 @@ int Bench(const ParsedArgs& args) {
   o.zero = args.GetBool("zero");
   o.recompute = args.GetBool("recompute");
   o.save_recurrence = args.GetBool("save-recurrence");
-  if (!absl::SimpleAtod(args.Get("bucket-mb"), &o.bucket_mb) || !(o.bucket_mb > 0))
+  auto bucket_mb = FiniteFlag(args, "bucket-mb");
+  if (!bucket_mb.ok() || !(*bucket_mb > 0))
     return Fail(absl::InvalidArgumentError("--bucket-mb: '" + args.Get("bucket-mb") +
                                            "' (use a number of MiB > 0)"));
+  o.bucket_mb = *bucket_mb;
   if (auto s = RunBench(o); !s.ok()) return Fail(s);
   return kExitOk;
 }
@@ -394,8 +406,9 @@ int Sample(const ParsedArgs& args) {
   auto seed = args.GetInt("seed");
   if (!seed.ok()) return Fail(seed.status());
   o.seed = static_cast<uint64_t>(*seed);
-  if (!absl::SimpleAtod(args.Get("temperature"), &o.temperature))
-    return Fail(absl::InvalidArgumentError("--temperature: not a number: '" + args.Get("temperature") + "'"));
+  auto temperature = FiniteFlag(args, "temperature");
+  if (!temperature.ok()) return Fail(temperature.status());
+  o.temperature = *temperature;
   auto text = SampleRun(args.Get("run"), o);
   if (!text.ok()) return Fail(text.status(), ExitCodeFor(text.status()));
   std::printf("%s%s\n", o.prompt.c_str(), text->c_str());

@@ -88,6 +88,7 @@ absl::StatusOr<std::vector<std::string>> ImportRun(const std::string& from_dir,
                                                    const std::string& run_dir,
                                                    const std::vector<std::string>& overrides) {
   namespace fs = std::filesystem;
+  if (run_dir.empty()) return absl::InvalidArgumentError("--run: empty");
   if (fs::exists(run_dir + "/spec.textproto") || fs::exists(run_dir + "/checkpoints") ||
       fs::exists(run_dir + "/metrics.jsonl"))
     return absl::AlreadyExistsError(absl::StrCat(
@@ -98,9 +99,19 @@ absl::StatusOr<std::vector<std::string>> ImportRun(const std::string& from_dir,
   for (const std::string& o : overrides)
     if (auto s = ApplyOverride(&spec, o); !s.ok()) return s;
   spec.mutable_run()->set_dir(run_dir);
-  if (spec.parallel().tensor_parallel() < 1)
-    return absl::InvalidArgumentError("parallel.tensor_parallel: must be >= 1");
-  if (auto s = ValidateModelSpec(spec); !s.ok()) return s;
+  // The run directory gets a spec that `gdn train` accepts: train's checks. The data files may
+  // come later (eval --data and sample read none; train checks them), so a named data path stands
+  // in as a readable file here. The error blames config.json when the import alone fails them.
+  auto trainable = [&](ExperimentSpec s) {
+    s.mutable_run()->set_dir(run_dir);
+    for (std::string* path :
+         {s.mutable_data()->mutable_train_path(), s.mutable_data()->mutable_val_path()})
+      if (!path->empty()) *path = from_dir + "/config.json";
+    return ValidateRunnable(s);
+  };
+  if (auto s = trainable(spec); !s.ok())
+    return absl::InvalidArgumentError(absl::StrCat(
+        trainable(model->spec).ok() ? "--set: " : from_dir + "/config.json: ", s.message()));
   // The overrides may not change the model's shape: the weights are fixed.
   auto before = ResolveModelDims(model->spec.model());
   auto after = ResolveModelDims(spec.model());
@@ -145,9 +156,16 @@ absl::StatusOr<EvalResult> EvalRun(const std::string& run_dir, const EvalOptions
   const int batch = spec.data().batch_size(), seq = spec.data().seq_len();
   auto loader = BatchLoader::Create(&*data, seq, batch, 0);
   if (!loader.ok()) return absl::InvalidArgumentError(absl::StrCat("--data: ", loader.status().message()));
+  // --batches N reads N batches of non-overlapping windows, so at most the file's full batches
+  // (the default, the trainer's run.eval_batches, wraps around as the trainer does).
+  const int64_t full_batches = loader->num_eval_windows() / batch;
+  if (options.batches > full_batches)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--batches %d: %s has %d windows of %d tokens, %d full batches of %d (--batches 0: all)",
+        options.batches, r.data, loader->num_eval_windows(), seq + 1, full_batches, batch));
   int64_t batches = options.batches < 0 ? spec.run().eval_batches() : options.batches;
   if (batches == 0) {
-    batches = loader->num_eval_windows() / batch;
+    batches = full_batches;
     if (batches == 0)
       return absl::InvalidArgumentError(absl::StrFormat(
           "--data: %s has %d windows of %d tokens, fewer than one batch of %d", r.data,

@@ -23,7 +23,8 @@ absl::StatusOr<std::vector<std::string>> ExportRun(const std::string& run_dir,
 // Imports an exported model directory into a new run directory: spec.textproto (reconstructed,
 // then the --set overrides, run.dir = run_dir) and a parameters-only checkpoint at step 0, so
 // `gdn train --spec RUN/spec.textproto` continues training it and `gdn eval` evaluates it.
-// Refuses a run directory that already holds a run (nothing is overwritten).
+// Refuses a run directory that already holds a run (nothing is overwritten), and a spec that
+// `gdn train` would refuse (its data files aside: they may come later).
 absl::StatusOr<std::vector<std::string>> ImportRun(const std::string& from_dir,
                                                    const std::string& run_dir,
                                                    const std::vector<std::string>& overrides);
@@ -32,6 +33,7 @@ struct EvalOptions {
   std::optional<int64_t> step;
   std::string data;     // token shard (or glob); "" = the spec's data.val_path
   int64_t batches = -1; // batches of data.batch_size windows; -1 = run.eval_batches; 0 = all
+                        // (more than the data's full batches is an error)
   // When set: a safetensors file with the first batch's input tokens ("tokens", I32 [B, T]) and
   // the model's logits for them ("logits", F32 [B, T, vocab]), for independent checks.
   std::string logits_out;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -15,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "model/config.h"
 #include "model/lm.h"
 #include "model/parametrization.h"
@@ -74,14 +76,6 @@ std::string JsonDouble(double x) {
   return absl::StrFormat("%.17g", x);
 }
 
-// Shapes of every parameter of the model `spec` describes, by our names, in model order.
-std::vector<std::pair<std::string, Shape>> ExpectedParameters(const ExperimentSpec& spec) {
-  LanguageModel model(spec, DType::kF32);
-  std::vector<std::pair<std::string, Shape>> out;
-  for (const auto& p : model.params().all()) out.emplace_back(p->name, p->global_shape);
-  return out;
-}
-
 Tensor Scaled(const Tensor& t, double s) {
   Tensor out = t.Clone();
   if (s != 1.0)
@@ -109,6 +103,36 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
 
 }  // namespace
 
+std::vector<std::pair<std::string, Shape>> ParameterShapes(const ModelDims& d) {
+  std::vector<std::pair<std::string, Shape>> out = {{"embedding", {d.vocab, d.width}}};
+  for (int64_t l = 0; l < d.depth; ++l) {
+    const std::string prefix = absl::StrCat("layers.", l, ".");
+    const std::pair<const char*, Shape> layer[] = {
+        {"attn_norm", {d.width}},
+        {"attn.q_proj", {d.key_dim, d.width}},
+        {"attn.k_proj", {d.key_dim, d.width}},
+        {"attn.v_proj", {d.value_dim, d.width}},
+        {"attn.a_proj", {d.value_heads, d.width}},
+        {"attn.b_proj", {d.value_heads, d.width}},
+        {"attn.g_proj", {d.value_dim, d.width}},
+        {"attn.q_conv", {d.key_dim, d.conv_size}},
+        {"attn.k_conv", {d.key_dim, d.conv_size}},
+        {"attn.v_conv", {d.value_dim, d.conv_size}},
+        {"attn.A_log", {d.value_heads}},
+        {"attn.dt_bias", {d.value_heads}},
+        {"attn.o_norm", {d.dv}},
+        {"attn.o_proj", {d.width, d.value_dim}},
+        {"mlp_norm", {d.width}},
+        {"mlp.gate_proj", {d.mlp_hidden, d.width}},
+        {"mlp.up_proj", {d.mlp_hidden, d.width}},
+        {"mlp.down_proj", {d.width, d.mlp_hidden}}};
+    for (const auto& [name, shape] : layer) out.emplace_back(prefix + name, shape);
+  }
+  out.emplace_back("norm", Shape{d.width});
+  if (!d.tied) out.emplace_back("lm_head", Shape{d.vocab, d.width});
+  return out;
+}
+
 absl::StatusOr<ExportReport> ExportModel(const ExperimentSpec& spec,
                                          const std::map<std::string, Tensor>& full, int64_t step,
                                          const std::string& out_dir) {
@@ -124,7 +148,7 @@ absl::StatusOr<ExportReport> ExportModel(const ExperimentSpec& spec,
         mult.m));
 
   // Check every tensor before writing anything.
-  for (const auto& [name, shape] : ExpectedParameters(spec)) {
+  for (const auto& [name, shape] : ParameterShapes(d)) {
     auto it = full.find(name);
     if (it == full.end())
       return absl::InvalidArgumentError(absl::StrCat("export: parameter ", name, " is missing"));
@@ -137,7 +161,7 @@ absl::StatusOr<ExportReport> ExportModel(const ExperimentSpec& spec,
   // A tied head stays tied only when one matrix can carry both folded multipliers.
   const bool tied = d.tied && mult.in == mult.out;
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const auto& [name, shape] : ExpectedParameters(spec)) {
+  for (const auto& [name, shape] : ParameterShapes(d)) {
     const Tensor& t = full.at(name);
     bool conv;
     const std::string fla = FlaName(name, &conv);
@@ -245,6 +269,8 @@ absl::StatusOr<ImportedModel> ImportModel(const std::string& dir) {
   if (root->kind != Json::Kind::kObject) return bad("not a JSON object");
 
   // Typed lookups with fla's defaults for absent keys; present keys must have the right type.
+  // Sizes are range-checked as doubles before they become integers (the spec's are int32).
+  constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();
   absl::Status err;
   auto get_int = [&](const char* key, std::optional<int64_t> dflt) -> int64_t {
     const Json* v = root->Get(key);
@@ -252,8 +278,9 @@ absl::StatusOr<ImportedModel> ImportModel(const std::string& dir) {
       if (!dflt && err.ok()) err = bad(absl::StrCat("missing \"", key, "\""));
       return dflt.value_or(0);
     }
-    if (!v->IsNumber() || v->real != std::floor(v->real) || v->real <= 0) {
-      if (err.ok()) err = bad(absl::StrCat("\"", key, "\" must be a positive whole number"));
+    if (!v->IsNumber() || v->real != std::floor(v->real) || v->real <= 0 || v->real > kMaxSize) {
+      if (err.ok())
+        err = bad(absl::StrFormat("\"%s\" must be a whole number from 1 to %d", key, kMaxSize));
       return 0;
     }
     return static_cast<int64_t>(v->real);
@@ -306,9 +333,12 @@ absl::StatusOr<ImportedModel> ImportModel(const std::string& dir) {
   int64_t intermediate = 0;
   if (const Json* v = root->Get("intermediate_size"); v != nullptr && v->kind != Json::Kind::kNull) {
     intermediate = get_int("intermediate_size", std::nullopt);
+  } else if (const double mlp = width * hidden_ratio * 2 / 3; !(mlp > 0 && mlp <= kMaxSize - 255)) {
+    if (err.ok())
+      err = bad(absl::StrFormat("\"hidden_ratio\" gives an intermediate size of %g (2/3 "
+                                "hidden_ratio hidden_size), not from 1 to %d", mlp, kMaxSize));
   } else {
-    intermediate = static_cast<int64_t>(width * hidden_ratio * 2 / 3);
-    intermediate = 256 * ((intermediate + 255) / 256);
+    intermediate = 256 * ((static_cast<int64_t>(mlp) + 255) / 256);
   }
   if (!err.ok()) return err;
   if (model_type != "gated_deltanet")
@@ -321,8 +351,9 @@ absl::StatusOr<ImportedModel> ImportModel(const std::string& dir) {
       return bad(absl::StrCat("\"", key, "\" (hybrid layers) is not supported"));
   if (value_heads % heads != 0) return bad("num_v_heads must be a multiple of num_heads");
   const double dv = head_dim * expand_v;
-  if (dv != std::floor(dv) || std::fmod(dv, static_cast<double>(head_dim)) != 0)
-    return bad("expand_v must be a whole number (gdn's dv = expand_v * head_dim)");
+  if (dv != std::floor(dv) || std::fmod(dv, static_cast<double>(head_dim)) != 0 || !(dv > 0) ||
+      dv > kMaxSize)
+    return bad("expand_v must be a positive whole number (gdn's dv = expand_v * head_dim)");
 
   ImportedModel out;
   const Json* gdn = root->Get("gdn");
@@ -376,15 +407,29 @@ absl::StatusOr<ImportedModel> ImportModel(const std::string& dir) {
   if (d.norm_eps != norm_eps)
     return bad(absl::StrFormat("norm_eps is %g but the model's spec gives %g", norm_eps, d.norm_eps));
 
-  // Weights: every expected tensor present with its shape, nothing else.
+  // Weights: every expected tensor present with its shape, nothing else, all checked against
+  // the file before anything of the config's sizes is allocated.
   auto file = ReadSafetensors(weights_path);
   if (!file.ok()) return file.status();
   const Multipliers mult = MultipliersOf(out.spec);
   auto bad_file = [&](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat(weights_path, ": ", what));
   };
+  int64_t file_layers = 0;  // 1 + the highest L of the file's model.layers.L.* tensors
+  for (const auto& [name, t] : file->tensors) {
+    absl::string_view rest = name;
+    int64_t l;
+    if (absl::ConsumePrefix(&rest, "model.layers.") &&
+        absl::SimpleAtoi(rest.substr(0, rest.find('.')), &l) && l >= 0 && l < kMaxSize)
+      file_layers = std::max(file_layers, l + 1);
+  }
+  if (file_layers != d.depth)
+    return bad(absl::StrFormat("num_hidden_layers is %d but %s holds %s", d.depth, weights_path,
+                               file_layers == 0 ? "no model.layers tensors"
+                                                : absl::StrCat("layers 0 to ", file_layers - 1)));
+  const std::vector<std::pair<std::string, Shape>> expected = ParameterShapes(d);
   std::set<std::string> used;
-  for (const auto& [name, shape] : ExpectedParameters(out.spec)) {
+  for (const auto& [name, shape] : expected) {
     bool conv;
     const std::string fla = FlaName(name, &conv);
     const Tensor* t = file->Find(fla);
@@ -398,11 +443,6 @@ absl::StatusOr<ImportedModel> ImportModel(const std::string& dir) {
                                       ShapeString(t->shape()), ShapeString(want)));
     if (t->dtype() == DType::kI32)
       return bad_file(absl::StrCat("tensor \"", fla, "\" is I32, not a float type"));
-    Tensor value = Tensor::Empty(shape, DType::kF32);
-    for (int64_t i = 0; i < value.numel(); ++i) value.data<float>()[i] = static_cast<float>(t->at(i));
-    if (name == "embedding") value = Unscaled(value, mult.in);
-    if (name == "lm_head") value = Unscaled(value, mult.out);
-    out.params.emplace_back(name, std::move(value));
   }
   // fla ties by omitting lm_head (or repeating the embedding); a tied model exported untied
   // carries an lm_head that the restored tied model does not need.
@@ -411,6 +451,16 @@ absl::StatusOr<ImportedModel> ImportModel(const std::string& dir) {
     if (!used.count(name))
       return bad_file(absl::StrCat("unexpected tensor \"", name,
                                    "\": gdn's model has no such parameter"));
+  for (const auto& [name, shape] : expected) {
+    bool conv;
+    const Tensor& t = *file->Find(FlaName(name, &conv));
+    Tensor value = Tensor::Empty(shape, DType::kF32);
+    for (int64_t i = 0; i < value.numel(); ++i)
+      value.data<float>()[i] = static_cast<float>(t.at(i));
+    if (name == "embedding") value = Unscaled(value, mult.in);
+    if (name == "lm_head") value = Unscaled(value, mult.out);
+    out.params.emplace_back(name, std::move(value));
+  }
   return out;
 }
 

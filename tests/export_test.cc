@@ -19,6 +19,8 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "launcher/model_io.h"
 #include "model/config.h"
@@ -266,6 +268,99 @@ TEST_F(ExportTest, BadFilesAreClearErrors) {
   ExpectImportError(Dir(), "config.json: not valid JSON");
   fs::remove(Dir() + "/config.json");
   ExpectImportError(Dir(), "config.json: cannot read");
+}
+
+// The layout an import checks a file against, listed without building a model, is the model's.
+TEST(ParameterShapesTest, AreTheModelsParametersInOrder) {
+  std::vector<ExperimentSpec> specs;
+  for (const Variant& v : kVariants) specs.push_back(SpecFor(v));
+  specs.push_back(SpecFor({"head_size", ParametrizationSpec::SP, false}));
+  specs.back().mutable_model()->set_head_scaling(ModelSpec::HEAD_SIZE);
+  specs.back().mutable_model()->set_num_heads(2);
+  for (const ExperimentSpec& spec : specs) {
+    LanguageModel model(spec, DType::kF32);
+    std::vector<std::pair<std::string, Shape>> built;
+    for (const auto& p : model.params().all()) built.emplace_back(p->name, p->global_shape);
+    EXPECT_EQ(ParameterShapes(model.dims()), built) << SpecToText(spec);
+  }
+}
+
+// Writes dir/config.json as the export's without its "gdn" block (a model from elsewhere), with
+// `key` set to the JSON `value`.
+void EditConfig(const std::string& dir, const std::string& key, const std::string& value) {
+  std::ifstream in(dir + "/config.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string config = ss.str();
+  if (const size_t gdn = config.find(",\n  \"gdn\""); gdn != std::string::npos)
+    config = config.substr(0, gdn) + "\n}\n";
+  const size_t at = config.find("\"" + key + "\": ");
+  ASSERT_NE(at, std::string::npos) << key;
+  const size_t begin = at + key.size() + 4, end = config.find_first_of(",\n", begin);
+  config.replace(begin, end - begin, value);
+  std::ofstream(dir + "/config.json") << config;
+}
+
+// Sizes in config.json are checked against the tensors in the file before a model of those sizes
+// exists: huge ones are one-line errors at once, not an allocation failure, a hang or the OOM
+// killer; numbers beyond the spec's int32 fields are refused before they become integers.
+TEST_F(ExportTest, ConfigSizesAreCheckedAgainstTheFileBeforeAnythingIsAllocated) {
+  const ExperimentSpec spec = SpecFor({"x", ParametrizationSpec::SP, false});
+  LanguageModel model(spec, DType::kF32);
+  const auto full = FullParams(model, 1);
+  for (const auto& [key, value, fragment] : std::vector<std::tuple<std::string, std::string,
+                                                                   std::string>>{
+           {"conv_size", "1000000000",
+            "tensor \"model.layers.0.attn.q_conv1d.weight\" has shape [24, 1, 4], the config "
+            "needs [24, 1, 1000000000]"},
+           {"vocab_size", "100000000", "tensor \"model.embeddings.weight\" has shape [40, 32]"},
+           {"intermediate_size", "100000000",
+            "tensor \"model.layers.0.mlp.gate_proj.weight\" has shape [64, 32]"},
+           {"num_hidden_layers", "1000000",
+            "config.json: num_hidden_layers is 1000000 but " + Dir() +
+                "/model.safetensors holds layers 0 to 1"},
+           {"num_hidden_layers", "3", "num_hidden_layers is 3 but"},
+           {"hidden_size", "1e30", "\"hidden_size\" must be a whole number from 1 to 2147483647"},
+           {"conv_size", "4294967300", "\"conv_size\" must be a whole number from 1 to 2147483647"},
+           {"expand_v", "1e300", "expand_v must be a positive whole number"}}) {
+    SCOPED_TRACE(key + " " + value);
+    fs::remove_all(Dir());
+    ASSERT_TRUE(ExportModel(spec, full, 0, Dir()).ok());
+    EditConfig(Dir(), key, value);
+    ExpectImportError(Dir(), fragment);
+  }
+  // fla's intermediate size from hidden_ratio when intermediate_size is absent.
+  fs::remove_all(Dir());
+  ASSERT_TRUE(ExportModel(spec, full, 0, Dir()).ok());
+  EditConfig(Dir(), "intermediate_size", "null");
+  EditConfig(Dir(), "hidden_ratio", "1e300");
+  ExpectImportError(Dir(), "\"hidden_ratio\" gives an intermediate size of 2.13333e+301");
+}
+
+// An import writes only specs that `gdn train` accepts (its data files aside), before writing
+// anything: the error blames --set or config.json, whichever made the spec untrainable.
+TEST_F(ExportTest, ImportRefusesWhatTrainRefuses) {
+  const ExperimentSpec spec = SpecFor({"x", ParametrizationSpec::SP, false});
+  LanguageModel model(spec, DType::kF32);
+  const auto full = FullParams(model, 1);
+  const std::string from = Dir() + "/export", run = Dir() + "/run";
+  ASSERT_TRUE(ExportModel(spec, full, 0, from).ok());
+  auto r = ImportRun(from, run, {"optimizer.lr=-1"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "--set: optimizer.lr: must be > 0, got -1");
+  EXPECT_FALSE(fs::exists(run));
+
+  EditConfig(from, "norm_eps", "0");
+  r = ImportRun(from, run, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), from + "/config.json: model.norm_eps: must be > 0, got 0");
+  EXPECT_FALSE(fs::exists(run));
+
+  // The data need not exist yet (the spec's default paths do not here).
+  EditConfig(from, "norm_eps", "1e-5");
+  r = ImportRun(from, run, {});
+  EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(fs::exists(run + "/spec.textproto"));
 }
 
 // Decoding: feeding the sequence one token at a time through the recurrent state gives the full

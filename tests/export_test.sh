@@ -118,5 +118,31 @@ expect_error "config.json: cannot read" "$gdn" import --from nowhere --run impor
 expect_error "--data" "$gdn" eval --run runs/$id --data missing.bin
 expect_error "--temperature" "$gdn" sample --run runs/$id --prompt x --temperature -1
 expect_error "--prompt" "$gdn" sample --run runs/$id --prompt ""
+# An import writes only specs that train accepts, and checks config.json's sizes against the
+# tensors before building anything of those sizes (conv_size 1e9 was an allocation abort).
+expect_error "--set: optimizer.lr: must be > 0, got -1" \
+  "$gdn" import --from export/$id --run imported/lr --set optimizer.lr=-1
+[ ! -e imported/lr ] && ok || fail "a refused import left imported/lr behind"
+mkdir -p huge && cp asfla/model.safetensors huge/
+sed 's/"conv_size": 4,/"conv_size": 1000000000,/' asfla/config.json >huge/config.json
+expect_error "has shape \[48, 1, 4\], the config needs \[48, 1, 1000000000\]" \
+  "$gdn" import --from huge --run imported/huge
+[ ! -e imported/huge ] && ok || fail "a refused import left imported/huge behind"
+# --batches N reads N batches of distinct windows: no more than the file holds.
+windows=$(( ($(stat -c %s data/val.bin) - 1024) / 2 / 33 ))
+full=$((windows / 8))
+expect_error "--batches $((full + 1)): data/val.bin has $windows windows of 33 tokens, $full full" \
+  "$gdn" eval --run runs/$id --batches $((full + 1))
+"$gdn" eval --run runs/$id --batches $full | grep -q "over $((full * 8 * 32)) tokens" && ok \
+  || fail "eval --batches $full (all full batches)"
+# Floating-point flags are finite numbers (SimpleAtod reads "nan" and "inf").
+for t in nan inf; do
+  expect_error "--temperature: not a finite number: '$t'" \
+    "$gdn" sample --run runs/$id --prompt x --temperature $t
+done
+expect_error "--adamw-lr: 'inf' is not a finite positive number" \
+  "$gdn" coord-check --spec base.textproto --widths 32,64 --steps 1 --adamw-lr inf --out cc
+expect_error "--bucket-mb: 'inf'" \
+  "$gdn" bench --width 32 --head-dim 8 --depth 1 --seq 16 --batch 1 --iters 1 --bucket-mb inf
 
 finish
