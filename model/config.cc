@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace gdn {
@@ -92,21 +94,58 @@ absl::Status ValidateModelSpec(const ExperimentSpec& spec) {
   return absl::OkStatus();
 }
 
+std::vector<std::pair<std::string, Shape>> LayerParameterShapes(const ModelDims& d) {
+  return {{"attn_norm", {d.width}},
+          {"attn.q_proj", {d.key_dim, d.width}},
+          {"attn.k_proj", {d.key_dim, d.width}},
+          {"attn.v_proj", {d.value_dim, d.width}},
+          {"attn.a_proj", {d.value_heads, d.width}},
+          {"attn.b_proj", {d.value_heads, d.width}},
+          {"attn.g_proj", {d.value_dim, d.width}},
+          {"attn.q_conv", {d.key_dim, d.conv_size}},
+          {"attn.k_conv", {d.key_dim, d.conv_size}},
+          {"attn.v_conv", {d.value_dim, d.conv_size}},
+          {"attn.A_log", {d.value_heads}},
+          {"attn.dt_bias", {d.value_heads}},
+          {"attn.o_norm", {d.dv}},
+          {"attn.o_proj", {d.width, d.value_dim}},
+          {"mlp_norm", {d.width}},
+          {"mlp.gate_proj", {d.mlp_hidden, d.width}},
+          {"mlp.up_proj", {d.mlp_hidden, d.width}},
+          {"mlp.down_proj", {d.width, d.mlp_hidden}}};
+}
+
+std::vector<std::pair<std::string, Shape>> ParameterShapes(const ModelDims& d) {
+  std::vector<std::pair<std::string, Shape>> out = {{"embedding", {d.vocab, d.width}}};
+  const auto layer = LayerParameterShapes(d);
+  for (int64_t l = 0; l < d.depth; ++l)
+    for (const auto& [name, shape] : layer)
+      out.emplace_back(absl::StrCat("layers.", l, ".", name), shape);
+  out.emplace_back("norm", Shape{d.width});
+  if (!d.tied) out.emplace_back("lm_head", Shape{d.vocab, d.width});
+  return out;
+}
+
+namespace {
+// One layer's parameter count, all or only the projections, in double.
+double LayerCount(const ModelDims& d, bool projections_only) {
+  double n = 0;
+  for (const auto& [name, shape] : LayerParameterShapes(d)) {
+    if (projections_only && !absl::EndsWith(name, "_proj")) continue;
+    double size = 1;
+    for (const int64_t s : shape) size *= double(s);
+    n += size;
+  }
+  return n;
+}
+}  // namespace
+
 double ParameterCount(const ModelDims& d) {
-  const double width = d.width, key = d.key_dim, value = d.value_dim, heads = d.value_heads;
-  const double mixer = width * (2 * key + 2 * value + 2 * heads)  // q, k, v, g, a, b
-                       + d.conv_size * (2 * key + value)         // the three convs
-                       + 2 * heads + d.dv                        // A_log, dt_bias, o_norm
-                       + value * width;                          // o
-  const double layer = 2 * width + mixer + 3 * width * double(d.mlp_hidden);
-  return double(d.vocab) * width * (d.tied ? 1 : 2) + width + d.depth * layer;
+  return double(d.vocab) * d.width * (d.tied ? 1 : 2) + d.width + d.depth * LayerCount(d, false);
 }
 
 double MatmulFlopsPerToken(const ModelDims& d) {
-  const double width = d.width, key = d.key_dim, value = d.value_dim;
-  const double layer = width * (2 * key + 3 * value + 2 * d.value_heads)  // q, k, v, g, a, b, o
-                       + 3 * width * double(d.mlp_hidden);
-  return 6 * (d.depth * layer + double(d.vocab) * width);
+  return 6 * (d.depth * LayerCount(d, true) + double(d.vocab) * d.width);
 }
 
 }  // namespace gdn

@@ -2,9 +2,13 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "proto/gdn.pb.h"
+#include "runtime/tensor.h"
 
 namespace gdn {
 
@@ -29,12 +33,18 @@ absl::StatusOr<ModelDims> ResolveModelDims(const ModelSpec& spec);
 // tensor-parallel size.
 absl::Status ValidateModelSpec(const ExperimentSpec& spec);
 
-// The number of parameters LanguageModel holds for these sizes (tests/parametrization_test.cc
-// checks it against the built model), in double: sizes are checked with it before anything is
-// allocated, whatever they are.
+// LanguageModel's layout without building it (tests/export_test.cc and
+// tests/parametrization_test.cc check them against the built model), so that sizes and files can
+// be checked before anything of their size is allocated.
+// One layer's parameters by our names ("attn_norm", "attn.q_proj", ...) and full shapes, in model
+// order.
+std::vector<std::pair<std::string, Shape>> LayerParameterShapes(const ModelDims& d);
+// Every parameter: "embedding", then "layers.<l>." + each layer's, "norm", and "lm_head" untied.
+std::vector<std::pair<std::string, Shape>> ParameterShapes(const ModelDims& d);
+// How many parameters, in double (any sizes, any depth, without listing the layers).
 double ParameterCount(const ModelDims& d);
-// 6 x the weights that multiply every token (the hidden matrices, the gate projections and the
-// head): the model's FLOPs per trained token in matrix products (tested against the model too).
+// 6 x the weights that multiply every token (the projections, "*_proj", and the head): the
+// model's FLOPs per trained token in matrix products.
 double MatmulFlopsPerToken(const ModelDims& d);
 
 }  // namespace gdn

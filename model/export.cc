@@ -103,36 +103,6 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
 
 }  // namespace
 
-std::vector<std::pair<std::string, Shape>> ParameterShapes(const ModelDims& d) {
-  std::vector<std::pair<std::string, Shape>> out = {{"embedding", {d.vocab, d.width}}};
-  for (int64_t l = 0; l < d.depth; ++l) {
-    const std::string prefix = absl::StrCat("layers.", l, ".");
-    const std::pair<const char*, Shape> layer[] = {
-        {"attn_norm", {d.width}},
-        {"attn.q_proj", {d.key_dim, d.width}},
-        {"attn.k_proj", {d.key_dim, d.width}},
-        {"attn.v_proj", {d.value_dim, d.width}},
-        {"attn.a_proj", {d.value_heads, d.width}},
-        {"attn.b_proj", {d.value_heads, d.width}},
-        {"attn.g_proj", {d.value_dim, d.width}},
-        {"attn.q_conv", {d.key_dim, d.conv_size}},
-        {"attn.k_conv", {d.key_dim, d.conv_size}},
-        {"attn.v_conv", {d.value_dim, d.conv_size}},
-        {"attn.A_log", {d.value_heads}},
-        {"attn.dt_bias", {d.value_heads}},
-        {"attn.o_norm", {d.dv}},
-        {"attn.o_proj", {d.width, d.value_dim}},
-        {"mlp_norm", {d.width}},
-        {"mlp.gate_proj", {d.mlp_hidden, d.width}},
-        {"mlp.up_proj", {d.mlp_hidden, d.width}},
-        {"mlp.down_proj", {d.width, d.mlp_hidden}}};
-    for (const auto& [name, shape] : layer) out.emplace_back(prefix + name, shape);
-  }
-  out.emplace_back("norm", Shape{d.width});
-  if (!d.tied) out.emplace_back("lm_head", Shape{d.vocab, d.width});
-  return out;
-}
-
 absl::StatusOr<ExportReport> ExportModel(const ExperimentSpec& spec,
                                          const std::map<std::string, Tensor>& full, int64_t step,
                                          const std::string& out_dir) {

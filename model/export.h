@@ -32,11 +32,6 @@
 
 namespace gdn {
 
-// Every parameter of the model with sizes `d` and its full shape, by our names, in model order:
-// LanguageModel's layout (tests/export_test.cc checks that the two agree), listed without building
-// the model, so that an import checks a file's tensors before allocating anything of their size.
-std::vector<std::pair<std::string, Shape>> ParameterShapes(const ModelDims& d);
-
 // What an export did beyond renaming: one line per fact, for the user.
 struct ExportReport {
   std::vector<std::string> notes;
