@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "runtime/block_pool.h"
+#include "runtime/tensor.h"
 #include "runtime/cuda_check.h"
 
 namespace gdn::cuda {
@@ -111,8 +112,7 @@ void* DeviceAlloc(size_t bytes) {
     ReleaseCache();
     p = Pool().Get(bytes);
   }
-  CHECK(p != nullptr) << "cudaMalloc of " << bytes << " bytes: out of memory (" << Pool().allocated()
-                      << " bytes in use by this process's tensors)";
+  if (p == nullptr) ExitOutOfMemory("GPU", bytes, Pool().allocated());
   return p;
 }
 void DeviceFree(void* p) { Pool().Put(p); }

@@ -1,5 +1,6 @@
 #include "runtime/tensor.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -30,7 +31,11 @@ class BlockCache {
       }
     }
     void* p = std::aligned_alloc(64, bytes);
-    CHECK(p != nullptr) << "out of memory allocating " << bytes << " bytes";
+    if (p == nullptr) {  // give the cache back and try once more
+      Release();
+      p = std::aligned_alloc(64, bytes);
+    }
+    if (p == nullptr) ExitOutOfMemory("host", bytes, 0);
     return p;
   }
   void Put(void* p, size_t bytes) {
@@ -65,6 +70,16 @@ size_t ReleaseCachedMemory() {
   released += cuda::ReleaseDeviceCache();
 #endif
   return released;
+}
+
+void ExitOutOfMemory(const char* memory, size_t bytes, size_t in_use) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "error: out of %s memory allocating %.3g GB", memory, bytes / 1e9);
+  if (in_use > 0) std::fprintf(stderr, " (%.3g GB held by tensors)", in_use / 1e9);
+  std::fprintf(stderr, "; reduce data.batch_size, or set data.micro_batch_size or "
+                       "run.recompute\n");
+  std::fflush(stderr);
+  std::_Exit(1);  // no destructors: other threads and the GPU may still be using memory
 }
 
 const char* DeviceName(Device device) { return device == Device::kCPU ? "cpu" : "cuda"; }

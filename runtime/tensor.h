@@ -37,6 +37,10 @@ using Shape = std::vector<int64_t>;
 // Host (and, with CUDA, device) memory freed by tensors is cached for reuse (see tensor.cc); this
 // returns it to the system (e.g. between the runs of a sweep) and says how many bytes were released.
 size_t ReleaseCachedMemory();
+// When an allocation fails even with the caches given back: one line on stderr and exit status 1
+// (memory ran out mid-run, what the start's check in launcher/trainer.h cannot foresee; the run's
+// checkpoints stay as they are). `memory`: "host" or "GPU"; in_use: bytes held by tensors.
+[[noreturn]] void ExitOutOfMemory(const char* memory, size_t bytes, size_t in_use);
 int64_t NumElements(const Shape& shape);
 std::string ShapeString(const Shape& shape);
 

@@ -150,6 +150,14 @@ expect 2 "^error: model sizes" -- "$gdn" train --spec tiny.textproto --set run.d
   --set model.width=1048576 --restart
 [ "$(snapshot)" = "$before" ] && ok || fail "a refused --restart changed files"
 expect 2 "^error: model sizes" -- "$gdn" bench --width 2000000000 --depth 1 --iters 1
+# Memory that runs out mid-run, which the start's check (the machine's memory) cannot foresee,
+# here under a 3 GB address-space limit: one line naming what to change and exit 1, no abort.
+out=$( (ulimit -v 3000000; "$gdn" train --spec tiny.textproto --set run.dir=runs/oom --quiet \
+  --set model.width=512 --set model.head_dim=64 --set data.batch_size=64 --set data.seq_len=512) 2>&1)
+rc=$?
+[ $rc -eq 1 ] && [ "$(wc -l <<<"$out")" -eq 1 ] &&
+  grep -q "^error: out of host memory allocating .* GB; reduce data.batch_size" <<<"$out" && ok ||
+  fail "out of memory mid-run: exit $rc: $(head -c 600 <<<"$out")"
 
 # Bad input: exit 2, the field or file named, no run directory created.
 bad() {
