@@ -156,21 +156,21 @@ absl::StatusOr<EvalResult> EvalRun(const std::string& run_dir, const EvalOptions
   const int batch = spec.data().batch_size(), seq = spec.data().seq_len();
   auto loader = BatchLoader::Create(&*data, seq, batch, 0);
   if (!loader.ok()) return absl::InvalidArgumentError(absl::StrCat("--data: ", loader.status().message()));
-  // --batches N reads N batches of non-overlapping windows, so at most the file's full batches
-  // (the default, the trainer's run.eval_batches, wraps around as the trainer does).
+  // --batches N reads N batches of non-overlapping windows, so at most the file's full batches.
   const int64_t full_batches = loader->num_eval_windows() / batch;
   if (options.batches > full_batches)
     return absl::InvalidArgumentError(absl::StrFormat(
         "--batches %d: %s has %d windows of %d tokens, %d full batches of %d (--batches 0: all)",
         options.batches, r.data, loader->num_eval_windows(), seq + 1, full_batches, batch));
-  int64_t batches = options.batches < 0 ? spec.run().eval_batches() : options.batches;
-  if (batches == 0) {
-    batches = full_batches;
-    if (batches == 0)
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "--data: %s has %d windows of %d tokens, fewer than one batch of %d", r.data,
-          loader->num_eval_windows(), seq + 1, batch));
-  }
+  // --batches 0: all; the default, run.eval_batches, capped as the trainer caps it.
+  const int64_t batches =
+      options.batches == 0 ? full_batches
+                           : loader->eval_batches(options.batches < 0 ? spec.run().eval_batches()
+                                                                      : options.batches);
+  if (batches == 0)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--data: %s has %d windows of %d tokens, fewer than one batch of %d", r.data,
+        loader->num_eval_windows(), seq + 1, batch));
   auto model = LoadRunModel(*run);
   if (!model.ok()) return model.status();
   // The trainer's evaluation: the mean of the batches' mean losses (equal-sized batches).

@@ -197,9 +197,11 @@ double SumOverDp(Communicator& dp, double x) {
   return t.at(0);
 }
 
-// Mean validation loss: each data-parallel rank scores its rows of each batch.
-double Evaluate(LanguageModel& model, const BatchLoader& loader, int batches, Tensor& tokens,
+// Mean validation loss over `wanted` batches, or the dataset's full batches if fewer (each window
+// once): each data-parallel rank scores its rows of each batch.
+double Evaluate(LanguageModel& model, const BatchLoader& loader, int wanted, Tensor& tokens,
                 const ProcessGrid& grid) {
+  const int64_t batches = loader.eval_batches(wanted);
   double sum = 0;
   for (int i = 0; i < batches; ++i) {
     loader.EvalBatch(i, tokens.data<int32_t>());
@@ -498,6 +500,10 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
       BatchLoader::Create(&data->val, ds.seq_len(), ds.batch_size(), 0, grid.dp_rank, grid.dp_size);
   if (!val_loader.ok())
     return absl::InvalidArgumentError(absl::StrCat("data.val_path: ", val_loader.status().message()));
+  if (val_loader->eval_batches(1) == 0)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "data.val_path: %s holds %d windows of %d tokens, fewer than one batch of %d",
+        data->val.describe(), val_loader->num_eval_windows(), ds.seq_len() + 1, ds.batch_size()));
 
   // Rank 0 owns the run directory and decides how this run starts; the others learn its verdict.
   const bool writer = grid.world_rank == 0;

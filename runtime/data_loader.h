@@ -3,6 +3,7 @@
 // data-parallel ranks together see exactly one global batch.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -59,6 +60,11 @@ class BatchLoader {
   void EvalBatch(int64_t i, int32_t* out) const;
   // Non-overlapping windows available before wrapping: size / (seq_len + 1), at least 1.
   int64_t num_eval_windows() const;
+  // How many validation batches to score when `wanted` are asked for: at most the full batches
+  // the dataset holds, so that each window counts once (0 when it holds less than one batch).
+  int64_t eval_batches(int64_t wanted) const {
+    return std::min<int64_t>(wanted, num_eval_windows() / global_batch_);
+  }
 
  private:
   BatchLoader(const TokenDataset* dataset, int seq_len, int global_batch, uint64_t seed, int dp_rank,

@@ -150,10 +150,27 @@ expect 2 "^error: model sizes" -- "$gdn" train --spec tiny.textproto --set run.d
   --set model.width=1048576 --restart
 [ "$(snapshot)" = "$before" ] && ok || fail "a refused --restart changed files"
 expect 2 "^error: model sizes" -- "$gdn" bench --width 2000000000 --depth 1 --iters 1
+# Validation scores each window of data.val_path once: run.eval_batches beyond the file's full
+# batches gives the loss of all of them (gdn eval --batches 0 on the same checkpoint), and a val
+# file with fewer windows than one batch is refused before anything is written.
+expect 0 "done after 10 steps" -- "$gdn" train --spec tiny.textproto --set run.dir=runs/allval \
+  --set run.steps=10 --set run.eval_batches=100000
+logged=$(sed -n 's/.*"val_loss":\([0-9.]*\).*/\1/p' runs/allval/metrics.jsonl | tail -1)
+all=$("$gdn" eval --run runs/allval --batches 0 2>&1 | sed -n 's/.*loss \([0-9.]*\).*/\1/p' | head -1)
+[ -n "$logged" ] && awk -v a="$logged" -v b="$all" 'BEGIN { d = a - b; exit !(d < 1e-6 && d > -1e-6) }' &&
+  ok || fail "val_loss with run.eval_batches beyond the file: $logged, every window once: $all"
+mkdir -p shortval && printf 'one long training document %.0s' $(seq 200) >shortval/a.txt
+printf 'a short one, %.0s' $(seq 8) >shortval/b.txt  # 2 windows of 33 tokens
+expect 0 "val.bin" -- "$gdn" data prepare --input shortval --format text --out shortdata --val-every 2
+expect 2 "^error: data.val_path: .*shortdata/val.bin.* windows of 33 tokens, fewer than one batch \
+of 4" -- "$gdn" train --spec tiny.textproto --set run.dir=runs/shortval \
+  --set data.train_path=shortdata/train.bin --set data.val_path=shortdata/val.bin
+[ ! -e runs/shortval ] && ok || fail "a refused run created its directory"
 # Memory that runs out mid-run, which the start's check (the machine's memory) cannot foresee,
 # here under a 3 GB address-space limit: one line naming what to change and exit 1, no abort.
 out=$( (ulimit -v 3000000; "$gdn" train --spec tiny.textproto --set run.dir=runs/oom --quiet \
-  --set model.width=512 --set model.head_dim=64 --set data.batch_size=64 --set data.seq_len=512) 2>&1)
+  --set model.width=512 --set model.head_dim=64 --set data.batch_size=64 --set data.seq_len=512 \
+  --set data.val_path=data/train.bin) 2>&1)
 rc=$?
 [ $rc -eq 1 ] && [ "$(wc -l <<<"$out")" -eq 1 ] &&
   grep -q "^error: out of host memory allocating .* GB; reduce data.batch_size" <<<"$out" && ok ||

@@ -145,6 +145,12 @@ TEST(BatchLoaderTest, EvalBatchesAreConsecutiveNonOverlappingWindows) {
   absl::StatusOr<BatchLoader> l = BatchLoader::Create(&ds, T, B, 1);
   ASSERT_TRUE(l.ok());
   EXPECT_EQ(l->num_eval_windows(), 20);
+  // Validation scores each window once: at most the full batches the data holds.
+  EXPECT_EQ(l->eval_batches(2), 2);
+  EXPECT_EQ(l->eval_batches(100), 20 / B);
+  auto wide = BatchLoader::Create(&ds, T, 21, 1);
+  ASSERT_TRUE(wide.ok());
+  EXPECT_EQ(wide->eval_batches(4), 0);  // fewer windows than one batch
   std::vector<int32_t> out(B * (T + 1)), again(out.size());
   for (int i = 0; i < 10; ++i) {
     l->EvalBatch(i, out.data());
