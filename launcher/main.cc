@@ -85,12 +85,12 @@ struct SweepPlan {
   ExperimentSpec spec;
   std::vector<GridPoint> points;
 };
-absl::StatusOr<SweepPlan> LoadSweep(const ParsedArgs& args,
-                                    std::vector<std::string> overrides = {}) {
-  for (const std::string& s : args.GetAll("set")) overrides.push_back(s);
-  auto spec = ResolveSpec(args.Get("spec"), overrides);
+// `reading`: the verb only reads the run directories (status, report), so data files that have
+// moved since do not stop it.
+absl::StatusOr<SweepPlan> LoadSweep(const ParsedArgs& args, bool reading = false) {
+  auto spec = ResolveSpec(args.Get("spec"), args.GetAll("set"), !reading);
   if (!spec.ok()) return spec.status();
-  auto points = PlanSweep(*spec);
+  auto points = PlanSweep(*spec, !reading);
   if (!points.ok()) return points.status();
   return SweepPlan{*std::move(spec), *std::move(points)};
 }
@@ -149,7 +149,7 @@ int SweepRun(const ParsedArgs& args) {
   }
   bool preempted = false;
   for (const SweepResult& r : results) {
-    if (r.status == "failed") return kExitFailure;
+    if (r.status == "failed" || r.status == "running") return kExitFailure;  // running: elsewhere
     preempted |= r.status == "preempted";
   }
   if (preempted && talk)
@@ -158,14 +158,14 @@ int SweepRun(const ParsedArgs& args) {
 }
 
 int SweepStatus(const ParsedArgs& args) {
-  auto plan = LoadSweep(args);
+  auto plan = LoadSweep(args, /*reading=*/true);
   if (!plan.ok()) return Fail(plan.status());
   std::printf("%s", SweepStatusTable(ReadRuns(plan->points)).c_str());
   return kExitOk;
 }
 
 int SweepReport(const ParsedArgs& args) {
-  auto plan = LoadSweep(args);
+  auto plan = LoadSweep(args, /*reading=*/true);
   if (!plan.ok()) return Fail(plan.status());
   if (!HaveGnuplot())
     return Fail(absl::FailedPreconditionError(

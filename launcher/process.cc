@@ -1,6 +1,7 @@
 #include "launcher/process.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -36,10 +37,17 @@ absl::StatusOr<pid_t> SpawnProcess(const std::vector<std::string>& argv, const s
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
+  // Signals this process ignores (a sweep ignores SIGPIPE) start at their defaults in the child.
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  short flags = POSIX_SPAWN_SETSIGDEF;
   if (own_process_group) {
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    flags |= POSIX_SPAWN_SETPGROUP;
     posix_spawnattr_setpgroup(&attr, 0);
   }
+  posix_spawnattr_setflags(&attr, flags);
   pid_t pid = 0;
   const int rc = posix_spawnp(&pid, cargs[0], &actions, &attr, cargs.data(), cvars.data());
   posix_spawn_file_actions_destroy(&actions);

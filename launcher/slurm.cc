@@ -61,6 +61,15 @@ absl::Status ValidateSlurm(const ExperimentSpec& spec) {
     if (std::any_of(value.begin(), value.end(), absl::ascii_isspace))
       errors.push_back(absl::StrCat(field, ": '", absl::CEscape(value),
                                     "' holds whitespace, which the batch script would split"));
+  // The #SBATCH --output and --chdir lines carry these paths as they are: sbatch splits a
+  // directive at whitespace, stops at an unmatched quote and expands % in file names.
+  for (const auto& [what, path] :
+       {std::pair{"sweep.dir", Absolute(spec.sweep().dir())},
+        {"the working directory", std::filesystem::current_path().string()}})
+    if (path.find_first_of(" \t\n'\"%\\") != std::string::npos)
+      errors.push_back(absl::StrCat(what, ": '", absl::CEscape(path),
+                                    "' holds whitespace, a quote, % or \\, which #SBATCH lines "
+                                    "cannot carry"));
   if (errors.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrJoin(errors, "; "));
 }

@@ -31,11 +31,12 @@
 
 namespace gdn {
 
-absl::StatusOr<std::vector<GridPoint>> PlanSweep(const ExperimentSpec& spec) {
+absl::StatusOr<std::vector<GridPoint>> PlanSweep(const ExperimentSpec& spec,
+                                                 bool check_data_paths) {
   auto points = ExpandGrid(spec);
   if (!points.ok()) return points.status();
   for (const GridPoint& p : *points)
-    if (auto s = ValidateRunnable(p.spec); !s.ok())
+    if (auto s = ValidateRunnable(p.spec, check_data_paths); !s.ok())
       return absl::InvalidArgumentError(
           absl::StrCat("sweep point ", absl::StrJoin(p.assignments, " "), ": ", s.message()));
   return points;
@@ -123,6 +124,40 @@ void PrintOutcome(size_t i, size_t n, const SweepResult& r, double seconds,
 volatile std::sig_atomic_t g_preempt_signal = 0;
 void OnPreempt(int signal) { g_preempt_signal = signal; }
 
+// The signals that preempt a sweep: Ctrl-C, a closed terminal, and a scheduler's TERM or USR2.
+constexpr int kSweepSignals[] = {SIGINT, SIGHUP, SIGTERM, SIGUSR2};
+
+// Takes kSweepSignals (OnPreempt) and ignores SIGPIPE (a closed stdout must not kill the sweep)
+// while it lives; restores the previous dispositions after.
+class SweepSignals {
+ public:
+  SweepSignals() {
+    g_preempt_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = OnPreempt;
+    sigemptyset(&action.sa_mask);
+    for (int i = 0; i < 4; ++i) sigaction(kSweepSignals[i], &action, &saved_[i]);
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGPIPE, &ignore, &saved_[4]);
+  }
+  ~SweepSignals() {
+    for (int i = 0; i < 4; ++i) sigaction(kSweepSignals[i], &saved_[i], nullptr);
+    sigaction(SIGPIPE, &saved_[4], nullptr);
+  }
+
+ private:
+  struct sigaction saved_[5] = {};
+};
+
+// A run's directory held by another process (a second sweep, a gdn train) refused this one: its
+// state is that process's, so the sweep neither marks nor counts it as failed.
+bool HeldByAnother(const GridPoint& p) {
+  auto dir = RunDirectory::Open(p.spec.run().dir());
+  return dir.ok() && dir->IsLocked() == true;
+}
+
 // A run started as its own process: `[mpirun -np N] gdn train --spec <dir>/point.textproto`,
 // output appended to <dir>/job.log.
 struct Child {
@@ -137,7 +172,14 @@ absl::StatusOr<pid_t> StartRun(const GridPoint& p, int ranks, int threads, const
   if (!dir.ok()) return dir.status();
   if (auto s = dir->WriteFile("point.textproto", SpecToText(p.spec)); !s.ok()) return s;
   std::vector<std::string> argv;
-  if (ranks > 0) argv = {"mpirun", "--oversubscribe", "-np", absl::StrCat(ranks)};
+  // If the sweep dies (kill -9, a lost session), its runs get SIGUSR2: they checkpoint and stop
+  // rather than train on unsupervised (util-linux's setpriv; without it they run on).
+  static const std::string setpriv = FindOnPath("setpriv");
+  if (!setpriv.empty()) argv = {setpriv, "--pdeathsig", "USR2", "--"};
+  if (ranks > 0)
+    for (const std::string& a : {std::string("mpirun"), std::string("--oversubscribe"),
+                                 std::string("-np"), absl::StrCat(ranks)})
+      argv.push_back(a);
   for (const std::string& a : {SelfPath(), std::string("train"), std::string("--spec"),
                                dir->File("point.textproto"), std::string("--quiet")})
     argv.push_back(a);
@@ -156,12 +198,22 @@ SweepResult FinishRun(const GridPoint& p, int wait_status, bool preempting, std:
     if (code == kExitPreempted) r.status = "preempted";
     return r;
   }
-  // A run that had only just started when the preemption came dies of SIGUSR2 before it handles
-  // it: interrupted like the others (it resumes or starts again), not failed.
-  if (preempting && WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == SIGUSR2) {
+  // A run that had only just started when the preemption came, or had just finished, dies of
+  // the forwarded SIGUSR2 (mpirun exits 128 + SIGUSR2 when its ranks do): one that finished keeps
+  // its state, the others are preempted (they resume or start again), not failed.
+  const bool usr2 = (WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == SIGUSR2) ||
+                    code == 128 + SIGUSR2;
+  if (preempting && usr2) {
+    if (Finished(r.status)) return r;
     if (r.status == "running")
       if (auto dir = RunDirectory::Open(p.spec.run().dir()); dir.ok()) (void)dir->SetStatus("preempted");
     r.status = "preempted";
+    return r;
+  }
+  if (HeldByAnother(p)) {
+    r.status = "running";
+    *error = absl::StrCat(p.spec.run().dir(), " is in use by another process (its lock file names "
+                          "it); left as it is");
     return r;
   }
   r.status = "failed";
@@ -181,13 +233,7 @@ std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
   const int threads =
       std::getenv("OMP_NUM_THREADS") ? 0
                                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / per_run);
-  struct sigaction action {}, old_int{}, old_term{}, old_usr2{};
-  action.sa_handler = OnPreempt;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, &old_int);
-  sigaction(SIGTERM, &action, &old_term);
-  sigaction(SIGUSR2, &action, &old_usr2);
-  g_preempt_signal = 0;
+  SweepSignals signals;
   std::vector<Child> running;
   size_t next = 0;
   bool forwarded = false;
@@ -231,9 +277,6 @@ std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
     results[i] = FinishRun(points[i], wait_status, forwarded, &error);
     PrintOutcome(i, points.size(), results[i], seconds, error);
   }
-  sigaction(SIGINT, &old_int, nullptr);
-  sigaction(SIGTERM, &old_term, nullptr);
-  sigaction(SIGUSR2, &old_usr2, nullptr);
   // Runs never started under a preemption stay as they were (pending or interrupted).
   if (g_preempt_signal)
     for (size_t k = next; k < todo.size(); ++k) results[todo[k]].status = "preempted";
@@ -267,13 +310,20 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
   if (options.ranks_per_run > 0 || options.parallel > 1 || options.gpus > 0)
     return RunAsProcesses(points, todo, options, std::move(results));
 
-  // In this process, on this job's ranks, one after another.
+  // In this process, on this job's ranks, one after another. A signal between runs stops the
+  // sweep before the next; during a run, the run takes it (Train's handlers, INT and HUP too).
+  SweepSignals signals;
   for (size_t n = 0; n < todo.size(); ++n) {
+    if (g_preempt_signal) {
+      for (size_t k = n; k < todo.size(); ++k) results[todo[k]].status = "preempted";
+      break;
+    }
     const size_t i = todo[n];
     const GridPoint& p = points[i];
     const auto t0 = std::chrono::steady_clock::now();
     TrainOptions train_options;
     train_options.quiet = true;  // (an interrupted run resumes from its newest checkpoint)
+    train_options.also_preempt_on = "INT,HUP";
     auto trained = Train(p.spec, grid, train_options);
     std::string error;
     SweepResult& r = results[i];
@@ -285,6 +335,9 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
       r.train_loss = trained->train_loss;
       r.val_loss = trained->val_loss;
       r.tokens_per_s = trained->tokens_per_s;
+    } else if (HeldByAnother(p)) {
+      r.status = "running";
+      error = std::string(trained.status().message());
     } else {
       r.status = "failed";
       error = std::string(trained.status().message());

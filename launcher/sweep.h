@@ -31,8 +31,10 @@ struct SweepResult {
 SweepResult ReadRun(const GridPoint& point);
 std::vector<SweepResult> ReadRuns(const std::vector<GridPoint>& points);
 
-// Expands and validates every point (all before any run starts).
-absl::StatusOr<std::vector<GridPoint>> PlanSweep(const ExperimentSpec& spec);
+// Expands and validates every point (all before any run starts); check_data_paths false for the
+// verbs that only read the run directories.
+absl::StatusOr<std::vector<GridPoint>> PlanSweep(const ExperimentSpec& spec,
+                                                 bool check_data_paths = true);
 // Prints the runs and their cost (parameters, tokens, matrix FLOPs).
 std::string DescribePlan(const std::vector<GridPoint>& points);
 

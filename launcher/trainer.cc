@@ -54,7 +54,7 @@ absl::Status ValidateCheckpointing(const RunSpec& r) {
       name = absl::StripAsciiWhitespace(name);
       if (!SignalNumber(name).has_value() || name == "KILL" || name == "STOP")
         return absl::InvalidArgumentError(absl::StrCat(
-            field, ": unknown signal '", name, "' (use TERM, INT, USR1, USR2)"));
+            field, ": unknown signal '", name, "' (use TERM, INT, HUP, USR1, USR2)"));
       if (std::find(seen.begin(), seen.end(), name) != seen.end())
         return absl::InvalidArgumentError(absl::StrCat(
             field, ": ", name, " is also in run.preempt_signals (a signal can do one thing)"));
@@ -65,18 +65,19 @@ absl::Status ValidateCheckpointing(const RunSpec& r) {
 }  // namespace
 
 absl::StatusOr<ExperimentSpec> ResolveSpec(const std::string& path,
-                                           const std::vector<std::string>& overrides) {
+                                           const std::vector<std::string>& overrides,
+                                           bool check_data_paths) {
   auto spec = LoadSpec(path);
   if (!spec.ok()) return spec.status();
   for (const std::string& o : overrides)
     if (auto s = ApplyOverride(&*spec, o); !s.ok()) return s;
   FillDefaults(&*spec);
-  if (auto s = ValidateRunnable(*spec); !s.ok()) return s;
+  if (auto s = ValidateRunnable(*spec, check_data_paths); !s.ok()) return s;
   return spec;
 }
 
-absl::Status ValidateRunnable(const ExperimentSpec& spec) {
-  if (auto s = ValidateSpec(spec); !s.ok()) return s;
+absl::Status ValidateRunnable(const ExperimentSpec& spec, bool check_data_paths) {
+  if (auto s = ValidateSpec(spec, check_data_paths); !s.ok()) return s;
   if (auto s = ValidateCheckpointing(spec.run()); !s.ok()) return s;
   return ValidateModelSpec(spec);
 }
@@ -364,8 +365,8 @@ extern "C" void OnPreemptSignal(int) { preempt_requested = 1; }
 extern "C" void OnCheckpointSignal(int) { checkpoint_requested = 1; }
 
 constexpr std::pair<const char*, int> kSignals[] = {
-    {"TERM", SIGTERM}, {"INT", SIGINT}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"KILL", SIGKILL},
-    {"STOP", SIGSTOP}};
+    {"TERM", SIGTERM}, {"INT", SIGINT}, {"HUP", SIGHUP}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2},
+    {"KILL", SIGKILL}, {"STOP", SIGSTOP}};
 
 std::optional<int> SignalNumber(absl::string_view name) {
   for (const auto& [n, number] : kSignals)
@@ -383,8 +384,9 @@ class PreemptionGuard {
     Install(preempt, OnPreemptSignal);
     Install(checkpoint, OnCheckpointSignal);
   }
-  ~PreemptionGuard() {
-    for (auto& [sig, old] : saved_) sigaction(sig, &old, nullptr);
+  ~PreemptionGuard() {  // newest first: a signal named twice gets its first saved handler back
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it)
+      sigaction(it->first, &it->second, nullptr);
   }
   struct Requests {
     bool stop = false, checkpoint = false;
@@ -468,6 +470,11 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   // checks the same things and so fails alike; only rank 0 reports (the caller prints).
   if (auto s = ValidateRunnable(spec); !s.ok()) return s;
   if (auto s = ValidateLayout(spec, job_grid); !s.ok()) return s;
+  // From here on a preemption signal is taken at the first step boundary, also one that comes
+  // while the run sets up (it would otherwise kill the process before its handlers exist).
+  PreemptionGuard preemption(
+      absl::StrCat(spec.run().preempt_signals(), ",", options.also_preempt_on),
+      spec.run().checkpoint_signals());
   auto device = RunDevice(spec, job_grid);
   if (!device.ok()) return device.status();
   if (auto s = CheckMemoryNeed(spec, job_grid, *device); !s.ok()) return s;
@@ -590,7 +597,6 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     return SaveCheckpoint(rs.dir(), state, model.params(), &optimizer, layout,
                           std::max(1, rs.keep_checkpoints()));
   };
-  PreemptionGuard preemption(rs.preempt_signals(), rs.checkpoint_signals());
   TrainResult result;
   result.status = "done";
   result.steps = state.step;

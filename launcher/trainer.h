@@ -15,11 +15,13 @@
 namespace gdn {
 
 // Loads a spec file, applies the --set overrides in order, fills every default and validates
-// it all (fields, model sizes, data paths), so nothing starts on a bad spec.
+// it all (fields, model sizes, data paths unless check_data_paths is false), so nothing starts
+// on a bad spec.
 absl::StatusOr<ExperimentSpec> ResolveSpec(const std::string& path,
-                                           const std::vector<std::string>& overrides);
+                                           const std::vector<std::string>& overrides,
+                                           bool check_data_paths = true);
 // The checks every run needs before computing: ValidateSpec and the model's sizes.
-absl::Status ValidateRunnable(const ExperimentSpec& spec);
+absl::Status ValidateRunnable(const ExperimentSpec& spec, bool check_data_paths = true);
 // The checks that need the job's layout: ranks divisible by parallel.tensor_parallel (the grid
 // exists only if so), the batch divisible by the data-parallel size and micro-batches.
 absl::Status ValidateLayout(const ExperimentSpec& spec, const ProcessGrid& grid);
@@ -35,6 +37,9 @@ absl::StatusOr<TokenDataset> OpenTokens(const std::string& field, const std::str
 struct TrainOptions {
   bool quiet = false;    // no progress lines (sweeps print their own)
   bool restart = false;  // start over in a run directory that holds an unfinished run
+  // Signals taken as preemption besides run.preempt_signals, e.g. "INT,HUP" for the runs of an
+  // in-process sweep, which Ctrl-C or a closed terminal must checkpoint rather than kill.
+  std::string also_preempt_on;
 };
 
 struct TrainResult {

@@ -58,8 +58,8 @@ expect 2 "run.dir: runs/tiny holds another run \(its spec.textproto differs at '
   "$gdn" train --spec tiny.textproto --set optimizer.lr=0.02
 [ "$(md5sum runs/tiny/metrics.jsonl runs/tiny/summary.json)" = "$before" ] && ok || fail "refused run changed its files"
 [ -f runs/tiny/checkpoints/step_00000020/MANIFEST ] && ok || fail "no final checkpoint"
-expect 2 "run.preempt_signals: unknown signal 'HUP'" -- "$gdn" train --spec tiny.textproto \
-  --set run.dir=runs/bad --set run.preempt_signals=TERM,HUP
+expect 2 "run.preempt_signals: unknown signal 'WINCH'" -- "$gdn" train --spec tiny.textproto \
+  --set run.dir=runs/bad --set run.preempt_signals=TERM,WINCH
 # No GPU here (CI) or no CUDA in the build: refused before anything is written.
 expect 2 "run.device: CUDA, but (no GPU is usable|this gdn was built without CUDA)" -- "$gdn" train \
   --spec tiny.textproto --set run.dir=runs/bad --set run.device=CUDA
@@ -299,6 +299,52 @@ for run in runs/long/w*; do
     fail "$run: resumed $(cut -d, -f3 "$run/summary.json") vs uninterrupted $(cut -d, -f3 "$run.ref/summary.json")"
 done
 
+# wait_for_metrics DIR...: until each run directory matching DIR has logged a step (at most 60 s).
+wait_for_metrics() {
+  local d ready
+  for _ in $(seq 1 1200); do
+    ready=1
+    for d in "$@"; do [ "$(cat $d/metrics.jsonl 2>/dev/null | wc -l)" -ge 1 ] || ready=0; done
+    [ $ready = 1 ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+# A sweep killed outright (kill -9) does not leave its runs training unsupervised: they get
+# SIGUSR2 (setpriv --pdeathsig), checkpoint and stop.
+OMP_NUM_THREADS=1 "$gdn" sweep run --spec long.textproto --set sweep.dir=runs/orphan \
+  --set run.steps=100000 --parallel 2 >orphan.log 2>&1 &
+sweep_pid=$!
+wait_for_metrics 'runs/orphan/w32_lr1e-03-*' 'runs/orphan/w32_lr2e-03-*'
+kill -9 $sweep_pid
+wait $sweep_pid 2>/dev/null
+for _ in $(seq 1 600); do pgrep -f "runs/orphan/w" >/dev/null || break; sleep 0.1; done
+if pgrep -f "runs/orphan/w" >/dev/null; then
+  fail "the runs of a killed sweep still train: $(pgrep -af 'runs/orphan/w')"
+  pkill -9 -f "runs/orphan/w"
+else
+  ok
+fi
+expect 0 "4 runs: 2 preempted, 2 pending" -- "$gdn" sweep status --spec long.textproto \
+  --set sweep.dir=runs/orphan --set run.steps=100000
+# An in-process sweep takes Ctrl-C (SIGINT) as a preemption: the run checkpoints, exit 4.
+OMP_NUM_THREADS=1 "$gdn" sweep run --spec long.textproto --set sweep.dir=runs/inproc \
+  --set run.steps=100000 >inproc.log 2>&1 &
+sweep_pid=$!
+wait_for_metrics 'runs/inproc/w32_lr1e-03-*'
+kill -INT $sweep_pid
+wait $sweep_pid
+rc=$?
+[ $rc -eq 4 ] && ls runs/inproc/w32_lr1e-03-*/checkpoints/step_* >/dev/null 2>&1 && ok ||
+  fail "an in-process sweep given SIGINT: exit $rc, $(tail -3 inproc.log)"
+# status and report read the run directories only: a data file moved away does not stop them.
+mv data/val.bin data/val.bin.away
+expect 0 "4 runs: 1 preempted, 3 pending" -- "$gdn" sweep status --spec long.textproto \
+  --set sweep.dir=runs/inproc --set run.steps=100000
+expect 2 "data.val_path" -- "$gdn" sweep run --spec long.textproto --set sweep.dir=runs/inproc \
+  --set run.steps=100000
+mv data/val.bin.away data/val.bin
+
 # gdn sweep slurm writes the job array's script (submission is tests/slurm_test.sh's).
 expect 0 "3 of 9 runs to run" -- "$gdn" sweep slurm --spec sweep.textproto --set sweep.widths=32,64,256 --partition cpu
 grep -q '^#SBATCH --array=6-8%4$' runs/sweep/slurm/sweep.sbatch && grep -q '^#SBATCH --partition=cpu$' runs/sweep/slurm/sweep.sbatch &&
@@ -306,5 +352,9 @@ grep -q '^#SBATCH --array=6-8%4$' runs/sweep/slurm/sweep.sbatch && grep -q '^#SB
 expect 0 "all 9 runs are finished" -- "$gdn" sweep slurm --spec sweep.textproto $wider
 expect 2 "slurm.ntasks: must be > 0" -- "$gdn" sweep slurm --spec sweep.textproto --ntasks 0
 expect 2 "slurm.sbatch\[0\]" -- "$gdn" sweep slurm --spec sweep.textproto --sbatch qos=x
+# #SBATCH lines cannot carry a path with a space (or a quote, or %): refused, nothing written.
+expect 2 "sweep.dir: '.*/runs/my sweep' holds whitespace" -- "$gdn" sweep slurm \
+  --spec sweep.textproto --set "sweep.dir=runs/my sweep"
+[ ! -e "runs/my sweep" ] && ok || fail "a refused sweep slurm wrote runs/my sweep"
 
 finish
