@@ -1,5 +1,6 @@
 // gdn: one binary, with verbs. `gdn help` lists them; `gdn VERB --help` shows a verb's flags.
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -141,13 +142,13 @@ int SweepRun(const ParsedArgs& args) {
   if (talk)
     std::printf("gdn sweep run: %zu runs under %s\n", plan->points.size(),
                 plan->spec.sweep().dir().c_str());
-  const std::vector<SweepResult> results = RunSweep(plan->points, *grid, options);
+  bool preempted = false;
+  const std::vector<SweepResult> results = RunSweep(plan->points, *grid, options, &preempted);
   if (talk) {
     std::printf("%s", SweepTable(results).c_str());
     if (!HaveGnuplot()) std::printf("\n(no plots: gnuplot is not installed)\n");
     if (auto s = Report(*plan, results, HaveGnuplot()); !s.ok()) return Fail(s, kExitFailure);
   }
-  bool preempted = false;
   for (const SweepResult& r : results) {
     if (r.status == "failed" || r.status == "running") return kExitFailure;  // running: elsewhere
     preempted |= r.status == "preempted";
@@ -574,6 +575,9 @@ void PrintHelp() {
 
 int main(int argc, char** argv) {
   google::InitGoogleLogging(argv[0]);
+  // A file-size limit (ulimit -f) makes a write fail with EFBIG, which the writer reports naming
+  // the file, rather than kill the process without a word.
+  std::signal(SIGXFSZ, SIG_IGN);
   FLAGS_logtostderr = true;
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {

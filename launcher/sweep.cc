@@ -228,7 +228,7 @@ SweepResult FinishRun(const GridPoint& p, int wait_status, bool preempting, std:
 // Runs the points as child processes, `parallel` at a time.
 std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
                                         const std::vector<size_t>& todo, const SweepOptions& options,
-                                        std::vector<SweepResult> results) {
+                                        std::vector<SweepResult> results, bool* preempted) {
   const int per_run = std::max(1, options.ranks_per_run) * options.parallel;
   const int threads =
       std::getenv("OMP_NUM_THREADS") ? 0
@@ -278,8 +278,7 @@ std::vector<SweepResult> RunAsProcesses(const std::vector<GridPoint>& points,
     PrintOutcome(i, points.size(), results[i], seconds, error);
   }
   // Runs never started under a preemption stay as they were (pending or interrupted).
-  if (g_preempt_signal)
-    for (size_t k = next; k < todo.size(); ++k) results[todo[k]].status = "preempted";
+  *preempted = g_preempt_signal != 0;
   return results;
 }
 
@@ -294,8 +293,9 @@ std::string SlotGpus(const SweepOptions& options, int slot) {
 }
 
 std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const ProcessGrid& grid,
-                                  const SweepOptions& options) {
+                                  const SweepOptions& options, bool* preempted) {
   const bool talk = grid.world_rank == 0;
+  *preempted = false;
   std::vector<SweepResult> results = ReadRuns(points);
   std::vector<size_t> todo;
   for (size_t i = 0; i < points.size(); ++i) {
@@ -308,14 +308,14 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
   }
   std::fflush(stdout);
   if (options.ranks_per_run > 0 || options.parallel > 1 || options.gpus > 0)
-    return RunAsProcesses(points, todo, options, std::move(results));
+    return RunAsProcesses(points, todo, options, std::move(results), preempted);
 
   // In this process, on this job's ranks, one after another. A signal between runs stops the
   // sweep before the next; during a run, the run takes it (Train's handlers, INT and HUP too).
   SweepSignals signals;
   for (size_t n = 0; n < todo.size(); ++n) {
     if (g_preempt_signal) {
-      for (size_t k = n; k < todo.size(); ++k) results[todo[k]].status = "preempted";
+      *preempted = true;
       break;
     }
     const size_t i = todo[n];
@@ -349,7 +349,7 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
     if (talk) PrintOutcome(i, points.size(), r, seconds, error);
     ReleaseCachedMemory();  // the next run's buffer sizes differ
     if (r.status == "preempted") {
-      for (size_t k = n + 1; k < todo.size(); ++k) results[todo[k]].status = "preempted";
+      *preempted = true;
       break;
     }
   }

@@ -56,12 +56,13 @@ struct SweepOptions {
 std::string SlotGpus(const SweepOptions& options, int slot);
 
 // Runs every point that is not done or diverged; an interrupted one resumes from its checkpoint.
-// Every rank of the job calls it; rank 0 prints. When this process gets SIGINT (Ctrl-C), SIGTERM or
-// SIGUSR2 while runs are separate processes (each in its own process group), it passes SIGUSR2 on
-// to them (they checkpoint and exit 4), starts no more, and the unfinished runs come back
-// "preempted".
+// Every rank of the job calls it; rank 0 prints. When this process gets SIGINT (Ctrl-C), SIGHUP,
+// SIGTERM or SIGUSR2 while runs are separate processes (each in its own process group), it passes
+// SIGUSR2 on to them (they checkpoint and exit 4) and starts no more; in-process the run takes
+// the signal. The runs it stopped come back "preempted", those never started as they were, and
+// *preempted says whether a signal stopped the sweep.
 std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const ProcessGrid& grid,
-                                  const SweepOptions& options);
+                                  const SweepOptions& options, bool* preempted);
 
 // One line a run: id, state, step of steps, last train and validation loss, last update; then the
 // count of runs in each state.
