@@ -576,6 +576,15 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     return PrepareFiles(d, spec, state.step, start_plan.discard);
   };
   if (auto s = write(prepare); !s.ok()) return s;
+  // From here an error returned leaves the status "failed" (a crash leaves "running", which
+  // readers show as interrupted once the lock is released).
+  struct FailedUnlessDisarmed {
+    const RunDirectory* dir;  // rank 0's; nullptr on the others
+    bool armed = true;
+    ~FailedUnlessDisarmed() {
+      if (armed && dir != nullptr) (void)dir->SetStatus("failed");
+    }
+  } failed_status{writer ? &*dir : nullptr};
 
   const int64_t steps = rs.steps();
   const int local_batch = ds.batch_size() / grid.dp_size;
@@ -674,6 +683,7 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     if (talk)
       std::printf("gdn train: preempted after step %lld; checkpointed, run again to resume\n",
                   static_cast<long long>(result.steps));
+    failed_status.armed = false;
     return result;
   }
   JsonLine summary;
@@ -694,6 +704,7 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     std::printf("gdn train: %s after %lld steps | train %.4f | val %.4f | %s\n",
                 result.status.c_str(), static_cast<long long>(result.steps), result.train_loss,
                 result.val_loss, Duration(result.elapsed_s).c_str());
+  failed_status.armed = false;
   return result;
 }
 

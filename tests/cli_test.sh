@@ -167,12 +167,13 @@ of 4" -- "$gdn" train --spec tiny.textproto --set run.dir=runs/shortval \
   --set data.train_path=shortdata/train.bin --set data.val_path=shortdata/val.bin
 [ ! -e runs/shortval ] && ok || fail "a refused run created its directory"
 # A file-size limit (ulimit -f) fails the checkpoint write that hits it: one line naming the file,
-# exit 1 (SIGXFSZ used to kill the run without a word).
+# exit 1, the run's status "failed" (SIGXFSZ used to kill the run without a word).
 out=$( (ulimit -f 100; "$gdn" train --spec tiny.textproto --set run.dir=runs/fsz --quiet \
   --set model.width=256 --set model.head_dim=32) 2>&1)
 rc=$?
-[ $rc -eq 1 ] && grep -q "^error: .*: write failed: File too large" <<<"$out" && ok ||
-  fail "a write past ulimit -f: exit $rc: $(head -c 400 <<<"$out")"
+[ $rc -eq 1 ] && grep -q "^error: .*: write failed: File too large" <<<"$out" &&
+  [ "$(cat runs/fsz/status)" = failed ] && ok ||
+  fail "a write past ulimit -f: exit $rc, status $(cat runs/fsz/status): $(head -c 400 <<<"$out")"
 # Memory that runs out mid-run, which the start's check (the machine's memory) cannot foresee,
 # here under a 3 GB address-space limit: one line naming what to change and exit 1, no abort.
 out=$( (ulimit -v 3000000; "$gdn" train --spec tiny.textproto --set run.dir=runs/oom --quiet \
