@@ -127,8 +127,9 @@ void OnPreempt(int signal) { g_preempt_signal = signal; }
 // The signals that preempt a sweep: Ctrl-C, a closed terminal, and a scheduler's TERM or USR2.
 constexpr int kSweepSignals[] = {SIGINT, SIGHUP, SIGTERM, SIGUSR2};
 
-// Takes kSweepSignals (OnPreempt) and ignores SIGPIPE (a closed stdout must not kill the sweep)
-// while it lives; restores the previous dispositions after.
+// Takes kSweepSignals (OnPreempt) but those this process was started ignoring (nohup's SIGHUP),
+// and ignores SIGPIPE (a closed stdout must not kill the sweep) while it lives; restores the
+// previous dispositions after.
 class SweepSignals {
  public:
   SweepSignals() {
@@ -136,7 +137,10 @@ class SweepSignals {
     struct sigaction action {};
     action.sa_handler = OnPreempt;
     sigemptyset(&action.sa_mask);
-    for (int i = 0; i < 4; ++i) sigaction(kSweepSignals[i], &action, &saved_[i]);
+    for (int i = 0; i < 4; ++i) {
+      sigaction(kSweepSignals[i], nullptr, &saved_[i]);
+      if (saved_[i].sa_handler != SIG_IGN) sigaction(kSweepSignals[i], &action, nullptr);
+    }
     struct sigaction ignore {};
     ignore.sa_handler = SIG_IGN;
     sigemptyset(&ignore.sa_mask);
@@ -174,7 +178,12 @@ absl::StatusOr<pid_t> StartRun(const GridPoint& p, int ranks, int threads, const
   std::vector<std::string> argv;
   // If the sweep dies (kill -9, a lost session), its runs get SIGUSR2: they checkpoint and stop
   // rather than train on unsupervised (util-linux's setpriv; without it they run on).
-  static const std::string setpriv = FindOnPath("setpriv");
+  static const std::string setpriv = [] {  // util-linux 2.33 or later has --pdeathsig
+    const std::string path = FindOnPath("setpriv");
+    if (path.empty()) return path;
+    auto probe = RunProcess({path, "--pdeathsig", "USR2", "--", "true"}, "/dev/null");
+    return probe.ok() && *probe == 0 ? path : std::string();
+  }();
   if (!setpriv.empty()) argv = {setpriv, "--pdeathsig", "USR2", "--"};
   if (ranks > 0)
     for (const std::string& a : {std::string("mpirun"), std::string("--oversubscribe"),
@@ -314,7 +323,11 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
   // sweep before the next; during a run, the run takes it (Train's handlers, INT and HUP too).
   SweepSignals signals;
   for (size_t n = 0; n < todo.size(); ++n) {
-    if (g_preempt_signal) {
+    // Every rank decides alike (a signal may reach one rank between runs and another in a run).
+    Tensor stop = Tensor::Empty({1}, DType::kI32);
+    stop.set(0, g_preempt_signal ? 1 : 0);
+    grid.world->AllReduceMax(stop);
+    if (stop.at(0) != 0) {
       *preempted = true;
       break;
     }
@@ -348,7 +361,7 @@ std::vector<SweepResult> RunSweep(const std::vector<GridPoint>& points, const Pr
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (talk) PrintOutcome(i, points.size(), r, seconds, error);
     ReleaseCachedMemory();  // the next run's buffer sizes differ
-    if (r.status == "preempted") {
+    if (r.status == "preempted" || (trained.ok() && trained->stop_requested)) {
       *preempted = true;
       break;
     }

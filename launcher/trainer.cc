@@ -115,7 +115,8 @@ absl::Status CheckMemoryNeed(const ExperimentSpec& spec, const ProcessGrid& grid
   auto dims = ResolveModelDims(spec.model());
   if (!dims.ok()) return dims.status();
   const OptimizerSpec& o = spec.optimizer();
-  const double state = o.kind() == OptimizerSpec::ADAMW ? 8 : o.momentum() != 0 ? 4 : 0;
+  const double state = (o.kind() == OptimizerSpec::ADAMW ? 8 : o.momentum() != 0 ? 4 : 0) /
+                       (spec.parallel().zero_stage() == 1 ? grid.dp_size : 1);
   const double params = ParameterCount(*dims) / grid.tp_size;
   const DataSpec& data = spec.data();
   const double sequences = data.micro_batch_size() > 0 ? data.micro_batch_size()
@@ -402,10 +403,12 @@ class PreemptionGuard {
   }
 
  private:
+  // A signal this process was started ignoring (nohup's SIGHUP) stays ignored.
   void Install(const std::string& names, void (*handler)(int)) {
     for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty())) {
       const int sig = *SignalNumber(absl::StripAsciiWhitespace(name));
       struct sigaction action = {}, old = {};
+      if (sigaction(sig, nullptr, &old) != 0 || old.sa_handler == SIG_IGN) continue;
       action.sa_handler = handler;
       sigemptyset(&action.sa_mask);
       if (sigaction(sig, &action, &old) == 0) saved_.emplace_back(sig, old);
@@ -696,10 +699,12 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
   if (auto s = write([&](RunDirectory& d) {
         if (auto s = d.WriteFile("summary.json", summary.str() + "\n"); !s.ok()) return s;
         if (auto s = d.SetStatus(result.status); !s.ok()) return s;
+        failed_status.armed = false;  // finished, whatever becomes of the checkpoints
         return rs.keep_checkpoints() == 0 ? RemoveCheckpoints(rs.dir()) : absl::OkStatus();
       });
       !s.ok())
     return s;
+  result.stop_requested = preemption.OnAnyRank(*grid.world).stop;
   if (talk)
     std::printf("gdn train: %s after %lld steps | train %.4f | val %.4f | %s\n",
                 result.status.c_str(), static_cast<long long>(result.steps), result.train_loss,

@@ -47,6 +47,9 @@ struct TrainResult {
   int64_t steps = 0;   // optimizer steps taken
   double train_loss = 0, val_loss = 0;
   double tokens_per_s = 0, elapsed_s = 0;
+  // A preemption signal came after the last step's check (during it, the final evaluation or the
+  // summary): the run is over, but a sweep must start no other (every rank agrees).
+  bool stop_requested = false;
 };
 
 // Trains the run described by `spec` (resolved and validated) in spec.run().dir() on the ranks

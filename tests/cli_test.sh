@@ -335,16 +335,37 @@ else
 fi
 expect 0 "4 runs: 2 preempted, 2 pending" -- "$gdn" sweep status --spec long.textproto \
   --set sweep.dir=runs/orphan --set run.steps=100000
-# An in-process sweep takes Ctrl-C (SIGINT) as a preemption: the run checkpoints, exit 4.
+# An in-process sweep takes Ctrl-C (SIGINT) as a preemption: the run checkpoints, exit 4. (With
+# job control on, as in a terminal: a script's background jobs start with SIGINT ignored, which
+# gdn leaves ignored, as it does nohup's SIGHUP.)
+set -m
 OMP_NUM_THREADS=1 "$gdn" sweep run --spec long.textproto --set sweep.dir=runs/inproc \
   --set run.steps=100000 >inproc.log 2>&1 &
 sweep_pid=$!
+set +m
 wait_for_metrics 'runs/inproc/w32_lr1e-03-*'
 kill -INT $sweep_pid
 wait $sweep_pid
 rc=$?
 [ $rc -eq 4 ] && ls runs/inproc/w32_lr1e-03-*/checkpoints/step_* >/dev/null 2>&1 && ok ||
   fail "an in-process sweep given SIGINT: exit $rc, $(tail -3 inproc.log)"
+# Under nohup a hang-up does not stop a sweep (SIGHUP stays ignored); SIGTERM then does.
+nohup env OMP_NUM_THREADS=1 "$gdn" sweep run --spec long.textproto --set sweep.dir=runs/nohup \
+  --set run.steps=100000 >nohup.log 2>&1 &
+sweep_pid=$!
+wait_for_metrics 'runs/nohup/w32_lr1e-03-*'
+kill -HUP $sweep_pid
+sleep 1
+kill -0 $sweep_pid 2>/dev/null && ok || fail "a nohup'd sweep stopped on SIGHUP: $(tail -2 nohup.log)"
+kill -TERM $sweep_pid
+wait $sweep_pid
+rc=$?
+[ $rc -eq 4 ] && ok || fail "the nohup'd sweep given SIGTERM: exit $rc"
+# A Ctrl-C in a run's last step (after its last preemption check) still stops the sweep there.
+GDN_TEST_RAISE_AFTER_STEP=5:INT OMP_NUM_THREADS=1 expect 4 "preempted" -- "$gdn" sweep run \
+  --spec long.textproto --set sweep.dir=runs/laststep --set run.steps=5
+expect 0 "4 runs: 1 done, 3 pending" -- "$gdn" sweep status --spec long.textproto \
+  --set sweep.dir=runs/laststep --set run.steps=5
 # status and report read the run directories only: a data file moved away does not stop them.
 mv data/val.bin data/val.bin.away
 expect 0 "4 runs: 1 preempted, 3 pending" -- "$gdn" sweep status --spec long.textproto \
