@@ -68,6 +68,19 @@ absl::StatusOr<int> RunProcess(const std::vector<std::string>& argv, const std::
   return WEXITSTATUS(status);
 }
 
+SignalHandlers::~SignalHandlers() {
+  for (auto it = saved_.rbegin(); it != saved_.rend(); ++it)
+    sigaction(it->first, &it->second, nullptr);
+}
+
+void SignalHandlers::Set(int signal, void (*handler)(int)) {
+  struct sigaction action = {}, old = {};
+  if (sigaction(signal, nullptr, &old) != 0 || old.sa_handler == SIG_IGN) return;
+  action.sa_handler = handler;
+  sigemptyset(&action.sa_mask);
+  if (sigaction(signal, &action, &old) == 0) saved_.emplace_back(signal, old);
+}
+
 std::string FindOnPath(const std::string& name) {
   const char* path = std::getenv("PATH");
   for (absl::string_view dir : absl::StrSplit(path ? path : "/usr/bin:/bin", ':')) {

@@ -2,9 +2,11 @@
 // output appended to a log file.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -24,5 +26,21 @@ absl::StatusOr<int> RunProcess(const std::vector<std::string>& argv, const std::
 std::string FindOnPath(const std::string& name);
 // This executable's path (for starting gdn again).
 std::string SelfPath();
+
+// Signal dispositions set for as long as this object lives, restored newest first when it dies
+// (so a signal set twice gets its first saved disposition back). A signal the process was started
+// ignoring (nohup's SIGHUP, a script's background job's SIGINT) stays ignored.
+class SignalHandlers {
+ public:
+  SignalHandlers() = default;
+  SignalHandlers(const SignalHandlers&) = delete;
+  SignalHandlers& operator=(const SignalHandlers&) = delete;
+  ~SignalHandlers();
+  // `handler` may be SIG_IGN.
+  void Set(int signal, void (*handler)(int));
+
+ private:
+  std::vector<std::pair<int, struct sigaction>> saved_;
+};
 
 }  // namespace gdn

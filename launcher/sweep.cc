@@ -127,32 +127,18 @@ void OnPreempt(int signal) { g_preempt_signal = signal; }
 // The signals that preempt a sweep: Ctrl-C, a closed terminal, and a scheduler's TERM or USR2.
 constexpr int kSweepSignals[] = {SIGINT, SIGHUP, SIGTERM, SIGUSR2};
 
-// Takes kSweepSignals (OnPreempt) but those this process was started ignoring (nohup's SIGHUP),
-// and ignores SIGPIPE (a closed stdout must not kill the sweep) while it lives; restores the
-// previous dispositions after.
+// Takes kSweepSignals (OnPreempt) and ignores SIGPIPE (a closed stdout must not kill the sweep)
+// while it lives (SignalHandlers: those the process was started ignoring stay ignored).
 class SweepSignals {
  public:
   SweepSignals() {
     g_preempt_signal = 0;
-    struct sigaction action {};
-    action.sa_handler = OnPreempt;
-    sigemptyset(&action.sa_mask);
-    for (int i = 0; i < 4; ++i) {
-      sigaction(kSweepSignals[i], nullptr, &saved_[i]);
-      if (saved_[i].sa_handler != SIG_IGN) sigaction(kSweepSignals[i], &action, nullptr);
-    }
-    struct sigaction ignore {};
-    ignore.sa_handler = SIG_IGN;
-    sigemptyset(&ignore.sa_mask);
-    sigaction(SIGPIPE, &ignore, &saved_[4]);
-  }
-  ~SweepSignals() {
-    for (int i = 0; i < 4; ++i) sigaction(kSweepSignals[i], &saved_[i], nullptr);
-    sigaction(SIGPIPE, &saved_[4], nullptr);
+    for (const int signal : kSweepSignals) handlers_.Set(signal, OnPreempt);
+    handlers_.Set(SIGPIPE, SIG_IGN);
   }
 
  private:
-  struct sigaction saved_[5] = {};
+  SignalHandlers handlers_;
 };
 
 // A run's directory held by another process (a second sweep, a gdn train) refused this one: its

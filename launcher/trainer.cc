@@ -19,6 +19,7 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
 #include "kernels/ops.h"
+#include "launcher/process.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/lm.h"
@@ -385,10 +386,6 @@ class PreemptionGuard {
     Install(preempt, OnPreemptSignal);
     Install(checkpoint, OnCheckpointSignal);
   }
-  ~PreemptionGuard() {  // newest first: a signal named twice gets its first saved handler back
-    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it)
-      sigaction(it->first, &it->second, nullptr);
-  }
   struct Requests {
     bool stop = false, checkpoint = false;
   };
@@ -403,20 +400,12 @@ class PreemptionGuard {
   }
 
  private:
-  // A signal this process was started ignoring (nohup's SIGHUP) stays ignored.
   void Install(const std::string& names, void (*handler)(int)) {
-    for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty())) {
-      const int sig = *SignalNumber(absl::StripAsciiWhitespace(name));
-      struct sigaction action = {}, old = {};
-      if (sigaction(sig, nullptr, &old) != 0 || old.sa_handler == SIG_IGN) continue;
-      action.sa_handler = handler;
-      sigemptyset(&action.sa_mask);
-      if (sigaction(sig, &action, &old) == 0) saved_.emplace_back(sig, old);
-    }
+    for (absl::string_view name : absl::StrSplit(names, ',', absl::SkipEmpty()))
+      handlers_.Set(*SignalNumber(absl::StripAsciiWhitespace(name)), handler);
   }
 
- private:
-  std::vector<std::pair<int, struct sigaction>> saved_;
+  SignalHandlers handlers_;  // (a signal named twice gets its first disposition back)
 };
 
 // Test hook (tests/resume_test.sh): GDN_TEST_RAISE_AFTER_STEP=STEP:SIGNAL[:RANK[:next]] makes world
@@ -709,7 +698,6 @@ absl::StatusOr<TrainResult> Train(const ExperimentSpec& spec, const ProcessGrid&
     std::printf("gdn train: %s after %lld steps | train %.4f | val %.4f | %s\n",
                 result.status.c_str(), static_cast<long long>(result.steps), result.train_loss,
                 result.val_loss, Duration(result.elapsed_s).c_str());
-  failed_status.armed = false;
   return result;
 }
 
