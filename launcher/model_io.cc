@@ -99,15 +99,12 @@ absl::StatusOr<std::vector<std::string>> ImportRun(const std::string& from_dir,
   for (const std::string& o : overrides)
     if (auto s = ApplyOverride(&spec, o); !s.ok()) return s;
   spec.mutable_run()->set_dir(run_dir);
-  // The run directory gets a spec that `gdn train` accepts: train's checks. The data files may
-  // come later (eval --data and sample read none; train checks them), so a named data path stands
-  // in as a readable file here. The error blames config.json when the import alone fails them.
+  // The run directory gets a spec that `gdn train` accepts: train's checks, but for the data
+  // files, which may come later (eval --data and sample read none; train checks them). The error
+  // blames config.json when the import alone fails them.
   auto trainable = [&](ExperimentSpec s) {
     s.mutable_run()->set_dir(run_dir);
-    for (std::string* path :
-         {s.mutable_data()->mutable_train_path(), s.mutable_data()->mutable_val_path()})
-      if (!path->empty()) *path = from_dir + "/config.json";
-    return ValidateRunnable(s);
+    return ValidateRunnable(s, /*check_data_paths=*/false);
   };
   if (auto s = trainable(spec); !s.ok())
     return absl::InvalidArgumentError(absl::StrCat(

@@ -374,10 +374,10 @@ absl::Status ValidateSpec(const ExperimentSpec& spec, bool check_data_paths) {
   const DataSpec& d = spec.data();
   c.Positive("data.seq_len", int64_t{d.seq_len()});
   c.Positive("data.batch_size", int64_t{d.batch_size()});
-  if (check_data_paths) {
-    if (std::string why = DataPathProblem(d.train_path()); !why.empty())
-      c.Error("data.train_path", why);
-    if (std::string why = DataPathProblem(d.val_path()); !why.empty()) c.Error("data.val_path", why);
+  for (const auto& [field, path] :
+       {std::pair{"data.train_path", d.train_path()}, {"data.val_path", d.val_path()}}) {
+    const std::string why = check_data_paths ? DataPathProblem(path) : path.empty() ? "empty" : "";
+    if (!why.empty()) c.Error(field, why);
   }
 
   const RunSpec& r = spec.run();

@@ -46,7 +46,8 @@ std::string SpecToText(const google::protobuf::Message& message);
 // at least one file, and the sweep lists (positive widths and learning rates, axes that name an
 // existing field and whose values parse). All problems found are joined into one line with "; ".
 // It checks the base spec only: to check every run of a sweep, validate each ExpandGrid point.
-// check_data_paths false leaves the data files out (for verbs that read run directories only).
+// check_data_paths false asks only that the data paths be set, not that their files exist (for
+// verbs that read run directories only, and an import whose data may come later).
 absl::Status ValidateSpec(const ExperimentSpec& spec, bool check_data_paths = true);
 
 // One point of a sweep grid.
